@@ -1,0 +1,97 @@
+//! `scale0 worker`.
+
+use crate::handlers;
+use anyhow::{Context, Result};
+use clap::ArgGroup;
+use scale0::{Handler, Shutdown, Worker, WorkerConfig};
+use std::process::ExitCode;
+use std::thread;
+
+/// Flags of `scale0 worker`.
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("handler").required(true).args(["echo", "sha1", "sleep_ms", "command"])))]
+pub(crate) struct Args {
+    /// The broker to serve.
+    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://localhost:5555")]
+    connect: String,
+    /// The service to offer (1 to 255 bytes, not `mmi.*`).
+    #[arg(long, value_name = "NAME")]
+    service: String,
+    /// Reply with the request unchanged.
+    #[arg(long)]
+    echo: bool,
+    /// Reply with the hex SHA-1 of the request.
+    #[arg(long)]
+    sha1: bool,
+    /// Sleep this many milliseconds, then echo.
+    #[arg(long, value_name = "MS")]
+    sleep_ms: Option<u64>,
+    /// Run this command per request: the request on its stdin, its stdout is the reply.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+    /// Independent workers to run in this process, each with its own connection.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    concurrency: u32,
+    /// Interval between heartbeats to the broker, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_interval_ms: u64,
+    /// Heartbeat intervals of broker silence before reconnecting.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    heartbeat_liveness: u32,
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode> {
+    let mut config = WorkerConfig::new(args.connect.clone(), args.service.clone());
+    config.heartbeat_interval_ms = args.heartbeat_interval_ms;
+    config.heartbeat_liveness = args.heartbeat_liveness;
+    // Validate once, before any thread starts.
+    Worker::new(config.clone())?;
+    let shutdown = Shutdown::new();
+    let mut threads = Vec::new();
+    for i in 0..args.concurrency {
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        let handler = make_handler(&args);
+        threads.push(
+            thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || Worker::new(config)?.run(handler, &shutdown))
+                .context("starting a worker thread")?,
+        );
+    }
+    for t in threads {
+        match t.join() {
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => anyhow::bail!("a worker thread panicked"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn make_handler(
+    args: &Args,
+) -> Box<dyn FnMut(scale0::proto::Body) -> Result<scale0::proto::Body, scale0::HandlerError> + Send>
+{
+    if args.echo {
+        Box::new(handlers::echo)
+    } else if args.sha1 {
+        Box::new(handlers::sha1)
+    } else if let Some(ms) = args.sleep_ms {
+        Box::new(handlers::sleep(ms))
+    } else {
+        Box::new(handlers::command(args.command.clone()))
+    }
+}
+
+// Boxed closures are handlers too.
+const _: fn() = || {
+    fn assert_handler<H: Handler>() {}
+    assert_handler::<
+        Box<
+            dyn FnMut(scale0::proto::Body) -> Result<scale0::proto::Body, scale0::HandlerError>
+                + Send,
+        >,
+    >();
+};

@@ -1,0 +1,154 @@
+//! Shared drivers for fuzzing and corpus replay: one definition of each fuzz target's
+//! meaning, so `cargo test` replays exactly what the fuzzer ran.
+#![doc(hidden)]
+
+use crate::broker::{Broker, Config};
+use crate::mdp::{self, Frames, Message};
+use crate::time::Instant;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// Splits fuzz input into frames at every `0xff 0x00` pair (the pair itself is dropped).
+pub fn split_frames(data: &[u8]) -> Frames {
+    let mut frames = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i + 1 < data.len() {
+        if data.get(i) == Some(&0xff) && data.get(i + 1) == Some(&0x00) {
+            frames.push(Bytes::copy_from_slice(
+                data.get(start..i).unwrap_or_default(),
+            ));
+            i += 2;
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    frames.push(Bytes::copy_from_slice(
+        data.get(start..).unwrap_or_default(),
+    ));
+    frames
+}
+
+/// Fuzz target `decode`: any frames through both decoders; encoding what decoded must
+/// decode to the same value.
+pub fn decode(data: &[u8]) {
+    let frames = split_frames(data);
+    if let Ok(m) = Message::decode(frames.clone()) {
+        assert_eq!(Message::decode(m.encode()).as_ref(), Ok(&m));
+    }
+    if let Ok((_, rest)) = mdp::split_routing_id(frames) {
+        let _ = Message::decode(rest);
+    }
+}
+
+/// Fuzz target `broker_events`: the input is a script of events for one broker —
+/// messages from a handful of peers, clock steps, timeouts and unroutable sends —
+/// after which the broker's invariants must hold.
+pub fn broker_events(data: &[u8]) {
+    let config = Config {
+        heartbeat_interval_ms: 100,
+        heartbeat_liveness: 3,
+        max_message_bytes: 64,
+    };
+    let mut now = Instant::ZERO;
+    let mut broker = Broker::new(config, now);
+    let peers: [&[u8]; 4] = [b"A", b"B", b"C", b"\x00k\x8bEg"];
+    let services: [&[u8]; 3] = [b"echo", b"mmi.service", b"other"];
+    let mut ops = data.chunks(3);
+    while let Some(op) = ops.next() {
+        let [kind, a, b] = *op else { break };
+        let peer = Bytes::from_static(peers[usize::from(a) % peers.len()]);
+        let service = Bytes::from_static(services[usize::from(b) % services.len()]);
+        let frames: Frames = match kind % 10 {
+            0 => vec![
+                peer,
+                Bytes::new(),
+                Bytes::from_static(b"MDPC01"),
+                service,
+                Bytes::from_static(b"x"),
+            ],
+            1 => vec![
+                peer,
+                Bytes::new(),
+                Bytes::from_static(b"MDPW01"),
+                Bytes::from_static(&[1]),
+                service,
+            ],
+            2 => vec![
+                peer,
+                Bytes::new(),
+                Bytes::from_static(b"MDPW01"),
+                Bytes::from_static(&[3]),
+                Bytes::from_static(peers[usize::from(b) % peers.len()]),
+                Bytes::new(),
+                Bytes::from_static(b"r"),
+            ],
+            3 => vec![
+                peer,
+                Bytes::new(),
+                Bytes::from_static(b"MDPW01"),
+                Bytes::from_static(&[4]),
+            ],
+            4 => vec![
+                peer,
+                Bytes::new(),
+                Bytes::from_static(b"MDPW01"),
+                Bytes::from_static(&[5]),
+            ],
+            5 => {
+                now = now + Duration::from_millis(u64::from(a) * 4);
+                broker.handle_timeout(now);
+                continue;
+            }
+            6 => {
+                if let Ok(p) = mdp::PeerId::new(peer) {
+                    broker.handle_unroutable(now, &p);
+                }
+                continue;
+            }
+            7 => {
+                // Raw bytes from the rest of the input as frames.
+                let len = usize::from(a) % 32;
+                let rest: Vec<u8> = ops.by_ref().take(len).flatten().copied().collect();
+                let mut frames = vec![peer];
+                frames.extend(split_frames(&rest));
+                frames
+            }
+            8 => {
+                now = broker.poll_timeout();
+                broker.handle_timeout(now);
+                continue;
+            }
+            _ => {
+                while broker.poll_transmit().is_some() {}
+                continue;
+            }
+        };
+        broker.handle_message(now, frames);
+        check_invariants(&broker);
+    }
+    broker.handle_timeout(now);
+    check_invariants(&broker);
+}
+
+fn check_invariants(broker: &Broker) {
+    let services = broker.services();
+    let workers: usize = services.iter().map(|s| s.workers).sum();
+    assert_eq!(
+        workers,
+        broker.worker_count(),
+        "service worker counts add up"
+    );
+    for s in &services {
+        assert!(s.idle <= s.workers, "idle workers are registered workers");
+        assert!(
+            s.queued == 0 || s.idle == 0,
+            "no request waits beside an idle worker"
+        );
+        assert!(
+            s.workers > 0 || s.queued > 0,
+            "unused services are forgotten"
+        );
+    }
+}

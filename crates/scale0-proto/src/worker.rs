@@ -1,0 +1,279 @@
+//! An MDP/0.1 worker's side of the conversation as a sans-IO state machine.
+//!
+//! It decides when to (re)connect, registers with READY, heartbeats the broker (also
+//! while the handler is busy, so a long request is not mistaken for a dead worker),
+//! notices a silent broker, and backs off exponentially between reconnects. The driver
+//! performs the [`Action`]s in order and runs the handler.
+
+use crate::mdp::{Body, DecodeError, Frames, Message, PeerId, ServiceName, WorkerCommand};
+use crate::time::Instant;
+use std::collections::VecDeque;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// Worker settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The service this worker offers.
+    pub service: ServiceName,
+    /// How often the worker sends HEARTBEAT, and the unit of the broker's liveness.
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeat intervals of broker silence after which the worker reconnects.
+    pub heartbeat_liveness: u32,
+    /// First pause before reconnecting; doubles on each failure up to the maximum.
+    pub reconnect_initial_ms: u64,
+    /// Longest pause between reconnect attempts.
+    pub reconnect_max_ms: u64,
+}
+
+impl Config {
+    /// Defaults matching the broker's (2500 ms × 3), reconnecting after 100 ms to 5 s.
+    pub fn new(service: ServiceName) -> Self {
+        Self {
+            service,
+            heartbeat_interval_ms: 2500,
+            heartbeat_liveness: 3,
+            reconnect_initial_ms: 100,
+            reconnect_max_ms: 5000,
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(1))
+    }
+}
+
+/// What the driver must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Close the current connection, if any.
+    Disconnect,
+    /// Open a fresh connection to the broker (a new socket, so a new routing id).
+    Connect,
+    /// Send these frames (as a DEALER: empty delimiter first) on the current connection.
+    Send(Frames),
+    /// Run the handler on this request, then call [`Session::reply`].
+    Deliver {
+        /// Address of the requesting client, as the broker gave it.
+        client: PeerId,
+        /// Request body.
+        body: Body,
+    },
+}
+
+/// Running totals of a worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests handed to the handler.
+    pub requests: u64,
+    /// Replies sent to the broker.
+    pub replies: u64,
+    /// Replies thrown away because the connection they belonged to was gone.
+    pub replies_lost: u64,
+    /// Connections opened, the first one included.
+    pub connects: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Disconnected {
+        reconnect_at: Instant,
+    },
+    Connected {
+        broker_expiry: Instant,
+        next_heartbeat: Instant,
+    },
+}
+
+/// A worker session.
+#[derive(Debug)]
+pub struct Session {
+    config: Config,
+    state: State,
+    actions: VecDeque<Action>,
+    /// The client whose request the handler is running, and whether that request
+    /// still belongs to the current connection.
+    busy: Option<(PeerId, bool)>,
+    backoff: Duration,
+    counters: Counters,
+}
+
+impl Session {
+    /// A session that connects at the first [`Session::handle_timeout`].
+    pub fn new(config: Config, now: Instant) -> Self {
+        let backoff = Duration::from_millis(config.reconnect_initial_ms);
+        Self {
+            config,
+            state: State::Disconnected { reconnect_at: now },
+            actions: VecDeque::new(),
+            busy: None,
+            backoff,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Totals so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// True while the handler runs a request.
+    pub fn is_busy(&self) -> bool {
+        self.busy.is_some()
+    }
+
+    /// True while the session has a registered connection.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Connected { .. })
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must next be called; `None` while waiting only
+    /// for the handler.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Connected {
+                broker_expiry,
+                next_heartbeat,
+            } => Some(broker_expiry.min(next_heartbeat)),
+            // A request from the old connection is still running: reconnecting now would
+            // register a worker that cannot take work, so wait for the handler.
+            State::Disconnected { .. } if self.busy.is_some() => None,
+            State::Disconnected { reconnect_at } => Some(reconnect_at),
+        }
+    }
+
+    /// Time has reached [`Session::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Disconnected { reconnect_at } => {
+                if reconnect_at <= now && self.busy.is_none() {
+                    self.connect(now);
+                }
+            }
+            State::Connected {
+                broker_expiry,
+                next_heartbeat,
+            } => {
+                if broker_expiry <= now {
+                    warn!(
+                        service = %self.config.service,
+                        "broker silent for {} heartbeats, reconnecting",
+                        self.config.heartbeat_liveness
+                    );
+                    self.lose_connection(now);
+                    return;
+                }
+                if next_heartbeat <= now {
+                    self.send(WorkerCommand::Heartbeat);
+                    self.state = State::Connected {
+                        broker_expiry,
+                        next_heartbeat: now + self.config.interval(),
+                    };
+                }
+            }
+        }
+    }
+
+    /// A message arrived on the current connection.
+    pub fn handle_message(&mut self, now: Instant, frames: Frames) -> Result<(), DecodeError> {
+        let State::Connected { next_heartbeat, .. } = self.state else {
+            return Ok(());
+        };
+        let cmd = match Message::decode(frames)? {
+            Message::Worker(cmd) => cmd,
+            Message::Client(_) => return Err(DecodeError::UnknownHeader),
+        };
+        // Anything from the broker proves it alive and resets the backoff.
+        self.state = State::Connected {
+            broker_expiry: now + self.config.interval() * self.config.heartbeat_liveness.max(1),
+            next_heartbeat,
+        };
+        self.backoff = Duration::from_millis(self.config.reconnect_initial_ms);
+        match cmd {
+            WorkerCommand::Request { client, body } => {
+                if self.busy.is_some() {
+                    // A broker sends one request at a time; a second one is its mistake,
+                    // and answering it would break the one-at-a-time rule.
+                    warn!("broker sent a request while one is running; ignoring it");
+                    return Ok(());
+                }
+                self.counters.requests += 1;
+                self.busy = Some((client.clone(), true));
+                self.actions.push_back(Action::Deliver { client, body });
+            }
+            WorkerCommand::Heartbeat => {}
+            WorkerCommand::Disconnect => {
+                info!(service = %self.config.service, "broker said DISCONNECT, re-registering");
+                self.actions.push_back(Action::Disconnect);
+                self.mark_abandoned();
+                self.state = State::Disconnected {
+                    reconnect_at: now + Duration::from_millis(self.config.reconnect_initial_ms),
+                };
+            }
+            WorkerCommand::Ready { .. } | WorkerCommand::Reply { .. } => {
+                return Err(DecodeError::UnknownCommand);
+            }
+        }
+        Ok(())
+    }
+
+    /// The handler finished the current request with `body`.
+    pub fn reply(&mut self, now: Instant, body: Body) {
+        let Some((client, current)) = self.busy.take() else {
+            return;
+        };
+        if current && self.is_connected() {
+            self.counters.replies += 1;
+            self.send(WorkerCommand::Reply { client, body });
+        } else {
+            debug!("reply for a connection that is gone, dropping it");
+            self.counters.replies_lost += 1;
+            // The reconnect was waiting for the handler.
+            self.handle_timeout(now);
+        }
+    }
+
+    /// Says goodbye to the broker, for a clean shutdown.
+    pub fn shutdown(&mut self) {
+        if self.is_connected() {
+            self.send(WorkerCommand::Disconnect);
+        }
+    }
+
+    fn connect(&mut self, now: Instant) {
+        self.counters.connects += 1;
+        self.actions.push_back(Action::Connect);
+        self.state = State::Connected {
+            broker_expiry: now + self.config.interval() * self.config.heartbeat_liveness.max(1),
+            next_heartbeat: now + self.config.interval(),
+        };
+        self.send(WorkerCommand::Ready {
+            service: self.config.service.clone(),
+        });
+    }
+
+    fn lose_connection(&mut self, now: Instant) {
+        self.actions.push_back(Action::Disconnect);
+        self.mark_abandoned();
+        self.state = State::Disconnected {
+            reconnect_at: now + self.backoff,
+        };
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(self.config.reconnect_max_ms));
+    }
+
+    fn mark_abandoned(&mut self) {
+        if let Some((_, current)) = self.busy.as_mut() {
+            *current = false;
+        }
+    }
+
+    fn send(&mut self, cmd: WorkerCommand) {
+        self.actions
+            .push_back(Action::Send(Message::Worker(cmd).encode()));
+    }
+}

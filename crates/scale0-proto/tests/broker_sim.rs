@@ -1,0 +1,502 @@
+//! The broker state machine under virtual time: dispatch order, queueing, heartbeats,
+//! expiry, re-registration and bad input, with every timing bound checked exactly.
+
+use bytes::Bytes;
+use scale0_proto::broker::{Broker, Config, DropReason};
+use scale0_proto::mdp::{self, ClientMessage, Message, WorkerCommand};
+use scale0_proto::{DecodeError, Frames, Instant, PeerId, ServiceName};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn peer(s: &str) -> PeerId {
+    PeerId::new(b(s)).unwrap()
+}
+
+fn svc(s: &str) -> ServiceName {
+    ServiceName::new(b(s)).unwrap()
+}
+
+/// A broker, a virtual clock, and what the broker sent, decoded.
+struct Sim {
+    broker: Broker,
+    now: Instant,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self::with(Config {
+            heartbeat_interval_ms: 1000,
+            heartbeat_liveness: 3,
+            max_message_bytes: 1024,
+        })
+    }
+
+    fn with(config: Config) -> Self {
+        Self {
+            broker: Broker::new(config, Instant::ZERO),
+            now: Instant::ZERO,
+        }
+    }
+
+    fn raw(&mut self, from: &str, mut frames: Frames) {
+        frames.insert(0, b(from));
+        self.broker.handle_message(self.now, frames);
+    }
+
+    fn request(&mut self, client: &str, service: &str, body: &str) {
+        let m = Message::Client(ClientMessage {
+            service: svc(service),
+            body: vec![b(body)],
+        });
+        self.broker
+            .handle_message(self.now, m.encode_to(&peer(client)));
+    }
+
+    fn worker(&mut self, worker: &str, cmd: WorkerCommand) {
+        self.broker
+            .handle_message(self.now, Message::Worker(cmd).encode_to(&peer(worker)));
+    }
+
+    fn ready(&mut self, worker: &str, service: &str) {
+        self.worker(
+            worker,
+            WorkerCommand::Ready {
+                service: svc(service),
+            },
+        );
+    }
+
+    fn reply(&mut self, worker: &str, client: &str, body: &str) {
+        self.worker(
+            worker,
+            WorkerCommand::Reply {
+                client: peer(client),
+                body: vec![b(body)],
+            },
+        );
+    }
+
+    /// Moves the clock to `ms`, firing every timeout on the way at its exact time.
+    fn advance_to(&mut self, ms: u64) {
+        let target = Instant::from_millis(ms);
+        loop {
+            let t = self.broker.poll_timeout();
+            if t > target {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.broker.handle_timeout(self.now);
+        }
+        self.now = target;
+    }
+
+    /// Everything sent since the last call, as (destination, message).
+    fn sent(&mut self) -> Vec<(String, Message)> {
+        let mut out = Vec::new();
+        while let Some(t) = self.broker.poll_transmit() {
+            let (to, rest) = mdp::split_routing_id(t.frames).unwrap();
+            let to = String::from_utf8(to.as_bytes().to_vec()).unwrap();
+            out.push((to, Message::decode(rest).unwrap()));
+        }
+        out
+    }
+
+    /// The (worker, body) of each REQUEST sent since the last call; other messages are
+    /// ignored.
+    fn dispatched(&mut self) -> Vec<(String, String)> {
+        self.sent()
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                Message::Worker(WorkerCommand::Request { body, .. }) => {
+                    Some((to, String::from_utf8(body[0].to_vec()).unwrap()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn mmi_service(&mut self, name: &str) -> String {
+        self.sent();
+        let m = Message::Client(ClientMessage {
+            service: svc("mmi.service"),
+            body: vec![b(name)],
+        });
+        self.broker
+            .handle_message(self.now, m.encode_to(&peer("mmi-client")));
+        match self.sent().pop() {
+            Some((to, Message::Client(m))) => {
+                assert_eq!(to, "mmi-client");
+                assert_eq!(m.service, svc("mmi.service"));
+                String::from_utf8(m.body[0].to_vec()).unwrap()
+            }
+            other => panic!("no MMI reply: {other:?}"),
+        }
+    }
+}
+
+fn w(to: &str, body: &str) -> (String, String) {
+    (to.into(), body.into())
+}
+
+#[test]
+fn requests_go_to_the_least_recently_used_worker() {
+    let mut sim = Sim::new();
+    for worker in ["w1", "w2", "w3"] {
+        sim.ready(worker, "echo");
+    }
+    for i in 1..=3 {
+        sim.request("c", "echo", &format!("r{i}"));
+    }
+    assert_eq!(
+        sim.dispatched(),
+        [w("w1", "r1"), w("w2", "r2"), w("w3", "r3")]
+    );
+    // w2 finishes first, then w1: w2 has now been idle longest.
+    sim.reply("w2", "c", "x");
+    sim.reply("w1", "c", "x");
+    sim.request("c", "echo", "r4");
+    sim.request("c", "echo", "r5");
+    assert_eq!(sim.dispatched(), [w("w2", "r4"), w("w1", "r5")]);
+}
+
+#[test]
+fn requests_wait_for_a_worker_and_replies_echo_the_service() {
+    let mut sim = Sim::new();
+    sim.request("c1", "echo", "first");
+    sim.request("c2", "echo", "second");
+    assert!(
+        sim.sent().is_empty(),
+        "nothing to send before a worker is ready"
+    );
+    assert_eq!(sim.broker.services()[0].queued, 2);
+
+    sim.ready("w", "echo");
+    assert_eq!(sim.dispatched(), [w("w", "first")]);
+    sim.reply("w", "c1", "one");
+    let sent = sim.sent();
+    assert_eq!(
+        sent.len(),
+        2,
+        "reply to c1, then the next request to w: {sent:?}"
+    );
+    assert_eq!(
+        sent[0],
+        (
+            "c1".into(),
+            Message::Client(ClientMessage {
+                service: svc("echo"),
+                body: vec![b("one")]
+            })
+        )
+    );
+    assert!(
+        matches!(&sent[1], (to, Message::Worker(WorkerCommand::Request { client, .. }))
+        if to == "w" && client == &peer("c2"))
+    );
+}
+
+#[test]
+fn the_reply_goes_to_the_client_the_request_came_from() {
+    let mut sim = Sim::new();
+    sim.ready("w", "echo");
+    sim.request("honest", "echo", "x");
+    sim.sent();
+    // The worker names another client; the broker routes to the one it sent.
+    sim.reply("w", "someone-else", "reply");
+    let sent = sim.sent();
+    assert_eq!(sent[0].0, "honest");
+}
+
+#[test]
+fn workers_are_heartbeated_every_interval() {
+    let mut sim = Sim::new();
+    sim.ready("w", "echo");
+    sim.sent();
+    sim.advance_to(999);
+    assert!(sim.sent().is_empty());
+    sim.advance_to(1000);
+    assert_eq!(
+        sim.sent(),
+        [("w".into(), Message::Worker(WorkerCommand::Heartbeat))]
+    );
+    sim.worker("w", WorkerCommand::Heartbeat);
+    sim.advance_to(2000);
+    assert_eq!(sim.sent().len(), 1);
+}
+
+#[test]
+fn a_silent_idle_worker_expires_after_exactly_liveness_intervals() {
+    let mut sim = Sim::new();
+    sim.advance_to(500);
+    sim.ready("w", "echo");
+    assert_eq!(sim.mmi_service("echo"), "200");
+    sim.advance_to(3499);
+    assert_eq!(
+        sim.broker.worker_count(),
+        1,
+        "alive until 3 × 1000 ms of silence"
+    );
+    sim.advance_to(3500);
+    assert_eq!(
+        sim.broker.worker_count(),
+        0,
+        "expired at 3 × 1000 ms of silence"
+    );
+    assert!(
+        sim.sent()
+            .contains(&("w".into(), Message::Worker(WorkerCommand::Disconnect)))
+    );
+    assert_eq!(sim.broker.counters().workers_expired, 1);
+    assert_eq!(sim.mmi_service("echo"), "404");
+}
+
+#[test]
+fn any_command_keeps_a_worker_alive() {
+    let mut sim = Sim::new();
+    sim.ready("w", "echo");
+    for t in (900..100_000).step_by(900) {
+        sim.advance_to(t);
+        if t % 1800 == 0 {
+            sim.worker("w", WorkerCommand::Heartbeat);
+        } else {
+            sim.request("c", "echo", "x");
+            sim.reply("w", "c", "y");
+        }
+    }
+    assert_eq!(sim.broker.worker_count(), 1);
+    assert_eq!(sim.broker.counters().workers_expired, 0);
+}
+
+#[test]
+fn the_purge_expires_every_silent_worker_not_only_the_head_of_the_list() {
+    let mut sim = Sim::new();
+    sim.ready("alive", "echo");
+    sim.ready("silent1", "echo");
+    sim.ready("silent2", "other");
+    sim.ready("silent3", "echo");
+    for t in (500..=3000).step_by(500) {
+        sim.advance_to(t);
+        sim.worker("alive", WorkerCommand::Heartbeat);
+    }
+    assert_eq!(sim.broker.worker_count(), 1);
+    assert_eq!(sim.broker.counters().workers_expired, 3);
+    assert_eq!(sim.mmi_service("echo"), "200");
+    assert_eq!(sim.mmi_service("other"), "404");
+}
+
+#[test]
+fn a_busy_worker_is_not_expired_for_silence() {
+    let mut sim = Sim::new();
+    sim.ready("w", "slow");
+    sim.request("c", "slow", "job");
+    sim.advance_to(60_000);
+    assert_eq!(sim.broker.worker_count(), 1);
+    sim.sent();
+    sim.reply("w", "c", "done");
+    assert_eq!(sim.sent()[0].0, "c");
+    // Idle again, it expires like any idle worker, counted from its last word.
+    sim.advance_to(62_999);
+    assert_eq!(sim.broker.worker_count(), 1);
+    sim.advance_to(63_000);
+    assert_eq!(sim.broker.worker_count(), 0);
+}
+
+#[test]
+fn a_worker_reregisters_after_disconnect_from_a_restarted_broker() {
+    let mut sim = Sim::new();
+    // A fresh broker (as after a restart) hears a heartbeat from a worker it never met.
+    sim.worker("w", WorkerCommand::Heartbeat);
+    assert_eq!(
+        sim.sent(),
+        [("w".into(), Message::Worker(WorkerCommand::Disconnect))]
+    );
+    assert_eq!(sim.broker.worker_count(), 0);
+    sim.request("c", "echo", "queued");
+    sim.ready("w", "echo");
+    assert_eq!(sim.dispatched(), [w("w", "queued")]);
+}
+
+#[test]
+fn unexpected_worker_commands_get_disconnect() {
+    let disconnect = Message::Worker(WorkerCommand::Disconnect);
+    // A second READY.
+    let mut sim = Sim::new();
+    sim.ready("w", "echo");
+    sim.ready("w", "echo");
+    assert_eq!(sim.sent(), [("w".into(), disconnect.clone())]);
+    assert_eq!(sim.broker.worker_count(), 0);
+    // READY for the broker's own namespace.
+    sim.ready("m", "mmi.service");
+    assert_eq!(sim.sent(), [("m".into(), disconnect.clone())]);
+    assert_eq!(sim.broker.worker_count(), 0);
+    // REPLY with no request held.
+    sim.ready("idle", "echo");
+    sim.reply("idle", "c", "unasked");
+    assert_eq!(sim.sent(), [("idle".into(), disconnect.clone())]);
+    assert_eq!(sim.broker.worker_count(), 0);
+    // REPLY from a stranger.
+    sim.reply("stranger", "c", "x");
+    assert_eq!(sim.sent(), [("stranger".into(), disconnect)]);
+    assert_eq!(sim.broker.counters().disconnects_sent, 4);
+    // DISCONNECT from a stranger is simply ignored.
+    sim.worker("stranger", WorkerCommand::Disconnect);
+    assert!(sim.sent().is_empty());
+}
+
+#[test]
+fn a_request_held_by_a_departing_worker_goes_to_another() {
+    let mut sim = Sim::new();
+    sim.ready("w1", "echo");
+    sim.ready("w2", "echo");
+    sim.request("c", "echo", "a");
+    sim.request("c", "echo", "b");
+    assert_eq!(sim.dispatched(), [w("w1", "a"), w("w2", "b")]);
+    // w1 says goodbye while holding "a"; w2 then takes it after finishing "b".
+    sim.worker("w1", WorkerCommand::Disconnect);
+    assert!(sim.dispatched().is_empty());
+    sim.reply("w2", "c", "B");
+    assert_eq!(sim.dispatched(), [w("w2", "a")]);
+    assert_eq!(sim.broker.counters().requeued, 1);
+}
+
+#[test]
+fn an_unreachable_worker_is_removed_and_its_request_redispatched() {
+    let mut sim = Sim::new();
+    sim.ready("dead", "echo");
+    sim.ready("live", "echo");
+    sim.request("c", "echo", "job");
+    assert_eq!(sim.dispatched(), [w("dead", "job")]);
+    // The driver's send of that REQUEST failed with EHOSTUNREACH.
+    sim.broker.handle_unroutable(sim.now, &peer("dead"));
+    assert_eq!(sim.dispatched(), [w("live", "job")]);
+    assert_eq!(sim.broker.worker_count(), 1);
+    // A reply to a vanished client is counted and forgotten.
+    sim.broker.handle_unroutable(sim.now, &peer("gone-client"));
+    assert_eq!(sim.broker.counters().dropped(DropReason::Unroutable), 1);
+}
+
+#[test]
+fn mmi_answers_200_404_and_501() {
+    let mut sim = Sim::new();
+    sim.ready("w", "echo");
+    assert_eq!(sim.mmi_service("echo"), "200");
+    assert_eq!(sim.mmi_service("nope"), "404");
+    // A service with queued requests but no worker is not available.
+    sim.request("c", "queued-only", "x");
+    assert_eq!(sim.mmi_service("queued-only"), "404");
+    sim.sent();
+    let m = Message::Client(ClientMessage {
+        service: svc("mmi.unknown"),
+        body: vec![b("x")],
+    });
+    sim.broker.handle_message(sim.now, m.encode_to(&peer("c")));
+    let sent = sim.sent();
+    assert_eq!(
+        sent,
+        [(
+            "c".into(),
+            Message::Client(ClientMessage {
+                service: svc("mmi.unknown"),
+                body: vec![b("501")]
+            })
+        )]
+    );
+    assert_eq!(sim.broker.counters().mmi_requests, 4);
+}
+
+#[test]
+fn malformed_input_is_dropped_counted_and_harmless() {
+    let mut sim = Sim::new();
+    sim.ready("w", "echo");
+    sim.sent();
+    let bad: Vec<(Frames, DropReason)> = vec![
+        (
+            vec![b("x")],
+            DropReason::Malformed(DecodeError::NoDelimiter),
+        ),
+        (
+            vec![b(""), b("MDPX01")],
+            DropReason::Malformed(DecodeError::UnknownHeader),
+        ),
+        (
+            vec![b(""), b("MDPC01")],
+            DropReason::Malformed(DecodeError::MissingFrame),
+        ),
+        (
+            vec![b(""), b("MDPC01"), b("")],
+            DropReason::Malformed(DecodeError::BadServiceName),
+        ),
+        (
+            vec![b(""), b("MDPW01"), b("\x09")],
+            DropReason::Malformed(DecodeError::UnknownCommand),
+        ),
+        (
+            vec![b(""), b("MDPW01"), b("\x04"), b("extra")],
+            DropReason::Malformed(DecodeError::ExtraFrames),
+        ),
+        (
+            vec![b(""), b("MDPW01"), b("\x02"), b("c"), b(""), b("x")],
+            DropReason::WrongDirection,
+        ),
+        (
+            vec![b(""), b("MDPC01"), b("echo"), Bytes::from(vec![0u8; 2000])],
+            DropReason::TooLarge,
+        ),
+    ];
+    for (frames, reason) in &bad {
+        let before = sim.broker.counters().dropped(*reason);
+        sim.raw("w", frames.clone());
+        assert_eq!(
+            sim.broker.counters().dropped(*reason),
+            before + 1,
+            "{reason:?}"
+        );
+    }
+    sim.broker.handle_message(sim.now, vec![]);
+    assert_eq!(
+        sim.broker
+            .counters()
+            .dropped(DropReason::Malformed(DecodeError::BadRoutingId)),
+        1
+    );
+    assert!(sim.sent().is_empty(), "bad input gets no answer");
+    // The worker is still registered and everyone else is still served.
+    sim.request("c", "echo", "fine");
+    assert_eq!(sim.dispatched(), [w("w", "fine")]);
+    assert_eq!(sim.broker.counters().dropped_total(), bad.len() as u64 + 1);
+}
+
+#[test]
+fn unused_services_are_forgotten() {
+    let mut sim = Sim::new();
+    sim.ready("w", "a");
+    sim.request("c", "a", "x");
+    sim.reply("w", "c", "y");
+    sim.worker("w", WorkerCommand::Disconnect);
+    assert!(sim.broker.services().is_empty());
+}
+
+#[test]
+fn a_worker_heartbeating_on_time_never_expires_over_a_long_run() {
+    let mut sim = Sim::with(Config {
+        heartbeat_interval_ms: 2500,
+        heartbeat_liveness: 3,
+        max_message_bytes: 1024,
+    });
+    sim.ready("w", "echo");
+    let mut t = 0;
+    while t < 3_600_000 {
+        t += 2500;
+        sim.advance_to(t);
+        sim.worker("w", WorkerCommand::Heartbeat);
+    }
+    assert_eq!(sim.broker.worker_count(), 1);
+    let heartbeats = sim
+        .sent()
+        .iter()
+        .filter(|(_, m)| *m == Message::Worker(WorkerCommand::Heartbeat))
+        .count();
+    assert_eq!(heartbeats, 3_600_000 / 2500);
+}

@@ -1,0 +1,26 @@
+//! The real clock, turned into the core's [`Instant`] values.
+
+use scale0_proto::Instant;
+
+/// Milliseconds since this clock was made, as the core's time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock(std::time::Instant);
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    pub(crate) fn now(self) -> Instant {
+        Instant::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Milliseconds to wait for `deadline`, capped so shutdown is noticed in time.
+    pub(crate) fn wait_ms(self, deadline: Option<Instant>) -> i64 {
+        let cap = crate::Shutdown::CHECK_INTERVAL_MS;
+        let wait = deadline.map_or(cap, |d| {
+            u64::try_from(d.saturating_since(self.now()).as_millis()).unwrap_or(cap)
+        });
+        i64::try_from(wait.min(cap)).unwrap_or(0)
+    }
+}

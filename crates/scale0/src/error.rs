@@ -1,0 +1,64 @@
+//! Errors of the socket layer.
+
+use scale0_proto::DecodeError;
+
+/// Something the library could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// libzmq refused an operation, such as binding an endpoint in use.
+    #[error("{what}: {source}")]
+    Zmq {
+        /// What was being done, with the endpoint where there is one.
+        what: String,
+        /// libzmq's error.
+        source: zmq::Error,
+    },
+    /// A name that is not a valid MDP service name (1 to 255 bytes).
+    #[error("invalid service name {0:?}: it must be 1 to 255 bytes")]
+    InvalidServiceName(String),
+    /// A config value that cannot work, such as zero workers.
+    #[error("invalid setting: {0}")]
+    InvalidConfig(String),
+    /// No reply came back within the timeout, after every retry.
+    #[error(
+        "no reply from {endpoint} for service {service:?} after {attempts} attempt(s) of {timeout_ms} ms: is a broker running there, with a worker for that service?"
+    )]
+    Timeout {
+        /// Where the client was connected.
+        endpoint: String,
+        /// The service asked for.
+        service: String,
+        /// How many times the request was sent.
+        attempts: u32,
+        /// How long each attempt waited.
+        timeout_ms: u64,
+    },
+    /// The worker's handler failed and the worker said so in an error reply.
+    #[error("service {service:?} failed: {message}")]
+    Service {
+        /// The service that failed.
+        service: String,
+        /// The worker's message.
+        message: String,
+    },
+    /// The broker sent something that is not an MDP reply.
+    #[error("malformed reply from the broker: {0}")]
+    BadReply(#[from] DecodeError),
+}
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) trait ZmqContext<T> {
+    /// Names the operation that failed.
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> ZmqContext<T> for std::result::Result<T, zmq::Error> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Zmq {
+            what: what(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,27 @@
+//! scale0: distributed work over ZeroMQ.
+//!
+//! This crate drives the sans-IO state machines of [`scale0_proto`] over real libzmq
+//! sockets. It is the only crate that links libzmq. Every server is a value built from
+//! a config that carries its endpoints, bound first (so callers can read back the real
+//! ports) and then run until a [`Shutdown`] is triggered. The API is synchronous:
+//! threads and `zmq::poll` loops, one owner per socket.
+
+mod broker;
+mod client;
+mod clock;
+mod error;
+mod shutdown;
+mod sockets;
+mod worker;
+
+pub use broker::{Broker, BrokerConfig};
+pub use client::{Client, ClientConfig, PipelineSummary, Reply};
+pub use error::{Error, Result};
+pub use shutdown::Shutdown;
+pub use worker::{Handler, HandlerError, Worker, WorkerConfig, WorkerSummary};
+
+pub use scale0_proto as proto;
+
+/// First frame of an error reply from a scale0 worker whose handler failed; the second
+/// frame is a human-readable message. Documented in `docs/protocol.md`.
+pub const ERROR_REPLY_MARKER: &[u8] = b"scale0.error";

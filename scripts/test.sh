@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs what the tests need first: pyzmq, in a venv under
+# target/ (Debian's system python3 refuses a plain `pip install`; a venv works anywhere).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/pyenv
+if ! "$venv/bin/python" -c 'import zmq' >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing pyzmq into $venv" >&2
+  mkdir -p target
+  python3 -m venv "$venv" || {
+    echo "scripts/test.sh: 'python3 -m venv' failed; on Debian install python3-venv" >&2
+    exit 1
+  }
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyzmq>=26,<28'
+fi
+export SCALE0_PYTHON="$PWD/$venv/bin/python"
+
+cargo test --workspace "$@"
