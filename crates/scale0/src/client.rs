@@ -111,9 +111,7 @@ impl Client {
             .socket(zmq::DEALER)
             .context(|| "creating the client socket".into())?;
         socket.set_linger(0).context(|| "setting LINGER".into())?;
-        socket
-            .connect(endpoint)
-            .context(|| format!("connecting to {endpoint}"))?;
+        sockets::connect(&socket, endpoint)?;
         Ok(socket)
     }
 

@@ -1,7 +1,7 @@
 //! The few socket chores every loop shares: one process-wide context, multipart
 //! receive into `Bytes`, multipart send.
 
-use crate::error::{Result, ZmqContext};
+use crate::error::{Error, Result, ZmqContext};
 use bytes::Bytes;
 use scale0_proto::Frames;
 use std::sync::OnceLock;
@@ -26,8 +26,36 @@ pub(crate) fn send(socket: &zmq::Socket, frames: &Frames) -> std::result::Result
     socket.send_multipart(frames.iter().map(|f| &f[..]), zmq::DONTWAIT)
 }
 
+/// Catches endpoint mistakes libzmq lets through: it takes `tcp://host:99999` and
+/// silently binds port 99999 mod 65536.
+pub(crate) fn check_endpoint(endpoint: &str) -> Result<()> {
+    if let Some(rest) = endpoint.strip_prefix("tcp://") {
+        let port = rest.rsplit_once(':').map(|(_, p)| p);
+        let valid = match port {
+            Some("*") => true,
+            Some(p) => p.parse::<u16>().is_ok(),
+            None => false,
+        };
+        if !valid {
+            return Err(Error::InvalidConfig(format!(
+                "endpoint {endpoint:?} needs a port from 0 to 65535, or * for any free port"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Connects `socket` to `endpoint`.
+pub(crate) fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<()> {
+    check_endpoint(endpoint)?;
+    socket
+        .connect(endpoint)
+        .context(|| format!("connecting to {endpoint}"))
+}
+
 /// Binds `endpoint` and returns the endpoint actually bound (the real port for `:*`).
 pub(crate) fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String> {
+    check_endpoint(endpoint)?;
     socket
         .bind(endpoint)
         .context(|| format!("binding {endpoint}"))?;
@@ -35,4 +63,30 @@ pub(crate) fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String> {
         .get_last_endpoint()
         .context(|| format!("reading the endpoint bound for {endpoint}"))?;
     Ok(bound.unwrap_or_else(|raw| String::from_utf8_lossy(&raw).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_endpoint;
+
+    #[test]
+    fn tcp_ports_are_checked() {
+        for ok in [
+            "tcp://*:5555",
+            "tcp://127.0.0.1:*",
+            "tcp://[::1]:0",
+            "inproc://x",
+            "ipc:///tmp/s",
+        ] {
+            assert!(check_endpoint(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "tcp://127.0.0.1:99999",
+            "tcp://localhost",
+            "tcp://h:-1",
+            "tcp://h:port",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
 }

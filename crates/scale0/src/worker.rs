@@ -92,6 +92,7 @@ const QUIT: &[u8] = b"Q";
 impl Worker {
     /// Checks the config; nothing connects until [`Worker::run`].
     pub fn new(config: WorkerConfig) -> Result<Self> {
+        sockets::check_endpoint(&config.connect)?;
         let service = ServiceName::new(Bytes::from(config.service.clone().into_bytes()))
             .map_err(|_| Error::InvalidServiceName(config.service.clone()))?;
         if service.is_mmi() {
@@ -215,8 +216,7 @@ impl Worker {
                         .socket(zmq::DEALER)
                         .context(|| "creating the worker socket".into())?;
                     s.set_linger(0).context(|| "setting LINGER".into())?;
-                    s.connect(&self.config.connect)
-                        .context(|| format!("connecting to {}", self.config.connect))?;
+                    sockets::connect(&s, &self.config.connect)?;
                     debug!(endpoint = %self.config.connect, service = %self.service, "connecting");
                     *broker = Some(s);
                 }

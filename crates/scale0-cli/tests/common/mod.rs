@@ -1,0 +1,268 @@
+//! Helpers for black-box tests: start the real `scale0` binary and pyzmq peers as
+//! separate processes, find their endpoints, and wait with deadlines (never sleeps).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Generous bound that only catches hangs; behaviour is asserted, not timing.
+pub const HANG: Duration = Duration::from_secs(30);
+
+pub fn scale0() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_scale0"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python with pyzmq that `scripts/test.sh` installs. Missing is a failure, not a skip.
+pub fn python() -> Command {
+    let path = std::env::var_os("SCALE0_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/pyenv/bin/python"));
+    let ok = Command::new(&path)
+        .args(["-c", "import zmq"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "no Python with pyzmq at {}: run the tests with scripts/test.sh, which installs it",
+        path.display()
+    );
+    Command::new(path)
+}
+
+pub fn peer(script: &str) -> Command {
+    let mut c = python();
+    c.arg(repo_root().join("tests/peers").join(script));
+    c
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            child,
+            name: name.into(),
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Proc {
+    /// Waits for the process to exit on its own and returns what it printed.
+    pub fn output(mut self) -> Output {
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"));
+        finish(child, &self.name)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running `scale0 broker`.
+pub struct Broker {
+    pub proc: Proc,
+    pub endpoint: String,
+}
+
+impl Broker {
+    /// Starts a broker on a free loopback port with extra flags.
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_on("tcp://127.0.0.1:*", extra)
+    }
+
+    pub fn start_on(bind: &str, extra: &[&str]) -> Self {
+        let mut cmd = scale0();
+        cmd.args(["broker", "--bind", bind])
+            .args(extra)
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn("broker", cmd);
+        let stdout = proc.child.stdout.take().expect("piped stdout");
+        let line = first_line(stdout, HANG).expect("the broker prints its endpoint");
+        let endpoint = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self { proc, endpoint }
+    }
+
+    pub fn port(&self) -> &str {
+        self.endpoint.rsplit(':').next().unwrap()
+    }
+}
+
+/// The first line of a stream, or `None` at EOF or after `deadline`.
+pub fn first_line(
+    stream: impl std::io::Read + Send + 'static,
+    deadline: Duration,
+) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).unwrap_or(0);
+        let _ = tx.send((n > 0).then(|| line.trim_end().to_string()));
+        // Keep draining so the child never blocks on a full pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    rx.recv_timeout(deadline).ok().flatten()
+}
+
+/// Runs a command to completion, killing it if it outlives `HANG`.
+pub fn run(mut cmd: Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    finish(child, &format!("{cmd:?}"))
+}
+
+/// Waits for a child to exit, killing it if it outlives `HANG`.
+pub fn finish(mut child: Child, what: &str) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > HANG {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "command hung: {what}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `check` until it holds or `HANG` passes.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < HANG, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The result line of `tests/peers/mdp_client.py`.
+pub struct ClientReport {
+    pub json: serde_json::Value,
+    pub ok: bool,
+    pub stderr: String,
+}
+
+impl ClientReport {
+    pub fn replies(&self) -> u64 {
+        self.json["replies"].as_u64().unwrap_or(0)
+    }
+
+    /// Replies per distinct reply body.
+    pub fn tally(&self) -> Vec<(String, u64)> {
+        let mut t: Vec<(String, u64)> = self.json["tally"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        t.sort();
+        t
+    }
+}
+
+/// Runs the Python MDP client and parses its report.
+pub fn py_client(args: &[&str]) -> ClientReport {
+    let mut cmd = peer("mdp_client.py");
+    cmd.args(args);
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("client printed {stdout:?} ({e}); stderr: {stderr}"));
+    ClientReport {
+        json,
+        ok: out.status.success(),
+        stderr,
+    }
+}
+
+/// Starts the Python MDP worker and waits until it has sent READY.
+pub fn py_worker(endpoint: &str, service: &str, name: &str, heartbeat_ms: u32) -> Proc {
+    let mut cmd = peer("mdp_worker.py");
+    cmd.args([
+        "--endpoint",
+        endpoint,
+        "--service",
+        service,
+        "--name",
+        name,
+        "--tag",
+        "--heartbeat-ms",
+        &heartbeat_ms.to_string(),
+    ])
+    .stdout(Stdio::piped());
+    let mut proc = Proc::spawn(name, cmd);
+    let stdout = proc.child.stdout.take().expect("piped stdout");
+    assert_eq!(
+        first_line(stdout, HANG).as_deref(),
+        Some("ready"),
+        "{name} started"
+    );
+    proc
+}
+
+/// Asks the broker over MMI whether `service` has workers: "200" or "404".
+pub fn mmi_service(endpoint: &str, service: &str) -> String {
+    let out = run({
+        let mut c = scale0();
+        c.args([
+            "request",
+            "--connect",
+            endpoint,
+            "--service",
+            "mmi.service",
+            "--timeout-ms",
+            "2000",
+            service,
+        ]);
+        c
+    });
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

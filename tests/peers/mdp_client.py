@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""An MDP/0.1 client written from ZeroMQ RFC 7, for testing scale0 with a real peer.
+
+REQ mode sends one request at a time (REQ adds the empty delimiter itself);
+DEALER mode keeps --in-flight requests outstanding and adds the delimiter by hand.
+Prints one JSON line: counts, the reply bodies tallied, and anything malformed.
+"""
+import argparse
+import collections
+import json
+import sys
+import time
+
+import zmq
+
+MDPC = b"MDPC01"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--service", required=True)
+    p.add_argument("--socket", choices=["req", "dealer"], default="req")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--in-flight", type=int, default=1)
+    p.add_argument("--body", default="hello")
+    p.add_argument("--timeout-ms", type=int, default=10000)
+    p.add_argument("--retries", type=int, default=0,
+                   help="REQ only: Lazy Pirate retries on a new socket after a timeout")
+    args = p.parse_args()
+
+    ctx = zmq.Context()
+    tally = collections.Counter()
+    bad = []
+    replies = 0
+
+    def check(frames):
+        nonlocal replies
+        if len(frames) < 3 or frames[0] != MDPC or frames[1] != args.service.encode():
+            bad.append([f.hex() for f in frames])
+            return
+        replies += 1
+        # The last frame names the worker when the worker tags its replies.
+        tally[b"|".join(frames[2:]).decode(errors="replace")] += 1
+
+    def body(i):
+        return args.body.replace("{i}", str(i)).encode()
+
+    if args.socket == "req":
+        sock = None
+        for i in range(args.count):
+            for attempt in range(args.retries + 1):
+                if sock is None:
+                    sock = ctx.socket(zmq.REQ)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.connect(args.endpoint)
+                sock.send_multipart([MDPC, args.service.encode(), body(i)])
+                if sock.poll(args.timeout_ms, zmq.POLLIN):
+                    check(sock.recv_multipart())
+                    break
+                sock.close()
+                sock = None
+            else:
+                finish(ctx, sock, args.count, replies, tally, bad, timed_out=True)
+    else:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(args.endpoint)
+        sent = 0
+        while replies + len(bad) < args.count:
+            while sent < args.count and sent - replies - len(bad) < args.in_flight:
+                sock.send_multipart([b"", MDPC, args.service.encode(), body(sent)])
+                sent += 1
+            if not sock.poll(args.timeout_ms, zmq.POLLIN):
+                finish(ctx, sock, sent, replies, tally, bad, timed_out=True)
+            frames = sock.recv_multipart()
+            if not frames or frames[0] != b"":
+                bad.append([f.hex() for f in frames])
+                continue
+            check(frames[1:])
+    finish(ctx, sock, args.count, replies, tally, bad, timed_out=False)
+
+
+def finish(ctx, sock, sent, replies, tally, bad, timed_out):
+    if sock is not None:
+        sock.close()
+    ctx.term()
+    print(json.dumps({"sent": sent, "replies": replies, "bad": bad,
+                      "timed_out": timed_out, "tally": dict(tally)}))
+    sys.stdout.flush()
+    sys.exit(1 if timed_out or bad else 0)
+
+
+if __name__ == "__main__":
+    main()
