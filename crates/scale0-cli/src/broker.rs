@@ -1,6 +1,8 @@
 //! `scale0 broker`.
 
 use anyhow::Result;
+use bytes::Bytes;
+use scale0::proto::ServiceName;
 use scale0::{Broker, BrokerConfig, Shutdown};
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,6 +22,40 @@ pub(crate) struct Args {
     /// Largest message accepted, in bytes over all frames; larger ones are dropped.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// Times a request may be handed to a worker before it fails (when workers holding
+    /// it die or overrun its deadline).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
+    /// Longest a worker may hold one request, in milliseconds; then it is disconnected
+    /// and the request goes to another worker.
+    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
+    /// A per-service request deadline, as NAME=MS; repeat for several services.
+    #[arg(long, value_name = "NAME=MS", value_parser = parse_service_timeout)]
+    service_timeout: Vec<(ServiceName, u64)>,
+    /// Requests that may wait in one service's queue; further ones are refused.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_queue_depth: u64,
+    /// Longest a request waits for a service that has no worker, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    unknown_service_wait_ms: u64,
+    /// Services tracked at once; requests and workers for more are refused.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_services: u64,
+}
+
+fn parse_service_timeout(s: &str) -> Result<(ServiceName, u64), String> {
+    let (name, ms) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected NAME=MS, got {s:?}"))?;
+    let name = ServiceName::new(Bytes::copy_from_slice(name.as_bytes()))
+        .map_err(|_| format!("bad service name {name:?}: it must be 1 to 255 bytes"))?;
+    let ms = ms
+        .parse::<u64>()
+        .ok()
+        .filter(|&ms| ms > 0)
+        .ok_or_else(|| format!("bad timeout {ms:?}: expected milliseconds above 0"))?;
+    Ok((name, ms))
 }
 
 impl Args {
@@ -31,6 +67,12 @@ impl Args {
         config.core.heartbeat_interval_ms = self.heartbeat_interval_ms;
         config.core.heartbeat_liveness = self.heartbeat_liveness;
         config.core.max_message_bytes = self.max_message_bytes;
+        config.core.max_attempts = self.max_attempts;
+        config.core.request_timeout_ms = self.request_timeout_ms;
+        config.core.service_request_timeout_ms = self.service_timeout.into_iter().collect();
+        config.core.max_queue_depth = usize::try_from(self.max_queue_depth).unwrap_or(usize::MAX);
+        config.core.unknown_service_wait_ms = self.unknown_service_wait_ms;
+        config.core.max_services = usize::try_from(self.max_services).unwrap_or(usize::MAX);
         config
     }
 }

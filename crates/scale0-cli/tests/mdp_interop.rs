@@ -236,3 +236,63 @@ fn requests_wait_for_a_worker_that_starts_later() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["replies"], 50, "{report}");
 }
+
+#[test]
+fn a_request_held_by_a_worker_killed_with_sigkill_is_served_by_another() {
+    let broker = Broker::start(&["--heartbeat-interval-ms", "200"]);
+    let dir = std::env::temp_dir().join(format!("scale0-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("started");
+    // The victim registers first, so it is the least recently used worker and gets the
+    // request; its command records its pid and then works "forever".
+    let script = format!("echo $$ > {}; exec sleep 600", marker.display());
+    let mut cmd = scale0();
+    cmd.args([
+        "worker",
+        "--connect",
+        &broker.endpoint,
+        "--service",
+        "job",
+        "--heartbeat-interval-ms",
+        "200",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let mut victim = Proc::spawn("victim", cmd);
+    eventually("the victim registered", || {
+        mmi_service(&broker.endpoint, "job") == "200"
+    });
+    let _rescuer = py_worker(&broker.endpoint, "job", "rescuer", 200);
+
+    let mut client = peer("mdp_client.py");
+    client
+        .args([
+            "--endpoint",
+            &broker.endpoint,
+            "--service",
+            "job",
+            "--body",
+            "payload",
+            "--timeout-ms",
+            "20000",
+        ])
+        .stdout(Stdio::piped());
+    let client = Proc::spawn("client", client);
+    eventually("the victim started the request", || {
+        marker.exists() && std::fs::read_to_string(&marker).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let sleeper = std::fs::read_to_string(&marker).unwrap().trim().to_string();
+    victim.kill9();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &sleeper])
+        .status();
+
+    let out = client.output();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(report["replies"], 1, "{report}");
+    assert_eq!(report["tally"]["payload|rescuer"], 1, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,7 +10,7 @@ use crate::mdp::{
 };
 use crate::time::Instant;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
@@ -23,6 +23,22 @@ pub struct Config {
     pub heartbeat_liveness: u32,
     /// Largest message accepted, summed over all its frames; larger ones are dropped.
     pub max_message_bytes: usize,
+    /// Times a request may be handed to a worker. When the worker holding it on the last
+    /// attempt dies or overruns its deadline, the request fails.
+    pub max_attempts: u32,
+    /// Longest a worker may hold one request before it is presumed stuck: it is told to
+    /// DISCONNECT and the request goes to another worker. Bounds busy workers that cannot
+    /// heartbeat while they work, independently of liveness.
+    pub request_timeout_ms: u64,
+    /// Per-service overrides of `request_timeout_ms`.
+    pub service_request_timeout_ms: BTreeMap<ServiceName, u64>,
+    /// Requests that may wait in one service's queue; further ones are refused.
+    pub max_queue_depth: usize,
+    /// Longest a request waits while its service has no worker at all; then it fails
+    /// (RFC 7: requests for absent services SHOULD expire).
+    pub unknown_service_wait_ms: u64,
+    /// Services tracked at once; a request or READY for one more is refused.
+    pub max_services: usize,
 }
 
 impl Default for Config {
@@ -31,6 +47,12 @@ impl Default for Config {
             heartbeat_interval_ms: 2500,
             heartbeat_liveness: 3,
             max_message_bytes: 16 * 1024 * 1024,
+            max_attempts: 3,
+            request_timeout_ms: 60_000,
+            service_request_timeout_ms: BTreeMap::new(),
+            max_queue_depth: 100_000,
+            unknown_service_wait_ms: 30_000,
+            max_services: 10_000,
         }
     }
 }
@@ -42,6 +64,64 @@ impl Config {
 
     fn worker_expiry(&self) -> Duration {
         self.heartbeat_interval() * self.heartbeat_liveness.max(1)
+    }
+
+    fn request_timeout(&self, service: &ServiceName) -> Duration {
+        let ms = self
+            .service_request_timeout_ms
+            .get(service)
+            .copied()
+            .unwrap_or(self.request_timeout_ms);
+        Duration::from_millis(ms.max(1))
+    }
+
+    fn unknown_service_wait(&self) -> Duration {
+        Duration::from_millis(self.unknown_service_wait_ms)
+    }
+}
+
+/// Why an accepted or offered request ended without a reply from a worker.
+///
+/// Plain MDP/0.1 cannot carry an error to the client, so for such clients a failure is a
+/// log line and a counter; the client's own timeout tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailReason {
+    /// The service's queue held `max_queue_depth` requests already.
+    QueueFull,
+    /// The service had no worker for `unknown_service_wait_ms`.
+    NoWorker,
+    /// The broker already tracks `max_services` services.
+    TooManyServices,
+    /// Every one of `max_attempts` workers died or overran the deadline holding it.
+    AttemptsExhausted,
+}
+
+impl FailReason {
+    /// Every reason, in the order counters are reported.
+    pub const ALL: [FailReason; 4] = [
+        Self::QueueFull,
+        Self::NoWorker,
+        Self::TooManyServices,
+        Self::AttemptsExhausted,
+    ];
+
+    /// A stable snake_case label, for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::NoWorker => "no_worker",
+            Self::TooManyServices => "too_many_services",
+            Self::AttemptsExhausted => "attempts_exhausted",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::QueueFull => 0,
+            Self::NoWorker => 1,
+            Self::TooManyServices => 2,
+            Self::AttemptsExhausted => 3,
+        }
     }
 }
 
@@ -129,7 +209,10 @@ pub struct Counters {
     pub disconnects_sent: u64,
     /// Requests put back on their queue because the worker holding them went away.
     pub requeued: u64,
+    /// Workers removed because they held a request past its deadline.
+    pub request_timeouts: u64,
     dropped: [u64; 11],
+    failed: [u64; 4],
 }
 
 impl Counters {
@@ -141,6 +224,16 @@ impl Counters {
     /// All messages dropped, whatever the reason.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().sum()
+    }
+
+    /// How many requests failed for `reason`.
+    pub fn failed(&self, reason: FailReason) -> u64 {
+        self.failed.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    /// All requests that failed, whatever the reason.
+    pub fn failed_total(&self) -> u64 {
+        self.failed.iter().sum()
     }
 
     fn count_drop(&mut self, reason: DropReason) -> u64 {
@@ -166,6 +259,10 @@ pub struct Transmit {
 struct Request {
     client: PeerId,
     body: Body,
+    /// When it joined its queue (again, after a redelivery).
+    enqueued_at: Instant,
+    /// Times it has been handed to a worker.
+    attempts: u32,
 }
 
 /// A registered worker.
@@ -176,14 +273,40 @@ struct Worker {
     expiry: Instant,
     /// The request it is working on; a worker holds at most one.
     held: Option<Request>,
+    /// When the held request's deadline passes.
+    deadline: Instant,
+    /// Whether it has heartbeated while holding a request. Such a worker (ours do) is
+    /// expired for silence even when busy; one that does not (the reference
+    /// single-threaded workers) is bounded by the request deadline alone.
+    heartbeats_while_busy: bool,
 }
 
 /// A named service: its waiting requests and its idle workers, least recently used first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Service {
     requests: VecDeque<Request>,
     idle: VecDeque<PeerId>,
     workers: usize,
+    /// Since when the service has had no worker; `None` while it has some.
+    workerless_since: Option<Instant>,
+}
+
+impl Service {
+    fn new(now: Instant) -> Self {
+        Self {
+            requests: VecDeque::new(),
+            idle: VecDeque::new(),
+            workers: 0,
+            workerless_since: Some(now),
+        }
+    }
+
+    /// When the oldest waiting request fails for want of a worker, if the service has none.
+    fn no_worker_deadline(&self, wait: Duration) -> Option<Instant> {
+        let since = self.workerless_since?;
+        let oldest = self.requests.iter().map(|r| r.enqueued_at).min()?;
+        Some(oldest.max(since) + wait)
+    }
 }
 
 /// A snapshot of one service, for status pages and tests.
@@ -321,17 +444,79 @@ impl Broker {
             self.on_mmi(&client, m);
             return;
         }
-        self.counters.requests += 1;
         let service = m.service;
-        self.services
-            .entry(service.clone())
-            .or_default()
-            .requests
-            .push_back(Request {
-                client,
-                body: m.body,
-            });
+        let request = Request {
+            client,
+            body: m.body,
+            enqueued_at: now,
+            attempts: 0,
+        };
+        if !self.ensure_service(now, &service) {
+            Self::fail(
+                &mut self.counters,
+                &service,
+                &request.client,
+                FailReason::TooManyServices,
+            );
+            return;
+        }
+        let wait = self.config.unknown_service_wait();
+        let Some(s) = self.services.get_mut(&service) else {
+            return;
+        };
+        if s.requests.len() >= self.config.max_queue_depth {
+            Self::fail(
+                &mut self.counters,
+                &service,
+                &request.client,
+                FailReason::QueueFull,
+            );
+            return;
+        }
+        self.counters.requests += 1;
+        s.requests.push_back(request);
+        let deadline = s.no_worker_deadline(wait);
+        self.arm(deadline);
         self.dispatch(now, &service);
+    }
+
+    /// Makes sure `service` exists; false when that would pass `max_services`.
+    fn ensure_service(&mut self, now: Instant, service: &ServiceName) -> bool {
+        if self.services.contains_key(service) {
+            return true;
+        }
+        if self.services.len() >= self.config.max_services {
+            return false;
+        }
+        self.services.insert(service.clone(), Service::new(now));
+        true
+    }
+
+    /// Ends a request without a reply from a worker.
+    fn fail(counters: &mut Counters, service: &ServiceName, client: &PeerId, reason: FailReason) {
+        let n = match counters.failed.get_mut(reason.index()) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => 0,
+        };
+        if n.is_power_of_two() {
+            warn!(
+                %service,
+                client = %client,
+                reason = reason.label(),
+                total = n,
+                "request failed"
+            );
+        }
+    }
+
+    /// Makes sure the timer fires no later than `at`.
+    fn arm(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.next_purge = Some(self.next_purge.map_or(at, |p| p.min(at)));
+        }
     }
 
     fn on_mmi(&mut self, client: &PeerId, m: ClientMessage) {
@@ -363,7 +548,9 @@ impl Broker {
             w.expiry = now + self.config.worker_expiry();
         }
         match cmd {
-            WorkerCommand::Ready { service } if !known && !service.is_mmi() => {
+            WorkerCommand::Ready { service }
+                if !known && !service.is_mmi() && self.ensure_service(now, &service) =>
+            {
                 debug!(worker = %peer, %service, "worker ready");
                 self.counters.workers_registered += 1;
                 self.workers.insert(
@@ -372,9 +559,14 @@ impl Broker {
                         service: service.clone(),
                         expiry: now,
                         held: None,
+                        deadline: now,
+                        heartbeats_while_busy: false,
                     },
                 );
-                self.services.entry(service.clone()).or_default().workers += 1;
+                if let Some(s) = self.services.get_mut(&service) {
+                    s.workers += 1;
+                    s.workerless_since = None;
+                }
                 self.make_idle(now, peer);
                 self.dispatch(now, &service);
             }
@@ -398,7 +590,15 @@ impl Broker {
                 self.make_idle(now, peer);
                 self.dispatch(now, &service);
             }
-            WorkerCommand::Heartbeat if known => {}
+            WorkerCommand::Heartbeat if known => {
+                if let Some(w) = self.workers.get_mut(peer) {
+                    if w.held.is_some() {
+                        w.heartbeats_while_busy = true;
+                        let expiry = w.expiry;
+                        self.arm(Some(expiry));
+                    }
+                }
+            }
             WorkerCommand::Disconnect => {
                 if known {
                     debug!(worker = %peer, "worker disconnected");
@@ -436,11 +636,13 @@ impl Broker {
         if let Some(s) = self.services.get_mut(&w.service) {
             s.idle.push_back(peer.clone());
         }
-        self.next_purge = Some(self.next_purge.map_or(expiry, |p| p.min(expiry)));
+        self.arm(Some(expiry));
     }
 
     /// Sends waiting requests of `service` to its idle workers, least recently used first.
-    fn dispatch(&mut self, _now: Instant, service: &ServiceName) {
+    fn dispatch(&mut self, now: Instant, service: &ServiceName) {
+        let deadline = now + self.config.request_timeout(service);
+        let mut armed = None;
         let Some(s) = self.services.get_mut(service) else {
             return;
         };
@@ -451,17 +653,21 @@ impl Broker {
             let Some(w) = self.workers.get_mut(&peer) else {
                 continue;
             };
-            let Some(req) = s.requests.pop_front() else {
+            let Some(mut req) = s.requests.pop_front() else {
                 break;
             };
             self.counters.dispatched += 1;
+            req.attempts += 1;
             let cmd = WorkerCommand::Request {
                 client: req.client.clone(),
                 body: req.body.clone(),
             };
             w.held = Some(req);
+            w.deadline = deadline;
+            armed = Some(deadline);
             self.transmits.push_back(encode_worker(&peer, cmd));
         }
+        self.arm(armed);
         self.forget_if_unused(service);
     }
 
@@ -474,14 +680,32 @@ impl Broker {
         let Some(w) = self.workers.remove(peer) else {
             return;
         };
-        if let Some(s) = self.services.get_mut(&w.service) {
-            s.workers = s.workers.saturating_sub(1);
-            s.idle.retain(|p| p != peer);
-            if let Some(req) = w.held {
+        let wait = self.config.unknown_service_wait();
+        let Some(s) = self.services.get_mut(&w.service) else {
+            return;
+        };
+        s.workers = s.workers.saturating_sub(1);
+        if s.workers == 0 {
+            s.workerless_since = Some(now);
+        }
+        s.idle.retain(|p| p != peer);
+        if let Some(mut req) = w.held {
+            if req.attempts >= self.config.max_attempts {
+                Self::fail(
+                    &mut self.counters,
+                    &w.service,
+                    &req.client,
+                    FailReason::AttemptsExhausted,
+                );
+            } else {
+                // Back to the head of the line: it has waited longest.
                 self.counters.requeued += 1;
+                req.enqueued_at = now;
                 s.requests.push_front(req);
             }
         }
+        let deadline = s.no_worker_deadline(wait);
+        self.arm(deadline);
         self.dispatch(now, &w.service);
     }
 
@@ -497,26 +721,66 @@ impl Broker {
         }
     }
 
-    /// Expires every idle worker whose time has come, wherever it is in its list.
+    /// Acts on every deadline that has passed, wherever it is: silent workers, requests
+    /// held too long, requests waiting too long for a service with no worker. Then
+    /// recomputes the earliest deadline still ahead.
     fn purge(&mut self, now: Instant) {
-        let expired: Vec<PeerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.held.is_none() && w.expiry <= now)
-            .map(|(p, _)| p.clone())
-            .collect();
+        let mut expired = Vec::new();
+        let mut overdue = Vec::new();
+        for (peer, w) in &self.workers {
+            let silent = w.expiry <= now && (w.held.is_none() || w.heartbeats_while_busy);
+            if silent {
+                expired.push(peer.clone());
+            } else if w.held.is_some() && w.deadline <= now {
+                overdue.push(peer.clone());
+            }
+        }
         for peer in &expired {
             info!(worker = %peer, "worker expired after heartbeat silence");
             self.counters.workers_expired += 1;
             // Tell it, in case it is alive but slow: it will re-register.
             self.delete_worker(now, peer, true);
         }
-        self.next_purge = self
+        for peer in &overdue {
+            warn!(worker = %peer, "worker held a request past its deadline, disconnecting it");
+            self.counters.request_timeouts += 1;
+            self.delete_worker(now, peer, true);
+        }
+        self.expire_waiting(now);
+        let wait = self.config.unknown_service_wait();
+        let workers = self
             .workers
             .values()
-            .filter(|w| w.held.is_none())
-            .map(|w| w.expiry)
-            .min();
+            .map(|w| match (&w.held, w.heartbeats_while_busy) {
+                (None, _) => w.expiry,
+                (Some(_), true) => w.expiry.min(w.deadline),
+                (Some(_), false) => w.deadline,
+            });
+        let waiting = self
+            .services
+            .values()
+            .filter_map(|s| s.no_worker_deadline(wait));
+        self.next_purge = workers.chain(waiting).min();
+    }
+
+    /// Fails the requests that waited `unknown_service_wait_ms` for a service with no worker.
+    fn expire_waiting(&mut self, now: Instant) {
+        let wait = self.config.unknown_service_wait();
+        let counters = &mut self.counters;
+        for (name, s) in &mut self.services {
+            let Some(since) = s.workerless_since else {
+                continue;
+            };
+            s.requests.retain(|r| {
+                let keep = r.enqueued_at.max(since) + wait > now;
+                if !keep {
+                    Self::fail(counters, name, &r.client, FailReason::NoWorker);
+                }
+                keep
+            });
+        }
+        self.services
+            .retain(|_, s| s.workers > 0 || !s.requests.is_empty());
     }
 
     fn drop_message(&mut self, reason: DropReason, size: usize) {

@@ -50,6 +50,12 @@ pub fn broker_events(data: &[u8]) {
         heartbeat_interval_ms: 100,
         heartbeat_liveness: 3,
         max_message_bytes: 64,
+        max_attempts: 2,
+        request_timeout_ms: 700,
+        max_queue_depth: 4,
+        unknown_service_wait_ms: 500,
+        max_services: 2,
+        ..Config::default()
     };
     let mut now = Instant::ZERO;
     let mut broker = Broker::new(config, now);

@@ -30,6 +30,7 @@ impl Sim {
             heartbeat_interval_ms: 1000,
             heartbeat_liveness: 3,
             max_message_bytes: 1024,
+            ..Config::default()
         })
     }
 
@@ -90,6 +91,18 @@ impl Sim {
             self.broker.handle_timeout(self.now);
         }
         self.now = target;
+    }
+
+    /// Like `advance_to`, while the `alive` workers heartbeat every 500 ms.
+    fn advance_with(&mut self, ms: u64, alive: &[&str]) {
+        while self.now.as_millis() + 500 < ms {
+            let next = self.now.as_millis() + 500;
+            self.advance_to(next);
+            for worker in alive {
+                self.worker(worker, WorkerCommand::Heartbeat);
+            }
+        }
+        self.advance_to(ms);
     }
 
     /// Everything sent since the last call, as (destination, message).
@@ -291,15 +304,15 @@ fn a_busy_worker_is_not_expired_for_silence() {
     let mut sim = Sim::new();
     sim.ready("w", "slow");
     sim.request("c", "slow", "job");
-    sim.advance_to(60_000);
+    sim.advance_to(59_000);
     assert_eq!(sim.broker.worker_count(), 1);
     sim.sent();
     sim.reply("w", "c", "done");
     assert_eq!(sim.sent()[0].0, "c");
     // Idle again, it expires like any idle worker, counted from its last word.
-    sim.advance_to(62_999);
+    sim.advance_to(61_999);
     assert_eq!(sim.broker.worker_count(), 1);
-    sim.advance_to(63_000);
+    sim.advance_to(62_000);
     assert_eq!(sim.broker.worker_count(), 0);
 }
 
@@ -484,6 +497,7 @@ fn a_worker_heartbeating_on_time_never_expires_over_a_long_run() {
         heartbeat_interval_ms: 2500,
         heartbeat_liveness: 3,
         max_message_bytes: 1024,
+        ..Config::default()
     });
     sim.ready("w", "echo");
     let mut t = 0;
@@ -499,4 +513,241 @@ fn a_worker_heartbeating_on_time_never_expires_over_a_long_run() {
         .filter(|(_, m)| *m == Message::Worker(WorkerCommand::Heartbeat))
         .count();
     assert_eq!(heartbeats, 3_600_000 / 2500);
+}
+
+// ---- Redelivery, deadlines and bounds ----
+
+fn config() -> Config {
+    Config {
+        heartbeat_interval_ms: 1000,
+        heartbeat_liveness: 3,
+        max_message_bytes: 1024,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn a_busy_worker_that_cannot_heartbeat_is_bounded_by_the_request_deadline() {
+    let mut sim = Sim::with(Config {
+        request_timeout_ms: 20_000,
+        ..config()
+    });
+    sim.ready("reference", "svc");
+    sim.request("c", "svc", "job");
+    assert_eq!(sim.dispatched(), [w("reference", "job")]);
+    sim.ready("spare", "svc");
+    // Silent while busy for far longer than liveness: not dead, only working.
+    sim.advance_with(19_999, &["spare"]);
+    assert_eq!(sim.broker.worker_count(), 2);
+    assert!(sim.dispatched().is_empty());
+    // At the deadline it is told to DISCONNECT and the request goes to the spare.
+    sim.advance_to(20_000);
+    let sent = sim.sent();
+    assert!(sent.contains(&(
+        "reference".into(),
+        Message::Worker(WorkerCommand::Disconnect)
+    )));
+    assert!(sent.iter().any(
+        |(to, m)| to == "spare" && matches!(m, Message::Worker(WorkerCommand::Request { .. }))
+    ));
+    assert_eq!(sim.broker.counters().request_timeouts, 1);
+}
+
+#[test]
+fn a_service_can_have_its_own_request_deadline() {
+    let mut overrides = std::collections::BTreeMap::new();
+    overrides.insert(svc("slow"), 100_000);
+    let mut sim = Sim::with(Config {
+        request_timeout_ms: 5_000,
+        service_request_timeout_ms: overrides,
+        ..config()
+    });
+    sim.ready("s", "slow");
+    sim.ready("f", "fast");
+    sim.request("c", "slow", "x");
+    sim.request("c", "fast", "y");
+    sim.advance_to(5_000);
+    assert_eq!(
+        sim.broker.worker_count(),
+        1,
+        "the fast service's worker overran"
+    );
+    sim.advance_to(99_999);
+    assert_eq!(sim.broker.worker_count(), 1);
+    sim.advance_to(100_000);
+    assert_eq!(sim.broker.worker_count(), 0);
+}
+
+#[test]
+fn a_busy_worker_that_heartbeats_is_expired_when_it_falls_silent() {
+    let mut sim = Sim::with(config());
+    sim.ready("ours", "svc");
+    sim.request("c", "svc", "job");
+    sim.sent();
+    sim.advance_to(500);
+    sim.worker("ours", WorkerCommand::Heartbeat); // shows it heartbeats while busy
+    sim.ready("spare", "svc");
+    // It dies at 500: silence for liveness × interval means death even though busy.
+    sim.advance_with(3_499, &["spare"]);
+    assert_eq!(sim.broker.worker_count(), 2);
+    sim.advance_to(3_500);
+    assert_eq!(sim.dispatched(), [w("spare", "job")]);
+    assert_eq!(sim.broker.counters().workers_expired, 1);
+}
+
+#[test]
+fn a_killed_busy_worker_delays_its_request_by_at_most_one_heartbeat_interval() {
+    // SIGKILL closes the TCP connection; with ROUTER_MANDATORY the broker's next send to
+    // the worker (at the latest, the next heartbeat) fails as unroutable.
+    for died_at in [0u64, 1, 250, 999, 1000, 1001, 1999, 4321] {
+        let mut sim = Sim::with(config());
+        sim.ready("victim", "svc");
+        sim.ready("spare", "svc");
+        sim.request("c", "svc", "job");
+        assert_eq!(sim.dispatched(), [w("victim", "job")]);
+        let mut redelivered_at = None;
+        let mut t = 0;
+        while redelivered_at.is_none() {
+            t += 1;
+            sim.advance_to(t);
+            if t % 500 == 0 {
+                sim.worker("spare", WorkerCommand::Heartbeat);
+            }
+            // What the driver sees when it sends: sends to the dead victim fail, and
+            // the broker's answer to that failure is sent in the same wake.
+            let mut out = sim.sent();
+            while let Some((to, m)) = out.pop() {
+                if to == "victim" && t >= died_at {
+                    sim.broker.handle_unroutable(sim.now, &peer("victim"));
+                    out.extend(sim.sent());
+                } else if to == "spare"
+                    && matches!(m, Message::Worker(WorkerCommand::Request { .. }))
+                {
+                    redelivered_at = Some(t);
+                }
+            }
+        }
+        let delay = redelivered_at.unwrap() - died_at;
+        assert!(
+            delay <= 1000,
+            "died at {died_at}, redelivered {delay} ms later"
+        );
+    }
+}
+
+#[test]
+fn a_request_fails_after_max_attempts_worker_deaths() {
+    let mut sim = Sim::with(Config {
+        max_attempts: 3,
+        ..config()
+    });
+    sim.request("c", "svc", "poison");
+    for i in 0..3 {
+        let name = format!("w{i}");
+        sim.ready(&name, "svc");
+        assert_eq!(sim.dispatched(), [w(&name, "poison")], "attempt {}", i + 1);
+        sim.worker(&name, WorkerCommand::Disconnect);
+    }
+    use scale0_proto::broker::FailReason;
+    assert_eq!(
+        sim.broker.counters().failed(FailReason::AttemptsExhausted),
+        1
+    );
+    sim.ready("w9", "svc");
+    assert!(sim.dispatched().is_empty(), "the failed request is gone");
+    assert_eq!(sim.broker.counters().requeued, 2);
+}
+
+#[test]
+fn queues_are_bounded_and_overflow_is_counted() {
+    use scale0_proto::broker::FailReason;
+    let mut sim = Sim::with(Config {
+        max_queue_depth: 100,
+        unknown_service_wait_ms: u64::MAX / 4,
+        ..config()
+    });
+    for i in 0..1_000 {
+        sim.request("c", "flood", &i.to_string());
+    }
+    assert_eq!(sim.broker.services()[0].queued, 100);
+    assert_eq!(sim.broker.counters().requests, 100);
+    assert_eq!(sim.broker.counters().failed(FailReason::QueueFull), 900);
+    sim.ready("w", "flood");
+    assert_eq!(
+        sim.dispatched(),
+        [w("w", "0")],
+        "the oldest accepted request goes first"
+    );
+}
+
+#[test]
+fn requests_for_a_service_without_workers_expire() {
+    use scale0_proto::broker::FailReason;
+    let mut sim = Sim::with(Config {
+        unknown_service_wait_ms: 10_000,
+        ..config()
+    });
+    sim.request("c", "nobody", "a");
+    sim.advance_to(4_000);
+    sim.request("c", "nobody", "b");
+    sim.advance_to(9_999);
+    assert_eq!(sim.broker.services()[0].queued, 2);
+    sim.advance_to(10_000);
+    assert_eq!(
+        sim.broker.services()[0].queued,
+        1,
+        "a expired, b has waited 6 s"
+    );
+    sim.advance_to(14_000);
+    assert!(
+        sim.broker.services().is_empty(),
+        "both expired and the service is forgotten"
+    );
+    assert_eq!(sim.broker.counters().failed(FailReason::NoWorker), 2);
+}
+
+#[test]
+fn the_wait_counts_only_while_the_service_has_no_worker() {
+    let mut sim = Sim::with(Config {
+        unknown_service_wait_ms: 10_000,
+        ..config()
+    });
+    sim.ready("w", "svc");
+    sim.request("c", "svc", "first");
+    sim.request("c", "svc", "second"); // waits behind a busy worker: no expiry
+    sim.advance_to(30_000);
+    sim.worker("w", WorkerCommand::Heartbeat);
+    assert_eq!(sim.broker.services()[0].queued, 1);
+    // The worker leaves; from now on the second request waits for a worker that may never come.
+    sim.worker("w", WorkerCommand::Disconnect);
+    sim.advance_to(39_999);
+    assert_eq!(
+        sim.broker.services()[0].queued,
+        2,
+        "first requeued, both waiting"
+    );
+    sim.advance_to(40_000);
+    assert!(sim.broker.services().is_empty());
+}
+
+#[test]
+fn the_number_of_services_is_bounded() {
+    use scale0_proto::broker::FailReason;
+    let mut sim = Sim::with(Config {
+        max_services: 3,
+        ..config()
+    });
+    for i in 0..10 {
+        sim.request("c", &format!("svc{i}"), "x");
+    }
+    assert_eq!(sim.broker.services().len(), 3);
+    assert_eq!(sim.broker.counters().failed(FailReason::TooManyServices), 7);
+    // A worker for a fourth service is told to go away, not registered.
+    sim.ready("w", "svc9");
+    assert_eq!(
+        sim.sent(),
+        [("w".into(), Message::Worker(WorkerCommand::Disconnect))]
+    );
+    sim.ready("w2", "svc0");
+    assert_eq!(sim.dispatched(), [w("w2", "x")]);
 }

@@ -164,6 +164,7 @@ impl Net {
             heartbeat_interval_ms: 1000,
             heartbeat_liveness: 3,
             max_message_bytes: 1 << 20,
+            ..broker::Config::default()
         };
         Self {
             now: 0,

@@ -70,6 +70,19 @@ impl Broker {
             .set_rcvhwm(config.socket_hwm)
             .context(|| "setting RCVHWM".into())?;
         socket.set_linger(0).context(|| "setting LINGER".into())?;
+        // ZMTP heartbeats drop a connection whose peer froze or whose host vanished
+        // without closing TCP; libzmq then reports sends to it as unroutable.
+        let ivl = i32::try_from(config.core.heartbeat_interval_ms).unwrap_or(i32::MAX);
+        socket
+            .set_heartbeat_ivl(ivl)
+            .context(|| "setting HEARTBEAT_IVL".into())?;
+        socket
+            .set_heartbeat_timeout(
+                ivl.saturating_mul(
+                    i32::try_from(config.core.heartbeat_liveness).unwrap_or(i32::MAX),
+                ),
+            )
+            .context(|| "setting HEARTBEAT_TIMEOUT".into())?;
         let mut endpoints = Vec::with_capacity(config.bind.len());
         for endpoint in &config.bind {
             endpoints.push(sockets::bind(&socket, endpoint)?);
