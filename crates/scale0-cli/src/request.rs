@@ -29,7 +29,7 @@ pub(crate) struct Args {
     /// How long to wait for a reply, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
-    /// Times a request is re-sent after a timeout (not with --count).
+    /// Times a request is re-sent (same id: it never runs twice) after a timeout.
     #[arg(long, value_name = "N", default_value_t = 2)]
     retries: u32,
 }
@@ -68,17 +68,19 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         Some(n) => {
             let requests = (0..n).map(|_| vec![body.clone()]);
             let mut first_error = None;
-            let s = client.pipeline(&args.service, requests, args.in_flight as usize, |r| {
+            let s = client.pipeline(&args.service, requests, args.in_flight as usize, |_, r| {
                 if let Err(e) = r {
                     first_error.get_or_insert_with(|| e.to_string());
                 }
             })?;
             println!(
-                "requests {}  ok {}  errors {}  timed out {}  elapsed {:.3} s  {:.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
+                "requests {}  ok {}  errors {}  rejected {}  timed out {}  retries {}  elapsed {:.3} s  {:.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
                 s.sent,
                 s.ok,
                 s.errors,
+                s.rejected,
                 s.timed_out,
+                s.retries,
                 s.elapsed.as_secs_f64(),
                 s.rate(),
                 s.quantile(0.50).as_secs_f64() * 1e3,
@@ -89,12 +91,13 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             }
             if s.timed_out > 0 {
                 bail!(
-                    "{} request(s) got no reply within {} ms of the last one",
+                    "{} request(s) got no reply after {} attempt(s) of {} ms",
                     s.timed_out,
+                    args.retries + 1,
                     args.timeout_ms
                 );
             }
-            Ok(if s.errors > 0 {
+            Ok(if s.errors + s.rejected > 0 {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

@@ -1,16 +1,21 @@
-//! The Majordomo broker (RFC 7 with MMI, RFC 8) as a sans-IO state machine.
+//! The Majordomo broker as a sans-IO state machine: MDP/0.1 (RFC 7) and MDP/0.2 (RFC 18)
+//! clients and workers, MMI (RFC 8), and the scale0 native client protocol, all on one
+//! ROUTER socket.
 //!
 //! The driver feeds every message received on the ROUTER to [`Broker::handle_message`],
 //! calls [`Broker::handle_timeout`] when [`Broker::poll_timeout`] has passed, reports
 //! sends that libzmq could not route with [`Broker::handle_unroutable`], and sends what
 //! [`Broker::poll_transmit`] hands out. Nothing here blocks or reads a clock.
 
+use crate::dedupe::{Dedupe, Key, Seen};
 use crate::mdp::{
-    self, Body, ClientMessage, DecodeError, Frames, Message, PeerId, ServiceName, WorkerCommand,
+    self, Body, ClientKind, ClientMessage, DecodeError, Frames, Message, NativeCommand, PeerId,
+    RequestId, ServiceName, Status, Version, WorkerCommand,
 };
 use crate::time::Instant;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
@@ -19,9 +24,10 @@ use tracing::{debug, info, warn};
 pub struct Config {
     /// How often the broker sends HEARTBEAT to each worker, and the unit of liveness.
     pub heartbeat_interval_ms: u64,
-    /// How many heartbeat intervals an idle worker may stay silent before it is expired.
+    /// How many heartbeat intervals a worker may stay silent before it is expired.
     pub heartbeat_liveness: u32,
-    /// Largest message accepted, summed over all its frames; larger ones are dropped.
+    /// Largest message accepted, summed over all its frames. Larger native requests get
+    /// `too_large`; other larger messages are dropped.
     pub max_message_bytes: usize,
     /// Times a request may be handed to a worker. When the worker holding it on the last
     /// attempt dies or overruns its deadline, the request fails.
@@ -39,6 +45,12 @@ pub struct Config {
     pub unknown_service_wait_ms: u64,
     /// Services tracked at once; a request or READY for one more is refused.
     pub max_services: usize,
+    /// How long the answer of a native request is kept for retries of the same id.
+    pub dedupe_window_ms: u64,
+    /// Answers kept for retries at most; the oldest go first.
+    pub max_dedupe_entries: usize,
+    /// Bytes of answers kept for retries at most; the oldest go first.
+    pub max_dedupe_bytes: usize,
 }
 
 impl Default for Config {
@@ -53,6 +65,9 @@ impl Default for Config {
             max_queue_depth: 100_000,
             unknown_service_wait_ms: 30_000,
             max_services: 10_000,
+            dedupe_window_ms: 60_000,
+            max_dedupe_entries: 100_000,
+            max_dedupe_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -78,12 +93,16 @@ impl Config {
     fn unknown_service_wait(&self) -> Duration {
         Duration::from_millis(self.unknown_service_wait_ms)
     }
+
+    fn dedupe_window(&self) -> Duration {
+        Duration::from_millis(self.dedupe_window_ms)
+    }
 }
 
-/// Why an accepted or offered request ended without a reply from a worker.
+/// Why a request ended without a reply from a worker.
 ///
-/// Plain MDP/0.1 cannot carry an error to the client, so for such clients a failure is a
-/// log line and a counter; the client's own timeout tells it.
+/// Native clients get an ERROR with the matching [`Status`]; MDP clients cannot be told,
+/// so for them a failure is a log line and a counter, and their own timeout tells them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailReason {
     /// The service's queue held `max_queue_depth` requests already.
@@ -94,24 +113,33 @@ pub enum FailReason {
     TooManyServices,
     /// Every one of `max_attempts` workers died or overran the deadline holding it.
     AttemptsExhausted,
+    /// The native request's own deadline passed.
+    DeadlineExceeded,
 }
 
 impl FailReason {
     /// Every reason, in the order counters are reported.
-    pub const ALL: [FailReason; 4] = [
+    pub const ALL: [FailReason; 5] = [
         Self::QueueFull,
         Self::NoWorker,
         Self::TooManyServices,
         Self::AttemptsExhausted,
+        Self::DeadlineExceeded,
     ];
 
     /// A stable snake_case label, for logs and metrics.
     pub fn label(self) -> &'static str {
+        self.status().as_str()
+    }
+
+    /// The native status that reports it.
+    pub fn status(self) -> Status {
         match self {
-            Self::QueueFull => "queue_full",
-            Self::NoWorker => "no_worker",
-            Self::TooManyServices => "too_many_services",
-            Self::AttemptsExhausted => "attempts_exhausted",
+            Self::QueueFull => Status::QueueFull,
+            Self::NoWorker => Status::NoWorker,
+            Self::TooManyServices => Status::TooManyServices,
+            Self::AttemptsExhausted => Status::AttemptsExhausted,
+            Self::DeadlineExceeded => Status::DeadlineExceeded,
         }
     }
 
@@ -121,6 +149,17 @@ impl FailReason {
             Self::NoWorker => 1,
             Self::TooManyServices => 2,
             Self::AttemptsExhausted => 3,
+            Self::DeadlineExceeded => 4,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::QueueFull => "the service's queue is full",
+            Self::NoWorker => "no worker for this service appeared in time",
+            Self::TooManyServices => "the broker tracks as many services as it may",
+            Self::AttemptsExhausted => "every worker that took this request died or overran",
+            Self::DeadlineExceeded => "the request's deadline passed",
         }
     }
 }
@@ -128,19 +167,23 @@ impl FailReason {
 /// Why the broker dropped a message without acting on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DropReason {
-    /// Larger than [`Config::max_message_bytes`].
+    /// Larger than [`Config::max_message_bytes`] (native requests get `too_large` instead).
     TooLarge,
-    /// Not valid MDP/0.1; see the [`DecodeError`].
+    /// Not a valid message; see the [`DecodeError`].
     Malformed(DecodeError),
-    /// A broker-to-worker command (REQUEST) sent to the broker.
+    /// A message only the broker sends (REQUEST to a worker, a reply to a client).
     WrongDirection,
     /// A message for a peer that is gone (a reply whose client disconnected).
     Unroutable,
+    /// A PARTIAL for an MDP/0.1 client, which has no way to receive one.
+    PartialForV1Client,
+    /// A worker's reply to a native request already answered (its deadline passed).
+    LateReply,
 }
 
 impl DropReason {
     /// Every reason, in the order counters are reported.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 16] = [
         Self::TooLarge,
         Self::Malformed(DecodeError::BadRoutingId),
         Self::Malformed(DecodeError::NoDelimiter),
@@ -150,8 +193,13 @@ impl DropReason {
         Self::Malformed(DecodeError::UnknownCommand),
         Self::Malformed(DecodeError::BadServiceName),
         Self::Malformed(DecodeError::BadAddress),
+        Self::Malformed(DecodeError::BadRequestId),
+        Self::Malformed(DecodeError::BadDeadline),
+        Self::Malformed(DecodeError::UnknownStatus),
         Self::WrongDirection,
         Self::Unroutable,
+        Self::PartialForV1Client,
+        Self::LateReply,
     ];
 
     /// A stable snake_case label, for logs and metrics.
@@ -166,25 +214,18 @@ impl DropReason {
             Self::Malformed(DecodeError::UnknownCommand) => "unknown_command",
             Self::Malformed(DecodeError::BadServiceName) => "bad_service_name",
             Self::Malformed(DecodeError::BadAddress) => "bad_address",
+            Self::Malformed(DecodeError::BadRequestId) => "bad_request_id",
+            Self::Malformed(DecodeError::BadDeadline) => "bad_deadline",
+            Self::Malformed(DecodeError::UnknownStatus) => "unknown_status",
             Self::WrongDirection => "wrong_direction",
             Self::Unroutable => "unroutable",
+            Self::PartialForV1Client => "partial_for_v1_client",
+            Self::LateReply => "late_reply",
         }
     }
 
     fn index(self) -> usize {
-        match self {
-            Self::TooLarge => 0,
-            Self::Malformed(DecodeError::BadRoutingId) => 1,
-            Self::Malformed(DecodeError::NoDelimiter) => 2,
-            Self::Malformed(DecodeError::UnknownHeader) => 3,
-            Self::Malformed(DecodeError::MissingFrame) => 4,
-            Self::Malformed(DecodeError::ExtraFrames) => 5,
-            Self::Malformed(DecodeError::UnknownCommand) => 6,
-            Self::Malformed(DecodeError::BadServiceName) => 7,
-            Self::Malformed(DecodeError::BadAddress) => 8,
-            Self::WrongDirection => 9,
-            Self::Unroutable => 10,
-        }
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 }
 
@@ -193,15 +234,19 @@ impl DropReason {
 pub struct Counters {
     /// Client requests accepted for a worker service.
     pub requests: u64,
-    /// Requests sent to a worker (a re-send after a failed send counts again).
+    /// Requests sent to a worker (a redelivery counts again).
     pub dispatched: u64,
-    /// Replies routed back to clients.
+    /// Final replies routed back to clients.
     pub replies: u64,
+    /// Partial replies routed back to clients.
+    pub partials: u64,
     /// Requests answered by the broker itself (`mmi.*`).
     pub mmi_requests: u64,
+    /// Native retries answered from memory instead of executing again.
+    pub duplicates: u64,
     /// Workers that sent READY and were registered.
     pub workers_registered: u64,
-    /// Idle workers removed after heartbeat silence.
+    /// Workers removed after heartbeat silence.
     pub workers_expired: u64,
     /// Workers removed because they said DISCONNECT or could not be reached.
     pub workers_disconnected: u64,
@@ -211,8 +256,8 @@ pub struct Counters {
     pub requeued: u64,
     /// Workers removed because they held a request past its deadline.
     pub request_timeouts: u64,
-    dropped: [u64; 11],
-    failed: [u64; 4],
+    dropped: [u64; 16],
+    failed: [u64; 5],
 }
 
 impl Counters {
@@ -235,16 +280,6 @@ impl Counters {
     pub fn failed_total(&self) -> u64 {
         self.failed.iter().sum()
     }
-
-    fn count_drop(&mut self, reason: DropReason) -> u64 {
-        match self.dropped.get_mut(reason.index()) {
-            Some(n) => {
-                *n += 1;
-                *n
-            }
-            None => 0,
-        }
-    }
 }
 
 /// One message for the driver to send on the ROUTER: `frames[0]` is the routing id.
@@ -254,10 +289,18 @@ pub struct Transmit {
     pub frames: Frames,
 }
 
+/// Who asked, and in which protocol the answer must go back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Origin {
+    Mdp(Version),
+    Native { id: RequestId, generation: u64 },
+}
+
 /// A client request waiting for, or held by, a worker.
 #[derive(Clone, Debug)]
 struct Request {
     client: PeerId,
+    origin: Origin,
     body: Body,
     /// When it joined its queue (again, after a redelivery).
     enqueued_at: Instant,
@@ -269,7 +312,8 @@ struct Request {
 #[derive(Debug)]
 struct Worker {
     service: ServiceName,
-    /// When an idle worker that stays silent is expired.
+    version: Version,
+    /// When a silent worker is expired.
     expiry: Instant,
     /// The request it is working on; a worker holds at most one.
     held: Option<Request>,
@@ -322,16 +366,26 @@ pub struct ServiceStatus {
     pub idle: usize,
 }
 
+/// How a request ends.
+#[derive(Debug)]
+enum Outcome {
+    Reply(Body),
+    Fail(FailReason),
+}
+
 /// The broker state machine.
 #[derive(Debug)]
 pub struct Broker {
     config: Config,
     services: HashMap<ServiceName, Service>,
     workers: HashMap<PeerId, Worker>,
+    dedupe: Dedupe,
+    /// Native requests' own deadlines, earliest first; stale entries are skipped.
+    client_deadlines: BinaryHeap<Reverse<(Instant, u64, PeerId, RequestId)>>,
     transmits: VecDeque<Transmit>,
     next_heartbeat: Instant,
-    /// A lower bound on the earliest idle-worker expiry; refreshing a worker only moves
-    /// its expiry later, so this stays valid until the purge recomputes it.
+    /// A lower bound on the earliest worker or queue deadline; deadlines only move later
+    /// once set, so this stays valid until the purge recomputes it.
     next_purge: Option<Instant>,
     counters: Counters,
 }
@@ -344,6 +398,8 @@ impl Broker {
             config,
             services: HashMap::new(),
             workers: HashMap::new(),
+            dedupe: Dedupe::new(),
+            client_deadlines: BinaryHeap::new(),
             transmits: VecDeque::new(),
             next_heartbeat,
             next_purge: None,
@@ -364,6 +420,16 @@ impl Broker {
     /// Number of registered workers.
     pub fn worker_count(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Workers holding a request.
+    pub fn busy_workers(&self) -> usize {
+        self.workers.values().filter(|w| w.held.is_some()).count()
+    }
+
+    /// Native requests in progress, and native answers kept for retries.
+    pub fn native_requests(&self) -> (usize, usize) {
+        (self.dedupe.pending(), self.dedupe.answered())
     }
 
     /// Every known service, sorted by name.
@@ -389,37 +455,68 @@ impl Broker {
 
     /// When [`Broker::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Instant {
-        match self.next_purge {
-            Some(p) if p < self.next_heartbeat => p,
-            _ => self.next_heartbeat,
-        }
+        let client = self.client_deadlines.peek().map(|Reverse((t, ..))| *t);
+        [self.next_purge, client]
+            .into_iter()
+            .flatten()
+            .fold(self.next_heartbeat, Instant::min)
     }
 
     /// One multipart message received on the ROUTER, routing id first.
     pub fn handle_message(&mut self, now: Instant, frames: Frames) {
         let size: usize = frames.iter().map(Bytes::len).sum();
+        let (peer, rest) = match mdp::split_routing_id(frames) {
+            Ok(split) => split,
+            Err(e) => return self.drop_message(DropReason::Malformed(e), size),
+        };
         if size > self.config.max_message_bytes {
-            self.drop_message(DropReason::TooLarge, size);
-            return;
+            // A native client can be told; anyone else's message is just dropped.
+            if let Some(id) = mdp::native_request_id(&rest) {
+                self.refuse_native(now, &peer, id, Status::TooLarge, "the request is too large");
+            }
+            return self.drop_message(DropReason::TooLarge, size);
         }
-        let decoded = mdp::split_routing_id(frames)
-            .and_then(|(peer, rest)| Message::decode(rest).map(|m| (peer, m)));
-        match decoded {
-            Ok((peer, Message::Client(m))) => self.on_client(now, peer, m),
-            Ok((peer, Message::Worker(cmd))) => self.on_worker(now, &peer, cmd),
-            Err(e) => self.drop_message(DropReason::Malformed(e), size),
+        let bad_request_id = mdp::native_request_id(&rest);
+        match Message::decode(rest) {
+            Ok(Message::Client(m)) => self.on_client_request(now, peer, Version::V1, m),
+            Ok(Message::Client2(ClientKind::Request, m)) => {
+                self.on_client_request(now, peer, Version::V2, m);
+            }
+            Ok(Message::Worker(cmd)) => self.on_worker(now, &peer, Version::V1, cmd),
+            Ok(Message::Worker2(cmd)) => self.on_worker(now, &peer, Version::V2, cmd),
+            Ok(Message::Native(NativeCommand::Request {
+                id,
+                service,
+                deadline_ms,
+                body,
+            })) => self.on_native_request(now, peer, id, service, deadline_ms, body),
+            Ok(Message::Client2(..) | Message::Native(_)) => {
+                self.drop_message(DropReason::WrongDirection, size);
+            }
+            Err(e) => {
+                if let Some(id) = bad_request_id {
+                    self.refuse_native(now, &peer, id, Status::BadRequest, &e.to_string());
+                }
+                self.drop_message(DropReason::Malformed(e), size);
+            }
         }
     }
 
-    /// Time has reached [`Broker::poll_timeout`]: heartbeat workers, expire silent ones.
+    /// Time has reached [`Broker::poll_timeout`]: heartbeat workers, act on deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_purge.is_some_and(|p| p <= now) {
             self.purge(now);
         }
+        self.expire_client_deadlines(now);
+        self.dedupe.evict(
+            now,
+            self.config.max_dedupe_entries,
+            self.config.max_dedupe_bytes,
+        );
         if self.next_heartbeat <= now {
-            for peer in self.workers.keys() {
+            for (peer, w) in &self.workers {
                 self.transmits
-                    .push_back(encode_worker(peer, WorkerCommand::Heartbeat));
+                    .push_back(to_worker(peer, w.version, WorkerCommand::Heartbeat));
             }
             self.next_heartbeat = now + self.config.heartbeat_interval();
         }
@@ -428,7 +525,8 @@ impl Broker {
     /// libzmq could not route a message to `peer` (it is disconnected).
     ///
     /// A worker that cannot be reached is gone: its request, if it held one, goes back
-    /// to the head of its queue. A client that cannot be reached loses its reply.
+    /// to the head of its queue. A client that cannot be reached loses that message (a
+    /// native client's retry is answered from memory).
     pub fn handle_unroutable(&mut self, now: Instant, peer: &PeerId) {
         if self.workers.contains_key(peer) {
             info!(worker = %peer, "worker unreachable, removing it");
@@ -439,45 +537,175 @@ impl Broker {
         }
     }
 
-    fn on_client(&mut self, now: Instant, client: PeerId, m: ClientMessage) {
+    // ---- clients ----
+
+    fn on_client_request(
+        &mut self,
+        now: Instant,
+        client: PeerId,
+        version: Version,
+        m: ClientMessage,
+    ) {
         if m.service.is_mmi() {
-            self.on_mmi(&client, m);
+            let code = self.mmi(&m);
+            let reply = ClientMessage {
+                service: m.service,
+                body: vec![code],
+            };
+            self.transmits.push_back(Transmit {
+                frames: mdp_reply(version, ClientKind::Final, reply).encode_to(&client),
+            });
             return;
         }
-        let service = m.service;
         let request = Request {
             client,
+            origin: Origin::Mdp(version),
             body: m.body,
             enqueued_at: now,
             attempts: 0,
         };
-        if !self.ensure_service(now, &service) {
-            Self::fail(
-                &mut self.counters,
-                &service,
-                &request.client,
-                FailReason::TooManyServices,
+        match self.enqueue(now, &m.service, request.clone()) {
+            Ok(()) => self.dispatch(now, &m.service),
+            Err(reason) => self.finish(now, &m.service, &request, Outcome::Fail(reason)),
+        }
+    }
+
+    fn on_native_request(
+        &mut self,
+        now: Instant,
+        client: PeerId,
+        id: RequestId,
+        service: ServiceName,
+        deadline_ms: Option<u64>,
+        body: Body,
+    ) {
+        let key: Key = (client.clone(), id.clone());
+        match self.dedupe.seen(&key) {
+            Seen::New => {}
+            Seen::Pending => {
+                self.counters.duplicates += 1;
+                self.send_native(&client, NativeCommand::Accepted { id });
+                return;
+            }
+            Seen::Done(answer) => {
+                self.counters.duplicates += 1;
+                let answer = answer.clone();
+                self.send_native(&client, answer);
+                return;
+            }
+        }
+        if service.is_mmi() {
+            let code = self.mmi(&ClientMessage { service, body });
+            self.send_native(
+                &client,
+                NativeCommand::Final {
+                    id,
+                    body: vec![code],
+                },
             );
             return;
         }
+        let generation = self.dedupe.accept(key);
+        let request = Request {
+            client: client.clone(),
+            origin: Origin::Native {
+                id: id.clone(),
+                generation,
+            },
+            body,
+            enqueued_at: now,
+            attempts: 0,
+        };
+        match self.enqueue(now, &service, request.clone()) {
+            Ok(()) => {
+                if let Some(ms) = deadline_ms {
+                    let at = now + Duration::from_millis(ms);
+                    self.client_deadlines.push(Reverse((
+                        at,
+                        generation,
+                        client.clone(),
+                        id.clone(),
+                    )));
+                }
+                // Queue the acknowledgement ahead of anything the dispatch produced for
+                // this client, so ACCEPTED always precedes FINAL.
+                let ack = Transmit {
+                    frames: Message::Native(NativeCommand::Accepted { id }).encode_to(&client),
+                };
+                let first_new = self.transmits.len();
+                self.dispatch(now, &service);
+                self.transmits.insert(first_new, ack);
+            }
+            Err(reason) => self.finish(now, &service, &request, Outcome::Fail(reason)),
+        }
+    }
+
+    /// Answers a native request at once with an error, remembering it for retries.
+    fn refuse_native(
+        &mut self,
+        now: Instant,
+        client: &PeerId,
+        id: RequestId,
+        status: Status,
+        why: &str,
+    ) {
+        let answer = NativeCommand::Error {
+            id: id.clone(),
+            status,
+            message: Bytes::from(why.to_string()),
+        };
+        self.dedupe.answer(
+            (client.clone(), id),
+            answer.clone(),
+            now + self.config.dedupe_window(),
+        );
+        self.send_native(client, answer);
+    }
+
+    fn send_native(&mut self, client: &PeerId, cmd: NativeCommand) {
+        self.transmits.push_back(Transmit {
+            frames: Message::Native(cmd).encode_to(client),
+        });
+    }
+
+    /// The MMI answer for a request to an `mmi.*` service (RFC 8).
+    fn mmi(&mut self, m: &ClientMessage) -> Bytes {
+        self.counters.mmi_requests += 1;
+        if m.service.as_bytes().as_ref() != b"mmi.service" {
+            return Bytes::from_static(b"501");
+        }
+        let known = m
+            .body
+            .first()
+            .and_then(|name| ServiceName::new(name.clone()).ok())
+            .and_then(|name| self.services.get(&name))
+            .is_some_and(|s| s.workers > 0);
+        Bytes::from_static(if known { b"200" } else { b"404" })
+    }
+
+    /// Queues a request on its service; the caller dispatches.
+    fn enqueue(
+        &mut self,
+        now: Instant,
+        service: &ServiceName,
+        request: Request,
+    ) -> Result<(), FailReason> {
+        if !self.ensure_service(now, service) {
+            return Err(FailReason::TooManyServices);
+        }
         let wait = self.config.unknown_service_wait();
-        let Some(s) = self.services.get_mut(&service) else {
-            return;
+        let Some(s) = self.services.get_mut(service) else {
+            return Err(FailReason::TooManyServices);
         };
         if s.requests.len() >= self.config.max_queue_depth {
-            Self::fail(
-                &mut self.counters,
-                &service,
-                &request.client,
-                FailReason::QueueFull,
-            );
-            return;
+            self.forget_if_unused(service);
+            return Err(FailReason::QueueFull);
         }
         self.counters.requests += 1;
         s.requests.push_back(request);
         let deadline = s.no_worker_deadline(wait);
         self.arm(deadline);
-        self.dispatch(now, &service);
+        Ok(())
     }
 
     /// Makes sure `service` exists; false when that would pass `max_services`.
@@ -492,56 +720,104 @@ impl Broker {
         true
     }
 
-    /// Ends a request without a reply from a worker.
-    fn fail(counters: &mut Counters, service: &ServiceName, client: &PeerId, reason: FailReason) {
-        let n = match counters.failed.get_mut(reason.index()) {
-            Some(n) => {
-                *n += 1;
-                *n
+    /// True while nobody has answered the request yet.
+    fn is_live(&self, request: &Request) -> bool {
+        match &request.origin {
+            Origin::Mdp(_) => true,
+            Origin::Native { id, generation } => self
+                .dedupe
+                .is_pending(&(request.client.clone(), id.clone()), *generation),
+        }
+    }
+
+    /// Ends a request: the reply or the error goes to the client in its own protocol.
+    fn finish(&mut self, now: Instant, service: &ServiceName, request: &Request, outcome: Outcome) {
+        if let Outcome::Fail(reason) = outcome {
+            let n = match self.counters.failed.get_mut(reason.index()) {
+                Some(n) => {
+                    *n += 1;
+                    *n
+                }
+                None => 0,
+            };
+            if n.is_power_of_two() {
+                warn!(%service, client = %request.client, reason = reason.label(), total = n, "request failed");
             }
-            None => 0,
-        };
-        if n.is_power_of_two() {
-            warn!(
-                %service,
-                client = %client,
-                reason = reason.label(),
-                total = n,
-                "request failed"
+        } else {
+            self.counters.replies += 1;
+        }
+        match (&request.origin, outcome) {
+            (Origin::Mdp(version), Outcome::Reply(body)) => {
+                let reply = ClientMessage {
+                    service: service.clone(),
+                    body,
+                };
+                self.transmits.push_back(Transmit {
+                    frames: mdp_reply(*version, ClientKind::Final, reply)
+                        .encode_to(&request.client),
+                });
+            }
+            // Plain MDP cannot carry an error: counted and logged above.
+            (Origin::Mdp(_), Outcome::Fail(_)) => {}
+            (Origin::Native { id, .. }, outcome) => {
+                let answer = match outcome {
+                    Outcome::Reply(body) => NativeCommand::Final {
+                        id: id.clone(),
+                        body,
+                    },
+                    Outcome::Fail(reason) => NativeCommand::Error {
+                        id: id.clone(),
+                        status: reason.status(),
+                        message: Bytes::from_static(reason.message().as_bytes()),
+                    },
+                };
+                self.dedupe.answer(
+                    (request.client.clone(), id.clone()),
+                    answer.clone(),
+                    now + self.config.dedupe_window(),
+                );
+                self.send_native(&request.client, answer);
+            }
+        }
+    }
+
+    /// Fails native requests whose own deadline has passed.
+    fn expire_client_deadlines(&mut self, now: Instant) {
+        while let Some(Reverse((at, ..))) = self.client_deadlines.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, generation, client, id))) = self.client_deadlines.pop() else {
+                break;
+            };
+            if !self
+                .dedupe
+                .is_pending(&(client.clone(), id.clone()), generation)
+            {
+                continue;
+            }
+            // The request may still sit in a queue or with a worker; it is dead from now
+            // on (not live), so it is skipped there and a late reply is dropped.
+            let request = Request {
+                client,
+                origin: Origin::Native { id, generation },
+                body: Vec::new(),
+                enqueued_at: now,
+                attempts: 0,
+            };
+            // The service is not looked up: it only names the request in the log line.
+            self.finish(
+                now,
+                &ServiceName::unnamed(),
+                &request,
+                Outcome::Fail(FailReason::DeadlineExceeded),
             );
         }
     }
 
-    /// Makes sure the timer fires no later than `at`.
-    fn arm(&mut self, at: Option<Instant>) {
-        if let Some(at) = at {
-            self.next_purge = Some(self.next_purge.map_or(at, |p| p.min(at)));
-        }
-    }
+    // ---- workers ----
 
-    fn on_mmi(&mut self, client: &PeerId, m: ClientMessage) {
-        self.counters.mmi_requests += 1;
-        let code: &'static [u8] = if m.service.as_bytes().as_ref() == b"mmi.service" {
-            let known = m
-                .body
-                .first()
-                .and_then(|name| ServiceName::new(name.clone()).ok())
-                .and_then(|name| self.services.get(&name))
-                .is_some_and(|s| s.workers > 0);
-            if known { b"200" } else { b"404" }
-        } else {
-            b"501"
-        };
-        let reply = Message::Client(ClientMessage {
-            service: m.service,
-            body: vec![Bytes::from_static(code)],
-        });
-        self.transmits.push_back(Transmit {
-            frames: reply.encode_to(client),
-        });
-    }
-
-    fn on_worker(&mut self, now: Instant, peer: &PeerId, cmd: WorkerCommand) {
+    fn on_worker(&mut self, now: Instant, peer: &PeerId, version: Version, cmd: WorkerCommand) {
         let known = self.workers.contains_key(peer);
         if let Some(w) = self.workers.get_mut(peer) {
             // Any command is a sign of life.
@@ -551,12 +827,13 @@ impl Broker {
             WorkerCommand::Ready { service }
                 if !known && !service.is_mmi() && self.ensure_service(now, &service) =>
             {
-                debug!(worker = %peer, %service, "worker ready");
+                debug!(worker = %peer, %service, ?version, "worker ready");
                 self.counters.workers_registered += 1;
                 self.workers.insert(
                     peer.clone(),
                     Worker {
                         service: service.clone(),
+                        version,
                         expiry: now,
                         held: None,
                         deadline: now,
@@ -576,19 +853,19 @@ impl Broker {
                 };
                 let service = w.service.clone();
                 if let Some(req) = w.held.take() {
-                    self.counters.replies += 1;
                     // Route to the client the request came from, whatever address the
                     // worker echoed: a worker cannot reach clients it was not sent.
-                    let reply = Message::Client(ClientMessage {
-                        service: service.clone(),
-                        body,
-                    });
-                    self.transmits.push_back(Transmit {
-                        frames: reply.encode_to(&req.client),
-                    });
+                    if self.is_live(&req) {
+                        self.finish(now, &service, &req, Outcome::Reply(body));
+                    } else {
+                        self.drop_message(DropReason::LateReply, 0);
+                    }
                 }
                 self.make_idle(now, peer);
                 self.dispatch(now, &service);
+            }
+            WorkerCommand::Partial { body, .. } if self.holds_request(peer) => {
+                self.relay_partial(peer, body);
             }
             WorkerCommand::Heartbeat if known => {
                 if let Some(w) = self.workers.get_mut(peer) {
@@ -617,9 +894,45 @@ impl Broker {
                 if known {
                     self.counters.workers_disconnected += 1;
                 }
-                self.delete_worker(now, peer, true);
+                let version = self.workers.get(peer).map_or(version, |w| w.version);
+                self.transmits
+                    .push_back(to_worker(peer, version, WorkerCommand::Disconnect));
+                self.delete_worker(now, peer, false);
             }
         }
+    }
+
+    fn relay_partial(&mut self, peer: &PeerId, body: Body) {
+        let Some(w) = self.workers.get(peer) else {
+            return;
+        };
+        let Some(req) = w.held.as_ref() else {
+            return;
+        };
+        if !self.is_live(req) {
+            return self.drop_message(DropReason::LateReply, 0);
+        }
+        let frames = match &req.origin {
+            Origin::Mdp(Version::V1) => {
+                return self.drop_message(DropReason::PartialForV1Client, 0);
+            }
+            Origin::Mdp(Version::V2) => mdp_reply(
+                Version::V2,
+                ClientKind::Partial,
+                ClientMessage {
+                    service: w.service.clone(),
+                    body,
+                },
+            )
+            .encode_to(&req.client),
+            Origin::Native { id, .. } => Message::Native(NativeCommand::Partial {
+                id: id.clone(),
+                body,
+            })
+            .encode_to(&req.client),
+        };
+        self.counters.partials += 1;
+        self.transmits.push_back(Transmit { frames });
     }
 
     fn holds_request(&self, peer: &PeerId) -> bool {
@@ -643,18 +956,29 @@ impl Broker {
     fn dispatch(&mut self, now: Instant, service: &ServiceName) {
         let deadline = now + self.config.request_timeout(service);
         let mut armed = None;
-        let Some(s) = self.services.get_mut(service) else {
-            return;
-        };
-        while !s.requests.is_empty() {
+        loop {
+            let Some(s) = self.services.get_mut(service) else {
+                return;
+            };
+            if s.idle.is_empty() {
+                break;
+            }
+            let Some(mut req) = s.requests.pop_front() else {
+                break;
+            };
+            if !self.is_live(&req) {
+                continue; // answered already (its deadline passed while it waited)
+            }
+            let Some(s) = self.services.get_mut(service) else {
+                return;
+            };
             let Some(peer) = s.idle.pop_front() else {
+                s.requests.push_front(req);
                 break;
             };
             let Some(w) = self.workers.get_mut(&peer) else {
+                s.requests.push_front(req);
                 continue;
-            };
-            let Some(mut req) = s.requests.pop_front() else {
-                break;
             };
             self.counters.dispatched += 1;
             req.attempts += 1;
@@ -665,46 +989,52 @@ impl Broker {
             w.held = Some(req);
             w.deadline = deadline;
             armed = Some(deadline);
-            self.transmits.push_back(encode_worker(&peer, cmd));
+            let version = w.version;
+            self.transmits.push_back(to_worker(&peer, version, cmd));
         }
         self.arm(armed);
         self.forget_if_unused(service);
     }
 
-    /// Removes a worker; its held request goes back to the head of the queue.
+    /// Removes a worker; its held request goes back to the head of the queue, or fails
+    /// when it has had its attempts.
     fn delete_worker(&mut self, now: Instant, peer: &PeerId, send_disconnect: bool) {
-        if send_disconnect {
-            self.transmits
-                .push_back(encode_worker(peer, WorkerCommand::Disconnect));
-        }
         let Some(w) = self.workers.remove(peer) else {
             return;
         };
-        let wait = self.config.unknown_service_wait();
-        let Some(s) = self.services.get_mut(&w.service) else {
-            return;
-        };
-        s.workers = s.workers.saturating_sub(1);
-        if s.workers == 0 {
-            s.workerless_since = Some(now);
+        if send_disconnect {
+            self.transmits
+                .push_back(to_worker(peer, w.version, WorkerCommand::Disconnect));
         }
-        s.idle.retain(|p| p != peer);
+        if let Some(s) = self.services.get_mut(&w.service) {
+            s.workers = s.workers.saturating_sub(1);
+            if s.workers == 0 {
+                s.workerless_since = Some(now);
+            }
+            s.idle.retain(|p| p != peer);
+        }
         if let Some(mut req) = w.held {
-            if req.attempts >= self.config.max_attempts {
-                Self::fail(
-                    &mut self.counters,
+            if !self.is_live(&req) {
+                // Already answered; nothing to redeliver.
+            } else if req.attempts >= self.config.max_attempts {
+                self.finish(
+                    now,
                     &w.service,
-                    &req.client,
-                    FailReason::AttemptsExhausted,
+                    &req,
+                    Outcome::Fail(FailReason::AttemptsExhausted),
                 );
-            } else {
+            } else if let Some(s) = self.services.get_mut(&w.service) {
                 // Back to the head of the line: it has waited longest.
                 self.counters.requeued += 1;
                 req.enqueued_at = now;
                 s.requests.push_front(req);
             }
         }
-        let deadline = s.no_worker_deadline(wait);
+        let wait = self.config.unknown_service_wait();
+        let deadline = self
+            .services
+            .get(&w.service)
+            .and_then(|s| s.no_worker_deadline(wait));
         self.arm(deadline);
         self.dispatch(now, &w.service);
     }
@@ -718,6 +1048,15 @@ impl Broker {
             .is_some_and(|s| s.workers == 0 && s.requests.is_empty())
         {
             self.services.remove(service);
+        }
+    }
+
+    // ---- timers ----
+
+    /// Makes sure the timer fires no later than `at`.
+    fn arm(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.next_purge = Some(self.next_purge.map_or(at, |p| p.min(at)));
         }
     }
 
@@ -766,25 +1105,39 @@ impl Broker {
     /// Fails the requests that waited `unknown_service_wait_ms` for a service with no worker.
     fn expire_waiting(&mut self, now: Instant) {
         let wait = self.config.unknown_service_wait();
-        let counters = &mut self.counters;
+        let mut expired = Vec::new();
         for (name, s) in &mut self.services {
             let Some(since) = s.workerless_since else {
                 continue;
             };
-            s.requests.retain(|r| {
-                let keep = r.enqueued_at.max(since) + wait > now;
-                if !keep {
-                    Self::fail(counters, name, &r.client, FailReason::NoWorker);
-                }
-                keep
-            });
+            if s.requests
+                .iter()
+                .all(|r| r.enqueued_at.max(since) + wait > now)
+            {
+                continue;
+            }
+            let (gone, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut s.requests)
+                .into_iter()
+                .partition(|r| r.enqueued_at.max(since) + wait <= now);
+            s.requests = kept;
+            expired.extend(gone.into_iter().map(|r| (name.clone(), r)));
         }
-        self.services
-            .retain(|_, s| s.workers > 0 || !s.requests.is_empty());
+        for (service, request) in expired {
+            if self.is_live(&request) {
+                self.finish(now, &service, &request, Outcome::Fail(FailReason::NoWorker));
+            }
+            self.forget_if_unused(&service);
+        }
     }
 
     fn drop_message(&mut self, reason: DropReason, size: usize) {
-        let n = self.counters.count_drop(reason);
+        let n = match self.counters.dropped.get_mut(reason.index()) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => 0,
+        };
         // Log the 1st, 2nd, 4th, 8th… drop of each kind: visible, but a flood cannot
         // turn into a flood of log lines.
         if n.is_power_of_two() {
@@ -793,8 +1146,20 @@ impl Broker {
     }
 }
 
-fn encode_worker(peer: &PeerId, cmd: WorkerCommand) -> Transmit {
+/// A reply to an MDP client in its version (MDP/0.1 has only one reply shape).
+fn mdp_reply(version: Version, kind: ClientKind, m: ClientMessage) -> Message {
+    match version {
+        Version::V1 => Message::Client(m),
+        Version::V2 => Message::Client2(kind, m),
+    }
+}
+
+fn to_worker(peer: &PeerId, version: Version, cmd: WorkerCommand) -> Transmit {
+    let m = match version {
+        Version::V1 => Message::Worker(cmd),
+        Version::V2 => Message::Worker2(cmd),
+    };
     Transmit {
-        frames: Message::Worker(cmd).encode_to(peer),
+        frames: m.encode_to(peer),
     }
 }

@@ -11,6 +11,7 @@
 )]
 
 pub mod broker;
+mod dedupe;
 pub mod mdp;
 pub mod testkit;
 mod time;

@@ -51,6 +51,15 @@ pub enum DecodeError {
     /// A client address that is empty or longer than [`MAX_PEER_ID_BYTES`].
     #[error("bad client address")]
     BadAddress,
+    /// A native request id that is empty or longer than [`MAX_REQUEST_ID_BYTES`].
+    #[error("bad request id")]
+    BadRequestId,
+    /// A native deadline frame that is not empty or ASCII decimal digits.
+    #[error("bad deadline")]
+    BadDeadline,
+    /// A native ERROR whose status word is not one of the documented ones.
+    #[error("unknown status")]
+    UnknownStatus,
 }
 
 /// A service name: 1 to 255 bytes.
@@ -65,6 +74,11 @@ impl ServiceName {
             return Err(DecodeError::BadServiceName);
         }
         Ok(Self(name))
+    }
+
+    /// A placeholder for log lines about a request whose service is not at hand.
+    pub(crate) fn unnamed() -> Self {
+        Self(Bytes::from_static(b"(any)"))
     }
 
     /// The raw bytes of the name.
@@ -138,51 +152,74 @@ pub struct ClientMessage {
     pub body: Body,
 }
 
-/// The worker commands of RFC 7, in both directions.
+/// Header of MDP/0.2 client messages (RFC 18).
+pub const CLIENT_HEADER_V2: &[u8] = b"MDPC02";
+/// Header of MDP/0.2 worker messages (RFC 18).
+pub const WORKER_HEADER_V2: &[u8] = b"MDPW02";
+/// Header of the scale0 native client protocol, version 1 (`docs/protocol.md`).
+pub const NATIVE_HEADER: &[u8] = b"S0C1";
+/// The longest request id of the native protocol, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// The worker commands of RFC 7 and RFC 18, in both directions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkerCommand {
-    /// 0x01, worker → broker: ready to serve `service`.
+    /// Worker → broker: ready to serve `service`.
     Ready {
         /// The service the worker offers.
         service: ServiceName,
     },
-    /// 0x02, broker → worker: a request from `client`.
+    /// Broker → worker: a request from `client`.
     Request {
         /// Address of the client, to be echoed in the reply.
         client: PeerId,
         /// Request body.
         body: Body,
     },
-    /// 0x03, worker → broker: the reply for `client`.
+    /// Worker → broker: an intermediate reply (MDP/0.2 only; MDP/0.1 has no such command).
+    Partial {
+        /// Address of the client the request came from.
+        client: PeerId,
+        /// Reply body.
+        body: Body,
+    },
+    /// Worker → broker: the reply (REPLY in MDP/0.1, FINAL in MDP/0.2).
     Reply {
         /// Address of the client the request came from.
         client: PeerId,
         /// Reply body.
         body: Body,
     },
-    /// 0x04, both ways: still alive.
+    /// Both ways: still alive.
     Heartbeat,
-    /// 0x05, both ways: the connection is over.
+    /// Both ways: the connection is over.
     Disconnect,
 }
 
 impl WorkerCommand {
-    /// The command byte on the wire.
-    pub fn code(&self) -> u8 {
-        match self {
-            Self::Ready { .. } => 0x01,
-            Self::Request { .. } => 0x02,
-            Self::Reply { .. } => 0x03,
-            Self::Heartbeat => 0x04,
-            Self::Disconnect => 0x05,
-        }
+    /// The command byte on the wire in `version`; `None` for PARTIAL in MDP/0.1.
+    pub fn code(&self, version: Version) -> Option<u8> {
+        let code = match (self, version) {
+            (Self::Ready { .. }, _) => 0x01,
+            (Self::Request { .. }, _) => 0x02,
+            (Self::Partial { .. }, Version::V1) => return None,
+            (Self::Partial { .. }, Version::V2) => 0x03,
+            (Self::Reply { .. }, Version::V1) => 0x03,
+            (Self::Reply { .. }, Version::V2) => 0x04,
+            (Self::Heartbeat, Version::V1) => 0x04,
+            (Self::Heartbeat, Version::V2) => 0x05,
+            (Self::Disconnect, Version::V1) => 0x05,
+            (Self::Disconnect, Version::V2) => 0x06,
+        };
+        Some(code)
     }
 
-    /// The command's name as RFC 7 spells it, for logs.
+    /// The command's name, for logs.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Ready { .. } => "READY",
             Self::Request { .. } => "REQUEST",
+            Self::Partial { .. } => "PARTIAL",
             Self::Reply { .. } => "REPLY",
             Self::Heartbeat => "HEARTBEAT",
             Self::Disconnect => "DISCONNECT",
@@ -190,128 +227,486 @@ impl WorkerCommand {
     }
 }
 
-/// Any MDP/0.1 message, as seen after the empty delimiter frame.
+/// Which Majordomo version a peer speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// MDP/0.1, RFC 7: messages start with an empty frame.
+    V1,
+    /// MDP/0.2, RFC 18: no empty frame, PARTIAL and FINAL replies.
+    V2,
+}
+
+/// What an MDP/0.2 client message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKind {
+    /// 0x01, client → broker.
+    Request,
+    /// 0x02, broker → client: an intermediate reply.
+    Partial,
+    /// 0x03, broker → client: the last reply.
+    Final,
+}
+
+/// A native request id: 1 to 64 bytes chosen by the client.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(Bytes);
+
+impl RequestId {
+    /// Checks the length rules of a request id.
+    pub fn new(id: impl Into<Bytes>) -> Result<Self, DecodeError> {
+        let id = id.into();
+        if id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(DecodeError::BadRequestId);
+        }
+        Ok(Self(id))
+    }
+
+    /// The raw id.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl From<u64> for RequestId {
+    /// The decimal digits of `n`: a valid id for any number.
+    fn from(n: u64) -> Self {
+        Self(Bytes::from(n.to_string()))
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// Why the broker ended a native request without a worker's reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// The service's queue is full.
+    QueueFull,
+    /// No worker for the service appeared in time.
+    NoWorker,
+    /// The broker tracks as many services as it may.
+    TooManyServices,
+    /// The request is larger than the broker accepts.
+    TooLarge,
+    /// The request's own deadline passed.
+    DeadlineExceeded,
+    /// Every worker that held it died or overran.
+    AttemptsExhausted,
+    /// The request was malformed.
+    BadRequest,
+}
+
+impl Status {
+    /// Every status.
+    pub const ALL: [Status; 7] = [
+        Self::QueueFull,
+        Self::NoWorker,
+        Self::TooManyServices,
+        Self::TooLarge,
+        Self::DeadlineExceeded,
+        Self::AttemptsExhausted,
+        Self::BadRequest,
+    ];
+
+    /// The word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::NoWorker => "no_worker",
+            Self::TooManyServices => "too_many_services",
+            Self::TooLarge => "too_large",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::AttemptsExhausted => "attempts_exhausted",
+            Self::BadRequest => "bad_request",
+        }
+    }
+
+    fn parse(word: &[u8]) -> Result<Self, DecodeError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str().as_bytes() == word)
+            .ok_or(DecodeError::UnknownStatus)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Messages of the scale0 native client protocol, version 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NativeCommand {
+    /// 0x01, client → broker.
+    Request {
+        /// The client's id for this request.
+        id: RequestId,
+        /// The service asked for.
+        service: ServiceName,
+        /// How long the client will wait, in milliseconds; `None` for no limit.
+        deadline_ms: Option<u64>,
+        /// Request body.
+        body: Body,
+    },
+    /// 0x02, broker → client: the broker holds the request.
+    Accepted {
+        /// Which request.
+        id: RequestId,
+    },
+    /// 0x03, broker → client: an intermediate reply.
+    Partial {
+        /// Which request.
+        id: RequestId,
+        /// Reply body.
+        body: Body,
+    },
+    /// 0x04, broker → client: the reply.
+    Final {
+        /// Which request.
+        id: RequestId,
+        /// Reply body.
+        body: Body,
+    },
+    /// 0x05, broker → client: the request ended without a reply.
+    Error {
+        /// Which request.
+        id: RequestId,
+        /// Why, for programs.
+        status: Status,
+        /// Why, for people (UTF-8).
+        message: Bytes,
+    },
+}
+
+impl NativeCommand {
+    /// The request this message is about.
+    pub fn id(&self) -> &RequestId {
+        match self {
+            Self::Request { id, .. }
+            | Self::Accepted { id }
+            | Self::Partial { id, .. }
+            | Self::Final { id, .. }
+            | Self::Error { id, .. } => id,
+        }
+    }
+
+    fn code(&self) -> u8 {
+        match self {
+            Self::Request { .. } => 0x01,
+            Self::Accepted { .. } => 0x02,
+            Self::Partial { .. } => 0x03,
+            Self::Final { .. } => 0x04,
+            Self::Error { .. } => 0x05,
+        }
+    }
+}
+
+/// Any message scale0 speaks on a Majordomo socket, as seen after the routing id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    /// Header `MDPC01`.
+    /// MDP/0.1 client message (`MDPC01`): a request, or a reply; the shape is the same.
     Client(ClientMessage),
-    /// Header `MDPW01`.
+    /// MDP/0.1 worker command (`MDPW01`).
     Worker(WorkerCommand),
+    /// MDP/0.2 client message (`MDPC02`).
+    Client2(ClientKind, ClientMessage),
+    /// MDP/0.2 worker command (`MDPW02`).
+    Worker2(WorkerCommand),
+    /// Native protocol message (`S0C1`).
+    Native(NativeCommand),
+}
+
+fn next(it: &mut impl Iterator<Item = Bytes>) -> Result<Bytes, DecodeError> {
+    it.next().ok_or(DecodeError::MissingFrame)
+}
+
+fn single_byte(frame: &Bytes) -> Result<u8, DecodeError> {
+    match frame.as_ref() {
+        [code] => Ok(*code),
+        _ => Err(DecodeError::UnknownCommand),
+    }
+}
+
+fn no_more(it: &mut impl Iterator<Item = Bytes>) -> Result<(), DecodeError> {
+    match it.next() {
+        Some(_) => Err(DecodeError::ExtraFrames),
+        None => Ok(()),
+    }
+}
+
+/// `client address, empty, body…` of REQUEST, PARTIAL and REPLY/FINAL.
+fn addressed(it: &mut impl Iterator<Item = Bytes>) -> Result<(PeerId, Body), DecodeError> {
+    let client = PeerId::new(next(it)?)?;
+    match it.next() {
+        Some(f) if f.is_empty() => {}
+        Some(_) => return Err(DecodeError::NoDelimiter),
+        None => return Err(DecodeError::MissingFrame),
+    }
+    Ok((client, it.collect()))
 }
 
 impl Message {
-    /// Decodes frames as a DEALER sees them: `[empty, header, ...]`.
+    /// Decodes frames as a DEALER sees them (for MDP/0.1, `[empty, header, ...]`).
     pub fn decode(frames: Frames) -> Result<Self, DecodeError> {
         let mut it = frames.into_iter();
-        match it.next() {
-            Some(f) if f.is_empty() => {}
-            _ => return Err(DecodeError::NoDelimiter),
+        let first = it.next().ok_or(DecodeError::NoDelimiter)?;
+        if first.is_empty() {
+            return Self::decode_after_delimiter(it);
         }
-        Self::decode_after_delimiter(it)
+        match first.as_ref() {
+            CLIENT_HEADER_V2 => decode_client2(it),
+            WORKER_HEADER_V2 => decode_worker(Version::V2, it).map(Self::Worker2),
+            NATIVE_HEADER => decode_native(it).map(Self::Native),
+            CLIENT_HEADER | WORKER_HEADER => Err(DecodeError::NoDelimiter),
+            _ => Err(DecodeError::UnknownHeader),
+        }
     }
 
-    /// Decodes frames as a REQ socket sees them: `[header, ...]` (REQ strips the delimiter).
+    /// Decodes an MDP/0.1 message as a REQ socket sees it: `[header, ...]` (REQ strips
+    /// the delimiter).
     pub fn decode_after_delimiter(
         mut it: impl Iterator<Item = Bytes>,
     ) -> Result<Self, DecodeError> {
         let header = it.next().ok_or(DecodeError::UnknownHeader)?;
-        if header == CLIENT_HEADER {
-            let service = ServiceName::new(it.next().ok_or(DecodeError::MissingFrame)?)?;
-            return Ok(Self::Client(ClientMessage {
-                service,
-                body: it.by_ref().collect(),
-            }));
-        }
-        if header != WORKER_HEADER {
-            return Err(DecodeError::UnknownHeader);
-        }
-        let command = it.next().ok_or(DecodeError::MissingFrame)?;
-        let code = match command.as_ref() {
-            [code] => *code,
-            _ => return Err(DecodeError::UnknownCommand),
-        };
-        let command = match code {
-            0x01 => WorkerCommand::Ready {
-                service: ServiceName::new(it.next().ok_or(DecodeError::MissingFrame)?)?,
-            },
-            0x02 | 0x03 => {
-                let client = PeerId::new(it.next().ok_or(DecodeError::MissingFrame)?)?;
-                match it.next() {
-                    Some(f) if f.is_empty() => {}
-                    Some(_) => return Err(DecodeError::NoDelimiter),
-                    None => return Err(DecodeError::MissingFrame),
-                }
-                let body = it.by_ref().collect();
-                if code == 0x02 {
-                    WorkerCommand::Request { client, body }
-                } else {
-                    WorkerCommand::Reply { client, body }
-                }
+        match header.as_ref() {
+            CLIENT_HEADER => {
+                let service = ServiceName::new(next(&mut it)?)?;
+                Ok(Self::Client(ClientMessage {
+                    service,
+                    body: it.collect(),
+                }))
             }
-            0x04 => WorkerCommand::Heartbeat,
-            0x05 => WorkerCommand::Disconnect,
-            _ => return Err(DecodeError::UnknownCommand),
-        };
-        // READY, HEARTBEAT and DISCONNECT have a fixed number of frames.
-        if !matches!(
-            command,
-            WorkerCommand::Request { .. } | WorkerCommand::Reply { .. }
-        ) && it.next().is_some()
-        {
-            return Err(DecodeError::ExtraFrames);
+            WORKER_HEADER => decode_worker(Version::V1, it).map(Self::Worker),
+            _ => Err(DecodeError::UnknownHeader),
         }
-        Ok(Self::Worker(command))
     }
 
-    /// Encodes as a DEALER sends it: `[empty, header, ...]`.
+    /// Encodes as a DEALER sends it. MDP/0.1 has no PARTIAL: encoding one gives no frames.
     pub fn encode(&self) -> Frames {
-        let mut out = Vec::with_capacity(4 + self.body_len());
-        out.push(Bytes::new());
+        let mut out = Vec::with_capacity(6 + self.body_len());
         self.encode_into(&mut out);
         out
     }
 
-    /// Encodes for a ROUTER to send to `peer`: `[peer, empty, header, ...]`.
+    /// Encodes for a ROUTER to send to `peer`: the routing id, then [`Message::encode`].
     pub fn encode_to(&self, peer: &PeerId) -> Frames {
-        let mut out = Vec::with_capacity(5 + self.body_len());
+        let mut out = Vec::with_capacity(7 + self.body_len());
         out.push(peer.0.clone());
-        out.push(Bytes::new());
         self.encode_into(&mut out);
+        if out.len() == 1 {
+            out.clear();
+        }
         out
     }
 
     fn body_len(&self) -> usize {
         match self {
-            Self::Client(m) => m.body.len(),
-            Self::Worker(
-                WorkerCommand::Request { body, .. } | WorkerCommand::Reply { body, .. },
+            Self::Client(m) | Self::Client2(_, m) => m.body.len(),
+            Self::Worker(cmd) | Self::Worker2(cmd) => match cmd {
+                WorkerCommand::Request { body, .. }
+                | WorkerCommand::Partial { body, .. }
+                | WorkerCommand::Reply { body, .. } => body.len(),
+                _ => 0,
+            },
+            Self::Native(
+                NativeCommand::Request { body, .. }
+                | NativeCommand::Partial { body, .. }
+                | NativeCommand::Final { body, .. },
             ) => body.len(),
-            Self::Worker(_) => 0,
+            Self::Native(_) => 1,
         }
     }
 
     fn encode_into(&self, out: &mut Frames) {
         match self {
             Self::Client(m) => {
+                out.push(Bytes::new());
                 out.push(Bytes::from_static(CLIENT_HEADER));
                 out.push(m.service.0.clone());
                 out.extend(m.body.iter().cloned());
             }
-            Self::Worker(cmd) => {
-                out.push(Bytes::from_static(WORKER_HEADER));
+            Self::Client2(kind, m) => {
+                out.push(Bytes::from_static(CLIENT_HEADER_V2));
+                let code: u8 = match kind {
+                    ClientKind::Request => 0x01,
+                    ClientKind::Partial => 0x02,
+                    ClientKind::Final => 0x03,
+                };
+                out.push(Bytes::copy_from_slice(&[code]));
+                out.push(m.service.0.clone());
+                out.extend(m.body.iter().cloned());
+            }
+            Self::Worker(cmd) => encode_worker(Version::V1, cmd, out),
+            Self::Worker2(cmd) => encode_worker(Version::V2, cmd, out),
+            Self::Native(cmd) => {
+                out.push(Bytes::from_static(NATIVE_HEADER));
                 out.push(Bytes::copy_from_slice(&[cmd.code()]));
+                out.push(cmd.id().0.clone());
                 match cmd {
-                    WorkerCommand::Ready { service } => out.push(service.0.clone()),
-                    WorkerCommand::Request { client, body }
-                    | WorkerCommand::Reply { client, body } => {
-                        out.push(client.0.clone());
-                        out.push(Bytes::new());
+                    NativeCommand::Request {
+                        service,
+                        deadline_ms,
+                        body,
+                        ..
+                    } => {
+                        out.push(service.0.clone());
+                        out.push(
+                            deadline_ms.map_or_else(Bytes::new, |ms| Bytes::from(ms.to_string())),
+                        );
                         out.extend(body.iter().cloned());
                     }
-                    WorkerCommand::Heartbeat | WorkerCommand::Disconnect => {}
+                    NativeCommand::Accepted { .. } => {}
+                    NativeCommand::Partial { body, .. } | NativeCommand::Final { body, .. } => {
+                        out.extend(body.iter().cloned());
+                    }
+                    NativeCommand::Error {
+                        status, message, ..
+                    } => {
+                        out.push(Bytes::from_static(status.as_str().as_bytes()));
+                        out.push(message.clone());
+                    }
                 }
             }
         }
+    }
+}
+
+fn encode_worker(version: Version, cmd: &WorkerCommand, out: &mut Frames) {
+    let Some(code) = cmd.code(version) else {
+        return;
+    };
+    if version == Version::V1 {
+        out.push(Bytes::new());
+        out.push(Bytes::from_static(WORKER_HEADER));
+    } else {
+        out.push(Bytes::from_static(WORKER_HEADER_V2));
+    }
+    out.push(Bytes::copy_from_slice(&[code]));
+    match cmd {
+        WorkerCommand::Ready { service } => out.push(service.0.clone()),
+        WorkerCommand::Request { client, body }
+        | WorkerCommand::Partial { client, body }
+        | WorkerCommand::Reply { client, body } => {
+            out.push(client.0.clone());
+            out.push(Bytes::new());
+            out.extend(body.iter().cloned());
+        }
+        WorkerCommand::Heartbeat | WorkerCommand::Disconnect => {}
+    }
+}
+
+fn decode_worker(
+    version: Version,
+    mut it: impl Iterator<Item = Bytes>,
+) -> Result<WorkerCommand, DecodeError> {
+    let code = single_byte(&next(&mut it)?)?;
+    let cmd = match (version, code) {
+        (_, 0x01) => WorkerCommand::Ready {
+            service: ServiceName::new(next(&mut it)?)?,
+        },
+        (_, 0x02) => {
+            let (client, body) = addressed(&mut it)?;
+            return Ok(WorkerCommand::Request { client, body });
+        }
+        (Version::V1, 0x03) | (Version::V2, 0x04) => {
+            let (client, body) = addressed(&mut it)?;
+            return Ok(WorkerCommand::Reply { client, body });
+        }
+        (Version::V2, 0x03) => {
+            let (client, body) = addressed(&mut it)?;
+            return Ok(WorkerCommand::Partial { client, body });
+        }
+        (Version::V1, 0x04) | (Version::V2, 0x05) => WorkerCommand::Heartbeat,
+        (Version::V1, 0x05) | (Version::V2, 0x06) => WorkerCommand::Disconnect,
+        _ => return Err(DecodeError::UnknownCommand),
+    };
+    // READY, HEARTBEAT and DISCONNECT have a fixed number of frames.
+    no_more(&mut it)?;
+    Ok(cmd)
+}
+
+fn decode_client2(mut it: impl Iterator<Item = Bytes>) -> Result<Message, DecodeError> {
+    let kind = match single_byte(&next(&mut it)?)? {
+        0x01 => ClientKind::Request,
+        0x02 => ClientKind::Partial,
+        0x03 => ClientKind::Final,
+        _ => return Err(DecodeError::UnknownCommand),
+    };
+    let service = ServiceName::new(next(&mut it)?)?;
+    Ok(Message::Client2(
+        kind,
+        ClientMessage {
+            service,
+            body: it.collect(),
+        },
+    ))
+}
+
+fn decode_native(mut it: impl Iterator<Item = Bytes>) -> Result<NativeCommand, DecodeError> {
+    let code = single_byte(&next(&mut it)?)?;
+    if !(0x01..=0x05).contains(&code) {
+        return Err(DecodeError::UnknownCommand);
+    }
+    let id = RequestId::new(next(&mut it)?)?;
+    let cmd = match code {
+        0x01 => {
+            let service = ServiceName::new(next(&mut it)?)?;
+            let deadline = next(&mut it)?;
+            let deadline_ms = if deadline.is_empty() {
+                None
+            } else {
+                let text = std::str::from_utf8(&deadline).map_err(|_| DecodeError::BadDeadline)?;
+                if !text.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(DecodeError::BadDeadline);
+                }
+                Some(text.parse::<u64>().map_err(|_| DecodeError::BadDeadline)?)
+            };
+            return Ok(NativeCommand::Request {
+                id,
+                service,
+                deadline_ms,
+                body: it.collect(),
+            });
+        }
+        0x02 => NativeCommand::Accepted { id },
+        0x03 => {
+            return Ok(NativeCommand::Partial {
+                id,
+                body: it.collect(),
+            });
+        }
+        0x04 => {
+            return Ok(NativeCommand::Final {
+                id,
+                body: it.collect(),
+            });
+        }
+        _ => {
+            let status = Status::parse(&next(&mut it)?)?;
+            let message = next(&mut it)?;
+            NativeCommand::Error {
+                id,
+                status,
+                message,
+            }
+        }
+    };
+    no_more(&mut it)?;
+    Ok(cmd)
+}
+
+/// The request id of a native message that failed to decode, if it can be read, so the
+/// broker can answer `bad_request` instead of leaving the client waiting.
+pub fn native_request_id(frames: &[Bytes]) -> Option<RequestId> {
+    match frames {
+        [header, code, id, ..] if header.as_ref() == NATIVE_HEADER && code.as_ref() == [0x01] => {
+            RequestId::new(id.clone()).ok()
+        }
+        _ => None,
     }
 }
 
@@ -389,7 +784,62 @@ mod tests {
     fn rejects_every_malformed_shape() {
         let cases: Vec<(Frames, DecodeError)> = vec![
             (vec![], DecodeError::NoDelimiter),
-            (vec![b(b"x")], DecodeError::NoDelimiter),
+            (vec![b(b"x")], DecodeError::UnknownHeader),
+            (vec![b(b"MDPC01"), b(b"svc")], DecodeError::NoDelimiter),
+            (vec![b(b"MDPC02")], DecodeError::MissingFrame),
+            (
+                vec![b(b"MDPC02"), b(&[4]), b(b"s")],
+                DecodeError::UnknownCommand,
+            ),
+            (
+                vec![b(b"MDPC02"), b(&[1]), b(b"")],
+                DecodeError::BadServiceName,
+            ),
+            (vec![b(b"MDPW02"), b(&[7])], DecodeError::UnknownCommand),
+            (
+                vec![b(b"MDPW02"), b(&[5]), b(b"x")],
+                DecodeError::ExtraFrames,
+            ),
+            (
+                vec![b(b"MDPW02"), b(&[3]), b(b"c"), b(b"x")],
+                DecodeError::NoDelimiter,
+            ),
+            (vec![b(b"S0C1"), b(&[1])], DecodeError::MissingFrame),
+            (
+                vec![b(b"S0C1"), b(&[9]), b(b"id")],
+                DecodeError::UnknownCommand,
+            ),
+            (vec![b(b"S0C1"), b(&[1]), b(b"")], DecodeError::BadRequestId),
+            (
+                vec![b(b"S0C1"), b(&[1]), Bytes::from(vec![b'i'; 65])],
+                DecodeError::BadRequestId,
+            ),
+            (
+                vec![b(b"S0C1"), b(&[1]), b(b"id"), b(b"svc")],
+                DecodeError::MissingFrame,
+            ),
+            (
+                vec![b(b"S0C1"), b(&[1]), b(b"id"), b(b"svc"), b(b"-5")],
+                DecodeError::BadDeadline,
+            ),
+            (
+                vec![
+                    b(b"S0C1"),
+                    b(&[1]),
+                    b(b"id"),
+                    b(b"svc"),
+                    b(b"99999999999999999999999"),
+                ],
+                DecodeError::BadDeadline,
+            ),
+            (
+                vec![b(b"S0C1"), b(&[2]), b(b"id"), b(b"x")],
+                DecodeError::ExtraFrames,
+            ),
+            (
+                vec![b(b"S0C1"), b(&[5]), b(b"id"), b(b"oops"), b(b"m")],
+                DecodeError::UnknownStatus,
+            ),
             (vec![b(b"")], DecodeError::UnknownHeader),
             (vec![b(b""), b(b"MDPC02")], DecodeError::UnknownHeader),
             (vec![b(b""), b(b"MDPC01")], DecodeError::MissingFrame),
@@ -481,6 +931,67 @@ mod tests {
     }
 
     fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![mdp1(), mdp2(), native()]
+    }
+
+    fn mdp2() -> impl Strategy<Value = Message> {
+        let body = prop::collection::vec(frame(), 0..4);
+        let kind = prop_oneof![
+            Just(ClientKind::Request),
+            Just(ClientKind::Partial),
+            Just(ClientKind::Final)
+        ];
+        prop_oneof![
+            (kind, name(), body.clone()).prop_map(|(k, s, body)| Message::Client2(
+                k,
+                ClientMessage {
+                    service: ServiceName::new(s).unwrap(),
+                    body
+                }
+            )),
+            (name(), body, 0..4u8).prop_map(|(c, body, which)| {
+                let client = PeerId::new(c).unwrap();
+                Message::Worker2(match which {
+                    0 => WorkerCommand::Request { client, body },
+                    1 => WorkerCommand::Partial { client, body },
+                    2 => WorkerCommand::Reply { client, body },
+                    _ => WorkerCommand::Heartbeat,
+                })
+            }),
+            Just(Message::Worker2(WorkerCommand::Disconnect)),
+            name().prop_map(|s| Message::Worker2(WorkerCommand::Ready {
+                service: ServiceName::new(s).unwrap()
+            })),
+        ]
+    }
+
+    fn native() -> impl Strategy<Value = Message> {
+        let body = prop::collection::vec(frame(), 0..4);
+        let id = prop::collection::vec(any::<u8>(), 1..=64)
+            .prop_map(|v| RequestId::new(Bytes::from(v)).unwrap());
+        (id, name(), body, any::<Option<u64>>(), 0..5u8, 0..7usize).prop_map(
+            |(id, s, body, deadline_ms, which, status)| {
+                Message::Native(match which {
+                    0 => NativeCommand::Request {
+                        id,
+                        service: ServiceName::new(s).unwrap(),
+                        deadline_ms,
+                        body,
+                    },
+                    1 => NativeCommand::Accepted { id },
+                    2 => NativeCommand::Partial { id, body },
+                    3 => NativeCommand::Final { id, body },
+                    _ => NativeCommand::Error {
+                        id,
+                        status: Status::ALL[status],
+                        message: s,
+                    },
+                })
+            },
+        )
+    }
+
+    fn mdp1() -> impl Strategy<Value = Message> {
         let body = prop::collection::vec(frame(), 0..4);
         prop_oneof![
             (name(), body.clone()).prop_map(|(s, body)| Message::Client(ClientMessage {

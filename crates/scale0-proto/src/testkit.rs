@@ -138,7 +138,8 @@ pub fn broker_events(data: &[u8]) {
     check_invariants(&broker);
 }
 
-fn check_invariants(broker: &Broker) {
+/// The broker's bookkeeping agrees with itself and stays within its bounds.
+pub fn check_invariants(broker: &Broker) {
     let services = broker.services();
     let workers: usize = services.iter().map(|s| s.workers).sum();
     assert_eq!(

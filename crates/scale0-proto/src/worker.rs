@@ -5,7 +5,7 @@
 //! notices a silent broker, and backs off exponentially between reconnects. The driver
 //! performs the [`Action`]s in order and runs the handler.
 
-use crate::mdp::{Body, DecodeError, Frames, Message, PeerId, ServiceName, WorkerCommand};
+use crate::mdp::{Body, DecodeError, Frames, Message, PeerId, ServiceName, Version, WorkerCommand};
 use crate::time::Instant;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -24,6 +24,8 @@ pub struct Config {
     pub reconnect_initial_ms: u64,
     /// Longest pause between reconnect attempts.
     pub reconnect_max_ms: u64,
+    /// The Majordomo version to speak; MDP/0.2 can send partial replies.
+    pub version: Version,
 }
 
 impl Config {
@@ -35,6 +37,7 @@ impl Config {
             heartbeat_liveness: 3,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 5000,
+            version: Version::V2,
         }
     }
 
@@ -184,9 +187,10 @@ impl Session {
         let State::Connected { next_heartbeat, .. } = self.state else {
             return Ok(());
         };
-        let cmd = match Message::decode(frames)? {
-            Message::Worker(cmd) => cmd,
-            Message::Client(_) => return Err(DecodeError::UnknownHeader),
+        let ((Message::Worker(cmd), Version::V1) | (Message::Worker2(cmd), Version::V2)) =
+            (Message::decode(frames)?, self.config.version)
+        else {
+            return Err(DecodeError::UnknownHeader);
         };
         // Anything from the broker proves it alive and resets the backoff.
         self.state = State::Connected {
@@ -215,7 +219,9 @@ impl Session {
                     reconnect_at: now + Duration::from_millis(self.config.reconnect_initial_ms),
                 };
             }
-            WorkerCommand::Ready { .. } | WorkerCommand::Reply { .. } => {
+            WorkerCommand::Ready { .. }
+            | WorkerCommand::Reply { .. }
+            | WorkerCommand::Partial { .. } => {
                 return Err(DecodeError::UnknownCommand);
             }
         }
@@ -235,6 +241,19 @@ impl Session {
             self.counters.replies_lost += 1;
             // The reconnect was waiting for the handler.
             self.handle_timeout(now);
+        }
+    }
+
+    /// The handler reports progress on the current request: a PARTIAL reply. Returns
+    /// false when it cannot go out (MDP/0.1, or the connection it belongs to is gone).
+    pub fn partial(&mut self, body: Body) -> bool {
+        match &self.busy {
+            Some((client, true)) if self.is_connected() && self.config.version == Version::V2 => {
+                let client = client.clone();
+                self.send(WorkerCommand::Partial { client, body });
+                true
+            }
+            _ => false,
         }
     }
 
@@ -273,7 +292,10 @@ impl Session {
     }
 
     fn send(&mut self, cmd: WorkerCommand) {
-        self.actions
-            .push_back(Action::Send(Message::Worker(cmd).encode()));
+        let m = match self.config.version {
+            Version::V1 => Message::Worker(cmd),
+            Version::V2 => Message::Worker2(cmd),
+        };
+        self.actions.push_back(Action::Send(m.encode()));
     }
 }

@@ -427,6 +427,10 @@ fn malformed_input_is_dropped_counted_and_harmless() {
     let bad: Vec<(Frames, DropReason)> = vec![
         (
             vec![b("x")],
+            DropReason::Malformed(DecodeError::UnknownHeader),
+        ),
+        (
+            vec![b("MDPC01"), b("echo")],
             DropReason::Malformed(DecodeError::NoDelimiter),
         ),
         (

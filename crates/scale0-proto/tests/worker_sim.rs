@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use scale0_proto::broker::{self, Broker};
-use scale0_proto::mdp::{self, ClientMessage, Message, WorkerCommand};
+use scale0_proto::mdp::{self, ClientMessage, Message, Version, WorkerCommand};
 use scale0_proto::worker::{Action, Config, Session};
 use scale0_proto::{Instant, PeerId, ServiceName};
 
@@ -18,6 +18,7 @@ fn config() -> Config {
         heartbeat_liveness: 3,
         reconnect_initial_ms: 100,
         reconnect_max_ms: 800,
+        version: Version::V1,
     }
 }
 

@@ -1,12 +1,15 @@
-//! An MDP/0.1 client over a DEALER: synchronous requests with timeout and retries
-//! (the Guide's Lazy Pirate pattern), and a pipelined mode with many requests in flight.
+//! A Majordomo client speaking the scale0 native protocol (`docs/protocol.md`): request
+//! ids, so many requests fly on one DEALER and replies come back in any order; explicit
+//! error statuses; retries with the same id, which the broker never executes twice.
 
 use crate::error::{Error, Result, ZmqContext};
 use crate::sockets;
 use bytes::Bytes;
-use scale0_proto::mdp::{ClientMessage, Message};
+use scale0_proto::mdp::{Message, NativeCommand, RequestId};
 use scale0_proto::{Body, ServiceName};
-use std::collections::VecDeque;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -17,7 +20,7 @@ pub struct ClientConfig {
     pub connect: String,
     /// How long one attempt waits for its reply.
     pub timeout_ms: u64,
-    /// How many times a synchronous request is re-sent after a timeout.
+    /// How many times a request is re-sent (same id) after a timeout.
     pub retries: u32,
 }
 
@@ -30,6 +33,10 @@ impl ClientConfig {
             retries: 2,
         }
     }
+
+    fn attempts(&self) -> u32 {
+        self.retries.saturating_add(1)
+    }
 }
 
 /// One reply of a pipelined run.
@@ -37,25 +44,30 @@ impl ClientConfig {
 pub struct Reply {
     /// The reply body.
     pub body: Body,
-    /// Time since the oldest request still in flight was sent. Plain MDP/0.1 carries no
-    /// request id, so with several workers this is an upper estimate of the latency.
+    /// From the first send of the request to its reply.
     pub latency: Duration,
 }
 
 /// What a pipelined run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PipelineSummary {
-    /// Requests sent.
+    /// Requests sent (not counting retries).
     pub sent: u64,
     /// Replies that were not error replies.
     pub ok: u64,
-    /// Error replies from workers.
+    /// Error replies from workers' handlers.
     pub errors: u64,
-    /// Requests still unanswered when the run gave up waiting.
+    /// Requests the broker answered with an error status.
+    pub rejected: u64,
+    /// Requests with no answer after every retry.
     pub timed_out: u64,
+    /// Re-sends after a timeout.
+    pub retries: u64,
+    /// Answers for requests already finished (retries crossing an answer); ignored.
+    pub duplicates: u64,
     /// Wall time of the whole run.
     pub elapsed: Duration,
-    /// Latency of every reply, sorted ascending.
+    /// Latency of every answered request, sorted ascending.
     pub latencies: Vec<Duration>,
 }
 
@@ -66,7 +78,7 @@ impl PipelineSummary {
             return Duration::ZERO;
         }
         let last = self.latencies.len() - 1;
-        // Nearest-rank on a sorted list; the cast is of a value within 0..=last.
+        // Nearest rank on a sorted list; the value is within 0..=last.
         #[allow(
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss,
@@ -76,10 +88,10 @@ impl PipelineSummary {
         self.latencies.get(rank).copied().unwrap_or_default()
     }
 
-    /// Replies per second over the whole run.
+    /// Answers per second over the whole run.
     pub fn rate(&self) -> f64 {
         #[allow(clippy::cast_precision_loss)]
-        let done = (self.ok + self.errors) as f64;
+        let done = (self.ok + self.errors + self.rejected) as f64;
         done / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
@@ -88,6 +100,9 @@ impl PipelineSummary {
 pub struct Client {
     config: ClientConfig,
     socket: zmq::Socket,
+    /// Our own routing id, kept across reconnects so the broker can match retries.
+    identity: Vec<u8>,
+    next_id: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -98,48 +113,111 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// A random routing id whose first byte is not zero (libzmq's own ids start with zero
+/// and repeat across restarts; ours must not collide with them).
+fn random_identity() -> Vec<u8> {
+    let mut id = Vec::with_capacity(16);
+    for i in 0..2u64 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        id.extend_from_slice(&h.finish().to_be_bytes());
+    }
+    if let Some(first) = id.first_mut() {
+        *first = (*first).max(1);
+    }
+    id
+}
+
+/// What one answer from the broker means for a request.
+enum Answer {
+    Accepted,
+    Partial(Body),
+    Done(Result<Body>),
+}
+
 impl Client {
     /// Connects to the broker (ZeroMQ connects in the background; an absent broker shows
     /// up as a timeout on the first request).
     pub fn connect(config: ClientConfig) -> Result<Self> {
-        let socket = Self::open(&config.connect)?;
-        Ok(Self { config, socket })
+        let identity = random_identity();
+        let socket = Self::open(&config.connect, &identity)?;
+        Ok(Self {
+            config,
+            socket,
+            identity,
+            next_id: 0,
+        })
     }
 
-    fn open(endpoint: &str) -> Result<zmq::Socket> {
+    fn open(endpoint: &str, identity: &[u8]) -> Result<zmq::Socket> {
         let socket = sockets::context()
             .socket(zmq::DEALER)
             .context(|| "creating the client socket".into())?;
         socket.set_linger(0).context(|| "setting LINGER".into())?;
+        socket
+            .set_identity(identity)
+            .context(|| "setting ROUTING_ID".into())?;
         sockets::connect(&socket, endpoint)?;
         Ok(socket)
     }
 
-    /// Sends one request and waits for its reply, re-sending on a fresh connection after
-    /// each timeout, up to `retries` times.
+    fn new_id(&mut self) -> RequestId {
+        self.next_id += 1;
+        RequestId::from(self.next_id)
+    }
+
+    /// Sends one request and waits for its reply, re-sending it with the same id after
+    /// each timeout, up to `retries` times; the broker runs it at most once for all that.
     pub fn request(&mut self, service: &str, body: Body) -> Result<Body> {
+        self.request_with_partials(service, body, |_| {})
+    }
+
+    /// Like [`Client::request`], calling `on_partial` for each partial reply a worker
+    /// streams before its final one.
+    pub fn request_with_partials(
+        &mut self,
+        service: &str,
+        body: Body,
+        mut on_partial: impl FnMut(Body),
+    ) -> Result<Body> {
         let name = service_name(service)?;
-        let frames = Message::Client(ClientMessage {
-            service: name.clone(),
-            body,
-        })
-        .encode();
+        let id = self.new_id();
+        let frames = self.encode_request(&id, &name, body);
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let attempts = self.config.retries.saturating_add(1);
+        let attempts = self.config.attempts();
         for attempt in 1..=attempts {
             sockets::send(&self.socket, &frames).context(|| "sending a request".into())?;
-            let deadline = Instant::now() + timeout;
-            while let Some(frames) = self.recv_until(deadline)? {
-                let reply = decode_reply(frames)?;
-                if reply.service == name {
-                    return into_result(service, reply.body);
+            let mut deadline = Instant::now() + timeout;
+            while let Some(reply) = self.recv_until(deadline)? {
+                let Some((rid, answer)) = decode(service, reply)? else {
+                    continue;
+                };
+                if rid != id {
+                    continue; // an answer to an earlier request, crossing a retry
                 }
-                debug!(service = %reply.service, "reply for another service, ignored");
+                match answer {
+                    // The broker holds it: worth waiting a full timeout from here.
+                    Answer::Accepted => deadline = Instant::now() + timeout,
+                    Answer::Partial(body) => {
+                        deadline = Instant::now() + timeout;
+                        on_partial(body);
+                    }
+                    Answer::Done(result) => return result,
+                }
             }
-            debug!(attempt, service, "request timed out, reconnecting");
-            // A fresh socket drops anything the old one still had queued, so a late
-            // reply to the previous attempt cannot be mistaken for this one's.
-            self.socket = Self::open(&self.config.connect)?;
+            debug!(
+                attempt,
+                service, "request timed out, re-sending on a fresh connection"
+            );
+            // A fresh socket with the same identity: the broker hands the identity over,
+            // and still knows the request by (identity, id).
+            self.socket = Self::open(&self.config.connect, &self.identity)?;
         }
         Err(Error::Timeout {
             endpoint: self.config.connect.clone(),
@@ -149,68 +227,149 @@ impl Client {
         })
     }
 
-    /// Sends every request of `requests` with up to `in_flight` outstanding at once,
-    /// calling `on_reply` for each reply in the order replies arrive. Gives up when no
-    /// reply has come for `timeout_ms`; requests are not retried (plain MDP/0.1 has no
-    /// request id to match a retry with).
+    /// Sends every request of `requests` with up to `in_flight` outstanding at once.
+    /// `on_reply` gets each request's index and its outcome, in the order answers arrive.
+    /// A request unanswered for `timeout_ms` is re-sent with the same id, up to `retries`
+    /// times.
     pub fn pipeline(
         &mut self,
         service: &str,
         requests: impl IntoIterator<Item = Body>,
         in_flight: usize,
-        mut on_reply: impl FnMut(Result<Reply>),
+        mut on_reply: impl FnMut(usize, Result<Reply>),
     ) -> Result<PipelineSummary> {
+        struct Outstanding {
+            index: usize,
+            frames: scale0_proto::Frames,
+            first_sent: Instant,
+            sends: u32,
+        }
         let name = service_name(service)?;
         let in_flight = in_flight.max(1);
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let mut requests = requests.into_iter();
-        let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(in_flight);
+        let attempts = self.config.attempts();
+        let mut requests = requests.into_iter().enumerate();
+        let mut outstanding: HashMap<Bytes, Outstanding> = HashMap::with_capacity(in_flight);
+        // Send order is deadline order, since every attempt waits the same time.
+        let mut deadlines: VecDeque<(Instant, Bytes)> = VecDeque::with_capacity(in_flight);
         let mut summary = PipelineSummary::default();
         let start = Instant::now();
         let mut exhausted = false;
         loop {
-            while !exhausted && sent_at.len() < in_flight {
-                let Some(body) = requests.next() else {
+            while !exhausted && outstanding.len() < in_flight {
+                let Some((index, body)) = requests.next() else {
                     exhausted = true;
                     break;
                 };
-                let frames = Message::Client(ClientMessage {
-                    service: name.clone(),
-                    body,
-                })
-                .encode();
+                let id = self.new_id();
+                let frames = self.encode_request(&id, &name, body);
                 sockets::send(&self.socket, &frames).context(|| "sending a request".into())?;
-                sent_at.push_back(Instant::now());
+                let now = Instant::now();
+                deadlines.push_back((now + timeout, id.as_bytes().clone()));
+                outstanding.insert(
+                    id.as_bytes().clone(),
+                    Outstanding {
+                        index,
+                        frames,
+                        first_sent: now,
+                        sends: 1,
+                    },
+                );
                 summary.sent += 1;
             }
-            if sent_at.is_empty() {
+            if outstanding.is_empty() {
                 break;
             }
-            let Some(frames) = self.recv_until(Instant::now() + timeout)? else {
-                summary.timed_out = sent_at.len() as u64;
-                self.socket = Self::open(&self.config.connect)?;
+            // Deal with the earliest deadline, skipping requests already answered.
+            while deadlines
+                .front()
+                .is_some_and(|(_, id)| !outstanding.contains_key(id))
+            {
+                deadlines.pop_front();
+            }
+            let Some((deadline, _)) = deadlines.front().cloned() else {
                 break;
             };
-            let reply = decode_reply(frames)?;
-            if reply.service != name {
-                continue;
-            }
-            let latency = sent_at.pop_front().map(|t| t.elapsed()).unwrap_or_default();
-            summary.latencies.push(latency);
-            match into_result(service, reply.body) {
-                Ok(body) => {
-                    summary.ok += 1;
-                    on_reply(Ok(Reply { body, latency }));
+            match self.recv_until(deadline)? {
+                Some(reply) => {
+                    let Some((rid, answer)) = decode(service, reply)? else {
+                        continue;
+                    };
+                    let Answer::Done(result) = answer else {
+                        continue;
+                    };
+                    let Some(o) = outstanding.remove(rid.as_bytes()) else {
+                        summary.duplicates += 1;
+                        continue;
+                    };
+                    let latency = o.first_sent.elapsed();
+                    summary.latencies.push(latency);
+                    match result {
+                        Ok(body) => {
+                            summary.ok += 1;
+                            on_reply(o.index, Ok(Reply { body, latency }));
+                        }
+                        Err(e) => {
+                            if matches!(e, Error::Rejected { .. }) {
+                                summary.rejected += 1;
+                            } else {
+                                summary.errors += 1;
+                            }
+                            on_reply(o.index, Err(e));
+                        }
+                    }
                 }
-                Err(e) => {
-                    summary.errors += 1;
-                    on_reply(Err(e));
+                None => {
+                    let Some((_, id)) = deadlines.pop_front() else {
+                        continue;
+                    };
+                    let Some(o) = outstanding.get_mut(&id) else {
+                        continue;
+                    };
+                    if o.sends < attempts {
+                        o.sends += 1;
+                        summary.retries += 1;
+                        sockets::send(&self.socket, &o.frames)
+                            .context(|| "re-sending a request".into())?;
+                        deadlines.push_back((Instant::now() + timeout, id));
+                    } else if let Some(o) = outstanding.remove(&id) {
+                        summary.timed_out += 1;
+                        on_reply(
+                            o.index,
+                            Err(Error::Timeout {
+                                endpoint: self.config.connect.clone(),
+                                service: service.into(),
+                                attempts,
+                                timeout_ms: self.config.timeout_ms,
+                            }),
+                        );
+                    }
                 }
             }
         }
         summary.elapsed = start.elapsed();
         summary.latencies.sort_unstable();
         Ok(summary)
+    }
+
+    fn encode_request(
+        &self,
+        id: &RequestId,
+        service: &ServiceName,
+        body: Body,
+    ) -> scale0_proto::Frames {
+        // Tell the broker when we will have given up, so it stops trying then too.
+        let deadline_ms = self
+            .config
+            .timeout_ms
+            .saturating_mul(u64::from(self.config.attempts()));
+        Message::Native(NativeCommand::Request {
+            id: id.clone(),
+            service: service.clone(),
+            deadline_ms: Some(deadline_ms),
+            body,
+        })
+        .encode()
     }
 
     /// Waits for one message until `deadline`; `None` on timeout.
@@ -236,11 +395,29 @@ fn service_name(service: &str) -> Result<ServiceName> {
         .map_err(|_| Error::InvalidServiceName(service.into()))
 }
 
-fn decode_reply(frames: scale0_proto::Frames) -> Result<ClientMessage> {
-    match Message::decode(frames)? {
-        Message::Client(m) => Ok(m),
-        Message::Worker(_) => Err(Error::BadReply(scale0_proto::DecodeError::UnknownHeader)),
-    }
+/// Decodes a broker message for a native client; `None` for messages to ignore.
+fn decode(service: &str, frames: scale0_proto::Frames) -> Result<Option<(RequestId, Answer)>> {
+    let Message::Native(cmd) = Message::decode(frames)? else {
+        return Ok(None);
+    };
+    Ok(Some(match cmd {
+        NativeCommand::Accepted { id } => (id, Answer::Accepted),
+        NativeCommand::Partial { id, body } => (id, Answer::Partial(body)),
+        NativeCommand::Final { id, body } => (id, Answer::Done(into_result(service, body))),
+        NativeCommand::Error {
+            id,
+            status,
+            message,
+        } => (
+            id,
+            Answer::Done(Err(Error::Rejected {
+                service: service.into(),
+                status,
+                message: String::from_utf8_lossy(&message).into_owned(),
+            })),
+        ),
+        NativeCommand::Request { .. } => return Ok(None),
+    }))
 }
 
 /// Turns a worker's error reply into an error.

@@ -41,6 +41,16 @@ pub enum Error {
         /// The worker's message.
         message: String,
     },
+    /// The broker ended the request with an error status (`docs/protocol.md`).
+    #[error("the broker refused or gave up on a request for {service:?}: {status}: {message}")]
+    Rejected {
+        /// The service asked for.
+        service: String,
+        /// Why, for programs.
+        status: scale0_proto::mdp::Status,
+        /// Why, for people.
+        message: String,
+    },
     /// The broker sent something that is not an MDP reply.
     #[error("malformed reply from the broker: {0}")]
     BadReply(#[from] DecodeError),

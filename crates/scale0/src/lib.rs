@@ -18,7 +18,7 @@ pub use broker::{Broker, BrokerConfig};
 pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};
 pub use shutdown::Shutdown;
-pub use worker::{Handler, HandlerError, Worker, WorkerConfig, WorkerSummary};
+pub use worker::{Handler, HandlerError, Progress, Worker, WorkerConfig, WorkerSummary};
 
 pub use scale0_proto as proto;
 

@@ -6,6 +6,7 @@ use crate::error::{Error, Result, ZmqContext};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use bytes::Bytes;
+use scale0_proto::mdp::Version;
 use scale0_proto::worker::{self as core, Action, Session};
 use scale0_proto::{Body, ServiceName};
 use std::fmt;
@@ -28,6 +29,8 @@ pub struct WorkerConfig {
     pub reconnect_initial_ms: u64,
     /// Longest pause between reconnects.
     pub reconnect_max_ms: u64,
+    /// The Majordomo version to speak: MDP/0.2 (the default) can stream partial replies.
+    pub version: Version,
 }
 
 impl WorkerConfig {
@@ -40,6 +43,7 @@ impl WorkerConfig {
             heartbeat_liveness: 3,
             reconnect_initial_ms: 100,
             reconnect_max_ms: 5000,
+            version: Version::V2,
         }
     }
 }
@@ -57,17 +61,50 @@ impl fmt::Display for HandlerError {
 impl std::error::Error for HandlerError {}
 
 /// Turns a request body into a reply body. Runs on its own thread, one request at a time.
+///
+/// Any `FnMut(Body) -> Result<Body, HandlerError>` is a handler; implement the trait to
+/// stream partial replies through [`Progress`].
 pub trait Handler: Send + 'static {
-    /// Serves one request.
-    fn handle(&mut self, body: Body) -> std::result::Result<Body, HandlerError>;
+    /// Serves one request; `progress` sends partial replies before the final one.
+    fn handle(
+        &mut self,
+        body: Body,
+        progress: &Progress<'_>,
+    ) -> std::result::Result<Body, HandlerError>;
 }
 
 impl<F> Handler for F
 where
     F: FnMut(Body) -> std::result::Result<Body, HandlerError> + Send + 'static,
 {
-    fn handle(&mut self, body: Body) -> std::result::Result<Body, HandlerError> {
+    fn handle(
+        &mut self,
+        body: Body,
+        _progress: &Progress<'_>,
+    ) -> std::result::Result<Body, HandlerError> {
         self(body)
+    }
+}
+
+/// Sends partial replies for the request a handler is serving (MDP/0.2 workers only; an
+/// MDP/0.1 client of the request sees only the final reply).
+pub struct Progress<'a> {
+    pipe: &'a zmq::Socket,
+}
+
+impl std::fmt::Debug for Progress<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress").finish_non_exhaustive()
+    }
+}
+
+impl Progress<'_> {
+    /// Sends `body` to the client as a partial reply.
+    pub fn partial(&self, body: &[Bytes]) {
+        let frames = std::iter::once(PARTIAL).chain(body.iter().map(|f| &f[..]));
+        if self.pipe.send_multipart(frames, 0).is_err() {
+            debug!("the worker loop is gone; partial reply dropped");
+        }
     }
 }
 
@@ -87,6 +124,7 @@ pub struct Worker {
 
 /// Control frames on the pair between the loop and the handler thread.
 const RUN: &[u8] = b"R";
+const PARTIAL: &[u8] = b"P";
 const QUIT: &[u8] = b"Q";
 
 impl Worker {
@@ -138,6 +176,7 @@ impl Worker {
                 heartbeat_liveness: self.config.heartbeat_liveness,
                 reconnect_initial_ms: self.config.reconnect_initial_ms,
                 reconnect_max_ms: self.config.reconnect_max_ms,
+                version: self.config.version,
             },
             clock.now(),
         );
@@ -186,7 +225,11 @@ impl Worker {
             if handler_ready {
                 while let Some(mut reply) = sockets::try_recv(to_handler)? {
                     let body = reply.split_off(1.min(reply.len()));
-                    session.reply(clock.now(), body);
+                    if reply.first().is_some_and(|f| f.as_ref() == PARTIAL) {
+                        session.partial(body);
+                    } else {
+                        session.reply(clock.now(), body);
+                    }
                 }
             }
             if broker_ready {
@@ -250,7 +293,8 @@ fn handler_loop(mut handler: impl Handler, pipe: &zmq::Socket) {
         if frames.next().as_deref() != Some(RUN) {
             return;
         }
-        let reply = match handler.handle(frames.collect()) {
+        let progress = Progress { pipe };
+        let reply = match handler.handle(frames.collect(), &progress) {
             Ok(body) => body,
             Err(e) => {
                 warn!(error = %e, "handler failed; sending an error reply");

@@ -1,0 +1,134 @@
+//! The broker's memory of native requests: which are in progress, and the answers of
+//! recent ones, so a client's retry never executes a request twice.
+
+use crate::mdp::{NativeCommand, PeerId, RequestId};
+use crate::time::Instant;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+
+/// A native request, as (client routing id, request id).
+pub(crate) type Key = (PeerId, RequestId);
+
+#[derive(Debug)]
+enum Entry {
+    /// Accepted and not yet answered; `generation` tells this acceptance from an earlier
+    /// one of the same key that was forgotten.
+    Pending { generation: u64 },
+    /// Answered; the answer is kept to be re-sent to retries.
+    Done {
+        answer: NativeCommand,
+        generation: u64,
+    },
+}
+
+/// Bounded table of pending and recently answered native requests.
+#[derive(Debug)]
+pub(crate) struct Dedupe {
+    entries: HashMap<Key, Entry>,
+    /// Answered keys, oldest first, with when they may be forgotten.
+    done: VecDeque<(Instant, Key, u64)>,
+    done_bytes: usize,
+    next_generation: u64,
+}
+
+/// What the table knows of a key.
+#[derive(Debug)]
+pub(crate) enum Seen<'a> {
+    New,
+    Pending,
+    Done(&'a NativeCommand),
+}
+
+fn answer_bytes(answer: &NativeCommand) -> usize {
+    let body: usize = match answer {
+        NativeCommand::Final { body, .. } | NativeCommand::Partial { body, .. } => {
+            body.iter().map(Bytes::len).sum()
+        }
+        NativeCommand::Error { message, .. } => message.len(),
+        _ => 0,
+    };
+    body + answer.id().as_bytes().len() + 64
+}
+
+impl Dedupe {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: HashMap::new(),
+            done: VecDeque::new(),
+            done_bytes: 0,
+            next_generation: 1,
+        }
+    }
+
+    pub(crate) fn seen(&self, key: &Key) -> Seen<'_> {
+        match self.entries.get(key) {
+            None => Seen::New,
+            Some(Entry::Pending { .. }) => Seen::Pending,
+            Some(Entry::Done { answer, .. }) => Seen::Done(answer),
+        }
+    }
+
+    /// Records a newly accepted request; returns its generation.
+    pub(crate) fn accept(&mut self, key: Key) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.entries.insert(key, Entry::Pending { generation });
+        generation
+    }
+
+    /// True while the acceptance `generation` of `key` still waits for its answer.
+    pub(crate) fn is_pending(&self, key: &Key, generation: u64) -> bool {
+        matches!(self.entries.get(key), Some(Entry::Pending { generation: g }) if *g == generation)
+    }
+
+    /// Stores the answer of a request (pending or refused at once) until `forget_at`.
+    pub(crate) fn answer(&mut self, key: Key, answer: NativeCommand, forget_at: Instant) {
+        let generation = match self.entries.get(&key) {
+            Some(Entry::Pending { generation }) => *generation,
+            _ => {
+                let g = self.next_generation;
+                self.next_generation += 1;
+                g
+            }
+        };
+        self.done_bytes += answer_bytes(&answer);
+        self.done.push_back((forget_at, key.clone(), generation));
+        self.entries.insert(key, Entry::Done { answer, generation });
+    }
+
+    /// Forgets answers past their time, then the oldest ones while over either bound.
+    pub(crate) fn evict(&mut self, now: Instant, max_entries: usize, max_bytes: usize) {
+        while let Some((forget_at, _, _)) = self.done.front() {
+            let over = self.done.len() > max_entries || self.done_bytes > max_bytes;
+            if *forget_at > now && !over {
+                break;
+            }
+            let Some((_, key, generation)) = self.done.pop_front() else {
+                break;
+            };
+            if let Some(Entry::Done {
+                answer,
+                generation: g,
+            }) = self.entries.get(&key)
+            {
+                if *g == generation {
+                    self.done_bytes = self.done_bytes.saturating_sub(answer_bytes(answer));
+                    self.entries.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Answers stored now.
+    pub(crate) fn answered(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Requests pending now.
+    pub(crate) fn pending(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| matches!(e, Entry::Pending { .. }))
+            .count()
+    }
+}

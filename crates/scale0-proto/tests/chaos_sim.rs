@@ -1,0 +1,450 @@
+//! Deterministic chaos: the real broker and worker state machines, native clients that
+//! retry, on a simulated network with latency and loss, through worker deaths, slow and
+//! non-heartbeating workers, lost replies and broker restarts, over many seeds.
+//!
+//! Invariants: every request a client sent ends at that client with a FINAL or an
+//! ERROR, every answer to one request id is the same answer, a FINAL carries the reply to
+//! that very request, a client's retry never causes a second execution (only a worker's
+//! death, a lost reply or a broker restart may), and no worker is ever handed a second
+//! request while it works on one. `SCALE0_SIM_SEEDS=N` runs more seeds.
+
+use bytes::Bytes;
+use scale0_proto::broker::{self, Broker};
+use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, Version, WorkerCommand};
+use scale0_proto::worker::{self, Action, Session};
+use scale0_proto::{Frames, Instant, PeerId, ServiceName, testkit};
+use std::collections::HashMap;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+fn at(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+fn bytes(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+struct SimWorker {
+    session: Session,
+    name: String,
+    generation: u32,
+    alive: bool,
+    /// The token being worked on and when the work is done.
+    working: Option<(String, u64)>,
+    /// Behaves like a reference single-threaded worker: no heartbeats while busy.
+    silent_when_busy: bool,
+    work_ms: u64,
+}
+
+impl SimWorker {
+    fn id(&self) -> PeerId {
+        PeerId::new(bytes(&format!("{}.{}", self.name, self.generation))).unwrap()
+    }
+}
+
+struct Pending {
+    id: RequestId,
+    token: String,
+    sends: u32,
+    next_retry: u64,
+    answers: Vec<NativeCommand>,
+}
+
+struct SimClient {
+    id: PeerId,
+    requests: Vec<Pending>,
+}
+
+enum To {
+    Broker(PeerId),
+    Peer(PeerId),
+}
+
+struct World {
+    rng: Rng,
+    now: u64,
+    broker: Broker,
+    broker_config: broker::Config,
+    workers: Vec<SimWorker>,
+    clients: Vec<SimClient>,
+    net: Vec<(u64, To, Frames)>,
+    loss_percent: u64,
+    executions: HashMap<String, u32>,
+    /// Executions a request may legitimately have beyond its first.
+    reruns_allowed: HashMap<String, u32>,
+    chaos_until: u64,
+}
+
+const SERVICE: &str = "svc";
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let broker_config = broker::Config {
+            heartbeat_interval_ms: 100,
+            heartbeat_liveness: 3,
+            request_timeout_ms: 1_000 + rng.below(2_000),
+            max_attempts: 1_000, // the chaos ends; requests must get through, not fail
+            unknown_service_wait_ms: 600_000,
+            ..broker::Config::default()
+        };
+        let loss_percent = rng.below(4);
+        let mut w = Self {
+            broker: Broker::new(broker_config.clone(), at(0)),
+            broker_config,
+            rng,
+            now: 0,
+            workers: Vec::new(),
+            clients: Vec::new(),
+            net: Vec::new(),
+            loss_percent,
+            executions: HashMap::new(),
+            reruns_allowed: HashMap::new(),
+            chaos_until: 5_000,
+        };
+        for _ in 0..(1 + w.rng.below(4)) {
+            w.spawn_worker();
+        }
+        for c in 0..(1 + w.rng.below(3)) {
+            let n = 1 + w.rng.below(30);
+            let requests = (0..n)
+                .map(|r| Pending {
+                    id: RequestId::new(bytes(&format!("r{r}"))).unwrap(),
+                    token: format!("c{c}-r{r}"),
+                    sends: 0,
+                    next_retry: w.rng.below(2_000),
+                    answers: Vec::new(),
+                })
+                .collect();
+            w.clients.push(SimClient {
+                id: PeerId::new(bytes(&format!("\x01client{c}"))).unwrap(),
+                requests,
+            });
+        }
+        w
+    }
+
+    fn spawn_worker(&mut self) {
+        let n = self.workers.len();
+        let mut config = worker::Config::new(ServiceName::new(bytes(SERVICE)).unwrap());
+        config.heartbeat_interval_ms = 100;
+        config.heartbeat_liveness = 3;
+        config.reconnect_initial_ms = 10;
+        config.reconnect_max_ms = 200;
+        config.version = if self.rng.chance(50) {
+            Version::V1
+        } else {
+            Version::V2
+        };
+        let silent_when_busy = self.rng.chance(30);
+        let slow = self.rng.chance(20);
+        let work_ms = 1 + self.rng.below(if slow { 1_500 } else { 50 });
+        self.workers.push(SimWorker {
+            session: Session::new(config, at(self.now)),
+            name: format!("w{n}"),
+            generation: 0,
+            alive: true,
+            working: None,
+            silent_when_busy,
+            work_ms,
+        });
+    }
+
+    fn send(&mut self, to: To, frames: Frames) {
+        if self.rng.chance(self.loss_percent) && self.now < self.chaos_until {
+            // A lost worker reply means the broker will, in time, run the request again.
+            if let To::Broker(_) = &to {
+                if let Ok(
+                    Message::Worker(WorkerCommand::Reply { body, .. })
+                    | Message::Worker2(WorkerCommand::Reply { body, .. }),
+                ) = Message::decode(frames.clone())
+                {
+                    let token = String::from_utf8_lossy(&body[0]).into_owned();
+                    *self.reruns_allowed.entry(token).or_default() += 1;
+                }
+            }
+            return;
+        }
+        let latency = self.rng.below(5);
+        self.net.push((self.now + latency, to, frames));
+    }
+
+    fn step_workers(&mut self) {
+        for i in 0..self.workers.len() {
+            if !self.workers[i].alive {
+                continue;
+            }
+            let now = self.now;
+            if let Some((token, done)) = self.workers[i].working.clone() {
+                if done <= now {
+                    self.workers[i].working = None;
+                    self.workers[i].session.reply(at(now), vec![bytes(&token)]);
+                }
+            }
+            if self.workers[i]
+                .session
+                .poll_timeout()
+                .is_some_and(|t| t.as_millis() <= now)
+            {
+                self.workers[i].session.handle_timeout(at(now));
+            }
+            while let Some(a) = self.workers[i].session.poll_action() {
+                match a {
+                    Action::Connect => self.workers[i].generation += 1,
+                    Action::Disconnect => {}
+                    Action::Send(frames) => {
+                        let w = &self.workers[i];
+                        let heartbeat = matches!(
+                            Message::decode(frames.clone()),
+                            Ok(Message::Worker(WorkerCommand::Heartbeat)
+                                | Message::Worker2(WorkerCommand::Heartbeat))
+                        );
+                        if heartbeat && w.silent_when_busy && w.working.is_some() {
+                            continue;
+                        }
+                        let id = w.id();
+                        self.send(To::Broker(id), frames);
+                    }
+                    Action::Deliver { body, .. } => {
+                        let token = String::from_utf8_lossy(&body[0]).into_owned();
+                        assert!(
+                            self.workers[i].working.is_none(),
+                            "a worker was handed two requests"
+                        );
+                        *self.executions.entry(token.clone()).or_default() += 1;
+                        let done = now + self.workers[i].work_ms;
+                        self.workers[i].working = Some((token, done));
+                    }
+                }
+            }
+        }
+    }
+
+    fn step_clients(&mut self) {
+        let retry_ms = 300;
+        for c in 0..self.clients.len() {
+            for r in 0..self.clients[c].requests.len() {
+                let p = &self.clients[c].requests[r];
+                if !p.answers.is_empty() || p.next_retry > self.now {
+                    continue;
+                }
+                let m = Message::Native(NativeCommand::Request {
+                    id: p.id.clone(),
+                    service: ServiceName::new(bytes(SERVICE)).unwrap(),
+                    deadline_ms: None,
+                    body: vec![bytes(&p.token)],
+                });
+                let client = self.clients[c].id.clone();
+                let p = &mut self.clients[c].requests[r];
+                p.sends += 1;
+                p.next_retry = self.now + retry_ms;
+                self.send(To::Broker(client), m.encode());
+            }
+        }
+    }
+
+    fn step_broker(&mut self) {
+        if self.broker.poll_timeout().as_millis() <= self.now {
+            self.broker.handle_timeout(at(self.now));
+        }
+        self.flush_broker();
+    }
+
+    fn flush_broker(&mut self) {
+        while let Some(t) = self.broker.poll_transmit() {
+            let Ok((to, rest)) = mdp::split_routing_id(t.frames) else {
+                panic!("the broker sent a message without a routing id");
+            };
+            // ROUTER_MANDATORY: a send to a worker whose process died fails at once.
+            let dead = self.workers.iter().any(|w| !w.alive && w.id() == to);
+            if dead {
+                self.broker.handle_unroutable(at(self.now), &to);
+                continue;
+            }
+            self.send(To::Peer(to), rest);
+        }
+    }
+
+    fn deliver(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.net)
+            .into_iter()
+            .partition(|(t, ..)| *t <= now);
+        self.net = later;
+        for (_, to, frames) in due {
+            match to {
+                To::Broker(from) => {
+                    let mut f = vec![from.as_bytes().clone()];
+                    f.extend(frames);
+                    self.broker.handle_message(at(now), f);
+                    testkit::check_invariants(&self.broker);
+                    self.flush_broker();
+                }
+                To::Peer(id) => {
+                    if let Some(w) = self.workers.iter_mut().find(|w| w.alive && w.id() == id) {
+                        let _ = w.session.handle_message(at(now), frames);
+                    } else if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
+                        let Ok(Message::Native(cmd)) = Message::decode(frames) else {
+                            panic!("a client got a message that is not native");
+                        };
+                        let p = c
+                            .requests
+                            .iter_mut()
+                            .find(|p| &p.id == cmd.id())
+                            .expect("an answer for a request the client sent");
+                        match &cmd {
+                            NativeCommand::Final { body, .. } => {
+                                assert_eq!(
+                                    body,
+                                    &vec![bytes(&p.token)],
+                                    "a FINAL carries the reply to its own request"
+                                );
+                                p.answers.push(cmd);
+                            }
+                            NativeCommand::Error { .. } => p.answers.push(cmd),
+                            NativeCommand::Accepted { .. } | NativeCommand::Partial { .. } => {}
+                            NativeCommand::Request { .. } => panic!("a client got a REQUEST"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn chaos(&mut self) {
+        if self.now >= self.chaos_until {
+            return;
+        }
+        let roll = self.rng.below(1_000);
+        if roll < 3 {
+            // SIGKILL a worker: whatever it held may run again elsewhere.
+            let alive: Vec<usize> = (0..self.workers.len())
+                .filter(|&i| self.workers[i].alive)
+                .collect();
+            if alive.len() > 1 {
+                let i = alive[self.rng.below(alive.len() as u64) as usize];
+                self.workers[i].alive = false;
+                if let Some((token, _)) = &self.workers[i].working {
+                    *self.reruns_allowed.entry(token.clone()).or_default() += 1;
+                }
+            }
+        } else if roll < 5 {
+            self.spawn_worker();
+        } else if roll < 6 {
+            // Broker restart: all its state is gone; pending requests may run again.
+            self.broker = Broker::new(self.broker_config.clone(), at(self.now));
+            self.net.retain(|(_, to, _)| matches!(to, To::Peer(_)));
+            for w in &self.workers {
+                if let Some((token, _)) = &w.working {
+                    *self.reruns_allowed.entry(token.clone()).or_default() += 1;
+                }
+            }
+            for c in &self.clients {
+                for p in c.requests.iter().filter(|p| p.answers.is_empty()) {
+                    *self.reruns_allowed.entry(p.token.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// A worker told to DISCONNECT while working, or overrunning its deadline, abandons
+    /// its request; the broker runs it again elsewhere.
+    fn note_abandoned(&mut self) {
+        for w in &self.workers {
+            if let Some((token, _)) = &w.working {
+                if w.alive && !w.session.is_connected() {
+                    let key = format!("{token}@{}.{}", w.name, w.generation);
+                    if self.reruns_allowed.insert(key, 0).is_none() {
+                        *self.reruns_allowed.entry(token.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.requests.iter().all(|p| !p.answers.is_empty()))
+    }
+
+    fn run(&mut self) {
+        let end = 120_000;
+        while !self.done() {
+            assert!(self.now < end, "requests still unanswered after {end} ms");
+            self.deliver();
+            self.step_clients();
+            self.step_workers();
+            self.note_abandoned();
+            self.step_broker();
+            self.chaos();
+            self.now += 1;
+        }
+    }
+
+    fn check(&self, seed: u64) {
+        for c in &self.clients {
+            for p in &c.requests {
+                let first = &p.answers[0];
+                assert!(
+                    p.answers.iter().all(|a| a == first),
+                    "seed {seed}: different answers to {}",
+                    p.token
+                );
+                assert!(
+                    p.answers.len() as u32 <= p.sends,
+                    "seed {seed}: more answers than sends for {}",
+                    p.token
+                );
+                let runs = self.executions.get(&p.token).copied().unwrap_or(0);
+                let allowed = 1 + self.reruns_allowed.get(&p.token).copied().unwrap_or(0);
+                assert!(
+                    runs <= allowed,
+                    "seed {seed}: {} ran {runs} times, {allowed} allowed",
+                    p.token
+                );
+                if matches!(first, NativeCommand::Final { .. }) {
+                    assert!(runs >= 1, "seed {seed}: a FINAL without an execution");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_request_ends_once_through_chaos_over_many_seeds() {
+    let seeds: u64 = std::env::var("SCALE0_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let mut finals = 0;
+    for seed in 0..seeds {
+        let mut world = World::new(seed);
+        world.run();
+        world.check(seed);
+        finals += world
+            .clients
+            .iter()
+            .flat_map(|c| &c.requests)
+            .filter(|p| matches!(p.answers[0], NativeCommand::Final { .. }))
+            .count();
+    }
+    assert!(finals > 0);
+}
