@@ -174,7 +174,7 @@ impl World {
                 if let Ok(
                     Message::Worker(WorkerCommand::Reply { body, .. })
                     | Message::Worker2(WorkerCommand::Reply { body, .. }),
-                ) = Message::decode(frames.clone())
+                ) = Message::decode(frames)
                 {
                     let token = String::from_utf8_lossy(&body[0]).into_owned();
                     *self.reruns_allowed.entry(token).or_default() += 1;
