@@ -394,11 +394,12 @@ impl Broker {
     /// A broker with no workers, whose first heartbeat is one interval after `now`.
     pub fn new(config: Config, now: Instant) -> Self {
         let next_heartbeat = now + config.heartbeat_interval();
+        let dedupe = Dedupe::new(config.max_dedupe_entries, config.max_dedupe_bytes);
         Self {
             config,
             services: HashMap::new(),
             workers: HashMap::new(),
-            dedupe: Dedupe::new(),
+            dedupe,
             client_deadlines: BinaryHeap::new(),
             transmits: VecDeque::new(),
             next_heartbeat,
@@ -508,11 +509,7 @@ impl Broker {
             self.purge(now);
         }
         self.expire_client_deadlines(now);
-        self.dedupe.evict(
-            now,
-            self.config.max_dedupe_entries,
-            self.config.max_dedupe_bytes,
-        );
+        self.dedupe.evict(now);
         if self.next_heartbeat <= now {
             for (peer, w) in &self.workers {
                 self.transmits

@@ -29,6 +29,8 @@ pub(crate) struct Dedupe {
     done: VecDeque<(Instant, Key, u64)>,
     done_bytes: usize,
     next_generation: u64,
+    max_entries: usize,
+    max_bytes: usize,
 }
 
 /// What the table knows of a key.
@@ -51,12 +53,15 @@ fn answer_bytes(answer: &NativeCommand) -> usize {
 }
 
 impl Dedupe {
-    pub(crate) fn new() -> Self {
+    /// A table keeping at most `max_entries` answers of at most `max_bytes` in all.
+    pub(crate) fn new(max_entries: usize, max_bytes: usize) -> Self {
         Self {
             entries: HashMap::new(),
             done: VecDeque::new(),
             done_bytes: 0,
             next_generation: 1,
+            max_entries,
+            max_bytes,
         }
     }
 
@@ -94,12 +99,14 @@ impl Dedupe {
         self.done_bytes += answer_bytes(&answer);
         self.done.push_back((forget_at, key.clone(), generation));
         self.entries.insert(key, Entry::Done { answer, generation });
+        // Over a bound, the oldest answers go now, not at the next timer.
+        self.evict(Instant::ZERO);
     }
 
-    /// Forgets answers past their time, then the oldest ones while over either bound.
-    pub(crate) fn evict(&mut self, now: Instant, max_entries: usize, max_bytes: usize) {
+    /// Forgets answers past their time, and the oldest ones while over either bound.
+    pub(crate) fn evict(&mut self, now: Instant) {
         while let Some((forget_at, _, _)) = self.done.front() {
-            let over = self.done.len() > max_entries || self.done_bytes > max_bytes;
+            let over = self.done.len() > self.max_entries || self.done_bytes > self.max_bytes;
             if *forget_at > now && !over {
                 break;
             }

@@ -755,3 +755,377 @@ fn the_number_of_services_is_bounded() {
     sim.ready("w2", "svc0");
     assert_eq!(sim.dispatched(), [w("w2", "x")]);
 }
+
+// ---- The native protocol and MDP/0.2 ----
+
+mod native {
+    use super::*;
+    use scale0_proto::broker::FailReason;
+    use scale0_proto::mdp::{ClientKind, NativeCommand, RequestId, Status};
+
+    fn id(s: &str) -> RequestId {
+        RequestId::new(b(s)).unwrap()
+    }
+
+    fn send(sim: &mut Sim, client: &str, rid: &str, service: &str, deadline_ms: Option<u64>) {
+        let m = Message::Native(NativeCommand::Request {
+            id: id(rid),
+            service: svc(service),
+            deadline_ms,
+            body: vec![b(rid)],
+        });
+        sim.broker
+            .handle_message(sim.now, m.encode_to(&peer(client)));
+    }
+
+    /// Native messages sent to `client` since the last call.
+    fn to(sim: &mut Sim, client: &str) -> Vec<NativeCommand> {
+        sim.sent()
+            .into_iter()
+            .filter(|(t, _)| t == client)
+            .filter_map(|(_, m)| match m {
+                Message::Native(cmd) => Some(cmd),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn accepted(rid: &str) -> NativeCommand {
+        NativeCommand::Accepted { id: id(rid) }
+    }
+
+    fn fin(rid: &str, body: &str) -> NativeCommand {
+        NativeCommand::Final {
+            id: id(rid),
+            body: vec![b(body)],
+        }
+    }
+
+    fn status_of(cmd: &NativeCommand) -> Option<Status> {
+        match cmd {
+            NativeCommand::Error { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn accepted_then_final_with_replies_in_any_order() {
+        let mut sim = Sim::new();
+        sim.ready("w1", "svc");
+        sim.ready("w2", "svc");
+        send(&mut sim, "c", "a", "svc", None);
+        send(&mut sim, "c", "b", "svc", None);
+        assert_eq!(to(&mut sim, "c"), [accepted("a"), accepted("b")]);
+        // w2 (holding b) finishes first: b's FINAL comes first, matched by id.
+        sim.reply("w2", "c", "B");
+        sim.reply("w1", "c", "A");
+        assert_eq!(to(&mut sim, "c"), [fin("b", "B"), fin("a", "A")]);
+    }
+
+    #[test]
+    fn a_retry_of_a_pending_request_is_acknowledged_not_run_again() {
+        let mut sim = Sim::new();
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "x", "svc", None);
+        assert_eq!(sim.dispatched().len(), 1);
+        send(&mut sim, "c", "x", "svc", None);
+        send(&mut sim, "c", "x", "svc", None);
+        assert_eq!(to(&mut sim, "c"), [accepted("x"), accepted("x")]);
+        sim.ready("w2", "svc");
+        assert!(sim.dispatched().is_empty(), "no second execution");
+        sim.reply("w", "c", "done");
+        assert_eq!(to(&mut sim, "c"), [fin("x", "done")]);
+        assert_eq!(sim.broker.counters().duplicates, 2);
+    }
+
+    #[test]
+    fn a_retry_after_the_answer_gets_the_same_answer_within_the_window() {
+        let mut sim = Sim::with(Config {
+            dedupe_window_ms: 10_000,
+            ..config()
+        });
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "x", "svc", None);
+        sim.reply("w", "c", "done");
+        sim.sent();
+        sim.advance_with(9_999, &["w"]);
+        sim.sent();
+        send(&mut sim, "c", "x", "svc", None);
+        assert_eq!(to(&mut sim, "c"), [fin("x", "done")]);
+        assert!(sim.dispatched().is_empty());
+        // After the window, the same id is a new request.
+        sim.advance_with(10_001, &["w"]);
+        send(&mut sim, "c", "x", "svc", None);
+        assert_eq!(sim.dispatched(), [w("w", "x")]);
+    }
+
+    #[test]
+    fn ids_are_per_client() {
+        let mut sim = Sim::new();
+        sim.ready("w1", "svc");
+        sim.ready("w2", "svc");
+        send(&mut sim, "c1", "same", "svc", None);
+        send(&mut sim, "c2", "same", "svc", None);
+        assert_eq!(sim.dispatched().len(), 2);
+    }
+
+    #[test]
+    fn refusals_are_explicit_errors() {
+        let mut sim = Sim::with(Config {
+            max_queue_depth: 1,
+            max_services: 1,
+            max_message_bytes: 200,
+            ..config()
+        });
+        send(&mut sim, "c", "1", "svc", None);
+        assert_eq!(to(&mut sim, "c"), [accepted("1")]);
+        send(&mut sim, "c", "2", "svc", None);
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::QueueFull)]
+        );
+        send(&mut sim, "c", "3", "other", None);
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::TooManyServices)]
+        );
+        let big = Message::Native(NativeCommand::Request {
+            id: id("4"),
+            service: svc("svc"),
+            deadline_ms: None,
+            body: vec![Bytes::from(vec![0u8; 300])],
+        });
+        sim.broker
+            .handle_message(sim.now, big.encode_to(&peer("c")));
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::TooLarge)]
+        );
+        // A malformed request whose id is readable is answered, not left hanging.
+        sim.raw("c", vec![b("S0C1"), b("\x01"), b("5"), b("svc"), b("soon")]);
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::BadRequest)]
+        );
+        // And a retry of a refused request gets the same refusal.
+        send(&mut sim, "c", "2", "svc", None);
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::QueueFull)]
+        );
+    }
+
+    #[test]
+    fn no_worker_and_exhausted_attempts_are_explicit_errors() {
+        let mut sim = Sim::with(Config {
+            unknown_service_wait_ms: 1_000,
+            max_attempts: 1,
+            ..config()
+        });
+        send(&mut sim, "c", "lonely", "nobody", None);
+        sim.advance_to(1_000);
+        let got = to(&mut sim, "c");
+        assert_eq!(
+            got.iter().map(status_of).collect::<Vec<_>>(),
+            [None, Some(Status::NoWorker)]
+        );
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "doomed", "svc", None);
+        sim.worker("w", WorkerCommand::Disconnect);
+        let got = to(&mut sim, "c");
+        assert_eq!(
+            got.iter().map(status_of).collect::<Vec<_>>(),
+            [None, Some(Status::AttemptsExhausted)]
+        );
+    }
+
+    #[test]
+    fn a_client_deadline_ends_the_request_and_a_late_reply_is_dropped() {
+        let mut sim = Sim::new();
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "slow", "svc", Some(500));
+        send(&mut sim, "c", "queued", "svc", Some(700));
+        to(&mut sim, "c");
+        sim.advance_with(499, &["w"]);
+        assert!(to(&mut sim, "c").is_empty());
+        sim.advance_to(500);
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::DeadlineExceeded)]
+        );
+        sim.advance_to(700);
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::DeadlineExceeded)]
+        );
+        // The worker finishes after all: nothing more reaches the client, and the expired
+        // queued request is never dispatched.
+        sim.reply("w", "c", "too late");
+        assert!(to(&mut sim, "c").is_empty());
+        assert!(sim.dispatched().is_empty());
+        assert_eq!(sim.broker.counters().dropped(DropReason::LateReply), 1);
+        assert_eq!(
+            sim.broker.counters().failed(FailReason::DeadlineExceeded),
+            2
+        );
+    }
+
+    #[test]
+    fn partials_reach_native_and_mdp2_clients_but_not_mdp1_clients() {
+        let mut sim = Sim::new();
+        let v2_ready = Message::Worker2(WorkerCommand::Ready {
+            service: svc("svc"),
+        });
+        sim.broker
+            .handle_message(sim.now, v2_ready.encode_to(&peer("w")));
+        let partial = |sim: &mut Sim| {
+            let m = Message::Worker2(WorkerCommand::Partial {
+                client: peer("ignored"),
+                body: vec![b("50%")],
+            });
+            sim.broker.handle_message(sim.now, m.encode_to(&peer("w")));
+        };
+        let fin2 = |sim: &mut Sim| {
+            let m = Message::Worker2(WorkerCommand::Reply {
+                client: peer("ignored"),
+                body: vec![b("done")],
+            });
+            sim.broker.handle_message(sim.now, m.encode_to(&peer("w")));
+        };
+        // Native client.
+        send(&mut sim, "n", "1", "svc", None);
+        // The worker speaks MDP/0.2, so its REQUEST is MDP/0.2 too.
+        assert!(
+            sim.sent()
+                .iter()
+                .any(|(t, m)| t == "w"
+                    && matches!(m, Message::Worker2(WorkerCommand::Request { .. })))
+        );
+        partial(&mut sim);
+        fin2(&mut sim);
+        assert_eq!(
+            to(&mut sim, "n"),
+            [
+                NativeCommand::Partial {
+                    id: id("1"),
+                    body: vec![b("50%")]
+                },
+                fin("1", "done")
+            ]
+        );
+        // MDP/0.2 client.
+        let req2 = Message::Client2(
+            ClientKind::Request,
+            ClientMessage {
+                service: svc("svc"),
+                body: vec![b("x")],
+            },
+        );
+        sim.broker
+            .handle_message(sim.now, req2.encode_to(&peer("v2")));
+        sim.sent();
+        partial(&mut sim);
+        fin2(&mut sim);
+        let kinds: Vec<ClientKind> = sim
+            .sent()
+            .into_iter()
+            .filter_map(|(_, m)| match m {
+                Message::Client2(k, _) => Some(k),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, [ClientKind::Partial, ClientKind::Final]);
+        // MDP/0.1 client: only the final reply.
+        sim.request("v1", "svc", "y");
+        sim.sent();
+        partial(&mut sim);
+        fin2(&mut sim);
+        let sent = sim.sent();
+        assert_eq!(sent.len(), 1);
+        assert!(matches!(&sent[0], (t, Message::Client(_)) if t == "v1"));
+        assert_eq!(
+            sim.broker
+                .counters()
+                .dropped(DropReason::PartialForV1Client),
+            1
+        );
+    }
+
+    #[test]
+    fn mdp1_and_mdp2_clients_and_workers_mix() {
+        let mut sim = Sim::new();
+        sim.ready("old", "svc");
+        let v2_ready = Message::Worker2(WorkerCommand::Ready {
+            service: svc("svc"),
+        });
+        sim.broker
+            .handle_message(sim.now, v2_ready.encode_to(&peer("new")));
+        let req2 = Message::Client2(
+            ClientKind::Request,
+            ClientMessage {
+                service: svc("svc"),
+                body: vec![b("from-v2")],
+            },
+        );
+        sim.broker
+            .handle_message(sim.now, req2.encode_to(&peer("v2")));
+        sim.request("v1", "svc", "from-v1");
+        let sent = sim.sent();
+        assert!(
+            matches!(&sent[0], (t, Message::Worker(WorkerCommand::Request { .. })) if t == "old")
+        );
+        assert!(
+            matches!(&sent[1], (t, Message::Worker2(WorkerCommand::Request { .. })) if t == "new")
+        );
+        sim.reply("old", "v2", "r1");
+        let fin_v2 = Message::Worker2(WorkerCommand::Reply {
+            client: peer("v1"),
+            body: vec![b("r2")],
+        });
+        sim.broker
+            .handle_message(sim.now, fin_v2.encode_to(&peer("new")));
+        let sent = sim.sent();
+        assert!(matches!(&sent[0], (t, Message::Client2(ClientKind::Final, _)) if t == "v2"));
+        assert!(matches!(&sent[1], (t, Message::Client(_)) if t == "v1"));
+        // An MDP/0.2 worker's unexpected command gets an MDP/0.2 DISCONNECT.
+        let hb = Message::Worker2(WorkerCommand::Heartbeat);
+        sim.broker
+            .handle_message(sim.now, hb.encode_to(&peer("stranger")));
+        assert_eq!(
+            sim.sent(),
+            [(
+                "stranger".into(),
+                Message::Worker2(WorkerCommand::Disconnect)
+            )]
+        );
+    }
+
+    #[test]
+    fn mmi_answers_native_clients() {
+        let mut sim = Sim::new();
+        sim.ready("w", "echo");
+        let m = Message::Native(NativeCommand::Request {
+            id: id("q"),
+            service: svc("mmi.service"),
+            deadline_ms: None,
+            body: vec![b("echo")],
+        });
+        sim.broker.handle_message(sim.now, m.encode_to(&peer("c")));
+        assert_eq!(to(&mut sim, "c"), [fin("q", "200")]);
+    }
+
+    #[test]
+    fn stored_answers_are_bounded() {
+        let mut sim = Sim::with(Config {
+            max_dedupe_entries: 10,
+            ..config()
+        });
+        sim.ready("w", "svc");
+        for i in 0..100 {
+            send(&mut sim, "c", &i.to_string(), "svc", None);
+            sim.reply("w", "c", "r");
+        }
+        sim.advance_to(1);
+        assert_eq!(sim.broker.native_requests(), (0, 10));
+    }
+}
