@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""An MDP/0.1 client written from ZeroMQ RFC 7, for testing scale0 with a real peer.
+"""An MDP client written from ZeroMQ RFC 7 (MDP/0.1) and RFC 18 (MDP/0.2), for testing
+scale0 with a real peer.
 
 REQ mode sends one request at a time (REQ adds the empty delimiter itself);
-DEALER mode keeps --in-flight requests outstanding and adds the delimiter by hand.
-Prints one JSON line: counts, the reply bodies tallied, and anything malformed.
+DEALER mode keeps --in-flight requests outstanding and adds the delimiter by hand;
+--version 2 speaks MDP/0.2 from a DEALER (no delimiter; PARTIAL and FINAL replies).
+Prints one JSON line: counts, the final reply bodies tallied, partials, and anything
+malformed.
 """
 import argparse
 import collections
@@ -27,7 +30,10 @@ def main():
     p.add_argument("--timeout-ms", type=int, default=10000)
     p.add_argument("--retries", type=int, default=0,
                    help="REQ only: Lazy Pirate retries on a new socket after a timeout")
+    p.add_argument("--version", type=int, choices=[1, 2], default=1)
     args = p.parse_args()
+    v2 = args.version == 2
+    partials = 0
 
     ctx = zmq.Context()
     tally = collections.Counter()
@@ -35,13 +41,26 @@ def main():
     replies = 0
 
     def check(frames):
-        nonlocal replies
+        nonlocal replies, partials
+        if v2:
+            # MDP/0.2: header, PARTIAL (0x02) or FINAL (0x03), service, body.
+            if len(frames) < 3 or frames[0] != b"MDPC02" or frames[2] != args.service.encode():
+                bad.append([f.hex() for f in frames])
+                return False
+            if frames[1] == b"\x02":
+                partials += 1
+                return False
+            if frames[1] != b"\x03":
+                bad.append([f.hex() for f in frames])
+                return False
+            frames = [MDPC] + frames[2:]
         if len(frames) < 3 or frames[0] != MDPC or frames[1] != args.service.encode():
             bad.append([f.hex() for f in frames])
-            return
+            return False
         replies += 1
         # The last frame names the worker when the worker tags its replies.
         tally[b"|".join(frames[2:]).decode(errors="replace")] += 1
+        return True
 
     def body(i):
         return args.body.replace("{i}", str(i)).encode()
@@ -69,23 +88,29 @@ def main():
         sent = 0
         while replies + len(bad) < args.count:
             while sent < args.count and sent - replies - len(bad) < args.in_flight:
-                sock.send_multipart([b"", MDPC, args.service.encode(), body(sent)])
+                if v2:
+                    sock.send_multipart([b"MDPC02", b"\x01", args.service.encode(), body(sent)])
+                else:
+                    sock.send_multipart([b"", MDPC, args.service.encode(), body(sent)])
                 sent += 1
             if not sock.poll(args.timeout_ms, zmq.POLLIN):
-                finish(ctx, sock, sent, replies, tally, bad, timed_out=True)
+                finish(ctx, sock, sent, replies, tally, bad, timed_out=True, partials=partials)
             frames = sock.recv_multipart()
+            if v2:
+                check(frames)
+                continue
             if not frames or frames[0] != b"":
                 bad.append([f.hex() for f in frames])
                 continue
             check(frames[1:])
-    finish(ctx, sock, args.count, replies, tally, bad, timed_out=False)
+    finish(ctx, sock, args.count, replies, tally, bad, timed_out=False, partials=partials)
 
 
-def finish(ctx, sock, sent, replies, tally, bad, timed_out):
+def finish(ctx, sock, sent, replies, tally, bad, timed_out, partials=0):
     if sock is not None:
         sock.close()
     ctx.term()
-    print(json.dumps({"sent": sent, "replies": replies, "bad": bad,
+    print(json.dumps({"sent": sent, "replies": replies, "bad": bad, "partials": partials,
                       "timed_out": timed_out, "tally": dict(tally)}))
     sys.stdout.flush()
     sys.exit(1 if timed_out or bad else 0)

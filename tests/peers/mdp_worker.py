@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""An MDP/0.1 worker written from ZeroMQ RFC 7, for testing scale0 with a real peer.
+"""An MDP worker written from ZeroMQ RFC 7 (MDP/0.1) and RFC 18 (MDP/0.2), for testing
+scale0 with a real peer.
 
 Registers with READY, answers each REQUEST (echo, or echo plus its own name so tests can
 see who served what), heartbeats the broker, and reconnects with a new socket when the
-broker says DISCONNECT or falls silent for --liveness heartbeats, as RFC 7 asks.
+broker says DISCONNECT or falls silent for --liveness heartbeats, as the RFCs ask. With
+--version 2 it speaks MDP/0.2 and can send --partials PARTIAL replies before each FINAL.
 """
 import argparse
 import sys
@@ -13,6 +15,9 @@ import zmq
 
 MDPW = b"MDPW01"
 READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT = (bytes([c]) for c in range(1, 6))
+# MDP/0.2 command bytes.
+V2 = {"header": b"MDPW02", "READY": b"\x01", "REQUEST": b"\x02", "PARTIAL": b"\x03",
+      "FINAL": b"\x04", "HEARTBEAT": b"\x05", "DISCONNECT": b"\x06"}
 
 
 def main():
@@ -23,7 +28,18 @@ def main():
     p.add_argument("--tag", action="store_true", help="append the worker name as a reply frame")
     p.add_argument("--heartbeat-ms", type=int, default=2500)
     p.add_argument("--liveness", type=int, default=3)
+    p.add_argument("--version", type=int, choices=[1, 2], default=1)
+    p.add_argument("--partials", type=int, default=0, help="MDP/0.2: PARTIALs before each FINAL")
     args = p.parse_args()
+    v2 = args.version == 2
+
+    def out(command, *frames):
+        """Sends a worker command in the chosen protocol version."""
+        if v2:
+            sock.send_multipart([V2["header"], V2[command]] + list(frames))
+        else:
+            code = {"READY": READY, "REPLY": REPLY, "HEARTBEAT": HEARTBEAT}[command]
+            sock.send_multipart([b"", MDPW, code] + list(frames))
 
     ctx = zmq.Context()
     sock = None
@@ -36,7 +52,7 @@ def main():
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(args.endpoint)
-        sock.send_multipart([b"", MDPW, READY, args.service.encode()])
+        out("READY", args.service.encode())
 
     connect()
     print("ready", flush=True)
@@ -47,27 +63,37 @@ def main():
         if sock.poll(int(wait * 1000) + 1, zmq.POLLIN):
             frames = sock.recv_multipart()
             expiry = time.monotonic() + args.heartbeat_ms * args.liveness / 1000
-            if len(frames) < 3 or frames[0] != b"" or frames[1] != MDPW:
+            if v2:
+                ok = len(frames) >= 2 and frames[0] == V2["header"]
+                command = frames[1:2] and {v: k for k, v in V2.items()}.get(frames[1])
+                rest = frames[2:]
+            else:
+                ok = len(frames) >= 3 and frames[0] == b"" and frames[1] == MDPW
+                command = frames[2:3] and {REQUEST: "REQUEST", HEARTBEAT: "HEARTBEAT",
+                                           DISCONNECT: "DISCONNECT"}.get(frames[2])
+                rest = frames[3:]
+            if not ok:
                 print("malformed", frames, file=sys.stderr, flush=True)
                 continue
-            command = frames[2]
-            if command == REQUEST:
-                client, empty, body = frames[3], frames[4], frames[5:]
+            if command == "REQUEST":
+                client, empty, body = rest[0], rest[1], rest[2:]
                 assert empty == b""
+                for i in range(args.partials if v2 else 0):
+                    out("PARTIAL", client, b"", b"partial %d" % i)
                 reply = body + ([args.name.encode()] if args.tag else [])
-                sock.send_multipart([b"", MDPW, REPLY, client, b""] + reply)
+                out("FINAL" if v2 else "REPLY", client, b"", *reply)
                 served += 1
-            elif command == DISCONNECT:
+            elif command == "DISCONNECT":
                 connect()
-            elif command != HEARTBEAT:
-                print("unexpected command", command, file=sys.stderr, flush=True)
+            elif command != "HEARTBEAT":
+                print("unexpected command", frames, file=sys.stderr, flush=True)
         now = time.monotonic()
         if now >= expiry:
             # The broker is gone: start over on a fresh socket.
             connect()
             expiry = now + args.heartbeat_ms * args.liveness / 1000
         if now >= next_heartbeat:
-            sock.send_multipart([b"", MDPW, HEARTBEAT])
+            out("HEARTBEAT")
             next_heartbeat = now + args.heartbeat_ms / 1000
 
 

@@ -151,24 +151,35 @@ pub fn run(mut cmd: Command) -> Output {
     finish(child, &format!("{cmd:?}"))
 }
 
-/// Waits for a child to exit, killing it if it outlives `HANG`.
-pub fn finish(mut child: Child, what: &str) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > HANG {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "command hung: {what}\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        thread::sleep(Duration::from_millis(10));
+/// Waits for a child to exit, reading its output all along (a child writing more than a
+/// pipe holds would otherwise block forever), and kills it if it outlives `HANG`.
+pub fn finish(child: Child, what: &str) -> Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    if let Ok(out) = rx.recv_timeout(HANG) {
+        return out.expect("output");
     }
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let out = rx.recv().expect("output after kill").expect("output");
+    panic!(
+        "command hung: {what}\nstdout: {}\nstderr: {}",
+        tail(&out.stdout),
+        tail(&out.stderr)
+    );
+}
+
+/// Some output cut to its first and last 1000 characters, for failure messages.
+pub fn tail(bytes: &[u8]) -> String {
+    let text: Vec<char> = String::from_utf8_lossy(bytes).chars().collect();
+    if text.len() <= 2000 {
+        return text.into_iter().collect();
+    }
+    let head: String = text[..1000].iter().collect();
+    let tail: String = text[text.len() - 1000..].iter().collect();
+    format!("{head} … {tail}")
 }
 
 /// Polls `check` until it holds or `HANG` passes.
@@ -225,7 +236,19 @@ pub fn py_client(args: &[&str]) -> ClientReport {
 
 /// Starts the Python MDP worker and waits until it has sent READY.
 pub fn py_worker(endpoint: &str, service: &str, name: &str, heartbeat_ms: u32) -> Proc {
+    py_worker_with(endpoint, service, name, heartbeat_ms, &[])
+}
+
+/// Like [`py_worker`], with extra flags (`--version 2`, `--partials N`).
+pub fn py_worker_with(
+    endpoint: &str,
+    service: &str,
+    name: &str,
+    heartbeat_ms: u32,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = peer("mdp_worker.py");
+    cmd.args(extra);
     cmd.args([
         "--endpoint",
         endpoint,
@@ -265,4 +288,15 @@ pub fn mmi_service(endpoint: &str, service: &str) -> String {
         c
     });
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
