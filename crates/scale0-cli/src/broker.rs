@@ -42,6 +42,15 @@ pub(crate) struct Args {
     /// Services tracked at once; requests and workers for more are refused.
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_services: u64,
+    /// How long the answer of a native request is kept for retries of the same id, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    dedupe_window_ms: u64,
+    /// Answers kept for retries at most.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_dedupe_entries: u64,
+    /// Bytes of answers kept for retries at most.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_dedupe_bytes: u64,
 }
 
 fn parse_service_timeout(s: &str) -> Result<(ServiceName, u64), String> {
@@ -73,6 +82,10 @@ impl Args {
         config.core.max_queue_depth = usize::try_from(self.max_queue_depth).unwrap_or(usize::MAX);
         config.core.unknown_service_wait_ms = self.unknown_service_wait_ms;
         config.core.max_services = usize::try_from(self.max_services).unwrap_or(usize::MAX);
+        config.core.dedupe_window_ms = self.dedupe_window_ms;
+        config.core.max_dedupe_entries =
+            usize::try_from(self.max_dedupe_entries).unwrap_or(usize::MAX);
+        config.core.max_dedupe_bytes = usize::try_from(self.max_dedupe_bytes).unwrap_or(usize::MAX);
         config
     }
 }

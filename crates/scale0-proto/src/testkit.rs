@@ -55,6 +55,8 @@ pub fn broker_events(data: &[u8]) {
         max_queue_depth: 4,
         unknown_service_wait_ms: 500,
         max_services: 2,
+        dedupe_window_ms: 300,
+        max_dedupe_entries: 3,
         ..Config::default()
     };
     let mut now = Instant::ZERO;
@@ -66,7 +68,7 @@ pub fn broker_events(data: &[u8]) {
         let [kind, a, b] = *op else { break };
         let peer = Bytes::from_static(peers[usize::from(a) % peers.len()]);
         let service = Bytes::from_static(services[usize::from(b) % services.len()]);
-        let frames: Frames = match kind % 10 {
+        let frames: Frames = match kind % 14 {
             0 => vec![
                 peer,
                 Bytes::new(),
@@ -126,10 +128,48 @@ pub fn broker_events(data: &[u8]) {
                 broker.handle_timeout(now);
                 continue;
             }
-            _ => {
+            9 => {
                 while broker.poll_transmit().is_some() {}
                 continue;
             }
+            10 => {
+                let id = Bytes::from(vec![b'0' + b % 4]);
+                let deadline = if a % 2 == 1 {
+                    Bytes::from((u64::from(a) * 4).to_string())
+                } else {
+                    Bytes::new()
+                };
+                vec![
+                    peer,
+                    Bytes::from_static(b"S0C1"),
+                    Bytes::from_static(&[1]),
+                    id,
+                    service,
+                    deadline,
+                    Bytes::from_static(b"x"),
+                ]
+            }
+            11 => vec![
+                peer,
+                Bytes::from_static(b"MDPW02"),
+                Bytes::from_static(&[1]),
+                service,
+            ],
+            12 | 13 => vec![
+                peer,
+                Bytes::from_static(b"MDPW02"),
+                Bytes::from_static(if kind % 14 == 12 { &[3] } else { &[4] }),
+                Bytes::from_static(peers[usize::from(b) % peers.len()]),
+                Bytes::new(),
+                Bytes::from_static(b"r"),
+            ],
+            _ => vec![
+                peer,
+                Bytes::from_static(b"MDPC02"),
+                Bytes::from_static(&[1]),
+                service,
+                Bytes::from_static(b"y"),
+            ],
         };
         broker.handle_message(now, frames);
         check_invariants(&broker);
@@ -141,6 +181,15 @@ pub fn broker_events(data: &[u8]) {
 /// The broker's bookkeeping agrees with itself and stays within its bounds.
 pub fn check_invariants(broker: &Broker) {
     let services = broker.services();
+    assert!(
+        services.len() <= broker.config().max_services,
+        "services are bounded"
+    );
+    assert!(
+        broker.native_requests().1 <= broker.config().max_dedupe_entries,
+        "stored answers are bounded"
+    );
+    assert!(broker.busy_workers() <= broker.worker_count());
     let workers: usize = services.iter().map(|s| s.workers).sum();
     assert_eq!(
         workers,
@@ -156,6 +205,13 @@ pub fn check_invariants(broker: &Broker) {
         assert!(
             s.workers > 0 || s.queued > 0,
             "unused services are forgotten"
+        );
+        // A redelivered request goes back to the head of its queue even when the queue
+        // is full: it was accepted already. New requests are refused until it drains.
+        let requeued = usize::try_from(broker.counters().requeued).unwrap_or(usize::MAX);
+        assert!(
+            s.queued <= broker.config().max_queue_depth.saturating_add(requeued),
+            "queues are bounded"
         );
     }
 }
