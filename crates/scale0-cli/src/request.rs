@@ -61,7 +61,15 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     };
     match args.count {
         None => {
-            let reply = client.request(&args.service, vec![body])?;
+            // Partial replies (progress a worker streams) go to stderr, so stdout holds
+            // exactly the final reply.
+            let reply = client.request_with_partials(&args.service, vec![body], |partial| {
+                let text: Vec<String> = partial
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect();
+                eprintln!("partial: {}", text.join(" "));
+            })?;
             print_reply(&mut std::io::stdout().lock(), &reply)?;
             Ok(ExitCode::SUCCESS)
         }

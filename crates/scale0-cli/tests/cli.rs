@@ -13,6 +13,19 @@ fn request(endpoint: &str, args: &[&str]) -> std::process::Output {
     run(c)
 }
 
+/// Runs `scale0 request` with `input` on its stdin.
+fn request_with_stdin(endpoint: &str, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut c = scale0();
+    c.args(["request", "--connect", endpoint])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    finish(child, "scale0 request")
+}
+
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -40,25 +53,11 @@ fn sha1_worker_answers_a_request_from_the_command_line() {
 fn without_a_body_all_of_stdin_is_one_request() {
     let broker = Broker::start(&[]);
     let _w = worker(&broker.endpoint, &["--service", "echo", "--echo"]);
-    let mut c = scale0();
-    c.args([
-        "request",
-        "--connect",
+    let out = request_with_stdin(
         &broker.endpoint,
-        "--service",
-        "echo",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"line one\nline two")
-        .unwrap();
-    let out = finish(child, "request");
+        &["--service", "echo"],
+        b"line one\nline two",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "line one\nline two\n");
 }
@@ -79,26 +78,11 @@ fn lines_mode_sends_one_request_per_line_and_prints_replies_in_order() {
             "A-Z",
         ],
     );
-    let mut c = scale0();
-    c.args([
-        "request",
-        "--connect",
+    let out = request_with_stdin(
         &broker.endpoint,
-        "--service",
-        "up",
-        "--lines",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"one\ntwo\nthree\n")
-        .unwrap();
-    let out = finish(child, "request --lines");
+        &["--service", "up", "--lines"],
+        b"one\ntwo\nthree\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "ONE\nTWO\nTHREE\n");
 }

@@ -49,20 +49,7 @@ fn a_dealer_client_with_many_in_flight_is_served_by_scale0_workers() {
         "2",
     ]);
     let _w = Proc::spawn("scale0 worker", cmd);
-    let r = py_client(&[
-        "--endpoint",
-        &broker.endpoint,
-        "--service",
-        "echo",
-        "--socket",
-        "dealer",
-        "--count",
-        "3000",
-        "--in-flight",
-        "200",
-        "--body",
-        "{i}",
-    ]);
+    let r = py_dealer(&broker.endpoint, "echo", 3000, 200, &[]);
     assert!(r.ok, "{:?} {}", r.json["bad"], r.stderr);
     assert_eq!(r.replies(), 3000);
     let tally = r.tally();
@@ -129,20 +116,7 @@ fn a_worker_killed_while_idle_is_expired_and_the_others_carry_on() {
         mmi_service(&broker.endpoint, "solo") == "404"
     });
     // The other service keeps working on its survivor, losing nothing.
-    let r = py_client(&[
-        "--endpoint",
-        &broker.endpoint,
-        "--service",
-        "pair",
-        "--socket",
-        "dealer",
-        "--count",
-        "200",
-        "--in-flight",
-        "10",
-        "--body",
-        "{i}",
-    ]);
+    let r = py_dealer(&broker.endpoint, "pair", 200, 10, &[]);
     assert!(r.ok, "{:?}", r.json);
     assert_eq!(r.replies(), 200);
     assert!(
@@ -295,4 +269,48 @@ fn a_request_held_by_a_worker_killed_with_sigkill_is_served_by_another() {
     assert_eq!(report["replies"], 1, "{report}");
     assert_eq!(report["tally"]["payload|rescuer"], 1, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_native_client_is_served_by_mdp1_and_mdp2_python_workers_with_partials() {
+    let broker = Broker::start(&[]);
+    let _v1 = py_worker(&broker.endpoint, "old", "v1", 2500);
+    let _v2 = py_worker_with(
+        &broker.endpoint,
+        "new",
+        "v2",
+        2500,
+        &["--version", "2", "--partials", "2"],
+    );
+    let ask = |service: &str| {
+        let mut c = scale0();
+        c.args([
+            "request",
+            "--connect",
+            &broker.endpoint,
+            "--service",
+            service,
+            "hello",
+        ]);
+        run(c)
+    };
+    let out = ask("old");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nv1\n");
+    let out = ask("new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nv2\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("partial: partial 0") && err.contains("partial: partial 1"),
+        "{err}"
+    );
 }

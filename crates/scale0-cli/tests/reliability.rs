@@ -80,22 +80,13 @@ impl Drop for Chaos {
 fn a_plain_mdp_client_loses_nothing_while_workers_are_killed() {
     let broker = Broker::start(&["--heartbeat-interval-ms", "200", "--max-attempts", "100"]);
     let chaos = Chaos::start(&broker.endpoint, "chaos");
-    let r = py_client(&[
-        "--endpoint",
+    let r = py_dealer(
         &broker.endpoint,
-        "--service",
         "chaos",
-        "--socket",
-        "dealer",
-        "--count",
-        "20000",
-        "--in-flight",
-        "100",
-        "--body",
-        "{i}",
-        "--timeout-ms",
-        "20000",
-    ]);
+        20000,
+        100,
+        &["--timeout-ms", "20000"],
+    );
     let kills = chaos.stop();
     assert!(r.ok, "{:?} {}", r.json["bad"], r.stderr);
     assert_eq!(r.replies(), 20000, "sent {}", r.json["sent"]);
@@ -151,60 +142,17 @@ fn mdp2_clients_get_partials_and_mix_with_mdp1_peers() {
         2500,
         &["--version", "2", "--partials", "3"],
     );
-    let r = py_client(&[
-        "--endpoint",
-        &broker.endpoint,
-        "--service",
-        "stream",
-        "--socket",
-        "dealer",
-        "--version",
-        "2",
-        "--count",
-        "10",
-        "--in-flight",
-        "1",
-        "--body",
-        "{i}",
-    ]);
+    let r = py_dealer(&broker.endpoint, "stream", 10, 1, &["--version", "2"]);
     assert!(r.ok, "{:?}", r.json);
     assert_eq!(r.replies(), 10);
     assert_eq!(r.json["partials"], 30, "three partials before each final");
     // An MDP/0.1 client of the same MDP/0.2 worker gets the finals only.
-    let r1 = py_client(&[
-        "--endpoint",
-        &broker.endpoint,
-        "--service",
-        "stream",
-        "--socket",
-        "dealer",
-        "--count",
-        "10",
-        "--in-flight",
-        "5",
-        "--body",
-        "{i}",
-    ]);
+    let r1 = py_dealer(&broker.endpoint, "stream", 10, 5, &[]);
     assert!(r1.ok, "{:?}", r1.json);
     assert_eq!(r1.replies(), 10);
     // And an MDP/0.2 client is served by an MDP/0.1 worker.
     let _w1 = py_worker(&broker.endpoint, "old", "v1", 2500);
-    let r2 = py_client(&[
-        "--endpoint",
-        &broker.endpoint,
-        "--service",
-        "old",
-        "--socket",
-        "dealer",
-        "--version",
-        "2",
-        "--count",
-        "5",
-        "--in-flight",
-        "5",
-        "--body",
-        "{i}",
-    ]);
+    let r2 = py_dealer(&broker.endpoint, "old", 5, 5, &["--version", "2"]);
     assert!(r2.ok, "{:?}", r2.json);
     assert_eq!(r2.replies(), 5);
 }

@@ -234,6 +234,34 @@ pub fn py_client(args: &[&str]) -> ClientReport {
     }
 }
 
+/// Runs the Python MDP client on a DEALER: `count` requests with bodies `0`, `1`, …,
+/// `in_flight` at a time, plus `extra` flags.
+pub fn py_dealer(
+    endpoint: &str,
+    service: &str,
+    count: u32,
+    in_flight: u32,
+    extra: &[&str],
+) -> ClientReport {
+    let (count, in_flight) = (count.to_string(), in_flight.to_string());
+    let mut args = vec![
+        "--endpoint",
+        endpoint,
+        "--service",
+        service,
+        "--socket",
+        "dealer",
+        "--count",
+        &count,
+        "--in-flight",
+        &in_flight,
+        "--body",
+        "{i}",
+    ];
+    args.extend_from_slice(extra);
+    py_client(&args)
+}
+
 /// Starts the Python MDP worker and waits until it has sent READY.
 pub fn py_worker(endpoint: &str, service: &str, name: &str, heartbeat_ms: u32) -> Proc {
     py_worker_with(endpoint, service, name, heartbeat_ms, &[])
