@@ -561,9 +561,11 @@ impl Broker {
             enqueued_at: now,
             attempts: 0,
         };
-        match self.enqueue(now, &m.service, request.clone()) {
+        match self.enqueue(now, &m.service, request) {
             Ok(()) => self.dispatch(now, &m.service),
-            Err(reason) => self.finish(now, &m.service, &request, Outcome::Fail(reason)),
+            Err((reason, request)) => {
+                self.finish(now, &m.service, &request, Outcome::Fail(reason));
+            }
         }
     }
 
@@ -613,7 +615,7 @@ impl Broker {
             enqueued_at: now,
             attempts: 0,
         };
-        match self.enqueue(now, &service, request.clone()) {
+        match self.enqueue(now, &service, request) {
             Ok(()) => {
                 if let Some(ms) = deadline_ms {
                     let at = now + Duration::from_millis(ms);
@@ -633,7 +635,9 @@ impl Broker {
                 self.dispatch(now, &service);
                 self.transmits.insert(first_new, ack);
             }
-            Err(reason) => self.finish(now, &service, &request, Outcome::Fail(reason)),
+            Err((reason, request)) => {
+                self.finish(now, &service, &request, Outcome::Fail(reason));
+            }
         }
     }
 
@@ -680,23 +684,23 @@ impl Broker {
         Bytes::from_static(if known { b"200" } else { b"404" })
     }
 
-    /// Queues a request on its service; the caller dispatches.
+    /// Queues a request on its service; the caller dispatches. A refused request comes
+    /// back with the reason, for the caller to answer.
     fn enqueue(
         &mut self,
         now: Instant,
         service: &ServiceName,
         request: Request,
-    ) -> Result<(), FailReason> {
+    ) -> Result<(), (FailReason, Request)> {
         if !self.ensure_service(now, service) {
-            return Err(FailReason::TooManyServices);
+            return Err((FailReason::TooManyServices, request));
         }
         let wait = self.config.unknown_service_wait();
         let Some(s) = self.services.get_mut(service) else {
-            return Err(FailReason::TooManyServices);
+            return Err((FailReason::TooManyServices, request));
         };
         if s.requests.len() >= self.config.max_queue_depth {
-            self.forget_if_unused(service);
-            return Err(FailReason::QueueFull);
+            return Err((FailReason::QueueFull, request));
         }
         self.counters.requests += 1;
         s.requests.push_back(request);
