@@ -30,6 +30,7 @@ def main():
     p.add_argument("--liveness", type=int, default=3)
     p.add_argument("--version", type=int, choices=[1, 2], default=1)
     p.add_argument("--partials", type=int, default=0, help="MDP/0.2: PARTIALs before each FINAL")
+    p.add_argument("--log", action="store_true", help="print 'served <body>' for each request")
     args = p.parse_args()
     v2 = args.version == 2
 
@@ -80,6 +81,8 @@ def main():
                 assert empty == b""
                 for i in range(args.partials if v2 else 0):
                     out("PARTIAL", client, b"", b"partial %d" % i)
+                if args.log:
+                    print("served", b"|".join(body).decode(errors="replace"), flush=True)
                 reply = body + ([args.name.encode()] if args.tag else [])
                 out("FINAL" if v2 else "REPLY", client, b"", *reply)
                 served += 1

@@ -314,3 +314,68 @@ fn the_native_client_is_served_by_mdp1_and_mdp2_python_workers_with_partials() {
         "{err}"
     );
 }
+
+#[test]
+fn a_python_native_client_gets_ids_answers_in_any_order_and_retries_run_once() {
+    let broker = Broker::start(&[]);
+    let mut workers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut cmd = peer("mdp_worker.py");
+        cmd.args([
+            "--endpoint",
+            &broker.endpoint,
+            "--service",
+            "once",
+            "--name",
+            name,
+            "--log",
+        ])
+        .stdout(Stdio::piped());
+        workers.push(Proc::spawn(name, cmd));
+    }
+    let mut client = peer("native_client.py");
+    client.args([
+        "--endpoint",
+        &broker.endpoint,
+        "--service",
+        "once",
+        "--count",
+        "500",
+        "--in-flight",
+        "50",
+        "--twice",
+    ]);
+    let out = run(client);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", tail(&out.stdout)));
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["answered"], 500);
+    assert_eq!(report["errors"], serde_json::json!({}));
+    // Each id got a FINAL for each of its two sends, or a FINAL and an ACCEPTED.
+    assert!(
+        report["finals_per_id"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n == 1 || n == 2),
+        "{report}"
+    );
+    // And the workers ran every request exactly once, retries notwithstanding.
+    let mut served = Vec::new();
+    for w in workers {
+        let mut w = w;
+        w.kill9();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut w.child.stdout.take().unwrap(), &mut text).unwrap();
+        served.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("served "))
+                .map(str::to_owned),
+        );
+    }
+    served.sort();
+    let total = served.len();
+    served.dedup();
+    assert_eq!(total, 500, "executions");
+    assert_eq!(served.len(), 500, "distinct requests executed");
+}
