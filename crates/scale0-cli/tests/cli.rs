@@ -7,12 +7,6 @@ use common::*;
 use std::io::Write;
 use std::process::Stdio;
 
-fn request(endpoint: &str, args: &[&str]) -> std::process::Output {
-    let mut c = scale0();
-    c.args(["request", "--connect", endpoint]).args(args);
-    run(c)
-}
-
 /// Runs `scale0 request` with `input` on its stdin.
 fn request_with_stdin(endpoint: &str, args: &[&str], input: &[u8]) -> std::process::Output {
     let mut c = scale0();
@@ -44,7 +38,7 @@ fn worker(endpoint: &str, args: &[&str]) -> Proc {
 fn sha1_worker_answers_a_request_from_the_command_line() {
     let broker = Broker::start(&[]);
     let _w = worker(&broker.endpoint, &["--service", "sha1", "--sha1"]);
-    let out = request(&broker.endpoint, &["--service", "sha1", "abc"]);
+    let out = scale0_request(&broker.endpoint, &["--service", "sha1", "abc"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "a9993e364706816aba3e25717850c26c9cd0d89d\n");
 }
@@ -94,7 +88,7 @@ fn count_mode_prints_a_summary() {
         &broker.endpoint,
         &["--service", "echo", "--echo", "--concurrency", "2"],
     );
-    let out = request(
+    let out = scale0_request(
         &broker.endpoint,
         &[
             "--service",
@@ -135,12 +129,12 @@ fn a_failing_command_becomes_an_error_for_the_client() {
             "echo broken >&2; exit 7",
         ],
     );
-    let out = request(&broker.endpoint, &["--service", "fail", "x"]);
+    let out = scale0_request(&broker.endpoint, &["--service", "fail", "x"]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("broken") && err.contains('7'), "{err}");
     // The worker is still there for the next request.
-    let again = request(&broker.endpoint, &["--service", "fail", "x"]);
+    let again = scale0_request(&broker.endpoint, &["--service", "fail", "x"]);
     assert!(stderr(&again).contains("broken"));
 }
 
@@ -152,7 +146,7 @@ fn mmi_service_reports_whether_a_service_has_workers() {
     eventually("echo registered", || {
         mmi_service(&broker.endpoint, "echo") == "200"
     });
-    let out = request(&broker.endpoint, &["--service", "mmi.nothing", "x"]);
+    let out = scale0_request(&broker.endpoint, &["--service", "mmi.nothing", "x"]);
     assert_eq!(stdout(&out), "501\n");
 }
 
@@ -162,7 +156,7 @@ fn an_unreachable_broker_is_a_clear_error() {
     let broker = Broker::start(&[]);
     let endpoint = broker.endpoint.clone();
     drop(broker);
-    let out = request(
+    let out = scale0_request(
         &endpoint,
         &[
             "--service",

@@ -282,18 +282,7 @@ fn the_native_client_is_served_by_mdp1_and_mdp2_python_workers_with_partials() {
         2500,
         &["--version", "2", "--partials", "2"],
     );
-    let ask = |service: &str| {
-        let mut c = scale0();
-        c.args([
-            "request",
-            "--connect",
-            &broker.endpoint,
-            "--service",
-            service,
-            "hello",
-        ]);
-        run(c)
-    };
+    let ask = |service: &str| scale0_request(&broker.endpoint, &["--service", service, "hello"]);
     let out = ask("old");
     assert!(
         out.status.success(),

@@ -100,24 +100,22 @@ fn a_plain_mdp_client_loses_nothing_while_workers_are_killed() {
 fn the_native_client_loses_nothing_while_workers_are_killed() {
     let broker = Broker::start(&["--heartbeat-interval-ms", "200", "--max-attempts", "100"]);
     let chaos = Chaos::start(&broker.endpoint, "chaos");
-    let mut c = scale0();
-    c.args([
-        "request",
-        "--connect",
+    let out = scale0_request(
         &broker.endpoint,
-        "--service",
-        "chaos",
-        "--count",
-        "20000",
-        "--in-flight",
-        "100",
-        "--timeout-ms",
-        "5000",
-        "--retries",
-        "5",
-        "x",
-    ]);
-    let out = run(c);
+        &[
+            "--service",
+            "chaos",
+            "--count",
+            "20000",
+            "--in-flight",
+            "100",
+            "--timeout-ms",
+            "5000",
+            "--retries",
+            "5",
+            "x",
+        ],
+    );
     let kills = chaos.stop();
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -195,18 +193,10 @@ fn a_flood_to_a_service_without_workers_is_bounded_and_refused_clearly() {
         "broker memory grew from {after_first} KiB to {after_all} KiB"
     );
     // A native client is told why.
-    let mut c = scale0();
-    c.args([
-        "request",
-        "--connect",
+    let out = scale0_request(
         &broker.endpoint,
-        "--service",
-        "void",
-        "--timeout-ms",
-        "5000",
-        "x",
-    ]);
-    let out = run(c);
+        &["--service", "void", "--timeout-ms", "5000", "x"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("queue_full"), "{err}");

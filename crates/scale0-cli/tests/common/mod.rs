@@ -299,6 +299,13 @@ pub fn py_worker_with(
     proc
 }
 
+/// Runs `scale0 request --connect endpoint ARGS...` to completion.
+pub fn scale0_request(endpoint: &str, args: &[&str]) -> Output {
+    let mut c = scale0();
+    c.args(["request", "--connect", endpoint]).args(args);
+    run(c)
+}
+
 /// Asks the broker over MMI whether `service` has workers: "200" or "404".
 pub fn mmi_service(endpoint: &str, service: &str) -> String {
     let out = run({
