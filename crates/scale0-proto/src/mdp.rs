@@ -62,6 +62,14 @@ pub enum DecodeError {
     UnknownStatus,
 }
 
+/// `bytes` if it is 1 to `max` bytes long, else `err`: the rule every name and id here follows.
+fn bounded(bytes: Bytes, max: usize, err: DecodeError) -> Result<Bytes, DecodeError> {
+    if bytes.is_empty() || bytes.len() > max {
+        return Err(err);
+    }
+    Ok(bytes)
+}
+
 /// A service name: 1 to 255 bytes.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceName(Bytes);
@@ -69,11 +77,12 @@ pub struct ServiceName(Bytes);
 impl ServiceName {
     /// Checks the length rules of a service name.
     pub fn new(name: impl Into<Bytes>) -> Result<Self, DecodeError> {
-        let name = name.into();
-        if name.is_empty() || name.len() > MAX_SERVICE_NAME_BYTES {
-            return Err(DecodeError::BadServiceName);
-        }
-        Ok(Self(name))
+        bounded(
+            name.into(),
+            MAX_SERVICE_NAME_BYTES,
+            DecodeError::BadServiceName,
+        )
+        .map(Self)
     }
 
     /// A placeholder for log lines about a request whose service is not at hand.
@@ -111,11 +120,7 @@ pub struct PeerId(Bytes);
 impl PeerId {
     /// Checks the length rules of a routing id.
     pub fn new(id: impl Into<Bytes>) -> Result<Self, DecodeError> {
-        let id = id.into();
-        if id.is_empty() || id.len() > MAX_PEER_ID_BYTES {
-            return Err(DecodeError::BadAddress);
-        }
-        Ok(Self(id))
+        bounded(id.into(), MAX_PEER_ID_BYTES, DecodeError::BadAddress).map(Self)
     }
 
     /// The raw routing id.
@@ -126,11 +131,7 @@ impl PeerId {
 
 impl fmt::Debug for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerId(")?;
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, ")")
+        write!(f, "PeerId({self})")
     }
 }
 
@@ -254,11 +255,7 @@ pub struct RequestId(Bytes);
 impl RequestId {
     /// Checks the length rules of a request id.
     pub fn new(id: impl Into<Bytes>) -> Result<Self, DecodeError> {
-        let id = id.into();
-        if id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES {
-            return Err(DecodeError::BadRequestId);
-        }
-        Ok(Self(id))
+        bounded(id.into(), MAX_REQUEST_ID_BYTES, DecodeError::BadRequestId).map(Self)
     }
 
     /// The raw id.

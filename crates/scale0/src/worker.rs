@@ -212,16 +212,24 @@ impl Worker {
             }
             self.perform(session, broker, to_handler)?;
             let wait = clock.wait_ms(session.poll_timeout());
-            let mut items = vec![to_handler.as_poll_item(zmq::POLLIN)];
-            if let Some(s) = broker.as_ref() {
-                items.push(s.as_poll_item(zmq::POLLIN));
-            }
-            zmq::poll(&mut items, wait).context(|| "polling the worker sockets".into())?;
-            let (handler_ready, broker_ready) = (
-                items.first().is_some_and(zmq::PollItem::is_readable),
-                items.get(1).is_some_and(zmq::PollItem::is_readable),
-            );
-            drop(items);
+            // A fixed array rather than a Vec: this runs once per request.
+            let (handler_ready, broker_ready) = match broker.as_ref() {
+                Some(s) => {
+                    let mut items = [
+                        to_handler.as_poll_item(zmq::POLLIN),
+                        s.as_poll_item(zmq::POLLIN),
+                    ];
+                    zmq::poll(&mut items, wait).context(|| "polling the worker sockets".into())?;
+                    let [h, b] = &items;
+                    (h.is_readable(), b.is_readable())
+                }
+                None => {
+                    let mut items = [to_handler.as_poll_item(zmq::POLLIN)];
+                    zmq::poll(&mut items, wait).context(|| "polling the worker sockets".into())?;
+                    let [h] = &items;
+                    (h.is_readable(), false)
+                }
+            };
             if handler_ready {
                 while let Some(mut reply) = sockets::try_recv(to_handler)? {
                     let body = reply.split_off(1.min(reply.len()));
