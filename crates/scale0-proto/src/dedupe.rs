@@ -13,7 +13,11 @@ pub(crate) type Key = (PeerId, RequestId);
 enum Entry {
     /// Accepted and not yet answered; `generation` tells this acceptance from an earlier
     /// one of the same key that was forgotten.
-    Pending { generation: u64 },
+    Pending {
+        generation: u64,
+        /// Its key in the durable journal, when the broker keeps one.
+        journal: Option<u64>,
+    },
     /// Answered; the answer is kept to be re-sent to retries.
     Done {
         answer: NativeCommand,
@@ -73,27 +77,50 @@ impl Dedupe {
         }
     }
 
-    /// Records a newly accepted request; returns its generation.
-    pub(crate) fn accept(&mut self, key: Key) -> u64 {
+    /// Records a newly accepted request, stored under `journal` if durable; returns its
+    /// generation.
+    pub(crate) fn accept(&mut self, key: Key, journal: Option<u64>) -> u64 {
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.entries.insert(key, Entry::Pending { generation });
+        self.entries.insert(
+            key,
+            Entry::Pending {
+                generation,
+                journal,
+            },
+        );
         generation
+    }
+
+    /// Notes where a pending request is stored, once it is.
+    pub(crate) fn set_journal(&mut self, key: &Key, key_in_journal: u64) {
+        if let Some(Entry::Pending { journal, .. }) = self.entries.get_mut(key) {
+            *journal = Some(key_in_journal);
+        }
     }
 
     /// True while the acceptance `generation` of `key` still waits for its answer.
     pub(crate) fn is_pending(&self, key: &Key, generation: u64) -> bool {
-        matches!(self.entries.get(key), Some(Entry::Pending { generation: g }) if *g == generation)
+        matches!(self.entries.get(key), Some(Entry::Pending { generation: g, .. }) if *g == generation)
     }
 
-    /// Stores the answer of a request (pending or refused at once) until `forget_at`.
-    pub(crate) fn answer(&mut self, key: Key, answer: NativeCommand, forget_at: Instant) {
-        let generation = match self.entries.get(&key) {
-            Some(Entry::Pending { generation }) => *generation,
+    /// Stores the answer of a request (pending or refused at once) until `forget_at`;
+    /// returns the journal key of the pending request it ends, if it had one.
+    pub(crate) fn answer(
+        &mut self,
+        key: Key,
+        answer: NativeCommand,
+        forget_at: Instant,
+    ) -> Option<u64> {
+        let (generation, journal) = match self.entries.get(&key) {
+            Some(Entry::Pending {
+                generation,
+                journal,
+            }) => (*generation, *journal),
             _ => {
                 let g = self.next_generation;
                 self.next_generation += 1;
-                g
+                (g, None)
             }
         };
         self.done_bytes += answer_bytes(&answer);
@@ -101,6 +128,7 @@ impl Dedupe {
         self.entries.insert(key, Entry::Done { answer, generation });
         // Over a bound, the oldest answers go now, not at the next timer.
         self.evict(Instant::ZERO);
+        journal
     }
 
     /// Forgets answers past their time, and the oldest ones while over either bound.

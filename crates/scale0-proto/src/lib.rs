@@ -12,6 +12,7 @@
 
 pub mod broker;
 mod dedupe;
+pub mod journal;
 pub mod mdp;
 pub mod testkit;
 mod time;

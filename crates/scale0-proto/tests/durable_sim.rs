@@ -1,0 +1,457 @@
+//! The durable broker under virtual time with an in-memory store that can "crash": nothing
+//! leaves before the journal is committed, accepted requests survive restarts, stored
+//! replies never reach a stranger, and Titanic (RFC 9) keeps replies until closed.
+
+use bytes::Bytes;
+use scale0_proto::broker::{Broker, Config, DropReason};
+use scale0_proto::journal::{MemoryStore, Store};
+use scale0_proto::mdp::{self, ClientMessage, Message, NativeCommand, RequestId, WorkerCommand};
+use scale0_proto::{Instant, PeerId, ServiceName};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn peer(s: &str) -> PeerId {
+    PeerId::new(b(s)).unwrap()
+}
+
+fn svc(s: &str) -> ServiceName {
+    ServiceName::new(b(s)).unwrap()
+}
+
+fn text(b: &Bytes) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+struct Sim {
+    broker: Broker,
+    store: MemoryStore,
+    now: Instant,
+    runs: u64,
+    config: Config,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let config = Config {
+            heartbeat_interval_ms: 1000,
+            unknown_service_wait_ms: 5000,
+            ..Config::default()
+        };
+        let mut store = MemoryStore::new();
+        let stored = store.load().unwrap();
+        let (broker, _) = Broker::durable(config.clone(), Instant::ZERO, stored, 1);
+        Self {
+            broker,
+            store,
+            now: Instant::ZERO,
+            runs: 1,
+            config,
+        }
+    }
+
+    /// The driver's group commit: every op so far, one commit.
+    fn sync(&mut self) {
+        let mut ops = 0;
+        while let Some(op) = self.broker.poll_journal() {
+            self.store.apply(&op).unwrap();
+            ops += 1;
+        }
+        if ops > 0 {
+            self.store.commit().unwrap();
+        }
+        self.broker.journal_synced();
+    }
+
+    /// `kill -9` and a restart on the same store.
+    fn crash(&mut self) -> scale0_proto::broker::Recovery {
+        self.store.crash();
+        self.runs += 1;
+        let stored = self.store.load().unwrap();
+        let (broker, recovery) = Broker::durable(self.config.clone(), self.now, stored, self.runs);
+        self.broker = broker;
+        recovery
+    }
+
+    fn sent(&mut self) -> Vec<(String, Message)> {
+        let mut out = Vec::new();
+        while let Some(t) = self.broker.poll_transmit() {
+            let (to, rest) = mdp::split_routing_id(t.frames).unwrap();
+            out.push((text(to.as_bytes()), Message::decode(rest).unwrap()));
+        }
+        out
+    }
+
+    fn native(&mut self, client: &str, rid: &str, service: &str, body: &str) {
+        let m = Message::Native(NativeCommand::Request {
+            id: RequestId::new(b(rid)).unwrap(),
+            service: svc(service),
+            deadline_ms: None,
+            body: vec![b(body)],
+        });
+        self.broker
+            .handle_message(self.now, m.encode_to(&peer(client)));
+    }
+
+    fn mdp(&mut self, client: &str, service: &str, body: &[&str]) {
+        let m = Message::Client(ClientMessage {
+            service: svc(service),
+            body: body.iter().map(|s| b(s)).collect(),
+        });
+        self.broker
+            .handle_message(self.now, m.encode_to(&peer(client)));
+    }
+
+    fn worker(&mut self, worker: &str, cmd: WorkerCommand) {
+        self.broker
+            .handle_message(self.now, Message::Worker(cmd).encode_to(&peer(worker)));
+    }
+
+    fn ready(&mut self, worker: &str, service: &str) {
+        self.worker(
+            worker,
+            WorkerCommand::Ready {
+                service: svc(service),
+            },
+        );
+    }
+
+    fn reply(&mut self, worker: &str, client: &str, body: &str) {
+        self.worker(
+            worker,
+            WorkerCommand::Reply {
+                client: peer(client),
+                body: vec![b(body)],
+            },
+        );
+    }
+
+    /// The bodies of the REQUESTs sent to `worker`, after a commit.
+    fn dispatched_to(&mut self, worker: &str) -> Vec<String> {
+        self.sync();
+        self.sent()
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                Message::Worker(WorkerCommand::Request { body, .. }) if to == worker => {
+                    Some(text(&body[0]))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Asks a Titanic service and returns its reply frames, after a commit.
+    fn titanic(&mut self, service: &str, body: &[&str]) -> Vec<String> {
+        self.sync();
+        self.sent();
+        self.mdp("\x01tsp-client", service, body);
+        self.sync();
+        let replies: Vec<_> = self
+            .sent()
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                Message::Client(ClientMessage { service: s, body })
+                    if to == "\x01tsp-client" && s == svc(service) =>
+                {
+                    Some(body.iter().map(text).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies.len(), 1, "one reply to {service}");
+        replies.into_iter().next().unwrap()
+    }
+
+    fn advance_to(&mut self, ms: u64) {
+        let target = Instant::from_millis(ms);
+        loop {
+            let t = self.broker.poll_timeout();
+            if t > target {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.broker.handle_timeout(self.now);
+        }
+        self.now = target;
+    }
+}
+
+fn native_to(sent: &[(String, Message)], client: &str) -> Vec<NativeCommand> {
+    sent.iter()
+        .filter_map(|(to, m)| match m {
+            Message::Native(cmd) if to == client => Some(cmd.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn accepted(rid: &str) -> NativeCommand {
+    NativeCommand::Accepted {
+        id: RequestId::new(b(rid)).unwrap(),
+    }
+}
+
+fn fin(rid: &str, body: &str) -> NativeCommand {
+    NativeCommand::Final {
+        id: RequestId::new(b(rid)).unwrap(),
+        body: vec![b(body)],
+    }
+}
+
+#[test]
+fn nothing_leaves_before_the_journal_is_committed() {
+    let mut sim = Sim::new();
+    sim.ready("w1", "echo");
+    sim.native("\x01c", "1", "echo", "hello");
+    assert!(
+        sim.sent().is_empty(),
+        "ACCEPTED and REQUEST wait for the disk"
+    );
+    assert_eq!(sim.store.len(), 0);
+    sim.sync();
+    assert_eq!(sim.store.len(), 1, "the request is stored");
+    let sent = sim.sent();
+    assert_eq!(native_to(&sent, "\x01c"), vec![accepted("1")]);
+    assert!(
+        sent.iter().any(
+            |(to, m)| to == "w1" && matches!(m, Message::Worker(WorkerCommand::Request { .. }))
+        )
+    );
+
+    sim.reply("w1", "\x01c", "HELLO");
+    assert!(sim.sent().is_empty(), "the FINAL waits for the delete");
+    sim.sync();
+    assert_eq!(native_to(&sim.sent(), "\x01c"), vec![fin("1", "HELLO")]);
+    assert!(sim.store.is_empty(), "a finished request is removed");
+}
+
+#[test]
+fn many_requests_share_one_commit() {
+    let mut sim = Sim::new();
+    for i in 0..100 {
+        sim.native("\x01c", &i.to_string(), "echo", "x");
+    }
+    let before = sim.store.commits;
+    sim.sync();
+    assert_eq!(sim.store.commits, before + 1);
+    assert_eq!(sim.store.len(), 100);
+    assert_eq!(native_to(&sim.sent(), "\x01c").len(), 100);
+}
+
+#[test]
+fn a_request_lost_before_its_commit_was_never_acknowledged() {
+    let mut sim = Sim::new();
+    sim.native("\x01c", "1", "echo", "x");
+    assert!(sim.sent().is_empty());
+    let recovery = sim.crash();
+    assert_eq!(recovery.requests, 0);
+    assert!(sim.sent().is_empty());
+}
+
+#[test]
+fn an_accepted_request_survives_a_crash_and_its_retry_attaches_to_it() {
+    let mut sim = Sim::new();
+    sim.native("\x01c", "1", "echo", "hello");
+    sim.sync();
+    assert_eq!(native_to(&sim.sent(), "\x01c"), vec![accepted("1")]);
+
+    let recovery = sim.crash();
+    assert_eq!(recovery.requests, 1);
+    assert!(recovery.unreadable.is_empty());
+    // The client reconnects with its own routing id and retries with the same id.
+    sim.native("\x01c", "1", "echo", "hello");
+    sim.sync();
+    assert_eq!(native_to(&sim.sent(), "\x01c"), vec![accepted("1")]);
+    assert_eq!(sim.broker.counters().duplicates, 1);
+
+    sim.ready("w1", "echo");
+    assert_eq!(
+        sim.dispatched_to("w1"),
+        vec!["hello"],
+        "run once, not twice"
+    );
+    sim.reply("w1", "\x01c", "HELLO");
+    sim.sync();
+    assert_eq!(native_to(&sim.sent(), "\x01c"), vec![fin("1", "HELLO")]);
+    assert!(sim.store.is_empty());
+}
+
+#[test]
+fn a_request_held_by_a_worker_at_the_crash_is_dispatched_again() {
+    let mut sim = Sim::new();
+    sim.ready("w1", "echo");
+    sim.mdp("\x01c", "echo", &["a"]);
+    sim.mdp("\x01c", "echo", &["b"]);
+    assert_eq!(sim.dispatched_to("w1"), vec!["a"]);
+    sim.crash();
+    // The worker re-registers after the restart (it is told DISCONNECT on its next
+    // heartbeat) and gets both, in acceptance order.
+    sim.ready("w1", "echo");
+    assert_eq!(sim.dispatched_to("w1"), vec!["a"]);
+    sim.reply("w1", "\x01c", "A");
+    assert_eq!(sim.dispatched_to("w1"), vec!["b"]);
+    sim.reply("w1", "\x01c", "B");
+    sim.sync();
+    assert!(sim.store.is_empty());
+    assert_eq!(sim.broker.counters().recovered, 2);
+}
+
+#[test]
+fn a_recovered_reply_goes_only_to_a_client_that_chose_its_routing_id() {
+    let mut sim = Sim::new();
+    sim.mdp("\x00\x6b\x7b\x45\x67", "echo", &["auto"]);
+    sim.mdp("\x01mine", "echo", &["fixed"]);
+    sim.sync();
+    sim.crash();
+    sim.ready("w1", "echo");
+    assert_eq!(sim.dispatched_to("w1"), vec!["auto"], "work still runs");
+    sim.reply("w1", "\x00\x6b\x7b\x45\x67", "AUTO");
+    assert_eq!(sim.dispatched_to("w1"), vec!["fixed"]);
+    sim.reply("w1", "\x01mine", "FIXED");
+    sim.sync();
+    let sent = sim.sent();
+    let to_clients: Vec<_> = sent
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Client(_)))
+        .map(|(to, _)| to.as_str())
+        .collect();
+    assert_eq!(to_clients, vec!["\x01mine"]);
+    assert_eq!(sim.broker.counters().dropped(DropReason::StaleClient), 1);
+    assert!(sim.store.is_empty());
+}
+
+#[test]
+fn before_a_restart_auto_generated_ids_are_answered_as_usual() {
+    let mut sim = Sim::new();
+    sim.ready("w1", "echo");
+    sim.mdp("\x00\x6b\x7b\x45\x67", "echo", &["auto"]);
+    assert_eq!(sim.dispatched_to("w1"), vec!["auto"]);
+    sim.reply("w1", "\x00\x6b\x7b\x45\x67", "AUTO");
+    sim.sync();
+    assert_eq!(sim.sent().len(), 1);
+}
+
+#[test]
+fn titanic_keeps_requests_and_replies_across_restarts_until_closed() {
+    let mut sim = Sim::new();
+    let reply = sim.titanic("titanic.request", &["echo", "hello", "world"]);
+    assert_eq!(reply[0], "200");
+    let uuid = reply[1].clone();
+    assert_eq!(uuid.len(), 32);
+    assert!(uuid.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(sim.titanic("titanic.reply", &[&uuid]), vec!["300"]);
+
+    sim.crash();
+    assert_eq!(sim.titanic("titanic.reply", &[&uuid]), vec!["300"]);
+    sim.ready("w1", "echo");
+    assert_eq!(sim.dispatched_to("w1"), vec!["hello"]);
+    sim.reply("w1", "\x01tsp-client", "HELLO");
+    sim.sync();
+    assert!(sim.sent().is_empty(), "a Titanic reply is stored, not sent");
+    assert_eq!(sim.titanic("titanic.reply", &[&uuid]), vec!["200", "HELLO"]);
+
+    sim.crash();
+    assert_eq!(
+        sim.titanic("titanic.reply", &[&uuid.to_ascii_uppercase()]),
+        vec!["200", "HELLO"],
+        "kept across a restart, and UUIDs are case-blind"
+    );
+    assert_eq!(sim.titanic("titanic.close", &[&uuid]), vec!["200"]);
+    assert_eq!(sim.titanic("titanic.reply", &[&uuid]), vec!["400"]);
+    assert_eq!(
+        sim.titanic("titanic.close", &[&uuid]),
+        vec!["200"],
+        "idempotent"
+    );
+    assert!(sim.store.is_empty());
+}
+
+#[test]
+fn titanic_requests_wait_for_a_worker_however_long() {
+    let mut sim = Sim::new();
+    let uuid = sim.titanic("titanic.request", &["later", "job"])[1].clone();
+    sim.mdp("\x01plain", "later", &["plain"]);
+    sim.advance_to(60_000);
+    assert_eq!(sim.titanic("titanic.reply", &[&uuid]), vec!["300"]);
+    sim.ready("w1", "later");
+    assert_eq!(
+        sim.dispatched_to("w1"),
+        vec!["job"],
+        "the plain request expired for want of a worker, the Titanic one waited"
+    );
+}
+
+#[test]
+fn titanic_refusals_use_rfc9_status_codes() {
+    let mut sim = Sim::new();
+    assert!(sim.titanic("titanic.request", &[])[0].starts_with("500"));
+    assert!(sim.titanic("titanic.request", &["mmi.service", "x"])[0].starts_with("500"));
+    assert!(sim.titanic("titanic.request", &["titanic.reply", "x"])[0].starts_with("500"));
+    assert_eq!(
+        sim.titanic("titanic.reply", &["00000000000000000000000000000000"]),
+        vec!["400"]
+    );
+    assert_eq!(sim.titanic("titanic.reply", &[]), vec!["400"]);
+    assert_eq!(sim.titanic("titanic.close", &["nope"]), vec!["200"]);
+
+    let mut small = Sim::new();
+    small.config.max_titanic_requests = 1;
+    small.crash();
+    assert_eq!(small.titanic("titanic.request", &["echo", "1"])[0], "200");
+    assert!(small.titanic("titanic.request", &["echo", "2"])[0].starts_with("500"));
+}
+
+#[test]
+fn a_closed_pending_titanic_request_is_not_run() {
+    let mut sim = Sim::new();
+    let uuid = sim.titanic("titanic.request", &["echo", "x"])[1].clone();
+    assert_eq!(sim.titanic("titanic.close", &[&uuid]), vec!["200"]);
+    sim.ready("w1", "echo");
+    assert!(sim.dispatched_to("w1").is_empty());
+    assert!(sim.store.is_empty());
+}
+
+#[test]
+fn mmi_knows_the_titanic_services_only_when_durable() {
+    let mut sim = Sim::new();
+    assert_eq!(
+        sim.titanic("mmi.service", &["titanic.request"]),
+        vec!["200"]
+    );
+
+    let mut plain = Broker::new(Config::default(), Instant::ZERO);
+    let m = Message::Client(ClientMessage {
+        service: svc("titanic.request"),
+        body: vec![b("echo"), b("x")],
+    });
+    plain.handle_message(Instant::ZERO, m.encode_to(&peer("\x01c")));
+    assert_eq!(
+        plain.services()[0].name,
+        svc("titanic.request"),
+        "an ordinary service"
+    );
+    assert!(!plain.is_durable());
+    assert!(plain.poll_journal().is_none());
+}
+
+#[test]
+fn mdp2_titanic_clients_get_final_replies() {
+    let mut sim = Sim::new();
+    sim.sync();
+    let m = Message::Client2(
+        mdp::ClientKind::Request,
+        ClientMessage {
+            service: svc("titanic.request"),
+            body: vec![b("echo"), b("x")],
+        },
+    );
+    sim.broker
+        .handle_message(sim.now, m.encode_to(&peer("\x01v2")));
+    sim.sync();
+    let sent = sim.sent();
+    assert!(matches!(
+        &sent[..],
+        [(_, Message::Client2(mdp::ClientKind::Final, ClientMessage { body, .. }))] if body[0] == "200"
+    ));
+}
