@@ -5,6 +5,7 @@ use bytes::Bytes;
 use scale0::proto::ServiceName;
 use scale0::{Broker, BrokerConfig, Shutdown};
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags of `scale0 broker`.
@@ -51,6 +52,20 @@ pub(crate) struct Args {
     /// Bytes of answers kept for retries at most.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
     max_dedupe_bytes: u64,
+    /// Durable mode: keep the request log in DIR. Accepted requests are on disk before
+    /// they are acknowledged and are served again after a restart; Titanic (RFC 9) is on.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Size at which a log segment is closed and a new one started, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
+    segment_bytes: u64,
+    /// Open a request log damaged in the middle by skipping the damaged records (each
+    /// skip is logged); without it such a log stops the broker at start-up.
+    #[arg(long, requires = "data_dir")]
+    repair_log: bool,
+    /// Titanic requests stored at once, pending or answered and not yet closed.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_titanic_requests: u64,
 }
 
 fn parse_service_timeout(s: &str) -> Result<(ServiceName, u64), String> {
@@ -86,6 +101,11 @@ impl Args {
         config.core.max_dedupe_entries =
             usize::try_from(self.max_dedupe_entries).unwrap_or(usize::MAX);
         config.core.max_dedupe_bytes = usize::try_from(self.max_dedupe_bytes).unwrap_or(usize::MAX);
+        config.core.max_titanic_requests =
+            usize::try_from(self.max_titanic_requests).unwrap_or(usize::MAX);
+        config.data_dir = self.data_dir;
+        config.store.segment_bytes = self.segment_bytes;
+        config.store.repair = self.repair_log;
         config
     }
 }

@@ -42,7 +42,7 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn load(&mut self) -> io::Result<Vec<(u64, Bytes)>> {
-        use redb::ReadableTable;
+        use redb::{ReadableDatabase, ReadableTable};
         let tx = self.db.begin_read().map_err(other)?;
         let table = tx.open_table(TABLE).map_err(other)?;
         let mut out = Vec::new();

@@ -4,9 +4,17 @@ use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
 use crate::shutdown::Shutdown;
 use crate::sockets;
+use bytes::Bytes;
 use scale0_proto::PeerId;
 use scale0_proto::broker::{self as core, Counters};
-use tracing::{info, warn};
+use scale0_store::{LogOptions, LogStore, Store};
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use tracing::{error, info, warn};
+
+/// Messages handled between two commits of a durable broker: bounds the latency one
+/// batch adds, while a busy broker still shares each sync among many requests.
+const MAX_BATCH: usize = 4096;
 
 /// Everything a broker needs to run: where to listen and how to behave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +25,11 @@ pub struct BrokerConfig {
     pub core: core::Config,
     /// Messages libzmq may queue per peer in each direction before sends fail.
     pub socket_hwm: i32,
+    /// Durable mode: the directory of the request log. Accepted requests are on disk
+    /// before they are acknowledged, and survive `kill -9` of the broker.
+    pub data_dir: Option<PathBuf>,
+    /// Segment size and repair mode of the request log.
+    pub store: LogOptions,
 }
 
 impl Default for BrokerConfig {
@@ -25,6 +38,8 @@ impl Default for BrokerConfig {
             bind: vec!["tcp://*:5555".into()],
             core: core::Config::default(),
             socket_hwm: 100_000,
+            data_dir: None,
+            store: LogOptions::default(),
         }
     }
 }
@@ -34,6 +49,8 @@ pub struct Broker {
     socket: zmq::Socket,
     endpoints: Vec<String>,
     config: BrokerConfig,
+    /// The open request log and what it held, in durable mode.
+    store: Option<(LogStore, Vec<(u64, Bytes)>)>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -45,13 +62,34 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Creates the ROUTER and binds every endpoint of `config`.
+    /// Opens the request log (durable mode), creates the ROUTER and binds every
+    /// endpoint of `config`. A store that is in use or damaged fails here, before
+    /// anything listens.
     pub fn bind(config: BrokerConfig) -> Result<Self> {
         if config.bind.is_empty() {
             return Err(crate::Error::InvalidConfig(
                 "the broker needs at least one endpoint to bind".into(),
             ));
         }
+        let store = match &config.data_dir {
+            None => None,
+            Some(dir) => {
+                let (mut log, report) = LogStore::open(dir, config.store.clone())?;
+                if report.torn_bytes > 0 || !report.skipped.is_empty() {
+                    warn!(
+                        dir = %dir.display(),
+                        torn_bytes = report.torn_bytes,
+                        skipped = report.skipped.len(),
+                        "the request log was damaged; see the lines above for what was dropped"
+                    );
+                }
+                let stored = log.load().map_err(|source| crate::Error::Store {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
+                Some((log, stored))
+            }
+        };
         let socket = sockets::context()
             .socket(zmq::ROUTER)
             .context(|| "creating the broker's ROUTER socket".into())?;
@@ -91,6 +129,7 @@ impl Broker {
             socket,
             endpoints,
             config,
+            store,
         })
     }
 
@@ -100,29 +139,79 @@ impl Broker {
     }
 
     /// Serves until `shutdown` is triggered; returns the final counters.
-    pub fn run(self, shutdown: &Shutdown) -> Result<Counters> {
+    pub fn run(mut self, shutdown: &Shutdown) -> Result<Counters> {
         let clock = Clock::new();
-        let mut core = core::Broker::new(self.config.core.clone(), clock.now());
-        info!(endpoints = ?self.endpoints, "broker running");
+        let (mut core, mut log) = match self.store.take() {
+            None => (core::Broker::new(self.config.core.clone(), clock.now()), None),
+            Some((log, stored)) => {
+                // Titanic UUIDs of this run must not repeat those of an earlier one.
+                let nonce = std::collections::hash_map::RandomState::new()
+                    .hash_one(std::process::id());
+                let (core, recovery) =
+                    core::Broker::durable(self.config.core.clone(), clock.now(), stored, nonce);
+                for (key, e) in &recovery.unreadable {
+                    error!(key, error = %e, "a stored entry could not be read; it is left in the store");
+                }
+                info!(
+                    requests = recovery.requests,
+                    titanic_answers = recovery.titanic_answers,
+                    "recovered from the request log"
+                );
+                (core, Some(log))
+            }
+        };
+        info!(endpoints = ?self.endpoints, durable = log.is_some(), "broker running");
         while !shutdown.is_triggered() {
             let wait = clock.wait_ms(Some(core.poll_timeout()));
             self.socket
                 .poll(zmq::POLLIN, wait)
                 .context(|| "polling the broker socket".into())?;
-            // Drain everything that is ready, flushing replies as we go so the
-            // outgoing queue stays short however deep the backlog.
-            while let Some(frames) = sockets::try_recv(&self.socket)? {
+            // Drain what is ready, flushing as we go so the outgoing queue stays short
+            // however deep the backlog. In durable mode what depends on the journal is
+            // held until the commit below: one sync for the whole batch.
+            let mut handled = 0;
+            while handled < MAX_BATCH {
+                let Some(frames) = sockets::try_recv(&self.socket)? else {
+                    break;
+                };
                 core.handle_message(clock.now(), frames);
                 self.flush(&mut core, clock);
+                handled += 1;
             }
             let now = clock.now();
             if core.poll_timeout() <= now {
                 core.handle_timeout(now);
             }
+            if let Some(log) = &mut log {
+                self.commit(&mut core, log)?;
+            }
             self.flush(&mut core, clock);
+        }
+        if let Some(log) = &mut log {
+            self.commit(&mut core, log)?;
         }
         info!("broker stopped");
         Ok(core.counters().clone())
+    }
+
+    /// Writes the journal ops of the batch with one sync, then releases what they held.
+    fn commit(&self, core: &mut core::Broker, log: &mut LogStore) -> Result<()> {
+        let failed = |source| {
+            let dir = self
+                .config
+                .data_dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            error!(%dir, error = %source, "the request log failed; stopping so that nothing is acknowledged that is not on disk");
+            crate::Error::Store { dir, source }
+        };
+        while let Some(op) = core.poll_journal() {
+            log.apply(&op).map_err(failed)?;
+        }
+        log.commit().map_err(failed)?;
+        core.journal_synced();
+        Ok(())
     }
 
     fn flush(&self, core: &mut core::Broker, clock: Clock) {

@@ -54,6 +54,17 @@ pub enum Error {
     /// The broker sent something that is not an MDP reply.
     #[error("malformed reply from the broker: {0}")]
     BadReply(#[from] DecodeError),
+    /// The durable store could not be opened (in use, damaged, unreadable).
+    #[error("durable store: {0}")]
+    StoreOpen(#[from] scale0_store::OpenError),
+    /// The durable store failed while running; nothing more is acknowledged.
+    #[error("durable store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: String,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// Result with the library's [`Error`].
