@@ -31,6 +31,8 @@ def main():
     p.add_argument("--retries", type=int, default=0,
                    help="REQ only: Lazy Pirate retries on a new socket after a timeout")
     p.add_argument("--version", type=int, choices=[1, 2], default=1)
+    p.add_argument("--identity", default=None,
+                   help="DEALER only: set this routing id (kept across broker restarts)")
     args = p.parse_args()
     v2 = args.version == 2
     partials = 0
@@ -84,6 +86,8 @@ def main():
     else:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if args.identity:
+            sock.setsockopt(zmq.ROUTING_ID, args.identity.encode())
         sock.connect(args.endpoint)
         sent = 0
         while replies + len(bad) < args.count:

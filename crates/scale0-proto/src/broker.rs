@@ -1270,12 +1270,12 @@ impl Broker {
                 self.relay_partial(peer, body);
             }
             WorkerCommand::Heartbeat if known => {
-                if let Some(w) = self.workers.get_mut(peer) {
-                    if w.held.is_some() {
-                        w.heartbeats_while_busy = true;
-                        let expiry = w.expiry;
-                        self.arm(Some(expiry));
-                    }
+                if let Some(w) = self.workers.get_mut(peer)
+                    && w.held.is_some()
+                {
+                    w.heartbeats_while_busy = true;
+                    let expiry = w.expiry;
+                    self.arm(Some(expiry));
                 }
             }
             WorkerCommand::Disconnect => {

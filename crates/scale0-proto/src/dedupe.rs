@@ -145,11 +145,10 @@ impl Dedupe {
                 answer,
                 generation: g,
             }) = self.entries.get(&key)
+                && *g == generation
             {
-                if *g == generation {
-                    self.done_bytes = self.done_bytes.saturating_sub(answer_bytes(answer));
-                    self.entries.remove(&key);
-                }
+                self.done_bytes = self.done_bytes.saturating_sub(answer_bytes(answer));
+                self.entries.remove(&key);
             }
         }
     }

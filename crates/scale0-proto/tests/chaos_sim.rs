@@ -180,15 +180,14 @@ impl World {
                 eprintln!("{}: lost {kind:?}", self.now);
             }
             // A lost worker reply means the broker will, in time, run the request again.
-            if let To::Broker(_) = &to {
-                if let Ok(
+            if let To::Broker(_) = &to
+                && let Ok(
                     Message::Worker(WorkerCommand::Reply { body, .. })
                     | Message::Worker2(WorkerCommand::Reply { body, .. }),
                 ) = Message::decode(frames)
-                {
-                    let token = String::from_utf8_lossy(&body[0]).into_owned();
-                    *self.reruns_allowed.entry(token).or_default() += 1;
-                }
+            {
+                let token = String::from_utf8_lossy(&body[0]).into_owned();
+                *self.reruns_allowed.entry(token).or_default() += 1;
             }
             return;
         }
@@ -202,12 +201,12 @@ impl World {
                 continue;
             }
             let now = self.now;
-            if let Some((token, done)) = self.workers[i].working.clone() {
-                if done <= now {
-                    self.workers[i].working = None;
-                    self.workers[i].session.reply(at(now), vec![bytes(&token)]);
-                    self.workers[i].last_reply = Some(token);
-                }
+            if let Some((token, done)) = self.workers[i].working.clone()
+                && done <= now
+            {
+                self.workers[i].working = None;
+                self.workers[i].session.reply(at(now), vec![bytes(&token)]);
+                self.workers[i].last_reply = Some(token);
             }
             if self.workers[i]
                 .session
@@ -441,12 +440,13 @@ impl World {
     /// its request; the broker runs it again elsewhere.
     fn note_abandoned(&mut self) {
         for w in &self.workers {
-            if let Some((token, _)) = &w.working {
-                if w.alive && !w.session.is_connected() {
-                    let key = format!("{token}@{}.{}", w.name, w.generation);
-                    if self.reruns_allowed.insert(key, 0).is_none() {
-                        *self.reruns_allowed.entry(token.clone()).or_default() += 1;
-                    }
+            if let Some((token, _)) = &w.working
+                && w.alive
+                && !w.session.is_connected()
+            {
+                let key = format!("{token}@{}.{}", w.name, w.generation);
+                if self.reruns_allowed.insert(key, 0).is_none() {
+                    *self.reruns_allowed.entry(token.clone()).or_default() += 1;
                 }
             }
         }

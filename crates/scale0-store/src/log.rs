@@ -221,6 +221,16 @@ fn next_good(b: &[u8], from: usize) -> Option<usize> {
     (from..b.len()).find(|&at| parse(&b[at..]).is_some())
 }
 
+/// `key` is no longer live where it was: its segment's live counts drop.
+fn unaccount(live: &mut HashMap<u64, (u64, u64)>, segments: &mut BTreeMap<u64, Segment>, key: u64) {
+    if let Some((seg, size)) = live.remove(&key)
+        && let Some(s) = segments.get_mut(&seg)
+    {
+        s.live = s.live.saturating_sub(1);
+        s.live_bytes = s.live_bytes.saturating_sub(size);
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -322,12 +332,7 @@ impl LogStore {
                 };
                 report.records += 1;
                 let size = r.size as u64;
-                if let Some((old_seg, old_size)) = live.remove(&r.key) {
-                    if let Some(s) = segments.get_mut(&old_seg) {
-                        s.live = s.live.saturating_sub(1);
-                        s.live_bytes = s.live_bytes.saturating_sub(old_size);
-                    }
-                }
+                unaccount(&mut live, &mut segments, r.key);
                 if r.kind == PUT {
                     values.insert(r.key, Bytes::copy_from_slice(r.value));
                     live.insert(r.key, (id, size));
@@ -421,17 +426,8 @@ impl LogStore {
         self.segments.len()
     }
 
-    fn forget(&mut self, key: u64) {
-        if let Some((seg, size)) = self.live.remove(&key) {
-            if let Some(s) = self.segments.get_mut(&seg) {
-                s.live = s.live.saturating_sub(1);
-                s.live_bytes = s.live_bytes.saturating_sub(size);
-            }
-        }
-    }
-
     fn append(&mut self, kind: u8, key: u64, value: &[u8]) {
-        self.forget(key);
+        unaccount(&mut self.live, &mut self.segments, key);
         let size = record(&mut self.buf, kind, key, value);
         if kind == PUT {
             self.live.insert(key, (self.active_id, size));
@@ -476,10 +472,7 @@ impl LogStore {
             );
         }
         let mut removed = false;
-        loop {
-            let Some((&oldest, seg)) = self.segments.iter().next() else {
-                break;
-            };
+        while let Some((&oldest, &seg)) = self.segments.iter().next() {
             if oldest == self.active_id {
                 break;
             }

@@ -142,11 +142,14 @@ impl Broker {
     pub fn run(mut self, shutdown: &Shutdown) -> Result<Counters> {
         let clock = Clock::new();
         let (mut core, mut log) = match self.store.take() {
-            None => (core::Broker::new(self.config.core.clone(), clock.now()), None),
+            None => (
+                core::Broker::new(self.config.core.clone(), clock.now()),
+                None,
+            ),
             Some((log, stored)) => {
                 // Titanic UUIDs of this run must not repeat those of an earlier one.
-                let nonce = std::collections::hash_map::RandomState::new()
-                    .hash_one(std::process::id());
+                let nonce =
+                    std::collections::hash_map::RandomState::new().hash_one(std::process::id());
                 let (core, recovery) =
                     core::Broker::durable(self.config.core.clone(), clock.now(), stored, nonce);
                 for (key, e) in &recovery.unreadable {

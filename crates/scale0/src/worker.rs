@@ -240,12 +240,10 @@ impl Worker {
                     }
                 }
             }
-            if broker_ready {
-                if let Some(s) = broker.as_ref() {
-                    while let Some(frames) = sockets::try_recv(s)? {
-                        if let Err(e) = session.handle_message(clock.now(), frames) {
-                            warn!(error = %e, "malformed message from the broker, ignored");
-                        }
+            if broker_ready && let Some(s) = broker.as_ref() {
+                while let Some(frames) = sockets::try_recv(s)? {
+                    if let Err(e) = session.handle_message(clock.now(), frames) {
+                        warn!(error = %e, "malformed message from the broker, ignored");
                     }
                 }
             }
@@ -272,10 +270,10 @@ impl Worker {
                     *broker = Some(s);
                 }
                 Action::Send(frames) => {
-                    if let Some(s) = broker.as_ref() {
-                        if let Err(e) = sockets::send(s, &frames) {
-                            debug!(error = %e, "send to broker failed");
-                        }
+                    if let Some(s) = broker.as_ref()
+                        && let Err(e) = sockets::send(s, &frames)
+                    {
+                        debug!(error = %e, "send to broker failed");
                     }
                 }
                 Action::Deliver { body, .. } => {

@@ -104,10 +104,16 @@ impl Broker {
     }
 
     pub fn start_on(bind: &str, extra: &[&str]) -> Self {
+        Self::start_with(bind, extra, |_| {})
+    }
+
+    /// Like [`Broker::start_on`], with the command adjusted first (env, stderr).
+    pub fn start_with(bind: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
         let mut cmd = scale0();
         cmd.args(["broker", "--bind", bind])
             .args(extra)
             .stdout(Stdio::piped());
+        adjust(&mut cmd);
         let mut proc = Proc::spawn("broker", cmd);
         let stdout = proc.child.stdout.take().expect("piped stdout");
         let line = first_line(stdout, HANG).expect("the broker prints its endpoint");

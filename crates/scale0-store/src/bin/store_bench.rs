@@ -47,7 +47,9 @@ fn parse() -> Result<Args, String> {
             "--requests" => a.requests = num()?,
             "--batch" => a.batch = num()?.max(1),
             "--pending" => a.pending = num()?,
-            "--value-bytes" => a.value_bytes = usize::try_from(num()?).map_err(|e| e.to_string())?,
+            "--value-bytes" => {
+                a.value_bytes = usize::try_from(num()?).map_err(|e| e.to_string())?;
+            }
             "--recover" => a.recover = num()?,
             "--repeat" => a.repeat = usize::try_from(num()?.max(1)).map_err(|e| e.to_string())?,
             "--stores" => a.stores = value.split(',').map(str::to_string).collect(),
@@ -78,10 +80,10 @@ fn churn(store: &mut dyn Store, a: &Args) -> std::io::Result<(Duration, u64)> {
             key += 1;
             store.put(key, &value)?;
             pending.push_back(key);
-            if pending.len() as u64 > a.pending {
-                if let Some(done) = pending.pop_front() {
-                    store.delete(done)?;
-                }
+            if pending.len() as u64 > a.pending
+                && let Some(done) = pending.pop_front()
+            {
+                store.delete(done)?;
             }
         }
         store.commit()?;
@@ -127,7 +129,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut recoveries = Vec::new();
         let mut disk = 0;
         for _ in 0..a.repeat {
-            let tmp = std::env::temp_dir().join(format!("store-bench-{}-{kind}", std::process::id()));
+            let tmp =
+                std::env::temp_dir().join(format!("store-bench-{}-{kind}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             {
                 let mut store = open(kind, &tmp)?;
