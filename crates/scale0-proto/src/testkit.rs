@@ -3,6 +3,7 @@
 #![doc(hidden)]
 
 use crate::broker::{Broker, Config};
+use crate::journal::{Entry, MemoryStore, Store};
 use crate::mdp::{self, Frames, Message};
 use crate::time::Instant;
 use bytes::Bytes;
@@ -43,8 +44,9 @@ pub fn decode(data: &[u8]) {
 }
 
 /// Fuzz target `broker_events`: the input is a script of events for one broker —
-/// messages from a handful of peers, clock steps, timeouts and unroutable sends —
-/// after which the broker's invariants must hold.
+/// messages from a handful of peers, clock steps, timeouts and unroutable sends, and for
+/// the durable broker journal commits, crashes and recoveries (the first crash turns the
+/// broker durable) — after which the broker's invariants must hold.
 pub fn broker_events(data: &[u8]) {
     let config = Config {
         heartbeat_interval_ms: 100,
@@ -60,7 +62,9 @@ pub fn broker_events(data: &[u8]) {
         ..Config::default()
     };
     let mut now = Instant::ZERO;
-    let mut broker = Broker::new(config, now);
+    let mut broker = Broker::new(config.clone(), now);
+    let mut store = MemoryStore::new();
+    let mut runs = 0;
     let peers: [&[u8]; 4] = [b"A", b"B", b"C", b"\x00k\x8bEg"];
     let services: [&[u8]; 3] = [b"echo", b"mmi.service", b"other"];
     let mut ops = data.chunks(3);
@@ -68,7 +72,7 @@ pub fn broker_events(data: &[u8]) {
         let [kind, a, b] = *op else { break };
         let peer = Bytes::from_static(peers[usize::from(a) % peers.len()]);
         let service = Bytes::from_static(services[usize::from(b) % services.len()]);
-        let frames: Frames = match kind % 14 {
+        let frames: Frames = match kind % 18 {
             0 => vec![
                 peer,
                 Bytes::new(),
@@ -158,18 +162,62 @@ pub fn broker_events(data: &[u8]) {
             12 | 13 => vec![
                 peer,
                 Bytes::from_static(b"MDPW02"),
-                Bytes::from_static(if kind % 14 == 12 { &[3] } else { &[4] }),
+                Bytes::from_static(if kind % 18 == 12 { &[3] } else { &[4] }),
                 Bytes::from_static(peers[usize::from(b) % peers.len()]),
                 Bytes::new(),
                 Bytes::from_static(b"r"),
             ],
-            _ => vec![
+            14 => vec![
                 peer,
                 Bytes::from_static(b"MDPC02"),
                 Bytes::from_static(&[1]),
                 service,
                 Bytes::from_static(b"y"),
             ],
+            15 => {
+                // A Titanic request, or a reply/close of a UUID this run may have issued.
+                let verbs: [&[u8]; 3] = [b"titanic.request", b"titanic.reply", b"titanic.close"];
+                let uuid = Bytes::from(format!("{runs:016x}{:016x}", b % 8));
+                let body = if a % 3 == 0 {
+                    Bytes::from_static(services[usize::from(b) % services.len()])
+                } else {
+                    uuid
+                };
+                vec![
+                    peer,
+                    Bytes::new(),
+                    Bytes::from_static(b"MDPC01"),
+                    Bytes::from_static(verbs[usize::from(a) % verbs.len()]),
+                    body,
+                    Bytes::from_static(b"t"),
+                ]
+            }
+            16 => {
+                // Group commit: every op so far made durable.
+                while let Some(op) = broker.poll_journal() {
+                    let _ = store.apply(&op);
+                }
+                let _ = store.commit();
+                broker.journal_synced();
+                for (_, value) in store.load().unwrap_or_default() {
+                    assert!(Entry::decode(&value).is_ok(), "stored entries read back");
+                }
+                continue;
+            }
+            _ => {
+                // kill -9 and a restart on the same store.
+                store.crash();
+                runs += 1;
+                let stored = store.load().unwrap_or_default();
+                let (recovered, recovery) = Broker::durable(config.clone(), now, stored, runs);
+                assert!(
+                    recovery.unreadable.is_empty(),
+                    "every stored entry recovers"
+                );
+                broker = recovered;
+                check_invariants(&broker);
+                continue;
+            }
         };
         broker.handle_message(now, frames);
         check_invariants(&broker);
@@ -207,8 +255,12 @@ pub fn check_invariants(broker: &Broker) {
             "unused services are forgotten"
         );
         // A redelivered request goes back to the head of its queue even when the queue
-        // is full: it was accepted already. New requests are refused until it drains.
-        let requeued = usize::try_from(broker.counters().requeued).unwrap_or(usize::MAX);
+        // is full, and so does every request recovered after a crash (those held by
+        // workers included): they were accepted already. New requests are refused until
+        // the queue drains.
+        let counters = broker.counters();
+        let requeued =
+            usize::try_from(counters.requeued + counters.recovered).unwrap_or(usize::MAX);
         assert!(
             s.queued <= broker.config().max_queue_depth.saturating_add(requeued),
             "queues are bounded"
