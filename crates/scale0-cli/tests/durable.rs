@@ -133,6 +133,9 @@ fn no_accepted_request_is_lost_or_answered_twice_through_kill9_restarts() {
         assert_eq!(body, &vec![Bytes::from(format!("job {i}"))], "request {i}");
     }
     // The first start found an empty store, then one line per restart.
+    eventually("every restart logs its recovery", || {
+        recovered(&log).len() == 4
+    });
     let counts = recovered(&log);
     assert_eq!(counts.len(), 4, "three restarts logged: {counts:?}");
     assert!(
@@ -143,6 +146,9 @@ fn no_accepted_request_is_lost_or_answered_twice_through_kill9_restarts() {
     // Everything answered is gone from the store: a restart finds nothing to redo.
     broker.proc.kill9();
     let _broker = durable(&bind, &dir, &log, &[]);
+    eventually("the last restart logs its recovery", || {
+        recovered(&log).len() == 5
+    });
     assert_eq!(recovered(&log).last(), Some(&0));
 }
 
@@ -186,6 +192,10 @@ fn stored_requests_run_after_a_restart_and_replies_go_only_to_chosen_ids() {
     eventually("all eight requests are on disk", || stored_puts(&dir) >= 8);
     broker.proc.kill9();
     let broker = durable(&bind, &dir, &log, &[]);
+    // The recovery line follows the `listening` line.
+    eventually("the restart logs its recovery", || {
+        recovered(&log).len() == 2
+    });
     assert_eq!(
         recovered(&log),
         vec![0, 8],
@@ -424,4 +434,29 @@ fn a_bit_flip_in_the_middle_stops_the_broker_until_repair_is_asked() {
     let mut expected = vec!["300".to_string(); 10];
     expected[4] = "400".into();
     assert_eq!(got, expected, "only the damaged request is lost");
+}
+
+#[test]
+fn a_second_broker_on_the_same_directory_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let log = tmp.path().join("broker.log");
+    let _first = durable("tcp://127.0.0.1:*", &dir, &log, &[]);
+    let mut cmd = scale0();
+    cmd.args([
+        "broker",
+        "--bind",
+        "tcp://127.0.0.1:*",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let out = run(cmd);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("in use by another process").count(),
+        1,
+        "one clear line, said once: {err}"
+    );
+    assert!(out.stdout.is_empty(), "nothing listened");
 }

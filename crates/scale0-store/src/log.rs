@@ -42,6 +42,8 @@ const HEADER: usize = 8;
 const FRAME: usize = 8;
 /// kind + key.
 const META: usize = 9;
+/// How long opening waits for another process to release the directory.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 
@@ -67,14 +69,14 @@ impl Default for LogOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// An I/O error, with what was being done.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What failed.
         what: String,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
-    /// Another process holds the directory.
+    /// Another process holds the directory (for more than two seconds).
     #[error("{0} is in use by another process (its LOCK file is held)")]
     Locked(PathBuf),
     /// Damage in the middle of the log.
@@ -98,7 +100,7 @@ impl From<OpenError> for io::Error {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
     let what = what.into();
-    move |source| OpenError::Io { what, source }
+    move |error| OpenError::Io { what, error }
 }
 
 /// What happened while opening, for logs and tests.
@@ -246,8 +248,14 @@ impl LogStore {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(format!("opening {}", lock_path.display())))?;
-        if lock.try_lock().is_err() {
-            return Err(OpenError::Locked(dir.to_path_buf()));
+        // A broker restarted right after a crash may find the lock still held for a few
+        // milliseconds by the dying process: wait a little before calling it in use.
+        let waited = std::time::Instant::now();
+        while lock.try_lock().is_err() {
+            if waited.elapsed() >= LOCK_WAIT {
+                return Err(OpenError::Locked(dir.to_path_buf()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let mut ids = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err(format!("listing {}", dir.display())))? {
@@ -472,6 +480,20 @@ impl LogStore {
             );
         }
         let mut removed = false;
+        // Segments with no records at all (a run that wrote nothing) hold no deletes
+        // either, so they can go from anywhere, not only from the front.
+        let empty: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(id, s)| **id != self.active_id && s.file_bytes <= HEADER as u64)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in empty {
+            fs::remove_file(segment_path(&self.dir, id))?;
+            self.segments.remove(&id);
+            self.stats.segments_removed += 1;
+            removed = true;
+        }
         while let Some((&oldest, &seg)) = self.segments.iter().next() {
             if oldest == self.active_id {
                 break;

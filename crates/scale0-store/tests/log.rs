@@ -75,6 +75,25 @@ fn committed_entries_survive_and_uncommitted_ones_do_not() {
 }
 
 #[test]
+fn restarts_that_write_nothing_leave_no_segments_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = open(dir.path());
+        s.put(1, &value(1)).unwrap();
+        s.commit().unwrap();
+    }
+    for _ in 0..5 {
+        drop(open(dir.path()));
+    }
+    assert_eq!(
+        segments(dir.path()).len(),
+        2,
+        "the one with data and the fresh one"
+    );
+    assert_eq!(keys(&mut open(dir.path())), vec![1]);
+}
+
+#[test]
 fn one_commit_is_one_sync_however_many_writes() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(dir.path());

@@ -83,9 +83,9 @@ impl Broker {
                         "the request log was damaged; see the lines above for what was dropped"
                     );
                 }
-                let stored = log.load().map_err(|source| crate::Error::Store {
+                let stored = log.load().map_err(|error| crate::Error::Store {
                     dir: dir.display().to_string(),
-                    source,
+                    error,
                 })?;
                 Some((log, stored))
             }
@@ -199,15 +199,15 @@ impl Broker {
 
     /// Writes the journal ops of the batch with one sync, then releases what they held.
     fn commit(&self, core: &mut core::Broker, log: &mut LogStore) -> Result<()> {
-        let failed = |source| {
+        let failed = |error: std::io::Error| {
             let dir = self
                 .config
                 .data_dir
                 .as_ref()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default();
-            error!(%dir, error = %source, "the request log failed; stopping so that nothing is acknowledged that is not on disk");
-            crate::Error::Store { dir, source }
+            error!(%dir, %error, "the request log failed; stopping so that nothing is acknowledged that is not on disk");
+            crate::Error::Store { dir, error }
         };
         while let Some(op) = core.poll_journal() {
             log.apply(&op).map_err(failed)?;

@@ -160,6 +160,9 @@ impl Client {
             .socket(zmq::DEALER)
             .context(|| "creating the client socket".into())?;
         socket.set_linger(0).context(|| "setting LINGER".into())?;
+        // The client's own bound is the number of requests in flight; a socket HWM below
+        // it would turn a large `in_flight` into EAGAIN on send.
+        socket.set_sndhwm(0).context(|| "setting SNDHWM".into())?;
         socket
             .set_identity(identity)
             .context(|| "setting ROUTING_ID".into())?;

@@ -6,12 +6,14 @@ use scale0_proto::DecodeError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// libzmq refused an operation, such as binding an endpoint in use.
-    #[error("{what}: {source}")]
+    // The cause is part of the message, not a `source`: printing the chain would
+    // repeat it.
+    #[error("{what}: {error}")]
     Zmq {
         /// What was being done, with the endpoint where there is one.
         what: String,
         /// libzmq's error.
-        source: zmq::Error,
+        error: zmq::Error,
     },
     /// A name that is not a valid MDP service name (1 to 255 bytes).
     #[error("invalid service name {0:?}: it must be 1 to 255 bytes")]
@@ -53,18 +55,30 @@ pub enum Error {
     },
     /// The broker sent something that is not an MDP reply.
     #[error("malformed reply from the broker: {0}")]
-    BadReply(#[from] DecodeError),
+    BadReply(DecodeError),
     /// The durable store could not be opened (in use, damaged, unreadable).
     #[error("durable store: {0}")]
-    StoreOpen(#[from] scale0_store::OpenError),
+    StoreOpen(scale0_store::OpenError),
     /// The durable store failed while running; nothing more is acknowledged.
-    #[error("durable store in {dir}: {source}")]
+    #[error("durable store in {dir}: {error}")]
     Store {
         /// The data directory.
         dir: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Self {
+        Error::BadReply(e)
+    }
+}
+
+impl From<scale0_store::OpenError> for Error {
+    fn from(e: scale0_store::OpenError) -> Self {
+        Error::StoreOpen(e)
+    }
 }
 
 /// Result with the library's [`Error`].
@@ -77,9 +91,9 @@ pub(crate) trait ZmqContext<T> {
 
 impl<T> ZmqContext<T> for std::result::Result<T, zmq::Error> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Zmq {
+        self.map_err(|error| Error::Zmq {
             what: what(),
-            source,
+            error,
         })
     }
 }
