@@ -1,0 +1,290 @@
+//! The queue device under virtual time: REP servers by count, tagged requests, re-sends
+//! after the timeout with the first reply winning, Paranoid Pirate workers (RFC 6).
+
+use bytes::Bytes;
+use scale0_proto::Instant;
+use scale0_proto::queue::{Config, Dest, Drop, PPP_HEARTBEAT, PPP_READY, Queue, Transmit};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn config() -> Config {
+    Config {
+        request_timeout_ms: 1000,
+        max_attempts: 3,
+        max_queued: 3,
+        heartbeat_interval_ms: 100,
+        heartbeat_liveness: 3,
+        ..Config::default()
+    }
+}
+
+struct Sim {
+    q: Queue,
+    now: Instant,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self {
+            q: Queue::new(config(), Instant::ZERO),
+            now: Instant::ZERO,
+        }
+    }
+
+    /// A REQ client's request: routing id, empty delimiter, body.
+    fn client(&mut self, id: &str, body: &str) {
+        self.q
+            .handle_client(self.now, vec![b(id), Bytes::new(), b(body)]);
+    }
+
+    fn sent(&mut self) -> Vec<Transmit> {
+        std::iter::from_fn(|| self.q.poll_transmit()).collect()
+    }
+
+    fn advance_to(&mut self, ms: u64) {
+        let target = Instant::from_millis(ms);
+        loop {
+            let t = self.q.poll_timeout();
+            if t > target {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.q.handle_timeout(self.now);
+        }
+        self.now = target;
+    }
+}
+
+/// The body of each request sent to the REP servers, with its tag frame.
+fn to_servers(sent: &[Transmit]) -> Vec<(Bytes, String)> {
+    sent.iter()
+        .filter(|t| t.dest == Dest::Servers)
+        .map(|t| {
+            assert_eq!(t.frames[1], Bytes::new(), "tag, empty delimiter, body");
+            (
+                t.frames[0].clone(),
+                String::from_utf8_lossy(&t.frames[2]).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn to_clients(sent: &[Transmit]) -> Vec<Vec<Bytes>> {
+    sent.iter()
+        .filter(|t| t.dest == Dest::Frontend)
+        .map(|t| t.frames.clone())
+        .collect()
+}
+
+#[test]
+fn requests_wait_for_servers_and_each_server_gets_one_at_a_time() {
+    let mut sim = Sim::new();
+    sim.client("c1", "one");
+    sim.client("c2", "two");
+    sim.client("c3", "three");
+    assert!(sim.sent().is_empty(), "no server yet: they wait");
+    sim.q.servers_connected(sim.now, 2);
+    let out = to_servers(&sim.sent());
+    assert_eq!(
+        out.iter().map(|(_, b)| b.as_str()).collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+
+    sim.q
+        .handle_server(sim.now, vec![out[1].0.clone(), Bytes::new(), b("TWO")]);
+    let sent = sim.sent();
+    assert_eq!(
+        to_clients(&sent),
+        vec![vec![b("c2"), Bytes::new(), b("TWO")]]
+    );
+    assert_eq!(
+        to_servers(&sent)[0].1,
+        "three",
+        "a freed server takes the next"
+    );
+}
+
+#[test]
+fn a_lost_request_is_sent_again_after_the_timeout_and_answered_once() {
+    let mut sim = Sim::new();
+    sim.q.servers_connected(sim.now, 2);
+    sim.client("c1", "job");
+    let first = to_servers(&sim.sent());
+    sim.advance_to(999);
+    assert!(sim.sent().is_empty());
+    sim.advance_to(1000);
+    let again = to_servers(&sim.sent());
+    assert_eq!(
+        again, first,
+        "the same tagged request, sent again exactly at the timeout"
+    );
+    // The slow first server answers after all, then the second one.
+    let tag = first[0].0.clone();
+    sim.q
+        .handle_server(sim.now, vec![tag.clone(), Bytes::new(), b("A")]);
+    sim.q
+        .handle_server(sim.now, vec![tag, Bytes::new(), b("B")]);
+    assert_eq!(
+        to_clients(&sim.sent()),
+        vec![vec![b("c1"), Bytes::new(), b("A")]]
+    );
+    assert_eq!(sim.q.counters().dropped(Drop::LateReply), 1);
+    assert_eq!(sim.q.counters().resent, 1);
+}
+
+#[test]
+fn a_request_is_dropped_after_its_attempts() {
+    let mut sim = Sim::new();
+    sim.q.servers_connected(sim.now, 1);
+    sim.client("c1", "job");
+    sim.advance_to(10_000);
+    assert_eq!(to_servers(&sim.sent()).len(), 3);
+    assert_eq!(sim.q.counters().dropped(Drop::AttemptsExhausted), 1);
+    assert_eq!(sim.q.in_flight() + sim.q.waiting(), 0);
+}
+
+#[test]
+fn bad_and_excess_client_messages_are_dropped_and_counted() {
+    let mut sim = Sim::new();
+    sim.q
+        .handle_client(sim.now, vec![b("c"), b("no delimiter")]);
+    sim.q.handle_client(sim.now, vec![b("c"), Bytes::new()]);
+    assert_eq!(sim.q.counters().dropped(Drop::Malformed), 2);
+    for i in 0..5 {
+        sim.client("c", &i.to_string());
+    }
+    assert_eq!(sim.q.waiting(), 3);
+    assert_eq!(sim.q.counters().dropped(Drop::QueueFull), 2);
+    sim.q.handle_server(sim.now, vec![b("junk")]);
+    assert_eq!(sim.q.counters().dropped(Drop::BadReply), 1);
+}
+
+#[test]
+fn an_envelope_of_several_frames_comes_back_whole() {
+    let mut sim = Sim::new();
+    sim.q.servers_connected(sim.now, 1);
+    // A client behind another ROUTER/DEALER hop: two addresses before the delimiter.
+    sim.q.handle_client(
+        sim.now,
+        vec![b("c"), b("hop"), Bytes::new(), b("x"), b("y")],
+    );
+    let sent = sim.sent();
+    let req = &sent[0].frames;
+    assert_eq!(&req[1..], &[Bytes::new(), b("x"), b("y")]);
+    sim.q.handle_server(
+        sim.now,
+        vec![req[0].clone(), Bytes::new(), b("r1"), b("r2")],
+    );
+    assert_eq!(
+        to_clients(&sim.sent()),
+        vec![vec![b("c"), b("hop"), Bytes::new(), b("r1"), b("r2")]]
+    );
+}
+
+fn ppp(sim: &mut Sim, worker: &str, frames: &[Bytes]) {
+    let mut f = vec![b(worker)];
+    f.extend_from_slice(frames);
+    sim.q.handle_worker(sim.now, f);
+}
+
+#[test]
+fn paranoid_pirate_workers_are_served_first_and_heartbeated() {
+    let mut sim = Sim::new();
+    sim.q.servers_connected(sim.now, 1);
+    ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
+    sim.client("c1", "job");
+    let sent = sim.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].dest, Dest::Workers);
+    assert_eq!(sent[0].frames[0], b("w1"));
+    let tag = sent[0].frames[1].clone();
+    ppp(&mut sim, "w1", &[tag, Bytes::new(), b("done")]);
+    assert_eq!(
+        to_clients(&sim.sent()),
+        vec![vec![b("c1"), Bytes::new(), b("done")]]
+    );
+
+    sim.advance_to(100);
+    let beats = sim.sent();
+    assert_eq!(beats.len(), 1);
+    assert_eq!(
+        beats[0].frames,
+        vec![b("w1"), Bytes::from_static(PPP_HEARTBEAT)]
+    );
+}
+
+#[test]
+fn a_silent_worker_is_lost_after_liveness_and_its_request_goes_elsewhere_at_once() {
+    let mut sim = Sim::new();
+    ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
+    sim.client("c1", "job");
+    assert_eq!(sim.sent()[0].dest, Dest::Workers);
+    sim.q.servers_connected(sim.now, 1);
+    // w1 never speaks again: lost at 3 x 100 ms, long before the 1000 ms request timeout.
+    sim.advance_to(299);
+    assert!(to_servers(&sim.sent()).is_empty());
+    sim.advance_to(300);
+    assert_eq!(to_servers(&sim.sent()).len(), 1, "re-sent to a REP server");
+    assert_eq!(sim.q.workers(), 0);
+    assert_eq!(sim.q.counters().workers_lost, 1);
+}
+
+#[test]
+fn heartbeats_keep_a_worker_and_an_unroutable_one_is_dropped() {
+    let mut sim = Sim::new();
+    ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
+    for t in (50..1000).step_by(50) {
+        sim.advance_to(t);
+        ppp(&mut sim, "w1", &[Bytes::from_static(PPP_HEARTBEAT)]);
+    }
+    assert_eq!(sim.q.workers(), 1);
+    sim.client("c1", "job");
+    sim.sent();
+    sim.q
+        .handle_unroutable_worker(sim.now, &scale0_proto::PeerId::new(b("w1")).unwrap());
+    assert_eq!(sim.q.workers(), 0);
+    assert_eq!(sim.q.waiting(), 1, "its request waits for the next server");
+}
+
+#[test]
+fn req_socket_workers_get_a_delimiter_and_no_heartbeats() {
+    let mut sim = Sim::new();
+    ppp(
+        &mut sim,
+        "w1",
+        &[Bytes::new(), Bytes::from_static(PPP_READY)],
+    );
+    sim.client("c1", "job");
+    let sent = sim.sent();
+    assert_eq!(sent[0].frames[1], Bytes::new(), "REQ needs its delimiter");
+    let tag = sent[0].frames[2].clone();
+    sim.advance_to(500);
+    assert!(
+        sim.sent().is_empty(),
+        "no heartbeat would fit REQ's lockstep"
+    );
+    assert_eq!(sim.q.workers(), 1, "and no expiry for silence");
+    ppp(&mut sim, "w1", &[Bytes::new(), tag, Bytes::new(), b("ok")]);
+    assert_eq!(
+        to_clients(&sim.sent()),
+        vec![vec![b("c1"), Bytes::new(), b("ok")]]
+    );
+}
+
+#[test]
+fn a_worker_that_overruns_the_timeout_is_dropped_and_the_request_resent() {
+    let mut sim = Sim::new();
+    ppp(
+        &mut sim,
+        "w1",
+        &[Bytes::new(), Bytes::from_static(PPP_READY)],
+    );
+    sim.client("c1", "job");
+    sim.sent();
+    sim.q.servers_connected(sim.now, 1);
+    sim.advance_to(1000);
+    assert_eq!(to_servers(&sim.sent()).len(), 1);
+    assert_eq!(sim.q.workers(), 0);
+}
