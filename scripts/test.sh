@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need first: pyzmq, in a venv under
-# target/ (Debian's system python3 refuses a plain `pip install`; a venv works anywhere).
+# target/ (Debian's system python3 refuses a plain `pip install`; a venv works anywhere),
+# and Perl's ZMQ::FFI from Debian (libzmq-ffi-perl) for the Perl examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,5 +16,14 @@ if ! "$venv/bin/python" -c 'import zmq' >/dev/null 2>&1; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyzmq>=26,<28'
 fi
 export SCALE0_PYTHON="$PWD/$venv/bin/python"
+
+if ! perl -MZMQ::FFI -e 1 >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing Debian's libzmq-ffi-perl" >&2
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -q && $sudo apt-get install -y -q libzmq-ffi-perl || {
+    echo "scripts/test.sh: could not install libzmq-ffi-perl; the Perl tests will fail" >&2
+  }
+fi
 
 cargo test --workspace "$@"

@@ -3,6 +3,7 @@
 mod broker;
 mod demo;
 mod handlers;
+mod queue;
 mod request;
 mod worker;
 
@@ -27,6 +28,9 @@ enum Command {
     Request(request::Args),
     /// Broker, sha1 workers and a client in one process, on loopback: see it work.
     Demo(demo::Args),
+    /// Queue device for unmodified REQ clients and REP servers (and Paranoid Pirate
+    /// workers), re-sending a request whose server died.
+    Queue(queue::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => worker::run(args),
         Command::Request(args) => request::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Queue(args) => queue::run(args),
     };
     match result {
         Ok(code) => code,

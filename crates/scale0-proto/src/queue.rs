@@ -8,7 +8,8 @@
 //! request whose reply has not come within `request_timeout_ms`, up to `max_attempts`
 //! sends. The first reply for a tag goes to the client; any later one is dropped. Paranoid
 //! Pirate workers announce themselves (READY) and heartbeat, so they are served least
-//! recently used first, and a request held by one that dies is re-sent at once.
+//! recently used first, and a request held by one that dies is re-sent at once. When both
+//! a worker and a server are free, they take turns.
 
 use crate::mdp::{Body, Frames, PeerId};
 use crate::time::Instant;
@@ -23,6 +24,8 @@ pub const PPP_READY: &[u8] = b"\x01";
 pub const PPP_HEARTBEAT: &[u8] = b"\x02";
 /// First byte of the tag frame the queue puts in front of every request it forwards.
 const TAG_MARK: u8 = b'Q';
+/// Pause before trying the REP servers again after the DEALER could not take a request.
+const SERVER_RETRY_MS: u64 = 10;
 
 /// Behaviour settings of the queue; the driver's config adds the endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +190,10 @@ pub struct Queue {
     /// REP servers connected to the DEALER, and requests in flight among them.
     servers: usize,
     servers_busy: usize,
+    /// After a failed send to the servers, when to try them again.
+    servers_retry_at: Option<Instant>,
+    /// Whether the servers have the next request when a worker is idle too.
+    servers_turn: bool,
     workers: HashMap<PeerId, Worker>,
     idle: VecDeque<PeerId>,
     next_tag: u64,
@@ -202,7 +209,8 @@ fn tag_frame(tag: u64) -> Bytes {
     Bytes::from(f)
 }
 
-fn parse_tag(frame: &[u8]) -> Option<u64> {
+/// The request tag in a frame the queue put in front of a request, if it is one.
+pub fn parse_tag(frame: &[u8]) -> Option<u64> {
     let (&mark, rest) = frame.split_first()?;
     let bytes: [u8; 8] = rest.try_into().ok()?;
     (mark == TAG_MARK).then(|| u64::from_be_bytes(bytes))
@@ -228,6 +236,8 @@ impl Queue {
             outstanding: HashMap::new(),
             servers: 0,
             servers_busy: 0,
+            servers_retry_at: None,
+            servers_turn: false,
             workers: HashMap::new(),
             idle: VecDeque::new(),
             next_tag: 1,
@@ -272,6 +282,7 @@ impl Queue {
             .map(|w| w.expiry);
         requests
             .chain(workers)
+            .chain(self.servers_retry_at)
             .fold(self.next_heartbeat, Instant::min)
     }
 
@@ -331,12 +342,14 @@ impl Queue {
         self.dispatch(now);
     }
 
-    /// The DEALER had no server to take a request after all (they left just now): it
-    /// waits again, first in line.
-    pub fn server_send_failed(&mut self, tag: u64) {
+    /// The DEALER had no server to take a request after all: a server that just left,
+    /// or one whose connection is accepted but not yet through its handshake. The request
+    /// waits again, first in line, and the servers are tried again shortly.
+    pub fn server_send_failed(&mut self, now: Instant, tag: u64) {
+        debug!(tag, "no REP server could take a request yet");
+        self.servers_retry_at = Some(now + Duration::from_millis(SERVER_RETRY_MS));
         if let Some(o) = self.outstanding.remove(&tag) {
             self.servers_busy = self.servers_busy.saturating_sub(1);
-            self.servers = self.servers_busy;
             let mut request = o.request;
             request.attempts = request.attempts.saturating_sub(1);
             self.waiting.push_front(request);
@@ -404,6 +417,9 @@ impl Queue {
 
     /// Time has reached [`Queue::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.servers_retry_at.is_some_and(|t| t <= now) {
+            self.servers_retry_at = None;
+        }
         let silent: Vec<PeerId> = self
             .workers
             .iter()
@@ -482,6 +498,11 @@ impl Queue {
             self.drop(Drop::AttemptsExhausted);
             return;
         }
+        debug!(
+            tag = request.tag,
+            attempts = request.attempts,
+            "request goes back in line"
+        );
         self.counters.resent += 1;
         self.waiting.push_front(request);
     }
@@ -509,10 +530,17 @@ impl Queue {
     fn dispatch(&mut self, now: Instant) {
         let deadline = now + Duration::from_millis(self.config.request_timeout_ms.max(1));
         while !self.waiting.is_empty() {
-            let holder = if let Some(peer) = self.idle.pop_front() {
-                Holder::Worker(peer)
-            } else if self.servers_busy < self.servers {
+            let server_free = self.servers_busy < self.servers && self.servers_retry_at.is_none();
+            // With both kinds free, take turns, so both share the load.
+            let both = server_free && !self.idle.is_empty();
+            let use_server = server_free && (self.idle.is_empty() || self.servers_turn);
+            if both {
+                self.servers_turn = !use_server;
+            }
+            let holder = if use_server {
                 Holder::Servers
+            } else if let Some(peer) = self.idle.pop_front() {
+                Holder::Worker(peer)
             } else {
                 break;
             };
@@ -521,6 +549,7 @@ impl Queue {
             };
             request.attempts += 1;
             self.counters.sent += 1;
+            debug!(tag = request.tag, to = ?holder, busy = self.servers_busy, servers = self.servers, "sending a request");
             let payload = [tag_frame(request.tag), Bytes::new()]
                 .into_iter()
                 .chain(request.body.iter().cloned());

@@ -288,3 +288,28 @@ fn a_worker_that_overruns_the_timeout_is_dropped_and_the_request_resent() {
     assert_eq!(to_servers(&sim.sent()).len(), 1);
     assert_eq!(sim.q.workers(), 0);
 }
+
+#[test]
+fn an_idle_worker_and_a_free_server_take_turns() {
+    let mut sim = Sim::new();
+    sim.q.servers_connected(sim.now, 1);
+    ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
+    let mut dests = Vec::new();
+    for i in 0..6 {
+        sim.client("c", &i.to_string());
+        let sent = sim.sent();
+        let t = &sent[0];
+        dests.push(t.dest);
+        // Answer at once, so both are free again for the next request.
+        match t.dest {
+            Dest::Servers => {
+                sim.q
+                    .handle_server(sim.now, vec![t.frames[0].clone(), Bytes::new(), b("r")]);
+            }
+            _ => ppp(&mut sim, "w1", &[t.frames[1].clone(), Bytes::new(), b("r")]),
+        }
+        sim.sent();
+    }
+    let servers = dests.iter().filter(|d| **d == Dest::Servers).count();
+    assert_eq!(servers, 3, "{dests:?}");
+}

@@ -10,6 +10,7 @@ mod broker;
 mod client;
 mod clock;
 mod error;
+mod queue;
 mod shutdown;
 mod sockets;
 mod worker;
@@ -17,6 +18,7 @@ mod worker;
 pub use broker::{Broker, BrokerConfig};
 pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};
+pub use queue::{Queue, QueueConfig, QueueEndpoints};
 pub use shutdown::Shutdown;
 pub use worker::{Handler, HandlerError, Progress, Worker, WorkerConfig, WorkerSummary};
 

@@ -341,3 +341,46 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Every line a child prints on stdout, collected by a thread as it comes.
+#[derive(Clone, Default)]
+pub struct Lines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Lines {
+    /// Starts collecting `stream`.
+    pub fn collect(stream: impl std::io::Read + Send + 'static) -> Self {
+        let lines = Self::default();
+        let sink = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                sink.0.lock().expect("lines").push(line);
+            }
+        });
+        lines
+    }
+
+    /// The lines so far.
+    pub fn get(&self) -> Vec<String> {
+        self.0.lock().expect("lines").clone()
+    }
+
+    /// How many lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.get().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `n` lines contain `needle`.
+    pub fn wait_for(&self, needle: &str, n: usize) {
+        eventually(&format!("{n} lines with {needle:?}"), || {
+            self.count(needle) >= n
+        });
+    }
+}
+
+/// Spawns `cmd` with stdout piped into a [`Lines`].
+pub fn spawn_lines(name: &str, mut cmd: Command) -> (Proc, Lines) {
+    cmd.stdout(Stdio::piped());
+    let mut proc = Proc::spawn(name, cmd);
+    let stdout = proc.child.stdout.take().expect("piped stdout");
+    (proc, Lines::collect(stdout))
+}

@@ -1,0 +1,217 @@
+//! The queue device's socket loop: a ROUTER for REQ clients, a DEALER for REP servers (with
+//! a socket monitor counting them), a ROUTER for Paranoid Pirate workers.
+
+use crate::clock::Clock;
+use crate::error::{Result, ZmqContext};
+use crate::shutdown::Shutdown;
+use crate::sockets;
+use scale0_proto::PeerId;
+use scale0_proto::queue::{self as core, Counters, Dest};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::{debug, info};
+
+/// Where the queue listens and how it behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Endpoints for REQ clients (the Guide's `tcp://*:5559`).
+    pub frontend: Vec<String>,
+    /// Endpoints for REP servers (the Guide's `tcp://*:5560`).
+    pub backend: Vec<String>,
+    /// Endpoints for Paranoid Pirate workers (the Guide's `tcp://*:5556`); empty for none.
+    pub workers: Vec<String>,
+    /// Timeouts, attempts and bounds of the state machine.
+    pub core: core::Config,
+    /// Messages libzmq may queue per peer in each direction.
+    pub socket_hwm: i32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            frontend: vec!["tcp://*:5559".into()],
+            backend: vec!["tcp://*:5560".into()],
+            workers: vec!["tcp://*:5556".into()],
+            core: core::Config::default(),
+            socket_hwm: 100_000,
+        }
+    }
+}
+
+/// The endpoints a queue actually bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEndpoints {
+    /// For REQ clients.
+    pub frontend: Vec<String>,
+    /// For REP servers.
+    pub backend: Vec<String>,
+    /// For Paranoid Pirate workers.
+    pub workers: Vec<String>,
+}
+
+/// A queue whose endpoints are bound, ready to [`Queue::run`].
+pub struct Queue {
+    frontend: zmq::Socket,
+    backend: zmq::Socket,
+    workers: zmq::Socket,
+    monitor: zmq::Socket,
+    endpoints: QueueEndpoints,
+    config: QueueConfig,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+fn socket(kind: zmq::SocketType, hwm: i32, what: &str) -> Result<zmq::Socket> {
+    let s = sockets::context()
+        .socket(kind)
+        .context(|| format!("creating the {what} socket"))?;
+    s.set_linger(0).context(|| "setting LINGER".into())?;
+    s.set_sndhwm(hwm).context(|| "setting SNDHWM".into())?;
+    s.set_rcvhwm(hwm).context(|| "setting RCVHWM".into())?;
+    Ok(s)
+}
+
+fn bind_all(s: &zmq::Socket, endpoints: &[String]) -> Result<Vec<String>> {
+    endpoints.iter().map(|e| sockets::bind(s, e)).collect()
+}
+
+impl Queue {
+    /// Creates the three sockets and binds every endpoint.
+    pub fn bind(config: QueueConfig) -> Result<Self> {
+        if config.frontend.is_empty() || config.backend.is_empty() {
+            return Err(crate::Error::InvalidConfig(
+                "the queue needs a frontend and a backend endpoint".into(),
+            ));
+        }
+        let hwm = config.socket_hwm;
+        let frontend = socket(zmq::ROUTER, hwm, "frontend")?;
+        // Replies to a client that left fail loudly instead of vanishing.
+        frontend
+            .set_router_mandatory(true)
+            .context(|| "setting ROUTER_MANDATORY".into())?;
+        let backend = socket(zmq::DEALER, hwm, "backend")?;
+        let workers = socket(zmq::ROUTER, hwm, "workers")?;
+        workers
+            .set_router_mandatory(true)
+            .context(|| "setting ROUTER_MANDATORY".into())?;
+        // The REP servers cannot be told apart, only counted: connections accepted and
+        // lost on the backend.
+        static MONITORS: AtomicU64 = AtomicU64::new(0);
+        let addr = format!(
+            "inproc://scale0-queue-backend-{}",
+            MONITORS.fetch_add(1, Ordering::Relaxed)
+        );
+        let events = i32::from(zmq::SocketEvent::ACCEPTED.to_raw())
+            | i32::from(zmq::SocketEvent::DISCONNECTED.to_raw());
+        backend
+            .monitor(&addr, events)
+            .context(|| "monitoring the backend".into())?;
+        let monitor = sockets::context()
+            .socket(zmq::PAIR)
+            .context(|| "creating the monitor socket".into())?;
+        monitor
+            .connect(&addr)
+            .context(|| format!("connecting {addr}"))?;
+        let endpoints = QueueEndpoints {
+            frontend: bind_all(&frontend, &config.frontend)?,
+            backend: bind_all(&backend, &config.backend)?,
+            workers: bind_all(&workers, &config.workers)?,
+        };
+        Ok(Self {
+            frontend,
+            backend,
+            workers,
+            monitor,
+            endpoints,
+            config,
+        })
+    }
+
+    /// The endpoints actually bound.
+    pub fn endpoints(&self) -> &QueueEndpoints {
+        &self.endpoints
+    }
+
+    /// Serves until `shutdown` is triggered; returns the final counters.
+    pub fn run(self, shutdown: &Shutdown) -> Result<Counters> {
+        let clock = Clock::new();
+        let mut core = core::Queue::new(self.config.core.clone(), clock.now());
+        let mut servers: i64 = 0;
+        info!(endpoints = ?self.endpoints, "queue running");
+        while !shutdown.is_triggered() {
+            let wait = clock.wait_ms(Some(core.poll_timeout()));
+            let mut items = [
+                self.frontend.as_poll_item(zmq::POLLIN),
+                self.backend.as_poll_item(zmq::POLLIN),
+                self.workers.as_poll_item(zmq::POLLIN),
+                self.monitor.as_poll_item(zmq::POLLIN),
+            ];
+            zmq::poll(&mut items, wait).context(|| "polling the queue sockets".into())?;
+            while let Some(event) = sockets::try_recv(&self.monitor)? {
+                // Event frame: u16 event id, u32 value (then a frame with the endpoint).
+                let id = event
+                    .first()
+                    .and_then(|f| f.get(..2))
+                    .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                if id == zmq::SocketEvent::ACCEPTED.to_raw() {
+                    servers += 1;
+                } else if id == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                    servers = (servers - 1).max(0);
+                } else {
+                    continue;
+                }
+                core.servers_connected(clock.now(), usize::try_from(servers).unwrap_or(0));
+            }
+            while let Some(frames) = sockets::try_recv(&self.backend)? {
+                core.handle_server(clock.now(), frames);
+            }
+            while let Some(frames) = sockets::try_recv(&self.workers)? {
+                core.handle_worker(clock.now(), frames);
+            }
+            self.flush(&mut core, clock);
+            while let Some(frames) = sockets::try_recv(&self.frontend)? {
+                core.handle_client(clock.now(), frames);
+                self.flush(&mut core, clock);
+            }
+            let now = clock.now();
+            if core.poll_timeout() <= now {
+                core.handle_timeout(now);
+            }
+            self.flush(&mut core, clock);
+        }
+        info!("queue stopped");
+        Ok(core.counters().clone())
+    }
+
+    fn flush(&self, core: &mut core::Queue, clock: Clock) {
+        while let Some(t) = core.poll_transmit() {
+            let socket = match t.dest {
+                Dest::Frontend => &self.frontend,
+                Dest::Servers => &self.backend,
+                Dest::Workers => &self.workers,
+            };
+            match sockets::send(socket, &t.frames) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) if t.dest == Dest::Servers => {
+                    // No server pipe could take it after all: it waits again.
+                    if let Some(tag) = t.frames.first().and_then(|f| core::parse_tag(f)) {
+                        core.server_send_failed(clock.now(), tag);
+                    }
+                }
+                Err(zmq::Error::EHOSTUNREACH | zmq::Error::EAGAIN) if t.dest == Dest::Workers => {
+                    if let Some(peer) = t.frames.first().and_then(|id| PeerId::new(id.clone()).ok())
+                    {
+                        core.handle_unroutable_worker(clock.now(), &peer);
+                    }
+                }
+                // A client that left: its REQ socket is gone, and its reply with it.
+                Err(e) => debug!(error = %e, dest = ?t.dest, "send failed"),
+            }
+        }
+    }
+}
