@@ -202,6 +202,11 @@ fn bad_flags_are_refused_with_a_message_and_no_panic() {
         &["request", "--service", "x", "--lines", "--count", "3"],
         &["request", "--service", "", "y"],
         &["demo", "--workers", "0"],
+        &["broker", "--repair-log"],
+        &["broker", "--segment-bytes", "10"],
+        &["queue", "--request-timeout-ms", "0"],
+        &["queue", "--max-attempts", "0"],
+        &["queue", "--frontend", "tcp://127.0.0.1:70000"],
         &["frobnicate"],
     ];
     for args in cases {

@@ -313,3 +313,126 @@ fn an_idle_worker_and_a_free_server_take_turns() {
     let servers = dests.iter().filter(|d| **d == Dest::Servers).count();
     assert_eq!(servers, 3, "{dests:?}");
 }
+
+mod script {
+    use super::*;
+    use proptest::prelude::*;
+    use scale0_proto::PeerId;
+
+    #[derive(Clone, Debug)]
+    enum Ev {
+        Client(u8),
+        Bad(u8),
+        Servers(u8),
+        /// A REP server answers the n-th request it was sent (wrapping).
+        ServerReply(u8),
+        WorkerReady(u8, bool),
+        WorkerBeat(u8),
+        /// A worker answers what it was last sent.
+        WorkerReply(u8),
+        Unroutable(u8),
+        SendFailed(u8),
+        Advance(u16),
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            4 => any::<u8>().prop_map(Ev::Client),
+            1 => any::<u8>().prop_map(Ev::Bad),
+            2 => (0u8..4).prop_map(Ev::Servers),
+            4 => any::<u8>().prop_map(Ev::ServerReply),
+            2 => (0u8..3, any::<bool>()).prop_map(|(w, r)| Ev::WorkerReady(w, r)),
+            2 => (0u8..3).prop_map(Ev::WorkerBeat),
+            3 => (0u8..3).prop_map(Ev::WorkerReply),
+            1 => (0u8..3).prop_map(Ev::Unroutable),
+            1 => any::<u8>().prop_map(Ev::SendFailed),
+            3 => (0u16..1500).prop_map(Ev::Advance),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Every request accepted is, at every moment, exactly one of: waiting, in flight,
+        /// answered once, or dropped after its attempts; no client gets two replies to one
+        /// request; replies go back with the request's own envelope.
+        #[test]
+        fn every_request_is_accounted_for(events in prop::collection::vec(ev(), 1..200)) {
+            let mut sim = Sim::new();
+            let mut to_servers: Vec<Bytes> = Vec::new();
+            let mut to_workers: std::collections::HashMap<Bytes, Vec<Bytes>> = Default::default();
+            for e in events {
+                match e {
+                    Ev::Client(n) => sim.client(&format!("c{}", n % 4), &format!("req{n}")),
+                    Ev::Bad(n) => sim.q.handle_client(sim.now, vec![b("c"), Bytes::from(vec![n])]),
+                    Ev::Servers(n) => sim.q.servers_connected(sim.now, usize::from(n)),
+                    Ev::ServerReply(n) if !to_servers.is_empty() => {
+                        let tag = to_servers[usize::from(n) % to_servers.len()].clone();
+                        sim.q.handle_server(sim.now, vec![tag, Bytes::new(), b("r")]);
+                    }
+                    Ev::ServerReply(_) => {}
+                    Ev::WorkerReady(w, req) => {
+                        let mut f = vec![b(&format!("w{w}"))];
+                        if req {
+                            f.push(Bytes::new());
+                        }
+                        f.push(Bytes::from_static(PPP_READY));
+                        sim.q.handle_worker(sim.now, f);
+                    }
+                    Ev::WorkerBeat(w) => sim.q.handle_worker(
+                        sim.now,
+                        vec![b(&format!("w{w}")), Bytes::from_static(PPP_HEARTBEAT)],
+                    ),
+                    Ev::WorkerReply(w) => {
+                        let id = b(&format!("w{w}"));
+                        if let Some(sent) = to_workers.get(&id) {
+                            let mut f = sent.clone();
+                            let at = f.iter().position(Bytes::is_empty).unwrap();
+                            f.truncate(at + 1);
+                            f.push(b("r"));
+                            sim.q.handle_worker(sim.now, f);
+                        }
+                    }
+                    Ev::Unroutable(w) => sim
+                        .q
+                        .handle_unroutable_worker(sim.now, &PeerId::new(b(&format!("w{w}"))).unwrap()),
+                    Ev::SendFailed(n) if !to_servers.is_empty() => {
+                        let tag = &to_servers[usize::from(n) % to_servers.len()];
+                        let tag = scale0_proto::queue::parse_tag(tag).unwrap();
+                        sim.q.server_send_failed(sim.now, tag);
+                    }
+                    Ev::SendFailed(_) => {}
+                    Ev::Advance(ms) => {
+                        let to = sim.now.as_millis() + u64::from(ms);
+                        sim.advance_to(to);
+                    }
+                }
+                for t in sim.sent() {
+                    match t.dest {
+                        Dest::Servers => to_servers.push(t.frames[0].clone()),
+                        Dest::Workers => {
+                            if t.frames.len() > 2 {
+                                to_workers.insert(t.frames[0].clone(), t.frames[1..].to_vec());
+                            }
+                        }
+                        Dest::Frontend => {
+                            // [client, "", reply]: the client's own envelope.
+                            prop_assert_eq!(t.frames.len(), 3);
+                            prop_assert!(t.frames[0].starts_with(b"c"));
+                            prop_assert!(t.frames[1].is_empty());
+                        }
+                    }
+                }
+                let c = sim.q.counters();
+                prop_assert_eq!(
+                    c.requests,
+                    c.replies
+                        + c.dropped(Drop::AttemptsExhausted)
+                        + sim.q.waiting() as u64
+                        + sim.q.in_flight() as u64,
+                    "{:?}", c
+                );
+            }
+        }
+    }
+}
