@@ -14,6 +14,7 @@ pub mod broker;
 mod dedupe;
 pub mod journal;
 pub mod mdp;
+pub mod membership;
 pub mod queue;
 pub mod testkit;
 mod time;
