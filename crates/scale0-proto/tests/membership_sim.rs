@@ -53,7 +53,7 @@ impl Sim {
             self.now += 1;
             let now = Instant::from_millis(self.now);
             for (i, n) in nodes.iter_mut().enumerate() {
-                if (self.now + i as u64) % 100 == 0 {
+                if (self.now + i as u64).is_multiple_of(100) {
                     let hb = n.beat();
                     self.table.handle_heartbeat(now, hb);
                 }
