@@ -1,6 +1,7 @@
 //! The `scale0` command: one subcommand per file, each with its own `Args` and `run`.
 
 mod broker;
+mod bus;
 mod demo;
 mod handlers;
 mod queue;
@@ -31,6 +32,10 @@ enum Command {
     /// Queue device for unmodified REQ clients and REP servers (and Paranoid Pirate
     /// workers), re-sending a request whose server died.
     Queue(queue::Args),
+    /// Heartbeat-bus forwarder: XSUB in, XPUB out, subscriptions passed upstream.
+    Forwarder(bus::ForwarderArgs),
+    /// A node of the heartbeat bus: publishes heartbeats, prints membership events.
+    Node(bus::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +47,8 @@ fn main() -> ExitCode {
         Command::Request(args) => request::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Queue(args) => queue::run(args),
+        Command::Forwarder(args) => bus::forwarder(args),
+        Command::Node(args) => bus::node(args),
     };
     match result {
         Ok(code) => code,

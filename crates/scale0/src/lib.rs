@@ -7,6 +7,7 @@
 //! threads and `zmq::poll` loops, one owner per socket.
 
 mod broker;
+mod bus;
 mod client;
 mod clock;
 mod error;
@@ -16,6 +17,7 @@ mod sockets;
 mod worker;
 
 pub use broker::{Broker, BrokerConfig};
+pub use bus::{Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig};
 pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};
 pub use queue::{Queue, QueueConfig, QueueEndpoints};

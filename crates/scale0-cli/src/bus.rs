@@ -1,0 +1,178 @@
+//! `scale0 forwarder` and `scale0 node`: the heartbeat bus.
+
+use crate::broker::print_listening;
+use anyhow::Result;
+use scale0::proto::membership::{Event, Heartbeat, Membership};
+use scale0::{Forwarder, ForwarderConfig, Node, NodeConfig, Shutdown};
+use serde_json::json;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Flags of `scale0 forwarder`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ForwarderArgs {
+    /// XSUB endpoint that nodes publish to; repeat for several.
+    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://*:5561")]
+    frontend: Vec<String>,
+    /// XPUB endpoint that nodes listen to; repeat for several.
+    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://*:5562")]
+    backend: Vec<String>,
+    /// Print the traffic counts every MS milliseconds on stdout.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    stats_ms: Option<u64>,
+}
+
+pub(crate) fn forwarder(args: ForwarderArgs) -> Result<ExitCode> {
+    let f = Forwarder::bind(ForwarderConfig {
+        frontend: args.frontend,
+        backend: args.backend,
+        ..ForwarderConfig::default()
+    })?;
+    let (front, back) = f.endpoints();
+    let all: Vec<String> = front.iter().chain(back).cloned().collect();
+    print_listening(&all)?;
+    f.run(
+        &Shutdown::new(),
+        args.stats_ms.map(Duration::from_millis),
+        |s| {
+            println!(
+                "messages {} bytes {} subscriptions {}",
+                s.messages, s.bytes, s.subscriptions
+            );
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `scale0 node`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeArgs {
+    /// This node's identity in the cluster; without it the node only listens.
+    #[arg(long, value_name = "N")]
+    shard: Option<u32>,
+    /// A forwarder host: publish to tcp://HOST:5561, listen to tcp://HOST:5562. Repeat
+    /// for several forwarders. Without it and without --publish/--subscribe: localhost.
+    #[arg(long, value_name = "HOST")]
+    forwarder: Vec<String>,
+    /// A forwarder XSUB endpoint to publish to; repeat for several.
+    #[arg(long, value_name = "ENDPOINT")]
+    publish: Vec<String>,
+    /// A forwarder XPUB endpoint to listen to; repeat for several.
+    #[arg(long, value_name = "ENDPOINT")]
+    subscribe: Vec<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    interval_ms: u64,
+    /// Silent intervals (the member's own) before a member is suspect.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    suspect_after: u32,
+    /// Silent intervals before a member is dead.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    dead_after: u32,
+    /// Members tracked at most.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_members: usize,
+    /// A name carried in heartbeats (default: the host name and shard).
+    #[arg(long)]
+    name: Option<String>,
+    /// What this node does, carried in heartbeats.
+    #[arg(long, default_value = "")]
+    role: String,
+    /// Where this node can be reached, carried in heartbeats.
+    #[arg(long, default_value = "")]
+    address: String,
+    /// Print events as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn member_json(hb: &Heartbeat) -> serde_json::Value {
+    json!({
+        "shard": hb.shard, "name": hb.name, "role": hb.role, "address": hb.address,
+        "started_ms": hb.started_ms, "interval_ms": hb.interval_ms,
+    })
+}
+
+fn event_line(e: &Event, table: &Membership, as_json: bool) -> String {
+    let alive = table
+        .members()
+        .filter(|m| m.state == scale0::proto::membership::State::Alive)
+        .count();
+    if as_json {
+        let mut v = match e {
+            Event::Joined(hb) => json!({"event": "joined", "member": member_json(hb)}),
+            Event::Recovered(hb) => json!({"event": "recovered", "member": member_json(hb)}),
+            Event::Suspect { shard, missed } => {
+                json!({"event": "suspect", "shard": shard, "missed": missed})
+            }
+            Event::Dead { shard, missed } => {
+                json!({"event": "dead", "shard": shard, "missed": missed})
+            }
+            Event::Restarted {
+                heartbeat,
+                previous_started_ms,
+            } => json!({"event": "restarted", "member": member_json(heartbeat),
+                        "previous_started_ms": previous_started_ms}),
+            Event::Conflict { shard, started_ms } => {
+                json!({"event": "conflict", "shard": shard, "started_ms": started_ms})
+            }
+        };
+        v["alive"] = json!(alive);
+        return v.to_string();
+    }
+    let what = match e {
+        Event::Joined(hb) => format!(
+            "joined shard={} name={:?} role={:?} address={:?} started_ms={}",
+            hb.shard, hb.name, hb.role, hb.address, hb.started_ms
+        ),
+        Event::Recovered(hb) => format!("recovered shard={}", hb.shard),
+        Event::Suspect { shard, missed } => format!("suspect shard={shard} missed={missed}"),
+        Event::Dead { shard, missed } => format!("dead shard={shard} missed={missed}"),
+        Event::Restarted {
+            heartbeat,
+            previous_started_ms,
+        } => format!(
+            "restarted shard={} started_ms={} previous_started_ms={previous_started_ms}",
+            heartbeat.shard, heartbeat.started_ms
+        ),
+        Event::Conflict { shard, started_ms } => format!(
+            "conflict shard={shard} started_ms={},{}",
+            started_ms[0], started_ms[1]
+        ),
+    };
+    format!("{what} alive={alive}")
+}
+
+pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
+    let mut config = NodeConfig::new(args.shard);
+    if !args.forwarder.is_empty() || !args.publish.is_empty() || !args.subscribe.is_empty() {
+        config.publish = args.publish;
+        config.subscribe = args.subscribe;
+        for host in &args.forwarder {
+            config.publish.push(format!("tcp://{host}:5561"));
+            config.subscribe.push(format!("tcp://{host}:5562"));
+        }
+    }
+    config.interval_ms = args.interval_ms;
+    config.membership.suspect_after = args.suspect_after;
+    config.membership.dead_after = args.dead_after.max(args.suspect_after);
+    config.membership.max_members = args.max_members;
+    config.name = args.name.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        match args.shard {
+            Some(s) => format!("{}-{s}", host.trim()),
+            None => host.trim().to_string(),
+        }
+    });
+    config.role = args.role;
+    config.address = args.address;
+    let node = Node::connect(config)?;
+    let mut out = std::io::stdout().lock();
+    node.run(&Shutdown::new(), |e, table| {
+        // stdout gone (a closed pipe): nothing useful left to do with the line.
+        let _ = writeln!(out, "{}", event_line(e, table, args.json));
+        let _ = out.flush();
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
