@@ -1,0 +1,152 @@
+//! The heartbeat bus with real processes: `scale0 forwarder` and `scale0 node`s started at
+//! different times converge on one table; a node killed with SIGKILL is suspect, then dead,
+//! everywhere; a restarted node is a restart; a restarted forwarder: the tables recover.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+
+struct Bus {
+    proc: Proc,
+    publish: String,
+    subscribe: String,
+}
+
+fn forwarder_on(front: &str, back: &str) -> Bus {
+    let mut cmd = scale0();
+    cmd.args(["forwarder", "--frontend", front, "--backend", back]);
+    let (proc, lines) = spawn_lines("forwarder", cmd);
+    lines.wait_for("listening ", 2);
+    let eps: Vec<String> = lines
+        .get()
+        .iter()
+        .map(|l| l.trim_start_matches("listening ").to_string())
+        .collect();
+    Bus {
+        proc,
+        publish: eps[0].clone(),
+        subscribe: eps[1].clone(),
+    }
+}
+
+fn node(bus: &Bus, shard: u32) -> (Proc, Lines) {
+    let mut cmd = scale0();
+    cmd.args(["node", "--shard", &shard.to_string(), "--json"])
+        .args(["--publish", &bus.publish, "--subscribe", &bus.subscribe])
+        .args([
+            "--interval-ms",
+            "50",
+            "--suspect-after",
+            "3",
+            "--dead-after",
+            "6",
+        ]);
+    spawn_lines(&format!("node {shard}"), cmd)
+}
+
+fn events(lines: &Lines) -> Vec<serde_json::Value> {
+    lines
+        .get()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn shard_of(e: &serde_json::Value) -> u64 {
+    e["shard"]
+        .as_u64()
+        .or_else(|| e["member"]["shard"].as_u64())
+        .unwrap()
+}
+
+/// Shards this node has heard join.
+fn joined(lines: &Lines) -> BTreeSet<u64> {
+    events(lines)
+        .iter()
+        .filter(|e| e["event"] == "joined")
+        .map(shard_of)
+        .collect()
+}
+
+/// The events this node saw about `shard`, in order.
+fn about(lines: &Lines, shard: u64) -> Vec<String> {
+    events(lines)
+        .iter()
+        .filter(|e| shard_of(e) == shard)
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn nodes_started_at_any_time_converge_and_a_killed_node_is_suspect_then_dead_everywhere() {
+    let bus = forwarder_on("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+    let (_n1, l1) = node(&bus, 1);
+    l1.wait_for("joined", 1);
+    let (_n2, l2) = node(&bus, 2);
+    l2.wait_for("joined", 2);
+    let (mut n3, l3) = node(&bus, 3);
+    let all: BTreeSet<u64> = [1, 2, 3].into();
+    for l in [&l1, &l2, &l3] {
+        eventually("every node knows all three", || joined(l) == all);
+    }
+
+    n3.kill9();
+    for l in [&l1, &l2] {
+        eventually("shard 3 is dead", || about(l, 3).contains(&"dead".into()));
+        assert_eq!(about(l, 3), ["joined", "suspect", "dead"]);
+        let dead = events(l)
+            .into_iter()
+            .find(|e| e["event"] == "dead")
+            .unwrap();
+        assert!(dead["missed"].as_u64().unwrap() >= 6, "{dead}");
+    }
+
+    // The same shard started again: a restart, not a new member and not a conflict.
+    let (_n3b, l3b) = node(&bus, 3);
+    for l in [&l1, &l2] {
+        eventually("shard 3 restarted", || {
+            about(l, 3).contains(&"restarted".into())
+        });
+        assert!(!about(l, 3).contains(&"conflict".into()));
+    }
+    eventually("the new node knows all three", || joined(&l3b) == all);
+}
+
+#[test]
+fn two_nodes_claiming_one_shard_are_reported_as_a_conflict() {
+    let bus = forwarder_on("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+    let (_a, la) = node(&bus, 7);
+    la.wait_for("joined", 1);
+    let (_b, _lb) = node(&bus, 7);
+    eventually("the first claimant sees the conflict", || {
+        about(&la, 7).contains(&"conflict".into())
+    });
+}
+
+#[test]
+fn the_tables_recover_when_the_forwarder_restarts() {
+    let mut bus = forwarder_on("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+    let (front, back) = (bus.publish.clone(), bus.subscribe.clone());
+    let (_n1, l1) = node(&bus, 1);
+    let (_n2, l2) = node(&bus, 2);
+    let both: BTreeSet<u64> = [1, 2].into();
+    for l in [&l1, &l2] {
+        eventually("both known", || joined(l) == both);
+    }
+    bus.proc.kill9();
+    for l in [&l1, &l2] {
+        eventually("the other falls silent", || {
+            events(l).iter().any(|e| e["event"] == "suspect")
+        });
+    }
+    bus = forwarder_on(&front, &back);
+    for l in [&l1, &l2] {
+        eventually("everyone is back", || {
+            let ev = events(l);
+            let last = ev.last().unwrap();
+            ev.iter().any(|e| e["event"] == "recovered") && last["alive"] == 2
+        });
+    }
+    drop(bus);
+}
