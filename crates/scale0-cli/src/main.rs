@@ -38,9 +38,23 @@ enum Command {
     Node(bus::NodeArgs),
 }
 
+/// Fewest open files scale0 starts with.
+const MIN_FDS: u64 = 64;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // Each connection is a descriptor: take all the process may have. Below a few dozen,
+    // libzmq aborts inside its I/O thread instead of returning an error: refuse clearly.
+    let fds = scale0::raise_fd_limit();
+    if let Some(n) = fds.filter(|n| *n < MIN_FDS) {
+        eprintln!(
+            "scale0: error: only {n} file descriptors may be open (RLIMIT_NOFILE); scale0 needs \
+             at least {MIN_FDS}, and one more per connection. Raise it (`ulimit -n`, or \
+             LimitNOFILE= in a systemd unit) and start again."
+        );
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Broker(args) => broker::run(args),
         Command::Worker(args) => worker::run(args),
@@ -54,6 +68,18 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("scale0: error: {e:#}");
+            let text = format!("{e:#}");
+            if text.contains("Too many open files") {
+                let (soft, hard) = scale0::fd_limits();
+                let show = |l: Option<u64>| l.map_or("unlimited".to_string(), |n| n.to_string());
+                eprintln!(
+                    "scale0: the process ran out of file descriptors (RLIMIT_NOFILE: soft {}, hard {}); \
+                     every connection uses one. Raise the hard limit (`ulimit -Hn`, or LimitNOFILE= \
+                     in a systemd unit) and start again.",
+                    show(soft),
+                    show(hard)
+                );
+            }
             ExitCode::FAILURE
         }
     }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::io::Write;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 /// Runs `scale0 request` with `input` on its stdin.
 fn request_with_stdin(endpoint: &str, args: &[&str], input: &[u8]) -> std::process::Output {
@@ -242,4 +242,20 @@ fn the_demo_balances_tens_of_thousands_of_requests_over_its_workers() {
         per_worker.iter().all(|&n| n > 2000),
         "unbalanced: {per_worker:?}"
     );
+}
+
+#[test]
+fn too_few_file_descriptors_is_a_clear_error_not_an_abort() {
+    let mut c = Command::new("prlimit");
+    c.args(["--nofile=20:20", env!("CARGO_BIN_EXE_scale0"), "forwarder"])
+        .args([
+            "--frontend",
+            "tcp://127.0.0.1:*",
+            "--backend",
+            "tcp://127.0.0.1:*",
+        ]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("RLIMIT_NOFILE") && err.contains("20"), "{err}");
 }
