@@ -63,6 +63,10 @@ pub(crate) struct Args {
     /// skip is logged); without it such a log stops the broker at start-up.
     #[arg(long, requires = "data_dir")]
     repair_log: bool,
+    /// Publish the broker's events (workers ready and gone, services up and down,
+    /// redeliveries) on a PUB socket bound here; `scale0 watch` prints them. Repeatable.
+    #[arg(long, value_name = "ENDPOINT")]
+    events: Vec<String>,
     /// Titanic requests stored at once, pending or answered and not yet closed.
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_titanic_requests: u64,
@@ -104,6 +108,7 @@ impl Args {
         config.core.max_titanic_requests =
             usize::try_from(self.max_titanic_requests).unwrap_or(usize::MAX);
         config.data_dir = self.data_dir;
+        config.events = self.events;
         config.store.segment_bytes = self.segment_bytes;
         config.store.repair = self.repair_log;
         config
@@ -113,6 +118,7 @@ impl Args {
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let broker = Broker::bind(args.config())?;
     print_listening(broker.endpoints())?;
+    print_listening(broker.events_endpoints())?;
     broker.run(&Shutdown::new())?;
     Ok(ExitCode::SUCCESS)
 }

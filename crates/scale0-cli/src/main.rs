@@ -6,6 +6,7 @@ mod demo;
 mod handlers;
 mod queue;
 mod request;
+mod watch;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,8 @@ enum Command {
     Forwarder(bus::ForwarderArgs),
     /// A node of the heartbeat bus: publishes heartbeats, prints membership events.
     Node(bus::NodeArgs),
+    /// Print a broker's events (workers, services, redeliveries) from its --events PUB.
+    Watch(watch::Args),
 }
 
 /// Fewest open files scale0 starts with.
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Queue(args) => queue::run(args),
         Command::Forwarder(args) => bus::forwarder(args),
         Command::Node(args) => bus::node(args),
+        Command::Watch(args) => watch::run(args),
     };
     match result {
         Ok(code) => code,

@@ -150,3 +150,66 @@ fn the_tables_recover_when_the_forwarder_restarts() {
     }
     drop(bus);
 }
+
+#[test]
+fn scale0_watch_prints_the_brokers_events() {
+    let mut cmd = scale0();
+    cmd.args([
+        "broker",
+        "--bind",
+        "tcp://127.0.0.1:*",
+        "--events",
+        "tcp://127.0.0.1:*",
+    ])
+    .args(["--heartbeat-interval-ms", "100"]);
+    let (_broker, lines) = spawn_lines("broker", cmd);
+    lines.wait_for("listening ", 2);
+    let eps: Vec<String> = lines
+        .get()
+        .iter()
+        .map(|l| l.trim_start_matches("listening ").to_string())
+        .collect();
+    let mut watch = scale0();
+    watch.args(["watch", "--connect", &eps[1], "--json"]);
+    let (_watch, seen) = spawn_lines("watch", watch);
+    let kinds = || -> Vec<String> {
+        seen.get()
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v["service"], "echo");
+                v["event"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    // A SUB joins a moment after it connects: start and kill workers until the watcher
+    // has seen a whole life.
+    let mut tries = 0;
+    eventually("the watcher saw a worker come and go", || {
+        let k = kinds();
+        if ["worker.ready", "service.up", "worker.gone", "service.down"]
+            .iter()
+            .all(|e| k.iter().any(|x| x == e))
+        {
+            return true;
+        }
+        tries += 1;
+        if tries % 10 == 1 {
+            let mut w = scale0();
+            w.args([
+                "worker",
+                "--connect",
+                &eps[0],
+                "--service",
+                "echo",
+                "--echo",
+            ])
+            .args(["--heartbeat-interval-ms", "100"]);
+            let mut w = Proc::spawn("worker", w);
+            // Not a synchronisation: how long this worker lives.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            w.kill9();
+        }
+        false
+    });
+}

@@ -55,6 +55,9 @@ pub struct Config {
     /// Titanic requests (RFC 9) stored at once, pending or answered and not yet closed;
     /// `titanic.request` answers `500` beyond it. Used only by a durable broker.
     pub max_titanic_requests: usize,
+    /// Keep [`Event`]s for [`Broker::poll_event`] (the driver publishes them). Off, none
+    /// are kept; on, at most `MAX_EVENTS` wait, the oldest dropped first.
+    pub events: bool,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             max_dedupe_entries: 100_000,
             max_dedupe_bytes: 64 * 1024 * 1024,
             max_titanic_requests: 100_000,
+            events: false,
         }
     }
 }
@@ -473,6 +477,75 @@ fn status_frame(text: &str) -> Body {
     vec![Bytes::from(text.to_string())]
 }
 
+/// Why a worker left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// Silent for liveness x interval.
+    Expired,
+    /// Held a request past its deadline.
+    Overran,
+    /// Said DISCONNECT.
+    Disconnected,
+    /// libzmq could not reach it.
+    Unreachable,
+    /// Said something out of turn and was told to DISCONNECT.
+    Protocol,
+}
+
+impl Gone {
+    /// A lowercase word.
+    pub fn label(self) -> &'static str {
+        match self {
+            Gone::Expired => "expired",
+            Gone::Overran => "overran",
+            Gone::Disconnected => "disconnected",
+            Gone::Unreachable => "unreachable",
+            Gone::Protocol => "protocol",
+        }
+    }
+}
+
+/// Something an operator may want to watch (`scale0 watch`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A worker registered.
+    WorkerReady {
+        /// Its service.
+        service: ServiceName,
+        /// Its routing id.
+        worker: PeerId,
+    },
+    /// A worker was removed.
+    WorkerGone {
+        /// Its service.
+        service: ServiceName,
+        /// Its routing id.
+        worker: PeerId,
+        /// Why.
+        why: Gone,
+    },
+    /// A service got its first worker.
+    ServiceUp {
+        /// The service.
+        service: ServiceName,
+    },
+    /// A service lost its last worker.
+    ServiceDown {
+        /// The service.
+        service: ServiceName,
+    },
+    /// A request whose worker went away went back to its queue.
+    Redelivered {
+        /// Its service.
+        service: ServiceName,
+        /// Dispatches so far.
+        attempts: u32,
+    },
+}
+
+/// Events kept for the driver at most; a driver that keeps up never gets near it.
+const MAX_EVENTS: usize = 10_000;
+
 /// How a request ends.
 #[derive(Debug)]
 enum Outcome {
@@ -493,6 +566,8 @@ pub struct Broker {
     transmits: VecDeque<(u64, Transmit)>,
     /// Present when the broker is durable.
     journal: Option<Journal>,
+    /// Events for an observer, when [`Config::events`] is on.
+    events: VecDeque<Event>,
     next_heartbeat: Instant,
     /// A lower bound on the earliest worker or queue deadline; deadlines only move later
     /// once set, so this stays valid until the purge recomputes it.
@@ -513,6 +588,7 @@ impl Broker {
             client_deadlines: BinaryHeap::new(),
             transmits: VecDeque::new(),
             journal: None,
+            events: VecDeque::new(),
             next_heartbeat,
             next_purge: None,
             counters: Counters::default(),
@@ -607,6 +683,20 @@ impl Broker {
     /// back until the driver has committed it and called [`Broker::journal_synced`].
     pub fn poll_journal(&mut self) -> Option<JournalOp> {
         self.journal.as_mut()?.ops.pop_front()
+    }
+
+    /// The next event, when [`Config::events`] is on.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn event(&mut self, make: impl FnOnce() -> Event) {
+        if self.config.events {
+            if self.events.len() >= MAX_EVENTS {
+                self.events.pop_front();
+            }
+            self.events.push_back(make());
+        }
     }
 
     /// Every op taken with [`Broker::poll_journal`] so far is durable now.
@@ -765,7 +855,7 @@ impl Broker {
         if self.workers.contains_key(peer) {
             info!(worker = %peer, "worker unreachable, removing it");
             self.counters.workers_disconnected += 1;
-            self.delete_worker(now, peer, false);
+            self.delete_worker(now, peer, false, Gone::Unreachable);
         } else {
             self.drop_message(DropReason::Unroutable, 0);
         }
@@ -1242,9 +1332,20 @@ impl Broker {
                         heartbeats_while_busy: false,
                     },
                 );
+                let mut first = false;
                 if let Some(s) = self.services.get_mut(&service) {
                     s.workers += 1;
                     s.workerless_since = None;
+                    first = s.workers == 1;
+                }
+                self.event(|| Event::WorkerReady {
+                    service: service.clone(),
+                    worker: peer.clone(),
+                });
+                if first {
+                    self.event(|| Event::ServiceUp {
+                        service: service.clone(),
+                    });
                 }
                 self.make_idle(now, peer);
                 self.dispatch(now, &service);
@@ -1282,7 +1383,7 @@ impl Broker {
                 if known {
                     debug!(worker = %peer, "worker disconnected");
                     self.counters.workers_disconnected += 1;
-                    self.delete_worker(now, peer, false);
+                    self.delete_worker(now, peer, false, Gone::Disconnected);
                 }
             }
             WorkerCommand::Request { .. } => {
@@ -1298,7 +1399,7 @@ impl Broker {
                 }
                 let version = self.workers.get(peer).map_or(version, |w| w.version);
                 self.push(to_worker(peer, version, WorkerCommand::Disconnect));
-                self.delete_worker(now, peer, false);
+                self.delete_worker(now, peer, false, Gone::Protocol);
             }
         }
     }
@@ -1401,17 +1502,24 @@ impl Broker {
 
     /// Removes a worker; its held request goes back to the head of the queue, or fails
     /// when it has had its attempts.
-    fn delete_worker(&mut self, now: Instant, peer: &PeerId, send_disconnect: bool) {
+    fn delete_worker(&mut self, now: Instant, peer: &PeerId, send_disconnect: bool, why: Gone) {
         let Some(w) = self.workers.remove(peer) else {
             return;
         };
+        self.event(|| Event::WorkerGone {
+            service: w.service.clone(),
+            worker: peer.clone(),
+            why,
+        });
         if send_disconnect {
             self.push(to_worker(peer, w.version, WorkerCommand::Disconnect));
         }
+        let mut last = false;
         if let Some(s) = self.services.get_mut(&w.service) {
             s.workers = s.workers.saturating_sub(1);
             if s.workers == 0 {
                 s.workerless_since = Some(now);
+                last = true;
             }
             s.idle.retain(|p| p != peer);
         }
@@ -1429,8 +1537,18 @@ impl Broker {
                 // Back to the head of the line: it has waited longest.
                 self.counters.requeued += 1;
                 req.enqueued_at = now;
+                let attempts = req.attempts;
                 s.requests.push_front(req);
+                self.event(|| Event::Redelivered {
+                    service: w.service.clone(),
+                    attempts,
+                });
             }
+        }
+        if last {
+            self.event(|| Event::ServiceDown {
+                service: w.service.clone(),
+            });
         }
         let wait = self.config.unknown_service_wait();
         let deadline = self
@@ -1480,12 +1598,12 @@ impl Broker {
             info!(worker = %peer, "worker expired after heartbeat silence");
             self.counters.workers_expired += 1;
             // Tell it, in case it is alive but slow: it will re-register.
-            self.delete_worker(now, peer, true);
+            self.delete_worker(now, peer, true, Gone::Expired);
         }
         for peer in &overdue {
             warn!(worker = %peer, "worker held a request past its deadline, disconnecting it");
             self.counters.request_timeouts += 1;
-            self.delete_worker(now, peer, true);
+            self.delete_worker(now, peer, true, Gone::Overran);
         }
         self.expire_waiting(now);
         let wait = self.config.unknown_service_wait();

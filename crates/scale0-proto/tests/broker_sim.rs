@@ -1129,3 +1129,59 @@ mod native {
         assert_eq!(sim.broker.native_requests(), (0, 10));
     }
 }
+
+#[test]
+fn events_tell_an_observer_about_workers_services_and_redeliveries() {
+    use scale0_proto::broker::{Event, Gone};
+    let mut sim = Sim::with(Config {
+        heartbeat_interval_ms: 1000,
+        request_timeout_ms: 5000,
+        events: true,
+        ..Config::default()
+    });
+    sim.ready("w1", "echo");
+    sim.ready("w2", "echo");
+    sim.request("c", "echo", "job");
+    sim.worker("w1", WorkerCommand::Disconnect);
+    sim.advance_with(10_000, &[]);
+    let events: Vec<Event> = std::iter::from_fn(|| sim.broker.poll_event()).collect();
+    let echo = svc("echo");
+    assert_eq!(
+        events,
+        vec![
+            Event::WorkerReady {
+                service: echo.clone(),
+                worker: peer("w1")
+            },
+            Event::ServiceUp {
+                service: echo.clone()
+            },
+            Event::WorkerReady {
+                service: echo.clone(),
+                worker: peer("w2")
+            },
+            Event::WorkerGone {
+                service: echo.clone(),
+                worker: peer("w1"),
+                why: Gone::Disconnected
+            },
+            Event::Redelivered {
+                service: echo.clone(),
+                attempts: 1
+            },
+            Event::WorkerGone {
+                service: echo.clone(),
+                worker: peer("w2"),
+                why: Gone::Overran
+            },
+            Event::Redelivered {
+                service: echo.clone(),
+                attempts: 2
+            },
+            Event::ServiceDown { service: echo },
+        ]
+    );
+    let mut quiet = Sim::new();
+    quiet.ready("w1", "echo");
+    assert!(quiet.broker.poll_event().is_none(), "off by default");
+}

@@ -30,6 +30,9 @@ pub struct BrokerConfig {
     pub data_dir: Option<PathBuf>,
     /// Segment size and repair mode of the request log.
     pub store: LogOptions,
+    /// Endpoints of a PUB socket on which the broker publishes its events (workers
+    /// ready and gone, services up and down, redeliveries); empty for none.
+    pub events: Vec<String>,
 }
 
 impl Default for BrokerConfig {
@@ -40,6 +43,7 @@ impl Default for BrokerConfig {
             socket_hwm: 100_000,
             data_dir: None,
             store: LogOptions::default(),
+            events: Vec::new(),
         }
     }
 }
@@ -51,6 +55,9 @@ pub struct Broker {
     config: BrokerConfig,
     /// The open request log and what it held, in durable mode.
     store: Option<(LogStore, Vec<(u64, Bytes)>)>,
+    /// Where events are published, if anywhere.
+    events: Option<zmq::Socket>,
+    events_endpoints: Vec<String>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -125,11 +132,26 @@ impl Broker {
         for endpoint in &config.bind {
             endpoints.push(sockets::bind(&socket, endpoint)?);
         }
+        let mut events_endpoints = Vec::new();
+        let events = if config.events.is_empty() {
+            None
+        } else {
+            let p = sockets::context()
+                .socket(zmq::PUB)
+                .context(|| "creating the events PUB socket".into())?;
+            p.set_linger(0).context(|| "setting LINGER".into())?;
+            for e in &config.events {
+                events_endpoints.push(sockets::bind(&p, e)?);
+            }
+            Some(p)
+        };
         Ok(Self {
             socket,
             endpoints,
             config,
             store,
+            events,
+            events_endpoints,
         })
     }
 
@@ -138,9 +160,15 @@ impl Broker {
         &self.endpoints
     }
 
+    /// The events PUB endpoints actually bound.
+    pub fn events_endpoints(&self) -> &[String] {
+        &self.events_endpoints
+    }
+
     /// Serves until `shutdown` is triggered; returns the final counters.
     pub fn run(mut self, shutdown: &Shutdown) -> Result<Counters> {
         let clock = Clock::new();
+        self.config.core.events = self.events.is_some();
         let (mut core, mut log) = match self.store.take() {
             None => (
                 core::Broker::new(self.config.core.clone(), clock.now()),
@@ -189,6 +217,12 @@ impl Broker {
                 self.commit(&mut core, log)?;
             }
             self.flush(&mut core, clock);
+            if let Some(p) = &self.events {
+                while let Some(e) = core.poll_event() {
+                    // A slow subscriber misses events past its HWM, as with any PUB.
+                    let _ = sockets::send(p, &event_frames(&e));
+                }
+            }
         }
         if let Some(log) = &mut log {
             self.commit(&mut core, log)?;
@@ -231,4 +265,76 @@ impl Broker {
             }
         }
     }
+}
+
+/// `[topic, service, worker, detail]`, all text: see docs/protocol.md.
+fn event_frames(e: &core::Event) -> scale0_proto::Frames {
+    use core::Event;
+    let hex = |p: &PeerId| -> Bytes {
+        Bytes::from(
+            p.as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        )
+    };
+    let (topic, service, worker, detail): (&'static str, _, Bytes, Bytes) = match e {
+        Event::WorkerReady { service, worker } => {
+            ("s0ev.worker.ready", service, hex(worker), Bytes::new())
+        }
+        Event::WorkerGone {
+            service,
+            worker,
+            why,
+        } => (
+            "s0ev.worker.gone",
+            service,
+            hex(worker),
+            Bytes::from_static(why.label().as_bytes()),
+        ),
+        Event::ServiceUp { service } => ("s0ev.service.up", service, Bytes::new(), Bytes::new()),
+        Event::ServiceDown { service } => {
+            ("s0ev.service.down", service, Bytes::new(), Bytes::new())
+        }
+        Event::Redelivered { service, attempts } => (
+            "s0ev.request.redelivered",
+            service,
+            Bytes::new(),
+            Bytes::from(attempts.to_string()),
+        ),
+    };
+    vec![
+        Bytes::from_static(topic.as_bytes()),
+        service.as_bytes().clone(),
+        worker,
+        detail,
+    ]
+}
+
+/// Listens to brokers' event endpoints (their `events`) until `shutdown`, handing each
+/// event to `on_event` as `[topic, service, worker, detail]`.
+pub fn watch_events(
+    endpoints: &[String],
+    shutdown: &Shutdown,
+    mut on_event: impl FnMut(&[Bytes]) -> bool,
+) -> Result<()> {
+    let sub = sockets::context()
+        .socket(zmq::SUB)
+        .context(|| "creating the SUB socket".into())?;
+    sub.set_linger(0).context(|| "setting LINGER".into())?;
+    sub.set_subscribe(b"s0ev.")
+        .context(|| "subscribing".into())?;
+    for e in endpoints {
+        sockets::connect(&sub, e)?;
+    }
+    while !shutdown.is_triggered() {
+        sub.poll(zmq::POLLIN, 100)
+            .context(|| "polling for events".into())?;
+        while let Some(frames) = sockets::try_recv(&sub)? {
+            if !on_event(&frames) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ mod shutdown;
 mod sockets;
 mod worker;
 
-pub use broker::{Broker, BrokerConfig};
+pub use broker::{Broker, BrokerConfig, watch_events};
 pub use bus::{Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig};
 pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};
