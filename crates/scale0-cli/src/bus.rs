@@ -176,3 +176,81 @@ pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// Flags of `scale0 swarm`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SwarmArgs {
+    /// Nodes to run in this process.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    nodes: u32,
+    /// Shard of the first node; the others follow.
+    #[arg(long, default_value_t = 0)]
+    first_shard: u32,
+    /// The forwarder's XSUB endpoint.
+    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://localhost:5561")]
+    publish: String,
+    /// The forwarder's XPUB endpoint.
+    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://localhost:5562")]
+    subscribe: String,
+    /// Heartbeat interval of every node, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    interval_ms: u64,
+    /// Silent intervals before a member is suspect.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    suspect_after: u32,
+    /// Silent intervals before a member is dead.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    dead_after: u32,
+    /// How long to measure once every node knows every other, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    measure_ms: u64,
+    /// Silence the first node this long into the measurement, to time its detection.
+    #[arg(long, value_name = "MS")]
+    kill_after_ms: Option<u64>,
+}
+
+fn quantiles(v: &mut [u64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_unstable();
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    format!(
+        "min {} p50 {} max {} ms ({} nodes)",
+        q(0.0),
+        q(0.5),
+        q(1.0),
+        v.len()
+    )
+}
+
+pub(crate) fn swarm(args: SwarmArgs) -> Result<ExitCode> {
+    let config = scale0::SwarmConfig {
+        first_shard: args.first_shard,
+        nodes: args.nodes,
+        publish: args.publish,
+        subscribe: args.subscribe,
+        interval_ms: args.interval_ms,
+        membership: scale0::proto::membership::Config {
+            suspect_after: args.suspect_after,
+            dead_after: args.dead_after.max(args.suspect_after),
+            max_members: 1_000_000,
+        },
+        measure_ms: args.measure_ms,
+        kill_after_ms: args.kill_after_ms,
+    };
+    let mut r = scale0::run_swarm(&config, &Shutdown::new())?;
+    let lost = r.expected.saturating_sub(r.received);
+    println!(
+        "nodes {}  converged {} ms  heartbeats sent {}  deliveries {} of {} ({:.3}% lost)",
+        r.nodes,
+        r.converged_ms,
+        r.sent,
+        r.received,
+        r.expected,
+        100.0 * lost as f64 / r.expected.max(1) as f64
+    );
+    println!("suspect after kill: {}", quantiles(&mut r.suspect_ms));
+    println!("dead after kill: {}", quantiles(&mut r.dead_ms));
+    Ok(ExitCode::SUCCESS)
+}

@@ -37,6 +37,8 @@ enum Command {
     Forwarder(bus::ForwarderArgs),
     /// A node of the heartbeat bus: publishes heartbeats, prints membership events.
     Node(bus::NodeArgs),
+    /// Many heartbeat-bus nodes in one process, to measure a forwarder at scale.
+    Swarm(bus::SwarmArgs),
     /// Print a broker's events (workers, services, redeliveries) from its --events PUB.
     Watch(watch::Args),
 }
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Forwarder(args) => bus::forwarder(args),
         Command::Node(args) => bus::node(args),
         Command::Watch(args) => watch::run(args),
+        Command::Swarm(args) => bus::swarm(args),
     };
     match result {
         Ok(code) => code,

@@ -18,7 +18,10 @@ mod sockets;
 mod worker;
 
 pub use broker::{Broker, BrokerConfig, watch_events};
-pub use bus::{Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig};
+pub use bus::{
+    Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig, SwarmConfig, SwarmReport,
+    run_swarm,
+};
 pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};
 pub use limits::{fd_limits, raise_fd_limit};
