@@ -250,6 +250,13 @@ pub(crate) fn swarm(args: SwarmArgs) -> Result<ExitCode> {
         r.expected,
         100.0 * lost as f64 / r.expected.max(1) as f64
     );
+    if r.received > r.expected {
+        println!(
+            "(more deliveries than beats sent while measuring: this process's nodes were \
+             behind, their backlog arrived during the measurement; the numbers below then \
+             measure this process, not the forwarder)"
+        );
+    }
     println!("suspect after kill: {}", quantiles(&mut r.suspect_ms));
     println!("dead after kill: {}", quantiles(&mut r.dead_ms));
     Ok(ExitCode::SUCCESS)
