@@ -3,7 +3,7 @@
 use crate::broker::print_listening;
 use anyhow::Result;
 use scale0::proto::membership::{Event, Heartbeat, Membership};
-use scale0::{Forwarder, ForwarderConfig, Node, NodeConfig, Shutdown};
+use scale0::{Forwarder, ForwarderConfig, Node, NodeConfig, NodeUpdate, Shutdown};
 use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;
@@ -85,6 +85,42 @@ pub(crate) struct NodeArgs {
     /// Print events as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Also print the whole membership table every MS milliseconds (shard, state, name,
+    /// role, address, last seen, intervals missed, heartbeats lost).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    table_ms: Option<u64>,
+}
+
+fn table_lines(table: &Membership, now: scale0::proto::Instant, as_json: bool) -> Vec<String> {
+    let rows = table.members().map(|m| {
+        let ago = now.saturating_since(m.last_seen).as_millis();
+        (m, ago, m.missed(now))
+    });
+    if as_json {
+        let members: Vec<_> = rows
+            .map(|(m, ago, missed)| {
+                let mut v = member_json(&m.last);
+                v["state"] = json!(m.state.label());
+                v["last_seen_ms_ago"] = json!(ago);
+                v["missed"] = json!(missed);
+                v["lost"] = json!(m.lost);
+                v
+            })
+            .collect();
+        return vec![json!({"event": "table", "members": members}).to_string()];
+    }
+    rows.map(|(m, ago, missed)| {
+        format!(
+            "table shard={} state={} name={:?} role={:?} address={:?} last_seen_ms_ago={ago} missed={missed} lost={}",
+            m.last.shard,
+            m.state.label(),
+            m.last.name,
+            m.last.role,
+            m.last.address,
+            m.lost
+        )
+    })
+    .collect()
 }
 
 fn member_json(hb: &Heartbeat) -> serde_json::Value {
@@ -169,9 +205,16 @@ pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
     config.address = args.address;
     let node = Node::connect(config)?;
     let mut out = std::io::stdout().lock();
-    node.run(&Shutdown::new(), |e, table| {
-        // stdout gone (a closed pipe): nothing useful left to do with the line.
-        let _ = writeln!(out, "{}", event_line(e, table, args.json));
+    let every = args.table_ms.map(Duration::from_millis);
+    node.run(&Shutdown::new(), every, |update| {
+        let lines = match update {
+            NodeUpdate::Event(e, table) => vec![event_line(e, table, args.json)],
+            NodeUpdate::Table(table, now) => table_lines(table, now, args.json),
+        };
+        // stdout gone (a closed pipe): nothing useful left to do with the lines.
+        for line in lines {
+            let _ = writeln!(out, "{line}");
+        }
         let _ = out.flush();
     })?;
     Ok(ExitCode::SUCCESS)

@@ -57,7 +57,7 @@ fn shard_of(e: &serde_json::Value) -> u64 {
     e["shard"]
         .as_u64()
         .or_else(|| e["member"]["shard"].as_u64())
-        .unwrap()
+        .unwrap_or(u64::MAX) // a table line
 }
 
 /// Shards this node has heard join.
@@ -212,4 +212,54 @@ fn scale0_watch_prints_the_brokers_events() {
         }
         false
     });
+}
+
+#[test]
+fn the_table_shows_state_last_seen_and_missed_intervals() {
+    let bus = forwarder_on("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+    let mut cmd = scale0();
+    cmd.args(["node", "--shard", "1", "--json", "--table-ms", "100"])
+        .args(["--publish", &bus.publish, "--subscribe", &bus.subscribe])
+        .args([
+            "--interval-ms",
+            "50",
+            "--suspect-after",
+            "3",
+            "--dead-after",
+            "6",
+        ]);
+    let (_n1, l1) = spawn_lines("node 1", cmd);
+    let (mut n2, _) = node(&bus, 2);
+    let table_says = |shard: u64, state: &str| {
+        events(&l1)
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "table")
+            .is_some_and(|t| {
+                t["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["shard"] == shard && m["state"] == state)
+            })
+    };
+    eventually("both alive in the table", || {
+        table_says(1, "alive") && table_says(2, "alive")
+    });
+    n2.kill9();
+    eventually("shard 2 dead in the table", || table_says(2, "dead"));
+    let last = events(&l1)
+        .into_iter()
+        .rev()
+        .find(|e| e["event"] == "table")
+        .unwrap();
+    let two = last["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["shard"] == 2)
+        .unwrap()
+        .clone();
+    assert!(two["missed"].as_u64().unwrap() >= 6, "{two}");
+    assert!(two["last_seen_ms_ago"].as_u64().unwrap() >= 300, "{two}");
 }

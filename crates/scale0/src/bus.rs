@@ -171,6 +171,16 @@ impl NodeConfig {
     }
 }
 
+/// What a running node reports.
+#[derive(Debug)]
+pub enum NodeUpdate<'a> {
+    /// A change, with the table after it.
+    Event(&'a Event, &'a Membership),
+    /// The whole table, periodically, with the time now (to tell how long ago members
+    /// were seen).
+    Table(&'a Membership, Instant),
+}
+
 /// A connected node, ready to [`Node::run`].
 pub struct Node {
     publisher: Option<zmq::Socket>,
@@ -223,12 +233,15 @@ impl Node {
         })
     }
 
-    /// Beats and listens until `shutdown`; `on_event` sees every change with the table.
+    /// Beats and listens until `shutdown`; `on_update` sees every change with the table,
+    /// and the whole table every `table_every` if set.
     pub fn run(
         self,
         shutdown: &Shutdown,
-        mut on_event: impl FnMut(&Event, &Membership),
+        table_every: Option<Duration>,
+        mut on_update: impl FnMut(NodeUpdate<'_>),
     ) -> Result<()> {
+        let mut next_table = table_every.map(|d| std::time::Instant::now() + d);
         let clock = Clock::new();
         let started_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -274,7 +287,13 @@ impl Node {
                 table.handle_timeout(now);
             }
             while let Some(e) = table.poll_event() {
-                on_event(&e, &table);
+                on_update(NodeUpdate::Event(&e, &table));
+            }
+            if let (Some(at), Some(d)) = (next_table, table_every)
+                && std::time::Instant::now() >= at
+            {
+                on_update(NodeUpdate::Table(&table, clock.now()));
+                next_table = Some(at + d);
             }
         }
         Ok(())

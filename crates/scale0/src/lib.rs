@@ -19,8 +19,8 @@ mod worker;
 
 pub use broker::{Broker, BrokerConfig, watch_events};
 pub use bus::{
-    Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig, SwarmConfig, SwarmReport,
-    run_swarm,
+    Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig, NodeUpdate, SwarmConfig,
+    SwarmReport, run_swarm,
 };
 pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};
