@@ -5,6 +5,8 @@
 use crate::broker::{Broker, Config};
 use crate::journal::{Entry, MemoryStore, Store};
 use crate::mdp::{self, Frames, Message};
+use crate::membership::Heartbeat;
+use crate::queue::{self, Dest, Queue};
 use crate::time::Instant;
 use bytes::Bytes;
 use std::time::Duration;
@@ -31,10 +33,16 @@ pub fn split_frames(data: &[u8]) -> Frames {
     frames
 }
 
-/// Fuzz target `decode`: any frames through both decoders; encoding what decoded must
-/// decode to the same value.
+/// Fuzz target `decode`: any frames through every decoder (MDP and native messages,
+/// heartbeats, stored journal entries); encoding what decoded must decode to the same value.
 pub fn decode(data: &[u8]) {
     let frames = split_frames(data);
+    if let Ok(hb) = Heartbeat::decode(&frames) {
+        assert_eq!(Heartbeat::decode(&hb.encode()), Ok(hb));
+    }
+    if let Ok(entry) = Entry::decode(&Bytes::copy_from_slice(data)) {
+        assert_eq!(Entry::decode(&entry.encode()), Ok(entry));
+    }
     if let Ok(m) = Message::decode(frames.clone()) {
         assert_eq!(Message::decode(m.encode()).as_ref(), Ok(&m));
     }
@@ -264,6 +272,130 @@ pub fn check_invariants(broker: &Broker) {
         assert!(
             s.queued <= broker.config().max_queue_depth.saturating_add(requeued),
             "queues are bounded"
+        );
+    }
+}
+
+/// Fuzz target `queue_events`: a script of events for the queue device — client messages
+/// (good and bad), server counts and replies, Paranoid Pirate workers coming, beating,
+/// answering and vanishing, failed sends, clock steps. After every event each accepted
+/// request is in exactly one place: waiting, in flight, answered, or dropped after its
+/// attempts.
+pub fn queue_events(data: &[u8]) {
+    let config = queue::Config {
+        request_timeout_ms: 300,
+        max_attempts: 3,
+        max_queued: 5,
+        max_message_bytes: 64,
+        heartbeat_interval_ms: 50,
+        heartbeat_liveness: 3,
+    };
+    let mut now = Instant::ZERO;
+    let mut q = Queue::new(config, now);
+    let mut to_servers: Vec<Bytes> = Vec::new();
+    let mut to_workers: Vec<(Bytes, Frames)> = Vec::new();
+    let workers: [&[u8]; 3] = [b"w0", b"w1", b"w2"];
+    for op in data.chunks(2) {
+        let [kind, arg] = *op else { break };
+        let pick = usize::from(arg);
+        match kind % 10 {
+            0 => q.handle_client(
+                now,
+                vec![
+                    Bytes::from(vec![b'c', arg % 4]),
+                    Bytes::new(),
+                    Bytes::from(vec![arg]),
+                ],
+            ),
+            1 => q.handle_client(now, split_frames(&[arg, 0xff, 0x00, arg])),
+            2 => q.servers_connected(now, pick % 4),
+            3 => {
+                if let Some(tag) = to_servers.get(pick % to_servers.len().max(1)) {
+                    q.handle_server(
+                        now,
+                        vec![tag.clone(), Bytes::new(), Bytes::from_static(b"r")],
+                    );
+                } else {
+                    q.handle_server(now, split_frames(&[arg]));
+                }
+            }
+            4 => {
+                let mut f = vec![Bytes::from_static(workers[pick % 3])];
+                if arg & 0x80 != 0 {
+                    f.push(Bytes::new());
+                }
+                f.push(Bytes::from_static(queue::PPP_READY));
+                q.handle_worker(now, f);
+            }
+            5 => q.handle_worker(
+                now,
+                vec![
+                    Bytes::from_static(workers[pick % 3]),
+                    Bytes::from_static(queue::PPP_HEARTBEAT),
+                ],
+            ),
+            6 => {
+                if let Some((id, frames)) = to_workers.get(pick % to_workers.len().max(1)) {
+                    let mut f = vec![id.clone()];
+                    let payload: Vec<Bytes> = frames.iter().skip(1).cloned().collect();
+                    let at = payload
+                        .iter()
+                        .skip(1)
+                        .position(Bytes::is_empty)
+                        .map(|i| i + 1);
+                    if let Some(at) = at {
+                        f.extend(payload[..=at].iter().cloned());
+                        f.push(Bytes::from_static(b"r"));
+                    }
+                    q.handle_worker(now, f);
+                }
+            }
+            7 => {
+                if let Ok(p) = crate::mdp::PeerId::new(Bytes::from_static(workers[pick % 3])) {
+                    q.handle_unroutable_worker(now, &p);
+                }
+            }
+            8 => {
+                if let Some(tag) = to_servers.get(pick % to_servers.len().max(1)) {
+                    if let Some(t) = queue::parse_tag(tag) {
+                        q.server_send_failed(now, t);
+                    }
+                }
+            }
+            _ => {
+                now = now + Duration::from_millis(u64::from(arg) * 4);
+                if q.poll_timeout() <= now {
+                    q.handle_timeout(now);
+                }
+            }
+        }
+        while let Some(t) = q.poll_transmit() {
+            match t.dest {
+                Dest::Servers => {
+                    if let Some(tag) = t.frames.first() {
+                        to_servers.push(tag.clone());
+                    }
+                }
+                Dest::Workers => {
+                    if t.frames.len() > 2 {
+                        if let Some(id) = t.frames.first() {
+                            to_workers.push((id.clone(), t.frames.clone()));
+                        }
+                    }
+                }
+                Dest::Frontend => {
+                    assert!(t.frames.len() >= 3, "a reply carries envelope and body");
+                }
+            }
+        }
+        let c = q.counters();
+        let accounted = c.replies
+            + c.dropped(queue::Drop::AttemptsExhausted)
+            + q.waiting() as u64
+            + q.in_flight() as u64;
+        assert_eq!(
+            c.requests, accounted,
+            "every request is in exactly one place"
         );
     }
 }

@@ -32,12 +32,22 @@ fn broker_events_corpus() {
     replay("broker_events", testkit::broker_events);
 }
 
+#[test]
+fn queue_events_corpus() {
+    replay("queue_events", testkit::queue_events);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
     fn random_event_scripts_keep_the_broker_consistent(data in prop::collection::vec(any::<u8>(), 0..600)) {
         testkit::broker_events(&data);
+    }
+
+    #[test]
+    fn random_event_scripts_keep_the_queue_accounted(data in prop::collection::vec(any::<u8>(), 0..400)) {
+        testkit::queue_events(&data);
     }
 
     #[test]
