@@ -356,10 +356,10 @@ pub fn queue_events(data: &[u8]) {
                 }
             }
             8 => {
-                if let Some(tag) = to_servers.get(pick % to_servers.len().max(1)) {
-                    if let Some(t) = queue::parse_tag(tag) {
-                        q.server_send_failed(now, t);
-                    }
+                if let Some(tag) = to_servers.get(pick % to_servers.len().max(1))
+                    && let Some(t) = queue::parse_tag(tag)
+                {
+                    q.server_send_failed(now, t);
                 }
             }
             _ => {
@@ -377,10 +377,10 @@ pub fn queue_events(data: &[u8]) {
                     }
                 }
                 Dest::Workers => {
-                    if t.frames.len() > 2 {
-                        if let Some(id) = t.frames.first() {
-                            to_workers.push((id.clone(), t.frames.clone()));
-                        }
+                    if t.frames.len() > 2
+                        && let Some(id) = t.frames.first()
+                    {
+                        to_workers.push((id.clone(), t.frames.clone()));
                     }
                 }
                 Dest::Frontend => {
