@@ -263,3 +263,44 @@ fn the_table_shows_state_last_seen_and_missed_intervals() {
     assert!(two["missed"].as_u64().unwrap() >= 6, "{two}");
     assert!(two["last_seen_ms_ago"].as_u64().unwrap() >= 300, "{two}");
 }
+
+#[test]
+fn with_two_forwarders_losing_one_goes_unnoticed() {
+    let a = forwarder_on("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+    let mut b = forwarder_on("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+    let both = |shard: u32| {
+        let mut cmd = scale0();
+        cmd.args(["node", "--shard", &shard.to_string(), "--json"])
+            .args(["--publish", &a.publish, "--subscribe", &a.subscribe])
+            .args(["--publish", &b.publish, "--subscribe", &b.subscribe])
+            .args([
+                "--interval-ms",
+                "50",
+                "--suspect-after",
+                "3",
+                "--dead-after",
+                "6",
+            ]);
+        spawn_lines(&format!("node {shard}"), cmd)
+    };
+    let (_n1, l1) = both(1);
+    let (_n2, l2) = both(2);
+    let all: BTreeSet<u64> = [1, 2].into();
+    for l in [&l1, &l2] {
+        eventually("both known", || joined(l) == all);
+    }
+    b.proc.kill9();
+    // Well past the dead threshold (6 x 50 ms): every beat still arrives through `a`.
+    let (_probe, probe) = node(&a, 3);
+    eventually("a third node joins through the survivor", || {
+        joined(&probe).len() == 3
+    });
+    for l in [&l1, &l2] {
+        eventually("the newcomer is seen", || joined(l).contains(&3));
+        assert!(
+            !events(l).iter().any(|e| e["event"] == "suspect"),
+            "{:?}",
+            l.get()
+        );
+    }
+}
