@@ -290,10 +290,23 @@ fn with_two_forwarders_losing_one_goes_unnoticed() {
         eventually("both known", || joined(l) == all);
     }
     b.proc.kill9();
-    // Well past the dead threshold (6 x 50 ms): every beat still arrives through `a`.
-    let (_probe, probe) = node(&a, 3);
-    eventually("a third node joins through the survivor", || {
-        joined(&probe).len() == 3
+    // A third node, joining through the survivor, prints its table every 50 ms: ten
+    // tables take well past the dead threshold (6 x 50 ms) while every beat arrives
+    // through `a`.
+    let mut cmd = scale0();
+    cmd.args(["node", "--shard", "3", "--json", "--table-ms", "50"])
+        .args(["--publish", &a.publish, "--subscribe", &a.subscribe])
+        .args([
+            "--interval-ms",
+            "50",
+            "--suspect-after",
+            "3",
+            "--dead-after",
+            "6",
+        ]);
+    let (_probe, probe) = spawn_lines("node 3", cmd);
+    eventually("the third node joins and runs a while", || {
+        joined(&probe).len() == 3 && probe.count("\"table\"") >= 10
     });
     for l in [&l1, &l2] {
         eventually("the newcomer is seen", || joined(l).contains(&3));
