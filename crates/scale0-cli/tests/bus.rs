@@ -30,19 +30,28 @@ fn forwarder_on(front: &str, back: &str) -> Bus {
     }
 }
 
-fn node(bus: &Bus, shard: u32) -> (Proc, Lines) {
+/// A node with JSON output on every forwarder of `buses`, beating every 50 ms (suspect
+/// after 3 intervals, dead after 6), with `extra` flags.
+fn node_on(buses: &[&Bus], shard: u32, extra: &[&str]) -> (Proc, Lines) {
     let mut cmd = scale0();
-    cmd.args(["node", "--shard", &shard.to_string(), "--json"])
-        .args(["--publish", &bus.publish, "--subscribe", &bus.subscribe])
-        .args([
-            "--interval-ms",
-            "50",
-            "--suspect-after",
-            "3",
-            "--dead-after",
-            "6",
-        ]);
+    cmd.args(["node", "--shard", &shard.to_string(), "--json"]);
+    for bus in buses {
+        cmd.args(["--publish", &bus.publish, "--subscribe", &bus.subscribe]);
+    }
+    cmd.args([
+        "--interval-ms",
+        "50",
+        "--suspect-after",
+        "3",
+        "--dead-after",
+        "6",
+    ])
+    .args(extra);
     spawn_lines(&format!("node {shard}"), cmd)
+}
+
+fn node(bus: &Bus, shard: u32) -> (Proc, Lines) {
+    node_on(&[bus], shard, &[])
 }
 
 fn events(lines: &Lines) -> Vec<serde_json::Value> {
@@ -217,18 +226,7 @@ fn scale0_watch_prints_the_brokers_events() {
 #[test]
 fn the_table_shows_state_last_seen_and_missed_intervals() {
     let bus = forwarder_on("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
-    let mut cmd = scale0();
-    cmd.args(["node", "--shard", "1", "--json", "--table-ms", "100"])
-        .args(["--publish", &bus.publish, "--subscribe", &bus.subscribe])
-        .args([
-            "--interval-ms",
-            "50",
-            "--suspect-after",
-            "3",
-            "--dead-after",
-            "6",
-        ]);
-    let (_n1, l1) = spawn_lines("node 1", cmd);
+    let (_n1, l1) = node_on(&[&bus], 1, &["--table-ms", "100"]);
     let (mut n2, _) = node(&bus, 2);
     let table_says = |shard: u64, state: &str| {
         events(&l1)
@@ -268,23 +266,8 @@ fn the_table_shows_state_last_seen_and_missed_intervals() {
 fn with_two_forwarders_losing_one_goes_unnoticed() {
     let a = forwarder_on("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
     let mut b = forwarder_on("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
-    let both = |shard: u32| {
-        let mut cmd = scale0();
-        cmd.args(["node", "--shard", &shard.to_string(), "--json"])
-            .args(["--publish", &a.publish, "--subscribe", &a.subscribe])
-            .args(["--publish", &b.publish, "--subscribe", &b.subscribe])
-            .args([
-                "--interval-ms",
-                "50",
-                "--suspect-after",
-                "3",
-                "--dead-after",
-                "6",
-            ]);
-        spawn_lines(&format!("node {shard}"), cmd)
-    };
-    let (_n1, l1) = both(1);
-    let (_n2, l2) = both(2);
+    let (_n1, l1) = node_on(&[&a, &b], 1, &[]);
+    let (_n2, l2) = node_on(&[&a, &b], 2, &[]);
     let all: BTreeSet<u64> = [1, 2].into();
     for l in [&l1, &l2] {
         eventually("both known", || joined(l) == all);
@@ -293,18 +276,7 @@ fn with_two_forwarders_losing_one_goes_unnoticed() {
     // A third node, joining through the survivor, prints its table every 50 ms: ten
     // tables take well past the dead threshold (6 x 50 ms) while every beat arrives
     // through `a`.
-    let mut cmd = scale0();
-    cmd.args(["node", "--shard", "3", "--json", "--table-ms", "50"])
-        .args(["--publish", &a.publish, "--subscribe", &a.subscribe])
-        .args([
-            "--interval-ms",
-            "50",
-            "--suspect-after",
-            "3",
-            "--dead-after",
-            "6",
-        ]);
-    let (_probe, probe) = spawn_lines("node 3", cmd);
+    let (_probe, probe) = node_on(&[&a], 3, &["--table-ms", "50"]);
     eventually("the third node joins and runs a while", || {
         joined(&probe).len() == 3 && probe.count("\"table\"") >= 10
     });

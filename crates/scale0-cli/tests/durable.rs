@@ -64,6 +64,13 @@ fn recovered(log: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// A scratch directory: the data directory and the broker's log file inside it.
+fn site() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, log) = (tmp.path().join("data"), tmp.path().join("broker.log"));
+    (tmp, dir, log)
+}
+
 /// A small xorshift generator: random kill moments, reproducible from the printed seed.
 struct Rng(u64);
 
@@ -91,9 +98,7 @@ impl Rng {
 
 #[test]
 fn no_accepted_request_is_lost_or_answered_twice_through_kill9_restarts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let log = tmp.path().join("broker.log");
+    let (_tmp, dir, log) = site();
     let mut broker = durable("tcp://127.0.0.1:*", &dir, &log, &[]);
     let bind = format!("tcp://127.0.0.1:{}", broker.port());
     let endpoint = broker.endpoint.clone();
@@ -154,9 +159,7 @@ fn no_accepted_request_is_lost_or_answered_twice_through_kill9_restarts() {
 
 #[test]
 fn stored_requests_run_after_a_restart_and_replies_go_only_to_chosen_ids() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let log = tmp.path().join("broker.log");
+    let (_tmp, dir, log) = site();
     let mut broker = durable("tcp://127.0.0.1:*", &dir, &log, &[]);
     let bind = format!("tcp://127.0.0.1:{}", broker.port());
     let endpoint = broker.endpoint.clone();
@@ -307,9 +310,7 @@ fn titanic(endpoint: &str, verb: &str, args: &[&str]) -> Vec<String> {
 
 #[test]
 fn titanic_serves_an_rfc9_client_across_kill9_restarts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let log = tmp.path().join("broker.log");
+    let (_tmp, dir, log) = site();
     let mut broker = durable("tcp://127.0.0.1:*", &dir, &log, &[]);
     let bind = format!("tcp://127.0.0.1:{}", broker.port());
     let ep = broker.endpoint.clone();
@@ -381,9 +382,7 @@ fn statuses(endpoint: &str, uuids: &[String]) -> Vec<String> {
 
 #[test]
 fn a_truncated_log_loses_only_its_torn_last_record() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let log = tmp.path().join("broker.log");
+    let (_tmp, dir, log) = site();
     let (bind, uuids, segment) = ten_stored_requests(&dir, &log);
     let len = fs::metadata(&segment).unwrap().len();
     fs::OpenOptions::new()
@@ -402,9 +401,7 @@ fn a_truncated_log_loses_only_its_torn_last_record() {
 
 #[test]
 fn a_bit_flip_in_the_middle_stops_the_broker_until_repair_is_asked() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let log = tmp.path().join("broker.log");
+    let (_tmp, dir, log) = site();
     let (bind, uuids, segment) = ten_stored_requests(&dir, &log);
     let mut data = fs::read(&segment).unwrap();
     // Records are the same size: flip a bit inside the fifth.
@@ -438,9 +435,7 @@ fn a_bit_flip_in_the_middle_stops_the_broker_until_repair_is_asked() {
 
 #[test]
 fn a_second_broker_on_the_same_directory_is_refused_clearly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let log = tmp.path().join("broker.log");
+    let (_tmp, dir, log) = site();
     let _first = durable("tcp://127.0.0.1:*", &dir, &log, &[]);
     let mut cmd = scale0();
     cmd.args([

@@ -11,6 +11,20 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::other(e)
 }
 
+/// Both stores buffer a batch as journal ops and write it in one transaction at commit.
+fn buffer_put(buf: &mut Vec<JournalOp>, key: u64, value: &[u8]) -> io::Result<()> {
+    buf.push(JournalOp::Put {
+        key,
+        value: Bytes::copy_from_slice(value),
+    });
+    Ok(())
+}
+
+fn buffer_delete(buf: &mut Vec<JournalOp>, key: u64) -> io::Result<()> {
+    buf.push(JournalOp::Delete { key });
+    Ok(())
+}
+
 const TABLE: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("requests");
 
 /// redb, one write transaction (durability `Immediate`) per commit.
@@ -54,16 +68,11 @@ impl Store for RedbStore {
     }
 
     fn put(&mut self, key: u64, value: &[u8]) -> io::Result<()> {
-        self.buf.push(JournalOp::Put {
-            key,
-            value: Bytes::copy_from_slice(value),
-        });
-        Ok(())
+        buffer_put(&mut self.buf, key, value)
     }
 
     fn delete(&mut self, key: u64) -> io::Result<()> {
-        self.buf.push(JournalOp::Delete { key });
-        Ok(())
+        buffer_delete(&mut self.buf, key)
     }
 
     fn commit(&mut self) -> io::Result<()> {
@@ -134,16 +143,11 @@ impl Store for FjallStore {
     }
 
     fn put(&mut self, key: u64, value: &[u8]) -> io::Result<()> {
-        self.buf.push(JournalOp::Put {
-            key,
-            value: Bytes::copy_from_slice(value),
-        });
-        Ok(())
+        buffer_put(&mut self.buf, key, value)
     }
 
     fn delete(&mut self, key: u64) -> io::Result<()> {
-        self.buf.push(JournalOp::Delete { key });
-        Ok(())
+        buffer_delete(&mut self.buf, key)
     }
 
     fn commit(&mut self) -> io::Result<()> {
