@@ -270,14 +270,8 @@ impl Broker {
 /// `[topic, service, worker, detail]`, all text: see docs/protocol.md.
 fn event_frames(e: &core::Event) -> scale0_proto::Frames {
     use core::Event;
-    let hex = |p: &PeerId| -> Bytes {
-        Bytes::from(
-            p.as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        )
-    };
+    // PeerId displays as hex.
+    let hex = |p: &PeerId| Bytes::from(p.to_string());
     let (topic, service, worker, detail): (&'static str, _, Bytes, Bytes) = match e {
         Event::WorkerReady { service, worker } => {
             ("s0ev.worker.ready", service, hex(worker), Bytes::new())
