@@ -17,12 +17,7 @@ fn forwarder_on(front: &str, back: &str) -> Bus {
     let mut cmd = scale0();
     cmd.args(["forwarder", "--frontend", front, "--backend", back]);
     let (proc, lines) = spawn_lines("forwarder", cmd);
-    lines.wait_for("listening ", 2);
-    let eps: Vec<String> = lines
-        .get()
-        .iter()
-        .map(|l| l.trim_start_matches("listening ").to_string())
-        .collect();
+    let eps = lines.listening(2);
     Bus {
         proc,
         publish: eps[0].clone(),
@@ -172,12 +167,7 @@ fn scale0_watch_prints_the_brokers_events() {
     ])
     .args(["--heartbeat-interval-ms", "100"]);
     let (_broker, lines) = spawn_lines("broker", cmd);
-    lines.wait_for("listening ", 2);
-    let eps: Vec<String> = lines
-        .get()
-        .iter()
-        .map(|l| l.trim_start_matches("listening ").to_string())
-        .collect();
+    let eps = lines.listening(2);
     let mut watch = scale0();
     watch.args(["watch", "--connect", &eps[1], "--json"]);
     let (_watch, seen) = spawn_lines("watch", watch);

@@ -52,12 +52,7 @@ fn start_queue(frontend: &str, backend: &str, workers: &str, extra: &[&str]) -> 
     ])
     .args(extra);
     let (proc, lines) = spawn_lines("scale0 queue", cmd);
-    lines.wait_for("listening ", 3);
-    let eps: Vec<String> = lines
-        .get()
-        .iter()
-        .map(|l| l.trim_start_matches("listening ").to_string())
-        .collect();
+    let eps = lines.listening(3);
     QueueProc {
         proc,
         frontend: eps[0].clone(),

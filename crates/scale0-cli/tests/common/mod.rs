@@ -375,6 +375,16 @@ impl Lines {
             self.count(needle) >= n
         });
     }
+
+    /// Waits for a server's first `n` lines, `listening <endpoint>`, and returns the
+    /// endpoints in order.
+    pub fn listening(&self, n: usize) -> Vec<String> {
+        self.wait_for("listening ", n);
+        self.get()
+            .iter()
+            .filter_map(|l| l.strip_prefix("listening ").map(str::to_string))
+            .collect()
+    }
 }
 
 /// Spawns `cmd` with stdout piped into a [`Lines`].
