@@ -15,6 +15,7 @@ mod dedupe;
 pub mod journal;
 pub mod mdp;
 pub mod membership;
+pub mod pipeline;
 pub mod queue;
 pub mod testkit;
 mod time;

@@ -1,0 +1,1073 @@
+//! Pipelines: the frames of `scale0 vent | work | sink`, and the parallel map as a sans-IO
+//! state machine.
+//!
+//! Jobs travel PUSH -> PULL and reports travel back PUSH -> PULL, so any stage can be a
+//! plain ZeroMQ program: a one-frame message is a job (or a result) with no id, as in the
+//! ZeroMQ Guide's task ventilator, worker and sink. A framed job carries an id and a
+//! timeout, and a worker that received one from a ventilator tells that ventilator's sink
+//! when it starts each job, what it is running (heartbeats), and how each job ended.
+//!
+//! PUSH cannot address one worker, so the map bounds what waits in socket buffers by
+//! credit: it keeps at most the announced capacity of the live workers (plus a small
+//! prefetch each) in flight. A job's timeout runs from its start notice, never while it
+//! waits in a buffer. A job whose worker dies, whose result is lost on a broken connection
+//! (the worker's next heartbeat no longer lists it), or which may have been in a buffer
+//! that went away (a disconnection) is sent again. Only the first result of a job counts,
+//! so nothing is emitted twice.
+
+use crate::mdp::Frames;
+use crate::time::Instant;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+use tracing::{debug, info};
+
+/// First frame of a framed job.
+pub const JOB: &[u8] = b"s0job";
+/// First frame of a worker's result.
+pub const RESULT: &[u8] = b"s0res";
+/// First frame of a worker's heartbeat (its first one is its hello).
+pub const ALIVE: &[u8] = b"s0alive";
+/// First frame of a start notice.
+pub const START: &[u8] = b"s0start";
+/// First frame of a worker's goodbye.
+pub const BYE: &[u8] = b"s0bye";
+
+/// Longest job id or worker name, in bytes.
+pub const MAX_ID_BYTES: usize = 255;
+/// Most jobs one worker may announce it runs at once.
+pub const MAX_CAPACITY: u32 = 65_535;
+/// Longest heartbeat interval a worker may announce (one hour).
+pub const MAX_INTERVAL_MS: u64 = 3_600_000;
+
+/// Why a pipeline message was not understood.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PipeError {
+    /// No frames at all.
+    #[error("empty message")]
+    Empty,
+    /// A known first frame with the wrong number of frames after it.
+    #[error("{kind} needs {expected} frames, got {got}")]
+    FrameCount {
+        /// The first frame, as text.
+        kind: &'static str,
+        /// Frames the message should have.
+        expected: &'static str,
+        /// Frames it has.
+        got: usize,
+    },
+    /// Several frames, the first of which is not one of ours.
+    #[error("unknown message kind {0:?}")]
+    UnknownKind(String),
+    /// A field that must be ASCII decimal is not, or is out of range.
+    #[error("bad {field}: {value:?}")]
+    BadNumber {
+        /// Which field.
+        field: &'static str,
+        /// What it held.
+        value: String,
+    },
+    /// An id or worker name that is empty or too long.
+    #[error("bad {field}: empty or longer than {MAX_ID_BYTES} bytes")]
+    BadId {
+        /// Which field.
+        field: &'static str,
+    },
+    /// A result status other than ok, failed, timeout.
+    #[error("unknown status {0:?}")]
+    BadStatus(String),
+}
+
+fn number(field: &'static str, frame: &[u8], max: u64) -> Result<u64, PipeError> {
+    let bad = || PipeError::BadNumber {
+        field,
+        value: String::from_utf8_lossy(frame).into_owned(),
+    };
+    if frame.is_empty() || frame.len() > 20 || !frame.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let n: u64 = std::str::from_utf8(frame)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    if n > max {
+        return Err(bad());
+    }
+    Ok(n)
+}
+
+fn id(field: &'static str, frame: &Bytes) -> Result<Bytes, PipeError> {
+    if frame.is_empty() || frame.len() > MAX_ID_BYTES {
+        return Err(PipeError::BadId { field });
+    }
+    Ok(frame.clone())
+}
+
+fn count(kind: &'static str, expected: &'static str, got: usize) -> PipeError {
+    PipeError::FrameCount {
+        kind,
+        expected,
+        got,
+    }
+}
+
+fn ascii(n: u64) -> Bytes {
+    Bytes::from(n.to_string())
+}
+
+/// A job as a worker receives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// `[s0job, id, timeout_ms, payload]`: answered with reports to the sink.
+    Framed {
+        /// Opaque to the worker; handed back with the result.
+        id: Bytes,
+        /// The worker stops the job after this long; 0 for no limit.
+        timeout_ms: u64,
+        /// The job's input.
+        payload: Bytes,
+    },
+    /// A one-frame job (the Guide's ventilator): answered with a one-frame result.
+    Plain(Bytes),
+}
+
+impl Job {
+    /// Reads a job message.
+    pub fn decode(frames: &[Bytes]) -> Result<Self, PipeError> {
+        match frames {
+            [] => Err(PipeError::Empty),
+            [payload] => Ok(Job::Plain(payload.clone())),
+            [kind, rest @ ..] if kind[..] == *JOB => match rest {
+                [job_id, timeout, payload] => Ok(Job::Framed {
+                    id: id("job id", job_id)?,
+                    timeout_ms: number("timeout", timeout, u64::from(u32::MAX))?,
+                    payload: payload.clone(),
+                }),
+                _ => Err(count("s0job", "4", frames.len())),
+            },
+            [kind, ..] => Err(PipeError::UnknownKind(
+                String::from_utf8_lossy(&kind[..kind.len().min(32)]).into_owned(),
+            )),
+        }
+    }
+
+    /// The frames of this job.
+    pub fn encode(&self) -> Frames {
+        match self {
+            Job::Framed {
+                id,
+                timeout_ms,
+                payload,
+            } => vec![
+                Bytes::from_static(JOB),
+                id.clone(),
+                ascii(*timeout_ms),
+                payload.clone(),
+            ],
+            Job::Plain(payload) => vec![payload.clone()],
+        }
+    }
+}
+
+/// How a job ended on a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// It succeeded; the output is its result.
+    Ok,
+    /// It failed (a command's non-zero exit); the output says why.
+    Failed,
+    /// The worker stopped it at its timeout.
+    Timeout,
+}
+
+impl Status {
+    /// The status frame.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::Timeout => "timeout",
+        }
+    }
+
+    fn parse(frame: &[u8]) -> Result<Self, PipeError> {
+        match frame {
+            b"ok" => Ok(Status::Ok),
+            b"failed" => Ok(Status::Failed),
+            b"timeout" => Ok(Status::Timeout),
+            other => Err(PipeError::BadStatus(
+                String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned(),
+            )),
+        }
+    }
+}
+
+/// What a worker sends to a sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// `[s0alive, worker, capacity, interval_ms, running ids...]`: a heartbeat, sent first
+    /// as a hello and then every interval, listing the framed jobs the worker is running.
+    Alive {
+        /// The worker's name, unique among workers.
+        worker: Bytes,
+        /// Jobs it runs at once.
+        capacity: u32,
+        /// How often it sends this.
+        interval_ms: u64,
+        /// Ids of the jobs it is running now.
+        running: Vec<Bytes>,
+    },
+    /// `[s0start, worker, id]`: the worker started a job (its timeout runs from now).
+    Start {
+        /// The worker's name.
+        worker: Bytes,
+        /// The job's id.
+        id: Bytes,
+    },
+    /// `[s0res, worker, id, status, output]`: how a framed job ended.
+    Result {
+        /// The worker's name.
+        worker: Bytes,
+        /// The job's id.
+        id: Bytes,
+        /// How it ended.
+        status: Status,
+        /// Its output, or why it failed.
+        output: Bytes,
+    },
+    /// `[s0bye, worker]`: the worker leaves; it takes no more jobs.
+    Bye {
+        /// The worker's name.
+        worker: Bytes,
+    },
+    /// A one-frame result (a plain job's, or the Guide's worker's).
+    Plain(Bytes),
+}
+
+impl Report {
+    /// Reads a report message.
+    pub fn decode(frames: &[Bytes]) -> Result<Self, PipeError> {
+        let [kind, rest @ ..] = frames else {
+            return Err(PipeError::Empty);
+        };
+        if rest.is_empty() {
+            return Ok(Report::Plain(kind.clone()));
+        }
+        match &kind[..] {
+            k if k == ALIVE => match rest {
+                [worker, capacity, interval, running @ ..] => {
+                    let capacity = number("capacity", capacity, u64::from(MAX_CAPACITY))?;
+                    let interval_ms = number("interval", interval, MAX_INTERVAL_MS)?;
+                    if capacity == 0 || interval_ms == 0 {
+                        return Err(PipeError::BadNumber {
+                            field: "capacity or interval",
+                            value: "0".into(),
+                        });
+                    }
+                    Ok(Report::Alive {
+                        worker: id("worker", worker)?,
+                        capacity: u32::try_from(capacity).unwrap_or(MAX_CAPACITY),
+                        interval_ms,
+                        running: running
+                            .iter()
+                            .map(|r| id("running job id", r))
+                            .collect::<Result<_, _>>()?,
+                    })
+                }
+                _ => Err(count("s0alive", "at least 4", frames.len())),
+            },
+            k if k == START => match rest {
+                [worker, job] => Ok(Report::Start {
+                    worker: id("worker", worker)?,
+                    id: id("job id", job)?,
+                }),
+                _ => Err(count("s0start", "3", frames.len())),
+            },
+            k if k == RESULT => match rest {
+                [worker, job, status, output] => Ok(Report::Result {
+                    worker: id("worker", worker)?,
+                    id: id("job id", job)?,
+                    status: Status::parse(status)?,
+                    output: output.clone(),
+                }),
+                _ => Err(count("s0res", "5", frames.len())),
+            },
+            k if k == BYE => match rest {
+                [worker] => Ok(Report::Bye {
+                    worker: id("worker", worker)?,
+                }),
+                _ => Err(count("s0bye", "2", frames.len())),
+            },
+            other => Err(PipeError::UnknownKind(
+                String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned(),
+            )),
+        }
+    }
+
+    /// The frames of this report.
+    pub fn encode(&self) -> Frames {
+        match self {
+            Report::Alive {
+                worker,
+                capacity,
+                interval_ms,
+                running,
+            } => {
+                let mut f = vec![
+                    Bytes::from_static(ALIVE),
+                    worker.clone(),
+                    ascii(u64::from(*capacity)),
+                    ascii(*interval_ms),
+                ];
+                f.extend(running.iter().cloned());
+                f
+            }
+            Report::Start { worker, id } => {
+                vec![Bytes::from_static(START), worker.clone(), id.clone()]
+            }
+            Report::Result {
+                worker,
+                id,
+                status,
+                output,
+            } => vec![
+                Bytes::from_static(RESULT),
+                worker.clone(),
+                id.clone(),
+                Bytes::from_static(status.label().as_bytes()),
+                output.clone(),
+            ],
+            Report::Bye { worker } => vec![Bytes::from_static(BYE), worker.clone()],
+            Report::Plain(output) => vec![output.clone()],
+        }
+    }
+}
+
+/// Behaviour of the parallel map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapConfig {
+    /// Longest a job may run, from its start notice; 0 for no limit. The worker stops it
+    /// then; the map gives up on it one heartbeat grace later even if the worker does not.
+    pub job_timeout_ms: u64,
+    /// Runs of one job at most (1 + retries); then it is reported failed for good.
+    pub max_attempts: u32,
+    /// Jobs sent to each worker beyond what it runs at once, so it never waits for the
+    /// next one; they wait in socket buffers, not on the job's timeout.
+    pub prefetch: u32,
+    /// Heartbeats a worker may miss before it is presumed dead and its jobs sent again.
+    pub liveness: u32,
+    /// Longest a job may wait, sent but not started, before it is sent again (a worker
+    /// that never starts jobs, such as a plain PULL program, must not hold one forever).
+    pub dispatch_timeout_ms: u64,
+    /// Emit results in input order (else as they finish).
+    pub ordered: bool,
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        Self {
+            job_timeout_ms: 0,
+            max_attempts: 3,
+            prefetch: 1,
+            liveness: 3,
+            dispatch_timeout_ms: 60_000,
+            ordered: true,
+        }
+    }
+}
+
+/// How a job ended for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its first successful result.
+    Done(Bytes),
+    /// Every attempt failed; the last reason.
+    Failed(String),
+}
+
+/// One finished job, handed out once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// Position of the job in the input, from 0.
+    pub index: u64,
+    /// Runs that ended (failed ones and the last).
+    pub attempts: u32,
+    /// The worker of the last run, if one was known.
+    pub worker: Option<Bytes>,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// Progress totals of a map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapCounters {
+    /// Jobs given to the map.
+    pub jobs: u64,
+    /// Jobs that succeeded.
+    pub done: u64,
+    /// Jobs that failed for good.
+    pub failed: u64,
+    /// Jobs sent again (after a failure, a timeout, a worker's death, a lost buffer).
+    pub retried: u64,
+    /// Jobs sent to workers (a re-send counts again).
+    pub sent: u64,
+    /// Results for a job already finished or for a superseded send, dropped.
+    pub late_results: u64,
+    /// Reports that could not be read, dropped.
+    pub malformed: u64,
+    /// Workers presumed dead after missing heartbeats.
+    pub workers_lost: u64,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// In the queue, not sent.
+    Queued,
+    /// Sent with `key`, no start notice yet.
+    Sent { key: Bytes, at: Instant },
+    /// Started on `worker` with `key`.
+    Started {
+        key: Bytes,
+        worker: Bytes,
+        at: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct JobState {
+    payload: Bytes,
+    /// Sends so far, numbering the keys so a superseded send's report is recognised.
+    sends: u32,
+    /// Runs that ended without success.
+    failures: u32,
+    last_worker: Option<Bytes>,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+struct WorkerState {
+    capacity: u32,
+    interval_ms: u64,
+    last_seen: Instant,
+    /// Keys the map believes this worker is running.
+    started: HashSet<Bytes>,
+}
+
+/// A job handed to the driver to send on the jobs socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dispatch {
+    /// Position of the job in the input.
+    pub index: u64,
+    /// The job message.
+    pub frames: Frames,
+}
+
+/// The parallel map: jobs in, dispatches out, reports in, finished jobs out.
+#[derive(Debug)]
+pub struct Map {
+    config: MapConfig,
+    /// Tells this run's keys from any earlier run's on the same workers.
+    run: u64,
+    jobs: HashMap<u64, JobState>,
+    queue: VecDeque<u64>,
+    /// Sent, not started.
+    unstarted: usize,
+    /// Sent or started.
+    in_flight: usize,
+    workers: HashMap<Bytes, WorkerState>,
+    /// Connections on the jobs socket (from the driver's socket monitor).
+    connections: usize,
+    /// Workers presumed dead whose connection may still be open: not strangers.
+    zombies: usize,
+    /// Names of workers presumed dead, so one that speaks again is no longer a zombie.
+    presumed_dead: HashSet<Bytes>,
+    next_index: u64,
+    input_closed: bool,
+    finished: BTreeMap<u64, Finished>,
+    next_emit: u64,
+    counters: MapCounters,
+}
+
+impl Map {
+    /// A map whose job keys start with `run` (a random number, different per run).
+    pub fn new(config: MapConfig, run: u64) -> Self {
+        Self {
+            config,
+            run,
+            jobs: HashMap::new(),
+            queue: VecDeque::new(),
+            unstarted: 0,
+            in_flight: 0,
+            workers: HashMap::new(),
+            connections: 0,
+            zombies: 0,
+            presumed_dead: HashSet::new(),
+            next_index: 0,
+            input_closed: false,
+            finished: BTreeMap::new(),
+            next_emit: 0,
+            counters: MapCounters::default(),
+        }
+    }
+
+    /// Adds a job; returns its index.
+    pub fn push_job(&mut self, payload: Bytes) -> u64 {
+        let index = self.next_index;
+        self.next_index += 1;
+        self.counters.jobs += 1;
+        self.jobs.insert(
+            index,
+            JobState {
+                payload,
+                sends: 0,
+                failures: 0,
+                last_worker: None,
+                phase: Phase::Queued,
+            },
+        );
+        self.queue.push_back(index);
+        index
+    }
+
+    /// No more jobs will be pushed.
+    pub fn close_input(&mut self) {
+        self.input_closed = true;
+    }
+
+    /// Jobs waiting to be sent; the driver reads more input while this is small.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when every job pushed has been finished and handed out, and input is closed.
+    pub fn is_done(&self) -> bool {
+        self.input_closed && self.jobs.is_empty() && self.finished.is_empty()
+    }
+
+    /// Totals so far.
+    pub fn counters(&self) -> &MapCounters {
+        &self.counters
+    }
+
+    /// Workers alive now, and the jobs they run at once in all.
+    pub fn workers(&self) -> (usize, u64) {
+        let capacity = self.workers.values().map(|w| u64::from(w.capacity)).sum();
+        (self.workers.len(), capacity)
+    }
+
+    /// Jobs sent and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The driver's count of connections on the jobs socket. A connection whose worker
+    /// has not said hello yet gets one job, which makes it say hello; a lost connection
+    /// may have taken jobs with it, so those not started are sent again.
+    pub fn set_connections(&mut self, now: Instant, connections: usize) {
+        if connections < self.connections {
+            let closed = self.connections - connections;
+            self.zombies = self.zombies.saturating_sub(closed);
+            if self.zombies == 0 {
+                self.presumed_dead.clear();
+            }
+            self.resend_unstarted(now, "a connection closed");
+        }
+        self.connections = connections;
+    }
+
+    fn credit(&self) -> usize {
+        let known: u64 = self
+            .workers
+            .values()
+            .map(|w| u64::from(w.capacity) + u64::from(self.config.prefetch))
+            .sum();
+        let strangers = self
+            .connections
+            .saturating_sub(self.workers.len() + self.zombies);
+        let credit = usize::try_from(known)
+            .unwrap_or(usize::MAX)
+            .saturating_add(strangers);
+        // Whatever the accounting says, a connected peer always gets a job to try: the
+        // dispatch timeout takes it back if it never starts.
+        if self.connections > 0 {
+            credit.max(1)
+        } else {
+            credit
+        }
+    }
+
+    fn key(&self, index: u64, send: u32) -> Bytes {
+        Bytes::from(format!("{:016x}.{index}.{send}", self.run))
+    }
+
+    fn parse_key(&self, key: &[u8]) -> Option<(u64, u32)> {
+        let text = std::str::from_utf8(key).ok()?;
+        let mut parts = text.split('.');
+        let run = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let index = parts.next()?.parse().ok()?;
+        let send = parts.next()?.parse().ok()?;
+        (run == self.run && parts.next().is_none()).then_some((index, send))
+    }
+
+    /// The next job to send, if credit allows; the driver sends it or gives it back with
+    /// [`Map::undo_dispatch`].
+    pub fn poll_dispatch(&mut self, now: Instant) -> Option<Dispatch> {
+        if self.in_flight >= self.credit() {
+            return None;
+        }
+        let index = self.queue.pop_front()?;
+        let timeout_ms = self.config.job_timeout_ms;
+        let key = {
+            let job = self.jobs.get(&index)?;
+            self.key(index, job.sends + 1)
+        };
+        let job = self.jobs.get_mut(&index)?;
+        job.sends += 1;
+        job.phase = Phase::Sent {
+            key: key.clone(),
+            at: now,
+        };
+        self.unstarted += 1;
+        self.in_flight += 1;
+        self.counters.sent += 1;
+        let frames = Job::Framed {
+            id: key,
+            timeout_ms,
+            payload: job.payload.clone(),
+        }
+        .encode();
+        Some(Dispatch { index, frames })
+    }
+
+    /// The socket could not take a dispatched job: it goes back to the head of the queue.
+    pub fn undo_dispatch(&mut self, index: u64) {
+        if let Some(job) = self.jobs.get_mut(&index)
+            && matches!(job.phase, Phase::Sent { .. })
+        {
+            job.phase = Phase::Queued;
+            job.sends = job.sends.saturating_sub(1);
+            self.unstarted -= 1;
+            self.in_flight -= 1;
+            self.counters.sent = self.counters.sent.saturating_sub(1);
+            self.queue.push_front(index);
+        }
+    }
+
+    /// Takes in one message from the sink socket.
+    pub fn handle_report(&mut self, now: Instant, frames: &[Bytes]) {
+        let report = match Report::decode(frames) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.malformed += 1;
+                debug!(error = %e, "malformed report dropped");
+                return;
+            }
+        };
+        match report {
+            Report::Alive {
+                worker,
+                capacity,
+                interval_ms,
+                running,
+            } => self.alive(now, worker, capacity, interval_ms, &running),
+            Report::Start { worker, id } => self.start(now, worker, &id),
+            Report::Result {
+                worker,
+                id,
+                status,
+                output,
+            } => self.result(now, &worker, &id, status, output),
+            Report::Bye { worker } => {
+                if let Some(w) = self.workers.remove(&worker) {
+                    info!(worker = %String::from_utf8_lossy(&worker), "worker left");
+                    self.orphan(now, w, "its worker left");
+                }
+                self.resend_unstarted(now, "a worker left");
+            }
+            Report::Plain(_) => {
+                self.counters.malformed += 1;
+                debug!("a one-frame result on the map's sink: no job id, dropped");
+            }
+        }
+    }
+
+    fn touch(&mut self, now: Instant, worker: &Bytes, capacity: u32, interval_ms: u64) {
+        if !self.workers.contains_key(worker) && self.presumed_dead.remove(worker) {
+            self.zombies = self.zombies.saturating_sub(1);
+        }
+        let w = self.workers.entry(worker.clone()).or_insert_with(|| {
+            info!(worker = %String::from_utf8_lossy(worker), capacity, "worker joined");
+            WorkerState {
+                capacity,
+                interval_ms,
+                last_seen: now,
+                started: HashSet::new(),
+            }
+        });
+        w.capacity = capacity;
+        w.interval_ms = interval_ms;
+        w.last_seen = now;
+    }
+
+    fn alive(
+        &mut self,
+        now: Instant,
+        worker: Bytes,
+        capacity: u32,
+        interval_ms: u64,
+        running: &[Bytes],
+    ) {
+        self.touch(now, &worker, capacity, interval_ms);
+        // Reports travel in order on one connection: a started job this heartbeat no
+        // longer lists, with no result before it, had its result lost on the way.
+        let running: HashSet<&Bytes> = running.iter().collect();
+        let lost: Vec<Bytes> = self
+            .workers
+            .get(&worker)
+            .map(|w| {
+                w.started
+                    .iter()
+                    .filter(|k| !running.contains(k))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in lost {
+            if let Some((index, _)) = self.parse_key(&key) {
+                self.attempt_failed(now, index, &key, "its result was lost".into());
+            }
+        }
+    }
+
+    fn start(&mut self, now: Instant, worker: Bytes, key: &[u8]) {
+        let Some((index, send)) = self.parse_key(key) else {
+            self.counters.late_results += 1;
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&index) else {
+            return;
+        };
+        if job.sends != send || !matches!(job.phase, Phase::Sent { .. }) {
+            // A superseded send starting late: its result, if ok, still counts.
+            return;
+        }
+        let key = Bytes::copy_from_slice(key);
+        job.phase = Phase::Started {
+            key: key.clone(),
+            worker: worker.clone(),
+            at: now,
+        };
+        job.last_worker = Some(worker.clone());
+        self.unstarted -= 1;
+        match self.workers.get_mut(&worker) {
+            Some(w) => {
+                w.started.insert(key);
+                w.last_seen = now;
+            }
+            None => {
+                // Its hello was lost or it was presumed dead: known again from now, with
+                // the capacity it announces in its next heartbeat.
+                self.touch(now, &worker, 1, 1000);
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.started.insert(key);
+                }
+            }
+        }
+    }
+
+    fn result(&mut self, now: Instant, worker: &Bytes, key: &[u8], status: Status, output: Bytes) {
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.started.remove(key);
+            w.last_seen = now;
+        }
+        let Some((index, send)) = self.parse_key(key) else {
+            self.counters.late_results += 1;
+            return;
+        };
+        let Some(job) = self.jobs.get(&index) else {
+            self.counters.late_results += 1;
+            return;
+        };
+        let current = job.sends == send;
+        match status {
+            Status::Ok => {
+                self.leave_flight(index);
+                if let Some(job) = self.jobs.get_mut(&index) {
+                    job.last_worker = Some(worker.clone());
+                }
+                self.finish(index, Outcome::Done(output));
+            }
+            Status::Failed | Status::Timeout if current => {
+                let why = if status == Status::Timeout {
+                    format!("timed out after {} ms", self.config.job_timeout_ms)
+                } else {
+                    String::from_utf8_lossy(&output).trim_end().to_string()
+                };
+                self.attempt_failed(now, index, key, why);
+            }
+            // A failure of a superseded send: the current one may still succeed.
+            Status::Failed | Status::Timeout => self.counters.late_results += 1,
+        }
+    }
+
+    /// Takes a job out of the in-flight counts (whatever its phase) and out of the
+    /// started set of its worker.
+    fn leave_flight(&mut self, index: u64) {
+        let Some(job) = self.jobs.get_mut(&index) else {
+            return;
+        };
+        match std::mem::replace(&mut job.phase, Phase::Queued) {
+            Phase::Queued => {
+                self.queue.retain(|i| *i != index);
+            }
+            Phase::Sent { .. } => {
+                self.unstarted -= 1;
+                self.in_flight -= 1;
+            }
+            Phase::Started { key, worker, .. } => {
+                self.in_flight -= 1;
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.started.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The run `key` of job `index` ended without success.
+    fn attempt_failed(&mut self, _now: Instant, index: u64, key: &[u8], why: String) {
+        let Some(job) = self.jobs.get(&index) else {
+            return;
+        };
+        let is_current = match &job.phase {
+            Phase::Started { key: k, .. } | Phase::Sent { key: k, .. } => k[..] == *key,
+            Phase::Queued => false,
+        };
+        if !is_current {
+            return;
+        }
+        self.leave_flight(index);
+        let Some(job) = self.jobs.get_mut(&index) else {
+            return;
+        };
+        job.failures += 1;
+        if job.failures >= self.config.max_attempts {
+            self.finish(index, Outcome::Failed(why));
+        } else {
+            debug!(index, why, "job sent again");
+            self.counters.retried += 1;
+            self.queue.push_front(index);
+        }
+    }
+
+    fn finish(&mut self, index: u64, outcome: Outcome) {
+        let Some(job) = self.jobs.remove(&index) else {
+            return;
+        };
+        match outcome {
+            Outcome::Done(_) => self.counters.done += 1,
+            Outcome::Failed(_) => self.counters.failed += 1,
+        }
+        let attempts = job.failures + u32::from(matches!(outcome, Outcome::Done(_)));
+        self.finished.insert(
+            index,
+            Finished {
+                index,
+                attempts,
+                worker: job.last_worker,
+                outcome,
+            },
+        );
+    }
+
+    /// Sent jobs not started yet may be in a buffer that went away: send them again.
+    fn resend_unstarted(&mut self, now: Instant, why: &str) {
+        let sent: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| matches!(j.phase, Phase::Sent { at, .. } if at <= now))
+            .map(|(i, _)| *i)
+            .collect();
+        if !sent.is_empty() {
+            debug!(jobs = sent.len(), why, "unstarted jobs sent again");
+        }
+        let mut sent = sent;
+        sent.sort_unstable();
+        for index in sent.into_iter().rev() {
+            self.leave_flight(index);
+            self.counters.retried += 1;
+            self.queue.push_front(index);
+        }
+    }
+
+    /// A worker gone: its started jobs failed this attempt.
+    fn orphan(&mut self, now: Instant, worker: WorkerState, why: &str) {
+        for key in worker.started {
+            if let Some((index, _)) = self.parse_key(&key) {
+                self.attempt_failed(now, index, &key, why.to_string());
+            }
+        }
+    }
+
+    fn worker_deadline(&self, w: &WorkerState) -> Instant {
+        w.last_seen + Duration::from_millis(w.interval_ms * u64::from(self.config.liveness.max(1)))
+    }
+
+    fn job_deadline(&self, job: &JobState) -> Option<Instant> {
+        match &job.phase {
+            Phase::Queued => None,
+            Phase::Sent { at, .. } => {
+                Some(*at + Duration::from_millis(self.config.dispatch_timeout_ms))
+            }
+            Phase::Started { at, worker, .. } if self.config.job_timeout_ms > 0 => {
+                // The worker stops the job at its timeout and reports it; the grace covers
+                // that report's way back.
+                let grace = self.workers.get(worker).map_or(1000, |w| w.interval_ms * 2);
+                Some(*at + Duration::from_millis(self.config.job_timeout_ms + grace))
+            }
+            Phase::Started { .. } => None,
+        }
+    }
+
+    /// When [`Map::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let workers = self.workers.values().map(|w| self.worker_deadline(w));
+        let jobs = self.jobs.values().filter_map(|j| self.job_deadline(j));
+        workers.chain(jobs).min()
+    }
+
+    /// Expires silent workers and overdue jobs.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let dead: Vec<Bytes> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| self.worker_deadline(w) <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in dead {
+            if let Some(w) = self.workers.remove(&name) {
+                info!(worker = %String::from_utf8_lossy(&name), "worker silent: presumed dead");
+                self.counters.workers_lost += 1;
+                self.zombies += 1;
+                // Bounded: cleared when every zombie's connection has closed.
+                if self.presumed_dead.len() < 10_000 {
+                    self.presumed_dead.insert(name.clone());
+                }
+                self.orphan(now, w, "its worker died");
+                self.resend_unstarted(now, "a worker died");
+            }
+        }
+        let overdue: Vec<(u64, Bytes, bool)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| self.job_deadline(j).is_some_and(|d| d <= now))
+            .filter_map(|(i, j)| match &j.phase {
+                Phase::Sent { key, .. } => Some((*i, key.clone(), false)),
+                Phase::Started { key, .. } => Some((*i, key.clone(), true)),
+                Phase::Queued => None,
+            })
+            .collect();
+        for (index, key, started) in overdue {
+            if started {
+                let why = format!("timed out after {} ms", self.config.job_timeout_ms);
+                self.attempt_failed(now, index, &key, why);
+            } else {
+                // Never started: not the job's fault, so no attempt is used.
+                self.leave_flight(index);
+                self.counters.retried += 1;
+                self.queue.push_front(index);
+            }
+        }
+    }
+
+    /// The next finished job: in input order when `ordered`, else as they finish.
+    pub fn poll_finished(&mut self) -> Option<Finished> {
+        if self.config.ordered {
+            let next = self.finished.remove(&self.next_emit)?;
+            self.next_emit += 1;
+            Some(next)
+        } else {
+            self.finished.pop_first().map(|(_, f)| f)
+        }
+    }
+}
+
+impl fmt::Display for MapCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} jobs, {} ok, {} failed, {} retried",
+            self.jobs, self.done, self.failed, self.retried
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn jobs_round_trip_and_plain_frames_are_jobs() {
+        let job = Job::Framed {
+            id: b("k.1.1"),
+            timeout_ms: 250,
+            payload: b("x y"),
+        };
+        assert_eq!(Job::decode(&job.encode()), Ok(job));
+        assert_eq!(Job::decode(&[b("42")]), Ok(Job::Plain(b("42"))));
+        assert!(matches!(
+            Job::decode(&[b("s0job"), b("id"), b("-1"), b("p")]),
+            Err(PipeError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            Job::decode(&[b("s0job"), b("id")]),
+            Err(PipeError::FrameCount { .. })
+        ));
+        assert!(matches!(
+            Job::decode(&[b("other"), b("x")]),
+            Err(PipeError::UnknownKind(_))
+        ));
+        assert_eq!(Job::decode(&[]), Err(PipeError::Empty));
+    }
+
+    #[test]
+    fn reports_round_trip_and_bad_ones_are_refused() {
+        let reports = [
+            Report::Alive {
+                worker: b("w"),
+                capacity: 4,
+                interval_ms: 1000,
+                running: vec![b("a"), b("b")],
+            },
+            Report::Start {
+                worker: b("w"),
+                id: b("a"),
+            },
+            Report::Result {
+                worker: b("w"),
+                id: b("a"),
+                status: Status::Timeout,
+                output: b(""),
+            },
+            Report::Bye { worker: b("w") },
+            Report::Plain(b("out")),
+        ];
+        for r in reports {
+            assert_eq!(Report::decode(&r.encode()), Ok(r));
+        }
+        for bad in [
+            vec![b("s0alive"), b("w"), b("0"), b("1000")],
+            vec![b("s0alive"), b("w"), b("70000"), b("1000")],
+            vec![b("s0alive"), b(""), b("1"), b("1000")],
+            vec![b("s0res"), b("w"), b("a"), b("maybe"), b("")],
+            vec![b("s0start"), b("w")],
+            vec![b("s0bye"), b("w"), b("x")],
+        ] {
+            assert!(Report::decode(&bad).is_err(), "{bad:?}");
+        }
+    }
+}
