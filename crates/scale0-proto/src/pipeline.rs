@@ -391,6 +391,8 @@ pub enum Outcome {
 pub struct Finished {
     /// Position of the job in the input, from 0.
     pub index: u64,
+    /// The job's input.
+    pub input: Bytes,
     /// Runs that ended (failed ones and the last).
     pub attempts: u32,
     /// The worker of the last run, if one was known.
@@ -873,6 +875,7 @@ impl Map {
             index,
             Finished {
                 index,
+                input: job.payload,
                 attempts,
                 worker: job.last_worker,
                 outcome,

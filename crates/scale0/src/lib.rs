@@ -12,9 +12,12 @@ mod client;
 mod clock;
 mod error;
 mod limits;
+mod pipeline;
+mod pool;
 mod queue;
 mod shutdown;
 mod sockets;
+mod task;
 mod worker;
 
 pub use broker::{Broker, BrokerConfig, watch_events};
@@ -25,8 +28,14 @@ pub use bus::{
 pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};
 pub use limits::{fd_limits, raise_fd_limit};
+pub use pipeline::{
+    DEFAULT_SINK, DEFAULT_VENT, Sink, SinkConfig, SinkItem, Source, TaskWorker, TaskWorkerConfig,
+    TaskWorkerSummary, Vent, VentConfig,
+};
+pub use pool::{MapProgress, MapSummary, Pool, PoolConfig};
 pub use queue::{Queue, QueueConfig, QueueEndpoints};
 pub use shutdown::Shutdown;
+pub use task::{CommandTask, Task, TaskOutcome};
 pub use worker::{Handler, HandlerError, Progress, Worker, WorkerConfig, WorkerSummary};
 
 pub use scale0_proto as proto;

@@ -1,0 +1,867 @@
+//! PUSH/PULL pipelines: the ventilator ([`Vent`]), the worker ([`TaskWorker`]) and the
+//! sink ([`Sink`]). The parallel map is in `pool.rs`. Frames are in
+//! [`scale0_proto::pipeline`] and `docs/protocol.md`.
+
+use crate::error::{Error, Result, ZmqContext};
+use crate::shutdown::Shutdown;
+use crate::sockets;
+use crate::task::{Task, TaskOutcome};
+use bytes::Bytes;
+use scale0_proto::pipeline::{Job, MAX_CAPACITY, MAX_ID_BYTES, Report, Status};
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The Guide's ventilator port, where workers pull jobs.
+pub const DEFAULT_VENT: &str = "tcp://*:5557";
+/// The Guide's sink port, where workers push results.
+pub const DEFAULT_SINK: &str = "tcp://*:5558";
+/// ZeroMQ's own heartbeat on pipeline connections: a peer that vanished without closing
+/// (host down, cable pulled) is dropped after `ZMTP_TIMEOUT_MS`, which releases the jobs
+/// buffered for it.
+const ZMTP_IVL_MS: i32 = 1000;
+const ZMTP_TIMEOUT_MS: i32 = 3000;
+
+/// A random number, different per call and per process.
+pub(crate) fn random_u64() -> u64 {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    RandomState::new().hash_one((std::process::id(), n, nanos))
+}
+
+pub(crate) fn pipeline_socket(kind: zmq::SocketType, hwm: i32, what: &str) -> Result<zmq::Socket> {
+    let s = sockets::context()
+        .socket(kind)
+        .context(|| format!("creating the {what} socket"))?;
+    s.set_linger(0).context(|| "setting LINGER".into())?;
+    s.set_sndhwm(hwm).context(|| "setting SNDHWM".into())?;
+    s.set_rcvhwm(hwm).context(|| "setting RCVHWM".into())?;
+    s.set_heartbeat_ivl(ZMTP_IVL_MS)
+        .context(|| "setting HEARTBEAT_IVL".into())?;
+    s.set_heartbeat_timeout(ZMTP_TIMEOUT_MS)
+        .context(|| "setting HEARTBEAT_TIMEOUT".into())?;
+    Ok(s)
+}
+
+/// Counts connections on a bound socket through a monitor: accepted minus disconnected.
+pub(crate) struct ConnectionCounter {
+    monitor: zmq::Socket,
+    count: i64,
+}
+
+impl ConnectionCounter {
+    pub(crate) fn watch(socket: &zmq::Socket, what: &str) -> Result<Self> {
+        static MONITORS: AtomicU64 = AtomicU64::new(0);
+        let addr = format!(
+            "inproc://scale0-pipeline-monitor-{}",
+            MONITORS.fetch_add(1, Ordering::Relaxed)
+        );
+        let events = i32::from(zmq::SocketEvent::ACCEPTED.to_raw())
+            | i32::from(zmq::SocketEvent::DISCONNECTED.to_raw());
+        socket
+            .monitor(&addr, events)
+            .context(|| format!("monitoring the {what} socket"))?;
+        let monitor = sockets::context()
+            .socket(zmq::PAIR)
+            .context(|| "creating a monitor socket".into())?;
+        monitor
+            .connect(&addr)
+            .context(|| format!("connecting {addr}"))?;
+        Ok(Self { monitor, count: 0 })
+    }
+
+    pub(crate) fn poll_item(&self) -> zmq::PollItem<'_> {
+        self.monitor.as_poll_item(zmq::POLLIN)
+    }
+
+    /// Reads pending events; returns the new count if it changed.
+    pub(crate) fn update(&mut self) -> Result<Option<usize>> {
+        let before = self.count;
+        while let Some(event) = sockets::try_recv(&self.monitor)? {
+            // Event frame: u16 event id, u32 value (then a frame with the endpoint).
+            let id = event
+                .first()
+                .and_then(|f| f.get(..2))
+                .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+            if id == zmq::SocketEvent::ACCEPTED.to_raw() {
+                self.count += 1;
+            } else if id == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                self.count = (self.count - 1).max(0);
+            }
+        }
+        Ok((self.count != before).then(|| usize::try_from(self.count).unwrap_or(0)))
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        usize::try_from(self.count).unwrap_or(0)
+    }
+}
+
+/// `tcp://*:5557` as a local peer would connect to it: `tcp://127.0.0.1:5557`.
+pub(crate) fn local_endpoint(bound: &str) -> String {
+    for any in ["tcp://*:", "tcp://0.0.0.0:"] {
+        if let Some(port) = bound.strip_prefix(any) {
+            return format!("tcp://127.0.0.1:{port}");
+        }
+    }
+    if let Some(port) = bound.strip_prefix("tcp://[::]:") {
+        return format!("tcp://[::1]:{port}");
+    }
+    bound.to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// The worker.
+
+/// Where a worker pulls jobs from and pushes their results to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// A ventilator's (or map's) jobs endpoint, such as `tcp://host:5557`.
+    pub jobs: String,
+    /// The sink for results of jobs from there, such as `tcp://host:5558`.
+    pub results: String,
+}
+
+impl Source {
+    /// `host` alone means its ventilator and sink ports (5557, 5558); an endpoint with a
+    /// port is the ventilator, and the sink is on the port after it.
+    pub fn host(host: &str) -> Result<Self> {
+        let bad = || {
+            Error::InvalidConfig(format!(
+                "{host:?} is not a host, host:port or tcp://host:port"
+            ))
+        };
+        let rest = host.strip_prefix("tcp://").unwrap_or(host);
+        if rest.is_empty() || rest.contains('/') {
+            return Err(bad());
+        }
+        // An IPv6 address is bracketed; a port follows the last colon outside brackets.
+        let (name, port) = match rest.rsplit_once(':') {
+            Some((name, port)) if !name.is_empty() && !port.contains(']') => {
+                let port: u16 = port.parse().map_err(|_| bad())?;
+                (name, port)
+            }
+            _ => (rest, 5557),
+        };
+        let sink = port.checked_add(1).ok_or_else(bad)?;
+        Ok(Self {
+            jobs: format!("tcp://{name}:{port}"),
+            results: format!("tcp://{name}:{sink}"),
+        })
+    }
+}
+
+/// A pipeline worker's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskWorkerConfig {
+    /// Ventilators (or maps) and their sinks; jobs from each go back to its own sink.
+    pub sources: Vec<Source>,
+    /// Jobs run at once.
+    pub capacity: u32,
+    /// Heartbeats to sinks that sent framed jobs, in milliseconds.
+    pub interval_ms: u64,
+    /// Limit for one-frame jobs, which carry none; 0 for no limit.
+    pub plain_timeout_ms: u64,
+    /// The worker's name in reports; `None` for host.pid.random.
+    pub name: Option<String>,
+}
+
+impl TaskWorkerConfig {
+    /// One source, one job at a time, heartbeats every second.
+    pub fn new(source: Source) -> Self {
+        Self {
+            sources: vec![source],
+            capacity: 1,
+            interval_ms: 1000,
+            plain_timeout_ms: 0,
+            name: None,
+        }
+    }
+}
+
+/// What a worker did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskWorkerSummary {
+    /// Jobs started.
+    pub jobs: u64,
+    /// Jobs that succeeded.
+    pub ok: u64,
+    /// Jobs that failed.
+    pub failed: u64,
+    /// Jobs stopped at their timeout.
+    pub timed_out: u64,
+    /// Messages on a jobs socket that were not jobs.
+    pub malformed: u64,
+}
+
+/// A pipeline worker: pulls jobs, runs them on `capacity` threads, pushes results.
+#[derive(Debug)]
+pub struct TaskWorker {
+    config: TaskWorkerConfig,
+    name: Bytes,
+}
+
+struct SlotJob {
+    seq: u64,
+    timeout: Option<Duration>,
+    payload: Bytes,
+}
+
+struct RunningJob {
+    source: usize,
+    /// The framed job's id; `None` for a one-frame job.
+    key: Option<Bytes>,
+}
+
+impl TaskWorker {
+    /// Checks the settings.
+    pub fn new(config: TaskWorkerConfig) -> Result<Self> {
+        if config.sources.is_empty() {
+            return Err(Error::InvalidConfig(
+                "a worker needs a ventilator to connect to".into(),
+            ));
+        }
+        if config.capacity == 0 || config.capacity > MAX_CAPACITY {
+            return Err(Error::InvalidConfig(format!(
+                "capacity must be 1 to {MAX_CAPACITY}"
+            )));
+        }
+        if config.interval_ms == 0 {
+            return Err(Error::InvalidConfig(
+                "the heartbeat interval must be above 0".into(),
+            ));
+        }
+        for s in &config.sources {
+            sockets::check_endpoint(&s.jobs)?;
+            sockets::check_endpoint(&s.results)?;
+        }
+        let name = match &config.name {
+            Some(n) if n.is_empty() || n.len() > MAX_ID_BYTES => {
+                return Err(Error::InvalidConfig(format!(
+                    "a worker name has 1 to {MAX_ID_BYTES} bytes"
+                )));
+            }
+            Some(n) => n.clone(),
+            None => {
+                let host = rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned();
+                format!(
+                    "{host}.{}.{:04x}",
+                    std::process::id(),
+                    random_u64() & 0xffff
+                )
+            }
+        };
+        Ok(Self {
+            config,
+            name: Bytes::from(name),
+        })
+    }
+
+    /// The name this worker reports under.
+    pub fn name(&self) -> String {
+        String::from_utf8_lossy(&self.name).into_owned()
+    }
+
+    /// Pulls and runs jobs until `shutdown`; then says goodbye to the sinks and stops
+    /// running jobs (their tasks see `shutdown` as their cancel signal).
+    pub fn run(self, task: Arc<dyn Task>, shutdown: &Shutdown) -> Result<TaskWorkerSummary> {
+        let config = &self.config;
+        let mut sinks: Vec<String> = Vec::new();
+        let mut sink_of = Vec::new();
+        for s in &config.sources {
+            let i = sinks
+                .iter()
+                .position(|e| *e == s.results)
+                .unwrap_or_else(|| {
+                    sinks.push(s.results.clone());
+                    sinks.len() - 1
+                });
+            sink_of.push(i);
+        }
+        let pulls = config
+            .sources
+            .iter()
+            .map(|s| {
+                // One waiting message per connection: the rest stay with the ventilator,
+                // which gives them to workers with room.
+                let pull = pipeline_socket(zmq::PULL, 1, "jobs")?;
+                sockets::connect(&pull, &s.jobs)?;
+                Ok(pull)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pushes = sinks
+            .iter()
+            .map(|e| {
+                let push = pipeline_socket(zmq::PUSH, 100_000, "results")?;
+                // Results still queued at exit get this long to leave.
+                push.set_linger(2000).context(|| "setting LINGER".into())?;
+                sockets::connect(&push, e)?;
+                Ok(push)
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        static WORKERS: AtomicU64 = AtomicU64::new(0);
+        let done_addr = format!(
+            "inproc://scale0-task-worker-{}",
+            WORKERS.fetch_add(1, Ordering::Relaxed)
+        );
+        let done = sockets::context()
+            .socket(zmq::PULL)
+            .context(|| "creating the results pipe".into())?;
+        done.bind(&done_addr)
+            .context(|| format!("binding {done_addr}"))?;
+        let (job_tx, job_rx) = mpsc::channel::<SlotJob>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for i in 0..config.capacity {
+            let rx = Arc::clone(&job_rx);
+            let task = Arc::clone(&task);
+            let cancel = shutdown.clone();
+            let back = sockets::context()
+                .socket(zmq::PUSH)
+                .context(|| "creating a slot's results pipe".into())?;
+            back.set_sndhwm(0).context(|| "setting SNDHWM".into())?;
+            back.connect(&done_addr)
+                .context(|| format!("connecting {done_addr}"))?;
+            thread::Builder::new()
+                .name(format!("task-slot-{i}"))
+                .spawn(move || slot(&rx, task.as_ref(), &cancel, &back))
+                .map_err(|e| Error::InvalidConfig(format!("starting a slot thread: {e}")))?;
+        }
+
+        let mut summary = TaskWorkerSummary::default();
+        let mut running: HashMap<u64, RunningJob> = HashMap::new();
+        let mut said_hello = vec![false; config.sources.len()];
+        let mut outbox: VecDeque<(usize, Vec<Bytes>)> = VecDeque::new();
+        let interval = Duration::from_millis(config.interval_ms);
+        let mut next_beat = Instant::now() + interval;
+        let mut seq = 0u64;
+        let mut turn = 0usize;
+        let capacity = config.capacity as usize;
+        info!(worker = %self.name(), capacity, sources = config.sources.len(), "pipeline worker running");
+
+        let send = |outbox: &mut VecDeque<(usize, Vec<Bytes>)>, sink: usize, frames: Vec<Bytes>| {
+            outbox.push_back((sink, frames));
+        };
+        while !shutdown.is_triggered() {
+            // Deliver reports in order; a sink that cannot take more holds the rest.
+            while let Some((sink, frames)) = outbox.front() {
+                match sockets::send(&pushes[*sink], frames) {
+                    Ok(()) => {
+                        outbox.pop_front();
+                    }
+                    Err(zmq::Error::EAGAIN) => break,
+                    Err(e) => return Err(e).context(|| "sending a report".into()),
+                }
+            }
+            let free = capacity.saturating_sub(running.len());
+            let take_jobs = free > 0 && outbox.len() < 10_000;
+            let wait_ms = if outbox.is_empty() {
+                next_beat
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(u128::from(Shutdown::CHECK_INTERVAL_MS))
+            } else {
+                10
+            };
+            {
+                let mut items: Vec<zmq::PollItem<'_>> = vec![done.as_poll_item(zmq::POLLIN)];
+                if take_jobs {
+                    items.extend(pulls.iter().map(|p| p.as_poll_item(zmq::POLLIN)));
+                }
+                zmq::poll(&mut items, i64::try_from(wait_ms).unwrap_or(100))
+                    .context(|| "polling the worker's sockets".into())?;
+            }
+            while let Some(frames) = sockets::try_recv(&done)? {
+                let Some(job) = frames
+                    .first()
+                    .and_then(|f| <[u8; 8]>::try_from(&f[..]).ok())
+                    .and_then(|s| running.remove(&u64::from_le_bytes(s)))
+                else {
+                    continue;
+                };
+                let status = frames
+                    .get(1)
+                    .and_then(|f| f.first())
+                    .copied()
+                    .unwrap_or(b'f');
+                let output = frames.get(2).cloned().unwrap_or_default();
+                let status = match status {
+                    b'o' => Status::Ok,
+                    b't' => Status::Timeout,
+                    _ => Status::Failed,
+                };
+                match status {
+                    Status::Ok => summary.ok += 1,
+                    Status::Failed => summary.failed += 1,
+                    Status::Timeout => summary.timed_out += 1,
+                }
+                let sink = sink_of[job.source];
+                let report = match job.key {
+                    Some(id) => Report::Result {
+                        worker: self.name.clone(),
+                        id,
+                        status,
+                        output,
+                    },
+                    None => {
+                        if status != Status::Ok {
+                            warn!(status = status.label(), reason = %String::from_utf8_lossy(&output), "a one-frame job failed; its sink gets an empty result");
+                        }
+                        Report::Plain(if status == Status::Ok {
+                            output
+                        } else {
+                            Bytes::new()
+                        })
+                    }
+                };
+                send(&mut outbox, sink, report.encode());
+            }
+            // Take jobs while slots are free, turn by turn across the sources.
+            let n = pulls.len();
+            let mut idle_rounds = 0;
+            while running.len() < capacity && idle_rounds < n && outbox.len() < 10_000 {
+                let source = turn % n;
+                turn = turn.wrapping_add(1);
+                let Some(frames) = sockets::try_recv(&pulls[source])? else {
+                    idle_rounds += 1;
+                    continue;
+                };
+                idle_rounds = 0;
+                let (key, timeout_ms, payload) = match Job::decode(&frames) {
+                    Ok(Job::Framed {
+                        id,
+                        timeout_ms,
+                        payload,
+                    }) => (Some(id), timeout_ms, payload),
+                    Ok(Job::Plain(payload)) => (None, config.plain_timeout_ms, payload),
+                    Err(e) => {
+                        summary.malformed += 1;
+                        warn!(error = %e, "not a job: dropped");
+                        continue;
+                    }
+                };
+                let sink = sink_of[source];
+                if let Some(id) = &key {
+                    // Framed jobs mean a scale0 sink: it gets heartbeats from now on.
+                    if !said_hello[source] {
+                        said_hello[source] = true;
+                        let hello = self.alive(&running, source);
+                        send(&mut outbox, sink, hello.encode());
+                    }
+                    let start = Report::Start {
+                        worker: self.name.clone(),
+                        id: id.clone(),
+                    };
+                    send(&mut outbox, sink, start.encode());
+                }
+                seq += 1;
+                summary.jobs += 1;
+                running.insert(seq, RunningJob { source, key });
+                let job = SlotJob {
+                    seq,
+                    timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+                    payload,
+                };
+                if job_tx.send(job).is_err() {
+                    return Err(Error::InvalidConfig("the worker's slots stopped".into()));
+                }
+            }
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + interval;
+                for (source, hello) in said_hello.iter().enumerate() {
+                    if *hello {
+                        let beat = self.alive(&running, source);
+                        send(&mut outbox, sink_of[source], beat.encode());
+                    }
+                }
+            }
+        }
+        // Leaving: no more jobs from here; results of running jobs are not waited for
+        // (the map sends them again elsewhere).
+        for (source, hello) in said_hello.iter().enumerate() {
+            if *hello {
+                let bye = Report::Bye {
+                    worker: self.name.clone(),
+                };
+                let _ = sockets::send(&pushes[sink_of[source]], &bye.encode());
+            }
+        }
+        for (sink, frames) in outbox {
+            let _ = sockets::send(&pushes[sink], &frames);
+        }
+        info!(worker = %self.name(), jobs = summary.jobs, "pipeline worker stopped");
+        Ok(summary)
+    }
+
+    fn alive(&self, running: &HashMap<u64, RunningJob>, source: usize) -> Report {
+        Report::Alive {
+            worker: self.name.clone(),
+            capacity: self.config.capacity,
+            interval_ms: self.config.interval_ms,
+            running: running
+                .values()
+                .filter(|j| j.source == source)
+                .filter_map(|j| j.key.clone())
+                .collect(),
+        }
+    }
+}
+
+/// One slot: runs jobs one at a time and hands back `[seq, status, output]`.
+fn slot(
+    rx: &Mutex<mpsc::Receiver<SlotJob>>,
+    task: &dyn Task,
+    cancel: &Shutdown,
+    back: &zmq::Socket,
+) {
+    loop {
+        let job = {
+            let Ok(rx) = rx.lock() else { return };
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        let outcome = task.run(&job.payload, job.timeout, cancel);
+        let (status, output): (&[u8], Bytes) = match outcome {
+            TaskOutcome::Ok(out) => (b"ok", out),
+            TaskOutcome::Failed(why) => (b"failed", Bytes::from(why)),
+            TaskOutcome::TimedOut => (b"timeout", Bytes::new()),
+        };
+        let frames = [&job.seq.to_le_bytes()[..], status, &output[..]];
+        if back.send_multipart(frames, 0).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The ventilator.
+
+/// A ventilator's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VentConfig {
+    /// Endpoints workers connect to.
+    pub bind: Vec<String>,
+    /// Send one-frame jobs (for the Guide's workers), without ids or timeouts.
+    pub plain: bool,
+    /// The per-job limit carried by framed jobs; 0 for none.
+    pub job_timeout_ms: u64,
+    /// Jobs libzmq may queue per worker; small, so a worker joining late gets its share.
+    pub socket_hwm: i32,
+}
+
+impl Default for VentConfig {
+    fn default() -> Self {
+        Self {
+            bind: vec![DEFAULT_VENT.into()],
+            plain: false,
+            job_timeout_ms: 0,
+            socket_hwm: 10,
+        }
+    }
+}
+
+/// The ventilator: round robin of jobs to connected workers (PUSH). It does not see
+/// results, so it cannot send a job again: that is what the map is for.
+pub struct Vent {
+    push: zmq::Socket,
+    connections: ConnectionCounter,
+    endpoints: Vec<String>,
+    config: VentConfig,
+    run: u64,
+    sent: u64,
+}
+
+impl std::fmt::Debug for Vent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vent")
+            .field("endpoints", &self.endpoints)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vent {
+    /// Binds the endpoints.
+    pub fn bind(config: VentConfig) -> Result<Self> {
+        if config.bind.is_empty() {
+            return Err(Error::InvalidConfig(
+                "the ventilator needs an endpoint".into(),
+            ));
+        }
+        let push = pipeline_socket(zmq::PUSH, config.socket_hwm, "jobs")?;
+        let connections = ConnectionCounter::watch(&push, "jobs")?;
+        let endpoints = config
+            .bind
+            .iter()
+            .map(|e| sockets::bind(&push, e))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            push,
+            connections,
+            endpoints,
+            config,
+            run: random_u64(),
+            sent: 0,
+        })
+    }
+
+    /// The endpoints actually bound.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Waits until `n` workers are connected (or `shutdown`): jobs sent before the last
+    /// one connects would all go to the first ones.
+    pub fn wait_for_workers(&mut self, n: usize, shutdown: &Shutdown) -> Result<bool> {
+        while self.connections.count() < n {
+            if shutdown.is_triggered() {
+                return Ok(false);
+            }
+            let mut items = [self.connections.poll_item()];
+            zmq::poll(&mut items, 100).context(|| "waiting for workers".into())?;
+            self.connections.update()?;
+        }
+        Ok(true)
+    }
+
+    /// Workers connected now.
+    pub fn workers(&mut self) -> Result<usize> {
+        self.connections.update()?;
+        Ok(self.connections.count())
+    }
+
+    /// Sends one job, waiting while no worker can take it. `Ok(false)` on shutdown.
+    pub fn send(&mut self, payload: Bytes, shutdown: &Shutdown) -> Result<bool> {
+        let job = if self.config.plain {
+            Job::Plain(payload)
+        } else {
+            Job::Framed {
+                id: Bytes::from(format!("{:016x}.{}.1", self.run, self.sent)),
+                timeout_ms: self.config.job_timeout_ms,
+                payload,
+            }
+        };
+        let frames = job.encode();
+        loop {
+            match sockets::send(&self.push, &frames) {
+                Ok(()) => {
+                    self.sent += 1;
+                    return Ok(true);
+                }
+                Err(zmq::Error::EAGAIN) => {}
+                Err(e) => return Err(e).context(|| "sending a job".into()),
+            }
+            if shutdown.is_triggered() {
+                return Ok(false);
+            }
+            let mut items = [self.push.as_poll_item(zmq::POLLOUT)];
+            zmq::poll(&mut items, 100).context(|| "waiting for a worker".into())?;
+            self.connections.update()?;
+        }
+    }
+
+    /// Jobs sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Waits up to `linger` for the jobs still queued in libzmq to leave, then closes.
+    pub fn finish(self, linger: Duration) -> Result<()> {
+        let ms = i32::try_from(linger.as_millis()).unwrap_or(i32::MAX);
+        self.push
+            .set_linger(ms)
+            .context(|| "setting LINGER".into())?;
+        drop(self.push);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The sink.
+
+/// A sink's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// Endpoints workers push results to.
+    pub bind: Vec<String>,
+    /// Results libzmq may queue per worker.
+    pub socket_hwm: i32,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            bind: vec![DEFAULT_SINK.into()],
+            socket_hwm: 100_000,
+        }
+    }
+}
+
+/// Something a sink received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkItem {
+    /// A framed job's result.
+    Result {
+        /// The worker that ran it.
+        worker: String,
+        /// The job's id.
+        id: String,
+        /// How it ended.
+        status: Status,
+        /// Its output, or why it failed.
+        output: Bytes,
+    },
+    /// A one-frame result.
+    Plain(Bytes),
+    /// A worker's first heartbeat.
+    WorkerJoined {
+        /// Its name.
+        worker: String,
+        /// Jobs it runs at once.
+        capacity: u32,
+    },
+    /// A worker said goodbye.
+    WorkerLeft {
+        /// Its name.
+        worker: String,
+    },
+}
+
+/// The sink: collects results (PULL), fair-queued across workers.
+pub struct Sink {
+    pull: zmq::Socket,
+    endpoints: Vec<String>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sink {
+    /// Binds the endpoints.
+    pub fn bind(config: SinkConfig) -> Result<Self> {
+        if config.bind.is_empty() {
+            return Err(Error::InvalidConfig("the sink needs an endpoint".into()));
+        }
+        let pull = pipeline_socket(zmq::PULL, config.socket_hwm, "results")?;
+        let endpoints = config
+            .bind
+            .iter()
+            .map(|e| sockets::bind(&pull, e))
+            .collect::<Result<_>>()?;
+        Ok(Self { pull, endpoints })
+    }
+
+    /// The endpoints actually bound.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Receives until `shutdown` or until `each` returns false; returns the number of
+    /// results (framed or plain) seen.
+    pub fn run(self, shutdown: &Shutdown, mut each: impl FnMut(SinkItem) -> bool) -> Result<u64> {
+        let mut results = 0u64;
+        let mut known: HashMap<Bytes, ()> = HashMap::new();
+        let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+        while !shutdown.is_triggered() {
+            let mut items = [self.pull.as_poll_item(zmq::POLLIN)];
+            zmq::poll(
+                &mut items,
+                i64::try_from(Shutdown::CHECK_INTERVAL_MS).unwrap_or(100),
+            )
+            .context(|| "polling the sink".into())?;
+            while let Some(frames) = sockets::try_recv(&self.pull)? {
+                let item = match Report::decode(&frames) {
+                    Ok(Report::Result {
+                        worker,
+                        id,
+                        status,
+                        output,
+                    }) => SinkItem::Result {
+                        worker: text(&worker),
+                        id: text(&id),
+                        status,
+                        output,
+                    },
+                    Ok(Report::Plain(output)) => SinkItem::Plain(output),
+                    Ok(Report::Alive {
+                        worker, capacity, ..
+                    }) => {
+                        if known.len() >= 100_000 || known.insert(worker.clone(), ()).is_some() {
+                            continue;
+                        }
+                        SinkItem::WorkerJoined {
+                            worker: text(&worker),
+                            capacity,
+                        }
+                    }
+                    Ok(Report::Bye { worker }) => {
+                        known.remove(&worker);
+                        SinkItem::WorkerLeft {
+                            worker: text(&worker),
+                        }
+                    }
+                    Ok(Report::Start { .. }) => continue,
+                    Err(e) => {
+                        debug!(error = %e, "not a result: dropped");
+                        continue;
+                    }
+                };
+                if matches!(item, SinkItem::Result { .. } | SinkItem::Plain(_)) {
+                    results += 1;
+                }
+                if !each(item) {
+                    return Ok(results);
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_means_its_vent_and_sink_ports() {
+        let s = Source::host("node7").unwrap();
+        assert_eq!(s.jobs, "tcp://node7:5557");
+        assert_eq!(s.results, "tcp://node7:5558");
+        let s = Source::host("tcp://10.0.0.2:6000").unwrap();
+        assert_eq!(
+            (s.jobs.as_str(), s.results.as_str()),
+            ("tcp://10.0.0.2:6000", "tcp://10.0.0.2:6001")
+        );
+        let s = Source::host("[::1]").unwrap();
+        assert_eq!(s.jobs, "tcp://[::1]:5557");
+        for bad in ["", "host:port", "host:65535", "tcp://", "ipc:///x"] {
+            assert!(Source::host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bound_wildcards_become_loopback() {
+        assert_eq!(local_endpoint("tcp://0.0.0.0:5557"), "tcp://127.0.0.1:5557");
+        assert_eq!(local_endpoint("tcp://*:1"), "tcp://127.0.0.1:1");
+        assert_eq!(local_endpoint("tcp://[::]:9"), "tcp://[::1]:9");
+        assert_eq!(local_endpoint("tcp://127.0.0.1:9"), "tcp://127.0.0.1:9");
+    }
+}

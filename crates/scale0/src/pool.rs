@@ -1,0 +1,348 @@
+//! The parallel map's socket loop: a PUSH for jobs, a PULL for reports, a monitor counting
+//! connections, and the [`scale0_proto::pipeline::Map`] state machine deciding.
+
+use crate::clock::Clock;
+use crate::error::{Error, Result, ZmqContext};
+use crate::pipeline::{
+    ConnectionCounter, DEFAULT_SINK, DEFAULT_VENT, Source, TaskWorker, TaskWorkerConfig,
+    TaskWorkerSummary, local_endpoint, pipeline_socket, random_u64,
+};
+use crate::shutdown::Shutdown;
+use crate::sockets;
+use crate::task::Task;
+use bytes::Bytes;
+use scale0_proto::pipeline::{Finished, Map, MapConfig, MapCounters};
+use std::sync::{Arc, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+use tracing::{debug, info};
+
+/// Where a pool listens and how its map behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Endpoints workers pull jobs from (the Guide's ventilator port).
+    pub vent: Vec<String>,
+    /// Endpoints workers push reports to (the Guide's sink port).
+    pub sink: Vec<String>,
+    /// Timeouts, retries, prefetch, ordering.
+    pub map: MapConfig,
+    /// How often progress is reported.
+    pub progress_every: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            vent: vec![DEFAULT_VENT.into()],
+            sink: vec![DEFAULT_SINK.into()],
+            map: MapConfig::default(),
+            progress_every: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Where a map stands, for a progress bar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapProgress {
+    /// Totals so far.
+    pub counters: MapCounters,
+    /// Jobs pushed so far, and whether that is all of them.
+    pub input_done: bool,
+    /// Workers alive.
+    pub workers: usize,
+    /// Jobs they run at once in all.
+    pub capacity: u64,
+    /// Jobs sent and not finished.
+    pub in_flight: usize,
+    /// Since the map began.
+    pub elapsed: Duration,
+}
+
+/// What a map did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapSummary {
+    /// Final totals.
+    pub counters: MapCounters,
+    /// From start to the last result.
+    pub elapsed: Duration,
+    /// False when it stopped on shutdown before every job finished.
+    pub complete: bool,
+}
+
+/// A pool of workers reached through a ventilator and a sink: `map` distributes jobs to
+/// every connected worker and collects one outcome per job.
+pub struct Pool {
+    push: zmq::Socket,
+    pull: zmq::Socket,
+    connections: ConnectionCounter,
+    vent: Vec<String>,
+    sink: Vec<String>,
+    config: PoolConfig,
+    local: Vec<JoinHandle<Result<TaskWorkerSummary>>>,
+    local_stop: Shutdown,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("vent", &self.vent)
+            .field("sink", &self.sink)
+            .field("local_workers", &self.local.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a map's jobs come from.
+enum Input<'a> {
+    /// Never blocks: all jobs are at hand.
+    Iter(Box<dyn Iterator<Item = Bytes> + 'a>),
+    /// Jobs arriving (from stdin, say); the map keeps working while it waits.
+    Channel(mpsc::Receiver<Bytes>),
+    Closed,
+}
+
+/// Jobs read ahead of dispatch; beyond this the input waits.
+const READ_AHEAD: usize = 4096;
+
+impl Pool {
+    /// Binds the two sockets.
+    pub fn bind(config: PoolConfig) -> Result<Self> {
+        if config.vent.is_empty() || config.sink.is_empty() {
+            return Err(Error::InvalidConfig(
+                "a pool needs a ventilator and a sink endpoint".into(),
+            ));
+        }
+        if config.map.max_attempts == 0 {
+            return Err(Error::InvalidConfig(
+                "a job needs at least one attempt".into(),
+            ));
+        }
+        // The map bounds what is queued by credit; the socket itself need not hold back.
+        let push = pipeline_socket(zmq::PUSH, 100_000, "jobs")?;
+        let connections = ConnectionCounter::watch(&push, "jobs")?;
+        let pull = pipeline_socket(zmq::PULL, 100_000, "reports")?;
+        let vent = config
+            .vent
+            .iter()
+            .map(|e| sockets::bind(&push, e))
+            .collect::<Result<_>>()?;
+        let sink = config
+            .sink
+            .iter()
+            .map(|e| sockets::bind(&pull, e))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            push,
+            pull,
+            connections,
+            vent,
+            sink,
+            config,
+            local: Vec::new(),
+            local_stop: Shutdown::new(),
+        })
+    }
+
+    /// The ventilator endpoints bound.
+    pub fn vent_endpoints(&self) -> &[String] {
+        &self.vent
+    }
+
+    /// The sink endpoints bound.
+    pub fn sink_endpoints(&self) -> &[String] {
+        &self.sink
+    }
+
+    /// Starts `n` workers in this process, each running one job at a time with `task`,
+    /// connected over loopback like any other worker. They stop when the pool is dropped.
+    pub fn spawn_local(&mut self, n: u32, task: Arc<dyn Task>) -> Result<()> {
+        let source = Source {
+            jobs: local_endpoint(&self.vent[0]),
+            results: local_endpoint(&self.sink[0]),
+        };
+        for i in 0..n {
+            let mut config = TaskWorkerConfig::new(source.clone());
+            config.name = Some(format!(
+                "local.{}.{i}.{:04x}",
+                std::process::id(),
+                random_u64() & 0xffff
+            ));
+            let worker = TaskWorker::new(config)?;
+            let task = Arc::clone(&task);
+            let stop = self.local_stop.clone();
+            let handle = thread::Builder::new()
+                .name(format!("local-worker-{i}"))
+                .spawn(move || worker.run(task, &stop))
+                .map_err(|e| Error::InvalidConfig(format!("starting a local worker: {e}")))?;
+            self.local.push(handle);
+        }
+        Ok(())
+    }
+
+    /// Runs every job of `jobs` (an iterator that does not block) on the pool's workers.
+    /// `finished` gets each job's outcome once, in input order unless the config says
+    /// otherwise; `progress` gets totals every `progress_every`.
+    pub fn map<I>(
+        &mut self,
+        jobs: I,
+        shutdown: &Shutdown,
+        finished: impl FnMut(Finished),
+        progress: impl FnMut(&MapProgress),
+    ) -> Result<MapSummary>
+    where
+        I: IntoIterator<Item = Bytes>,
+    {
+        let input = Input::Iter(Box::new(jobs.into_iter()));
+        self.run(input, shutdown, finished, progress)
+    }
+
+    /// As [`Pool::map`], with jobs arriving on a channel (read from stdin by another
+    /// thread, say); the input ends when every sender is dropped.
+    pub fn map_channel(
+        &mut self,
+        jobs: mpsc::Receiver<Bytes>,
+        shutdown: &Shutdown,
+        finished: impl FnMut(Finished),
+        progress: impl FnMut(&MapProgress),
+    ) -> Result<MapSummary> {
+        self.run(Input::Channel(jobs), shutdown, finished, progress)
+    }
+
+    fn run(
+        &mut self,
+        mut input: Input<'_>,
+        shutdown: &Shutdown,
+        mut finished: impl FnMut(Finished),
+        mut progress: impl FnMut(&MapProgress),
+    ) -> Result<MapSummary> {
+        let clock = Clock::new();
+        let started = Instant::now();
+        let mut core = Map::new(self.config.map.clone(), random_u64());
+        core.set_connections(clock.now(), self.connections.count());
+        let every = self.config.progress_every;
+        let mut next_progress = started + every;
+        // The jobs socket had no room: wait until it has, rather than spin.
+        let mut blocked = false;
+        info!(vent = ?self.vent, sink = ?self.sink, "map running");
+        while !core.is_done() {
+            if shutdown.is_triggered() {
+                return Ok(MapSummary {
+                    counters: core.counters().clone(),
+                    elapsed: started.elapsed(),
+                    complete: false,
+                });
+            }
+            let waiting_for_input = read_input(&mut input, &mut core);
+            let now = clock.now();
+            if !blocked {
+                while let Some(d) = core.poll_dispatch(now) {
+                    match sockets::send(&self.push, &d.frames) {
+                        Ok(()) => {}
+                        Err(zmq::Error::EAGAIN) => {
+                            core.undo_dispatch(d.index);
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) => return Err(e).context(|| "sending a job".into()),
+                    }
+                }
+            }
+            let deadline = core.poll_timeout();
+            let mut wait = clock.wait_ms(deadline);
+            let until_progress = next_progress.saturating_duration_since(Instant::now());
+            wait = wait.min(i64::try_from(until_progress.as_millis()).unwrap_or(wait));
+            if waiting_for_input {
+                wait = wait.min(5);
+            }
+            {
+                let mut items = vec![
+                    self.pull.as_poll_item(zmq::POLLIN),
+                    self.connections.poll_item(),
+                ];
+                if blocked {
+                    items.push(self.push.as_poll_item(zmq::POLLOUT));
+                }
+                zmq::poll(&mut items, wait.max(0)).context(|| "polling the map".into())?;
+                if blocked && items.get(2).is_some_and(zmq::PollItem::is_writable) {
+                    blocked = false;
+                }
+            }
+            if let Some(n) = self.connections.update()? {
+                debug!(connections = n, "workers connected");
+                core.set_connections(clock.now(), n);
+                blocked = false;
+            }
+            while let Some(frames) = sockets::try_recv(&self.pull)? {
+                core.handle_report(clock.now(), &frames);
+            }
+            let now = clock.now();
+            if core.poll_timeout().is_some_and(|t| t <= now) {
+                core.handle_timeout(now);
+            }
+            while let Some(f) = core.poll_finished() {
+                finished(f);
+            }
+            if Instant::now() >= next_progress {
+                next_progress = Instant::now() + every;
+                progress(&snapshot(&core, &input, started));
+            }
+        }
+        progress(&snapshot(&core, &input, started));
+        Ok(MapSummary {
+            counters: core.counters().clone(),
+            elapsed: started.elapsed(),
+            complete: true,
+        })
+    }
+}
+
+/// Reads jobs ahead of dispatch; true while a channel is open but had nothing.
+fn read_input(input: &mut Input<'_>, core: &mut Map) -> bool {
+    while core.queued() < READ_AHEAD {
+        let next = match input {
+            Input::Iter(it) => it.next(),
+            Input::Channel(rx) => match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => None,
+            },
+            Input::Closed => return false,
+        };
+        match next {
+            Some(job) => {
+                core.push_job(job);
+            }
+            None => {
+                *input = Input::Closed;
+                core.close_input();
+                return false;
+            }
+        }
+    }
+    false
+}
+
+fn snapshot(core: &Map, input: &Input<'_>, started: Instant) -> MapProgress {
+    let (workers, capacity) = core.workers();
+    MapProgress {
+        counters: core.counters().clone(),
+        input_done: matches!(input, Input::Closed),
+        workers,
+        capacity,
+        in_flight: core.in_flight(),
+        elapsed: started.elapsed(),
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.local_stop.trigger();
+        for handle in self.local.drain(..) {
+            match handle.join() {
+                Ok(Ok(summary)) => debug!(?summary, "local worker stopped"),
+                Ok(Err(e)) => info!(error = %e, "local worker failed"),
+                Err(_) => info!("a local worker panicked"),
+            }
+        }
+    }
+}
