@@ -4,6 +4,7 @@ mod broker;
 mod bus;
 mod demo;
 mod handlers;
+mod pipeline;
 mod queue;
 mod request;
 mod watch;
@@ -39,6 +40,15 @@ enum Command {
     Node(bus::NodeArgs),
     /// Many heartbeat-bus nodes in one process, to measure a forwarder at scale.
     Swarm(bus::SwarmArgs),
+    /// Ventilator: push jobs (lines of stdin or a file) round robin to connected workers.
+    Vent(pipeline::VentArgs),
+    /// Pipeline worker: pull jobs from ventilators or maps, run a task, push results.
+    Work(pipeline::WorkArgs),
+    /// Sink: collect results pushed by workers and print them.
+    Sink(pipeline::SinkArgs),
+    /// Parallel map: run every input line as a job on all connected workers, with
+    /// timeouts and retries; results in input order.
+    Map(pipeline::MapArgs),
     /// Print a broker's events (workers, services, redeliveries) from its --events PUB.
     Watch(watch::Args),
 }
@@ -70,6 +80,10 @@ fn main() -> ExitCode {
         Command::Node(args) => bus::node(args),
         Command::Watch(args) => watch::run(args),
         Command::Swarm(args) => bus::swarm(args),
+        Command::Vent(args) => pipeline::vent(args),
+        Command::Work(args) => pipeline::work(args),
+        Command::Sink(args) => pipeline::sink(args),
+        Command::Map(args) => pipeline::map(args),
     };
     match result {
         Ok(code) => code,

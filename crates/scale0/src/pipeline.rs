@@ -15,17 +15,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// The Guide's ventilator port, where workers pull jobs.
 pub const DEFAULT_VENT: &str = "tcp://*:5557";
 /// The Guide's sink port, where workers push results.
 pub const DEFAULT_SINK: &str = "tcp://*:5558";
-/// ZeroMQ's own heartbeat on pipeline connections: a peer that vanished without closing
-/// (host down, cable pulled) is dropped after `ZMTP_TIMEOUT_MS`, which releases the jobs
-/// buffered for it.
-const ZMTP_IVL_MS: i32 = 1000;
-const ZMTP_TIMEOUT_MS: i32 = 3000;
+/// Dead hosts on pipeline connections are found by TCP keepalive (idle 10 s, then 3 probes
+/// 5 s apart), not ZeroMQ heartbeats: a worker stops reading while its slots are busy, so
+/// it cannot answer a PING in time, and libzmq 4.3.4 asserts (`!_io_error`) when a peer
+/// goes away from a connection whose input is stopped and heartbeats are on.
+const KEEPALIVE_IDLE_S: i32 = 10;
+const KEEPALIVE_INTVL_S: i32 = 5;
+const KEEPALIVE_CNT: i32 = 3;
 
 /// A random number, different per call and per process.
 pub(crate) fn random_u64() -> u64 {
@@ -37,17 +39,26 @@ pub(crate) fn random_u64() -> u64 {
     RandomState::new().hash_one((std::process::id(), n, nanos))
 }
 
-pub(crate) fn pipeline_socket(kind: zmq::SocketType, hwm: i32, what: &str) -> Result<zmq::Socket> {
-    let s = sockets::context()
+pub(crate) fn pipeline_socket(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    hwm: i32,
+    what: &str,
+) -> Result<zmq::Socket> {
+    let s = ctx
         .socket(kind)
         .context(|| format!("creating the {what} socket"))?;
     s.set_linger(0).context(|| "setting LINGER".into())?;
     s.set_sndhwm(hwm).context(|| "setting SNDHWM".into())?;
     s.set_rcvhwm(hwm).context(|| "setting RCVHWM".into())?;
-    s.set_heartbeat_ivl(ZMTP_IVL_MS)
-        .context(|| "setting HEARTBEAT_IVL".into())?;
-    s.set_heartbeat_timeout(ZMTP_TIMEOUT_MS)
-        .context(|| "setting HEARTBEAT_TIMEOUT".into())?;
+    s.set_tcp_keepalive(1)
+        .context(|| "setting TCP_KEEPALIVE".into())?;
+    s.set_tcp_keepalive_idle(KEEPALIVE_IDLE_S)
+        .context(|| "setting TCP_KEEPALIVE_IDLE".into())?;
+    s.set_tcp_keepalive_intvl(KEEPALIVE_INTVL_S)
+        .context(|| "setting TCP_KEEPALIVE_INTVL".into())?;
+    s.set_tcp_keepalive_cnt(KEEPALIVE_CNT)
+        .context(|| "setting TCP_KEEPALIVE_CNT".into())?;
     Ok(s)
 }
 
@@ -58,7 +69,8 @@ pub(crate) struct ConnectionCounter {
 }
 
 impl ConnectionCounter {
-    pub(crate) fn watch(socket: &zmq::Socket, what: &str) -> Result<Self> {
+    /// `ctx` must be the socket's own: the monitor is an `inproc` endpoint.
+    pub(crate) fn watch(ctx: &zmq::Context, socket: &zmq::Socket, what: &str) -> Result<Self> {
         static MONITORS: AtomicU64 = AtomicU64::new(0);
         let addr = format!(
             "inproc://scale0-pipeline-monitor-{}",
@@ -69,7 +81,7 @@ impl ConnectionCounter {
         socket
             .monitor(&addr, events)
             .context(|| format!("monitoring the {what} socket"))?;
-        let monitor = sockets::context()
+        let monitor = ctx
             .socket(zmq::PAIR)
             .context(|| "creating a monitor socket".into())?;
         monitor
@@ -295,7 +307,7 @@ impl TaskWorker {
             .map(|s| {
                 // One waiting message per connection: the rest stay with the ventilator,
                 // which gives them to workers with room.
-                let pull = pipeline_socket(zmq::PULL, 1, "jobs")?;
+                let pull = pipeline_socket(&sockets::context(), zmq::PULL, 1, "jobs")?;
                 sockets::connect(&pull, &s.jobs)?;
                 Ok(pull)
             })
@@ -303,7 +315,7 @@ impl TaskWorker {
         let pushes = sinks
             .iter()
             .map(|e| {
-                let push = pipeline_socket(zmq::PUSH, 100_000, "results")?;
+                let push = pipeline_socket(&sockets::context(), zmq::PUSH, 100_000, "results")?;
                 // Results still queued at exit get this long to leave.
                 push.set_linger(2000).context(|| "setting LINGER".into())?;
                 sockets::connect(&push, e)?;
@@ -348,7 +360,7 @@ impl TaskWorker {
         let mut seq = 0u64;
         let mut turn = 0usize;
         let capacity = config.capacity as usize;
-        info!(worker = %self.name(), capacity, sources = config.sources.len(), "pipeline worker running");
+        debug!(worker = %self.name(), capacity, sources = config.sources.len(), "pipeline worker running");
 
         let send = |outbox: &mut VecDeque<(usize, Vec<Bytes>)>, sink: usize, frames: Vec<Bytes>| {
             outbox.push_back((sink, frames));
@@ -500,7 +512,7 @@ impl TaskWorker {
         for (sink, frames) in outbox {
             let _ = sockets::send(&pushes[sink], &frames);
         }
-        info!(worker = %self.name(), jobs = summary.jobs, "pipeline worker stopped");
+        debug!(worker = %self.name(), jobs = summary.jobs, "pipeline worker stopped");
         Ok(summary)
     }
 
@@ -576,6 +588,7 @@ impl Default for VentConfig {
 /// The ventilator: round robin of jobs to connected workers (PUSH). It does not see
 /// results, so it cannot send a job again: that is what the map is for.
 pub struct Vent {
+    ctx: zmq::Context,
     push: zmq::Socket,
     connections: ConnectionCounter,
     endpoints: Vec<String>,
@@ -601,14 +614,17 @@ impl Vent {
                 "the ventilator needs an endpoint".into(),
             ));
         }
-        let push = pipeline_socket(zmq::PUSH, config.socket_hwm, "jobs")?;
-        let connections = ConnectionCounter::watch(&push, "jobs")?;
+        // Its own context, so `finish` can wait for queued jobs by terminating it.
+        let ctx = zmq::Context::new();
+        let push = pipeline_socket(&ctx, zmq::PUSH, config.socket_hwm, "jobs")?;
+        let connections = ConnectionCounter::watch(&ctx, &push, "jobs")?;
         let endpoints = config
             .bind
             .iter()
             .map(|e| sockets::bind(&push, e))
             .collect::<Result<_>>()?;
         Ok(Self {
+            ctx,
             push,
             connections,
             endpoints,
@@ -684,8 +700,17 @@ impl Vent {
         self.push
             .set_linger(ms)
             .context(|| "setting LINGER".into())?;
-        drop(self.push);
-        Ok(())
+        // Terminating the context blocks until the jobs are out or the linger is over;
+        // the process-wide one would never be terminated, so exit would drop them.
+        let Self {
+            mut ctx,
+            push,
+            connections,
+            ..
+        } = self;
+        drop(connections);
+        drop(push);
+        ctx.destroy().context(|| "closing the ventilator".into())
     }
 }
 
@@ -760,7 +785,7 @@ impl Sink {
         if config.bind.is_empty() {
             return Err(Error::InvalidConfig("the sink needs an endpoint".into()));
         }
-        let pull = pipeline_socket(zmq::PULL, config.socket_hwm, "results")?;
+        let pull = pipeline_socket(&sockets::context(), zmq::PULL, config.socket_hwm, "results")?;
         let endpoints = config
             .bind
             .iter()

@@ -118,9 +118,10 @@ impl Pool {
             ));
         }
         // The map bounds what is queued by credit; the socket itself need not hold back.
-        let push = pipeline_socket(zmq::PUSH, 100_000, "jobs")?;
-        let connections = ConnectionCounter::watch(&push, "jobs")?;
-        let pull = pipeline_socket(zmq::PULL, 100_000, "reports")?;
+        let ctx = sockets::context();
+        let push = pipeline_socket(&ctx, zmq::PUSH, 100_000, "jobs")?;
+        let connections = ConnectionCounter::watch(&ctx, &push, "jobs")?;
+        let pull = pipeline_socket(&ctx, zmq::PULL, 100_000, "reports")?;
         let vent = config
             .vent
             .iter()
