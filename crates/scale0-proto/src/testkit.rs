@@ -399,3 +399,167 @@ pub fn queue_events(data: &[u8]) {
         );
     }
 }
+
+/// Fuzz target `map_events`: a script of events for one parallel map — jobs, connection
+/// counts, dispatches and undos, hellos, heartbeats, start notices, results and goodbyes
+/// from three workers (about real keys, stale keys or garbage), and clock steps. Every
+/// job is emitted at most once, in order, and a success carries the output its worker
+/// gave for that very job; then a healthy worker joins and every job must end.
+pub fn map_events(data: &[u8]) {
+    use crate::pipeline::{Map, MapConfig, Outcome, Report, Status};
+    use std::collections::HashMap;
+
+    let ordered = data.first().is_none_or(|b| b & 1 == 0);
+    let config = MapConfig {
+        job_timeout_ms: 100,
+        max_attempts: 3,
+        prefetch: 1,
+        liveness: 3,
+        dispatch_timeout_ms: 400,
+        ordered,
+    };
+    let mut now = Instant::ZERO;
+    let mut map = Map::new(config, 7);
+    // What was sent, by key: the job's payload, which an honest worker echoes.
+    let mut sent: Vec<(Bytes, Bytes)> = Vec::new();
+    let mut payloads: HashMap<u64, Bytes> = HashMap::new();
+    let mut emitted: Vec<u64> = Vec::new();
+    let workers: [&[u8]; 3] = [b"w0", b"w1", b"w2"];
+    let output_of = |payload: &Bytes| Bytes::from([&b"out:"[..], payload].concat());
+
+    let drain = |map: &mut Map, emitted: &mut Vec<u64>, payloads: &HashMap<u64, Bytes>| {
+        while let Some(f) = map.poll_finished() {
+            assert!(!emitted.contains(&f.index), "job {} emitted twice", f.index);
+            if ordered {
+                assert_eq!(f.index, emitted.len() as u64, "emitted out of order");
+            }
+            if let Outcome::Done(out) = &f.outcome {
+                assert_eq!(
+                    Some(out),
+                    payloads.get(&f.index).map(output_of).as_ref(),
+                    "job {} got another's output",
+                    f.index
+                );
+            }
+            emitted.push(f.index);
+        }
+    };
+
+    for op in data.get(1..).unwrap_or_default().chunks(2) {
+        let [kind, arg] = *op else { break };
+        let worker = Bytes::from_static(workers[usize::from(arg) % 3]);
+        let pick =
+            |sent: &[(Bytes, Bytes)]| sent.get(usize::from(arg) % sent.len().max(1)).cloned();
+        match kind % 12 {
+            0 | 1 => {
+                let payload = Bytes::from(vec![b'j', arg]);
+                let index = map.push_job(payload.clone());
+                payloads.insert(index, payload);
+            }
+            2 => {
+                map.set_connections(now, usize::from(arg % 5));
+            }
+            3 => {
+                while let Some(d) = map.poll_dispatch(now) {
+                    assert_eq!(d.frames.len(), 4, "a framed job");
+                    sent.push((d.frames[1].clone(), d.frames[3].clone()));
+                    if arg & 1 == 1 {
+                        // The socket refused it: the driver gives it back at once.
+                        map.undo_dispatch(d.index);
+                        sent.pop();
+                        break;
+                    }
+                }
+            }
+            4 => {
+                let running = sent
+                    .iter()
+                    .filter(|(k, _)| k.last().is_some_and(|b| b % 3 == arg % 3))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let beat = Report::Alive {
+                    worker,
+                    capacity: u32::from(arg % 3) + 1,
+                    interval_ms: 50,
+                    running,
+                };
+                map.handle_report(now, &beat.encode());
+            }
+            5 => {
+                if let Some((id, _)) = pick(&sent) {
+                    map.handle_report(now, &Report::Start { worker, id }.encode());
+                }
+            }
+            6 | 7 => {
+                if let Some((id, payload)) = pick(&sent) {
+                    let (status, output) = match arg % 4 {
+                        0 => (Status::Failed, Bytes::from_static(b"exit 1")),
+                        1 => (Status::Timeout, Bytes::new()),
+                        _ => (Status::Ok, output_of(&payload)),
+                    };
+                    let report = Report::Result {
+                        worker,
+                        id,
+                        status,
+                        output,
+                    };
+                    map.handle_report(now, &report.encode());
+                }
+            }
+            8 => map.handle_report(now, &Report::Bye { worker }.encode()),
+            9 => map.handle_report(now, &split_frames(&[b's', b'0', arg, 0xff, 0x00, arg])),
+            10 => map.close_input(),
+            _ => {
+                now = now + Duration::from_millis(u64::from(arg) * 4);
+                if map.poll_timeout().is_some_and(|t| t <= now) {
+                    map.handle_timeout(now);
+                }
+            }
+        }
+        drain(&mut map, &mut emitted, &payloads);
+    }
+
+    // Liveness: the old workers vanish and one honest worker serves what is left.
+    map.close_input();
+    map.set_connections(now, 0);
+    let healer = Bytes::from_static(b"healer");
+    map.set_connections(now, 1);
+    for _ in 0..10_000 {
+        if map.is_done() {
+            break;
+        }
+        let hello = Report::Alive {
+            worker: healer.clone(),
+            capacity: 2,
+            interval_ms: 50,
+            running: Vec::new(),
+        };
+        map.handle_report(now, &hello.encode());
+        while let Some(d) = map.poll_dispatch(now) {
+            let (id, payload) = (d.frames[1].clone(), d.frames[3].clone());
+            map.handle_report(
+                now,
+                &Report::Start {
+                    worker: healer.clone(),
+                    id: id.clone(),
+                }
+                .encode(),
+            );
+            let result = Report::Result {
+                worker: healer.clone(),
+                id,
+                status: Status::Ok,
+                output: output_of(&payload),
+            };
+            map.handle_report(now, &result.encode());
+        }
+        now = now + Duration::from_millis(50);
+        if map.poll_timeout().is_some_and(|t| t <= now) {
+            map.handle_timeout(now);
+        }
+        drain(&mut map, &mut emitted, &payloads);
+    }
+    drain(&mut map, &mut emitted, &payloads);
+    assert!(map.is_done(), "jobs left undone: {:?}", map.counters());
+    assert_eq!(emitted.len(), payloads.len(), "every job ends exactly once");
+}

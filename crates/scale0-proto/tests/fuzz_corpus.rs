@@ -37,6 +37,11 @@ fn queue_events_corpus() {
     replay("queue_events", testkit::queue_events);
 }
 
+#[test]
+fn map_events_corpus() {
+    replay("map_events", testkit::map_events);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -48,6 +53,11 @@ proptest! {
     #[test]
     fn random_event_scripts_keep_the_queue_accounted(data in prop::collection::vec(any::<u8>(), 0..400)) {
         testkit::queue_events(&data);
+    }
+
+    #[test]
+    fn random_event_scripts_end_every_map_job_once(data in prop::collection::vec(any::<u8>(), 0..400)) {
+        testkit::map_events(&data);
     }
 
     #[test]
