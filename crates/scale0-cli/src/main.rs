@@ -1,5 +1,6 @@
 //! The `scale0` command: one subcommand per file, each with its own `Args` and `run`.
 
+mod bench;
 mod broker;
 mod bus;
 mod demo;
@@ -51,6 +52,9 @@ enum Command {
     Map(pipeline::MapArgs),
     /// Print a broker's events (workers, services, redeliveries) from its --events PUB.
     Watch(watch::Args),
+    /// Measure: PUSH/PULL, PUB/SUB, request/reply direct and through the broker, the raw
+    /// pipeline and the map, each repeated, medians in a table (or JSON).
+    Bench(bench::Args),
 }
 
 /// Fewest open files scale0 starts with.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Work(args) => pipeline::work(args),
         Command::Sink(args) => pipeline::sink(args),
         Command::Map(args) => pipeline::map(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,398 @@
+//! `scale0 bench`: the scenarios ZeroMQ users compare, run in this process on loopback,
+//! each repeated and reported as its median, with libzmq-alone baselines beside the
+//! scale0 equivalents so they read as ratios.
+
+use anyhow::{Result, bail};
+use scale0::Task;
+use scale0::bench::{self, Measurement};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// PUSH -> PULL, libzmq alone.
+    PushPull,
+    /// PUB -> SUB, libzmq alone (drops at the high-water mark are reported as lost).
+    PubSub,
+    /// Request/reply without a broker: DEALER clients, a ROUTER echo server.
+    Direct,
+    /// Request/reply through the broker: native clients, MDP echo workers.
+    Broker,
+    /// Ventilator -> workers -> sink on raw PUSH/PULL sockets.
+    Pipeline,
+    /// `scale0 map` with in-process workers: the raw pipeline plus credit and reports.
+    Map,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::PushPull => "push-pull",
+            Scenario::PubSub => "pub-sub",
+            Scenario::Direct => "direct",
+            Scenario::Broker => "broker",
+            Scenario::Pipeline => "pipeline",
+            Scenario::Map => "map",
+        }
+    }
+
+    fn is_reqrep(self) -> bool {
+        matches!(self, Scenario::Direct | Scenario::Broker)
+    }
+
+    fn has_workers(self) -> bool {
+        matches!(self, Scenario::Broker | Scenario::Pipeline | Scenario::Map)
+    }
+}
+
+/// Flags of `scale0 bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// What to measure (default: all of them).
+    #[arg(value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Message (request, job) bodies in bytes; a list runs each.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        value_delimiter = ',',
+        default_value = "16,128,1024"
+    )]
+    size: Vec<usize>,
+    /// Messages per run for the one-way scenarios and the pipelines.
+    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    messages: u64,
+    /// Requests per run for request/reply, pipelined.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    requests: u64,
+    /// Round trips per run for request/reply, synchronous (one client, one in flight).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    sync_requests: u64,
+    /// Clients for request/reply, pipelined.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    clients: u32,
+    /// Workers (broker, pipeline, map); a list runs each.
+    #[arg(long, value_name = "N", value_delimiter = ',', default_value = "2", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    workers: Vec<u32>,
+    /// Requests each client keeps in flight, pipelined.
+    #[arg(long, value_name = "K", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    in_flight: u32,
+    /// Map jobs sleep this long instead of echoing (to measure scaling, not overhead).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    sleep_ms: u64,
+    /// The map's jobs per worker beyond the one it runs (`scale0 map --prefetch`).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    prefetch: u32,
+    /// High-water mark of PUB and SUB, in messages.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub_sub_hwm: i32,
+    /// Runs of each case; the median is reported.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+    /// Use the broker at this endpoint instead of starting one (workers still start here).
+    #[arg(long, value_name = "ENDPOINT")]
+    connect: Option<String>,
+    /// Print one JSON object per case instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One case: a scenario with its parameters.
+#[derive(Clone, Debug)]
+struct Case {
+    scenario: Scenario,
+    mode: &'static str,
+    size: usize,
+    workers: u32,
+    clients: u32,
+    in_flight: u32,
+    count: u64,
+}
+
+impl Case {
+    fn run(&self, args: &Args) -> scale0::Result<Measurement> {
+        match self.scenario {
+            Scenario::PushPull => bench::push_pull(self.count, self.size),
+            Scenario::PubSub => bench::pub_sub(self.count, self.size, args.pub_sub_hwm),
+            Scenario::Direct => bench::direct(self.clients, self.in_flight, self.count, self.size),
+            Scenario::Broker => bench::broker(
+                args.connect.as_deref(),
+                self.workers,
+                self.clients,
+                self.in_flight,
+                self.count,
+                self.size,
+            ),
+            Scenario::Pipeline => bench::raw_pipeline(self.workers, self.count, self.size),
+            Scenario::Map => {
+                let task: Option<Arc<dyn Task>> = (args.sleep_ms > 0).then(|| {
+                    let sleep = Duration::from_millis(args.sleep_ms);
+                    Arc::new(move |p: &[u8]| {
+                        std::thread::sleep(sleep);
+                        Ok(bytes::Bytes::copy_from_slice(p))
+                    }) as Arc<dyn Task>
+                });
+                bench::map(self.workers, self.count, self.size, args.prefetch, task)
+            }
+        }
+    }
+
+    fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if self.scenario.has_workers() {
+            parts.push(format!("{}w", self.workers));
+        }
+        if self.scenario.is_reqrep() {
+            parts.push(format!("{}c×{}", self.clients, self.in_flight));
+        }
+        parts.join(" ")
+    }
+}
+
+fn cases(args: &Args) -> Vec<Case> {
+    let all = [
+        Scenario::PushPull,
+        Scenario::PubSub,
+        Scenario::Direct,
+        Scenario::Broker,
+        Scenario::Pipeline,
+        Scenario::Map,
+    ];
+    let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
+        all.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    let mut out = Vec::new();
+    for &size in &args.size {
+        for &scenario in &scenarios {
+            let base = Case {
+                scenario,
+                mode: "throughput",
+                size,
+                workers: 1,
+                clients: 1,
+                in_flight: 1,
+                count: args.messages,
+            };
+            if scenario.is_reqrep() {
+                let workers: Vec<u32> = if scenario.has_workers() {
+                    args.workers.clone()
+                } else {
+                    vec![1]
+                };
+                out.push(Case {
+                    mode: "sync",
+                    count: args.sync_requests,
+                    ..base.clone()
+                });
+                for &w in &workers {
+                    out.push(Case {
+                        mode: "pipelined",
+                        workers: w,
+                        clients: args.clients,
+                        in_flight: args.in_flight,
+                        count: args.requests,
+                        ..base.clone()
+                    });
+                }
+            } else if scenario.has_workers() {
+                for &w in &args.workers {
+                    out.push(Case {
+                        workers: w,
+                        ..base.clone()
+                    });
+                }
+            } else {
+                out.push(base);
+            }
+        }
+    }
+    out
+}
+
+/// A case's repeated runs, summarised.
+#[derive(Debug)]
+struct Result_ {
+    case: Case,
+    rates: Vec<f64>,
+    median_rate: f64,
+    lost: u64,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode> {
+    if args.size.is_empty() || args.workers.is_empty() {
+        bail!("--size and --workers need at least one value");
+    }
+    let cases = cases(&args);
+    let progress = std::io::stderr().is_terminal();
+    let mut results = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let mut rates = Vec::new();
+        let mut lost = 0;
+        // Latency quantiles are taken per run; the run with the median p50 is reported.
+        let mut runs = Vec::new();
+        for r in 0..args.repeat {
+            if progress {
+                eprint!(
+                    "\r\x1b[K[{}/{}] {} {} {} B {} (run {}/{})",
+                    i + 1,
+                    cases.len(),
+                    case.scenario.name(),
+                    case.mode,
+                    case.size,
+                    case.label(),
+                    r + 1,
+                    args.repeat
+                );
+            }
+            let mut m = case.run(&args)?;
+            rates.push(m.rate());
+            lost += m.lost;
+            runs.push((m.quantile(0.5), m.quantile(0.99), m.quantile(0.999)));
+        }
+        runs.sort();
+        let (p50, p99, p999) = runs.get(runs.len() / 2).copied().unwrap_or_default();
+        let median_rate = median(&mut rates);
+        let result = Result_ {
+            case: case.clone(),
+            rates,
+            median_rate,
+            lost,
+            p50,
+            p99,
+            p999,
+        };
+        if args.json {
+            println!("{}", json(&result));
+        }
+        results.push(result);
+    }
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    if !args.json {
+        print_table(&results);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn json(r: &Result_) -> serde_json::Value {
+    let c = &r.case;
+    let mut v = serde_json::json!({
+        "scenario": c.scenario.name(),
+        "mode": c.mode,
+        "size": c.size,
+        "count": c.count,
+        "rate_median": r.median_rate.round(),
+        "rates": r.rates.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        "lost": r.lost,
+    });
+    if c.scenario.has_workers() {
+        v["workers"] = c.workers.into();
+    }
+    if c.scenario.is_reqrep() {
+        v["clients"] = c.clients.into();
+        v["in_flight"] = c.in_flight.into();
+        v["p50_us"] = us(r.p50).round().into();
+        v["p99_us"] = us(r.p99).round().into();
+        v["p999_us"] = us(r.p999).round().into();
+    }
+    v
+}
+
+fn print_table(results: &[Result_]) {
+    println!(
+        "{:<10} {:<10} {:>6} {:<10} {:>12} {:>15} {:>9} {:>9} {:>9} {:>8}",
+        "scenario",
+        "mode",
+        "bytes",
+        "setup",
+        "msg/s",
+        "range",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "lost"
+    );
+    for r in results {
+        let c = &r.case;
+        let lo = r.rates.first().copied().unwrap_or_default();
+        let hi = r.rates.last().copied().unwrap_or_default();
+        let lat = |d: Duration| {
+            if c.scenario.is_reqrep() {
+                format!("{:.0}", us(d))
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "{:<10} {:<10} {:>6} {:<10} {:>12.0} {:>15} {:>9} {:>9} {:>9} {:>8}",
+            c.scenario.name(),
+            c.mode,
+            c.size,
+            c.label(),
+            r.median_rate,
+            format!("{:.0}–{:.0}", lo, hi),
+            lat(r.p50),
+            lat(r.p99),
+            lat(r.p999),
+            r.lost,
+        );
+    }
+    // The comparisons the scenarios exist for, when both sides ran.
+    let find = |s: Scenario, mode: &str, size: usize| {
+        results
+            .iter()
+            .filter(|r| r.case.scenario == s && r.case.mode == mode && r.case.size == size)
+            .collect::<Vec<_>>()
+    };
+    let mut printed = false;
+    for r in results {
+        let c = &r.case;
+        let base = match c.scenario {
+            Scenario::Broker => find(Scenario::Direct, c.mode, c.size),
+            Scenario::Map => find(Scenario::Pipeline, c.mode, c.size)
+                .into_iter()
+                .filter(|b| b.case.workers == c.workers)
+                .collect(),
+            _ => continue,
+        };
+        let Some(b) = base.first() else { continue };
+        if !printed {
+            println!();
+            printed = true;
+        }
+        let mut line = format!(
+            "{} / {} {} {} B {}: throughput {:.2}×",
+            c.scenario.name(),
+            b.case.scenario.name(),
+            c.mode,
+            c.size,
+            c.label(),
+            r.median_rate / b.median_rate.max(f64::MIN_POSITIVE)
+        );
+        if c.scenario.is_reqrep() && !b.p50.is_zero() {
+            line += &format!(", p50 {:.2}×", r.p50.as_secs_f64() / b.p50.as_secs_f64());
+        }
+        println!("{line}");
+    }
+}

@@ -1,0 +1,479 @@
+//! The scenarios of `scale0 bench`, all in one process on loopback TCP: libzmq alone
+//! (PUSH/PULL, PUB/SUB, a raw ventilator-workers-sink pipeline, DEALER/ROUTER echo) as the
+//! baselines, and the same work through scale0 (the broker, the parallel map), so each can
+//! be quoted as a ratio of what the sockets alone do in the same run.
+//!
+//! Throughput clocks start at the first message the receiving end sees (as libzmq's own
+//! `local_thr` does), so connection set-up is not measured.
+
+use crate::error::{Error, Result, ZmqContext};
+use crate::pipeline::{ConnectionCounter, pipeline_socket};
+use crate::{
+    Broker, BrokerConfig, Client, ClientConfig, Pool, PoolConfig, Shutdown, Task, Worker,
+    WorkerConfig, sockets,
+};
+use bytes::Bytes;
+use scale0_proto::pipeline::{MapConfig, Outcome};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const LOOPBACK: &str = "tcp://127.0.0.1:*";
+/// How long a receiver waits for the next message before it counts the rest as lost.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// What one scenario measured.
+#[derive(Clone, Debug, Default)]
+pub struct Measurement {
+    /// Messages (or requests, or jobs) that made it.
+    pub messages: u64,
+    /// Sent but never received (PUB/SUB drops at its high-water mark).
+    pub lost: u64,
+    /// From the first message received to the last.
+    pub elapsed: Duration,
+    /// Round trips, when the scenario has them (nanoseconds each).
+    pub latencies_ns: Vec<u64>,
+}
+
+impl Measurement {
+    /// Messages per second.
+    pub fn rate(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.messages as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// The `q` quantile of the latencies (0 when there are none).
+    pub fn quantile(&mut self, q: f64) -> Duration {
+        if self.latencies_ns.is_empty() {
+            return Duration::ZERO;
+        }
+        self.latencies_ns.sort_unstable();
+        let last = self.latencies_ns.len() - 1;
+        // Nearest rank, so p99.9 of 1,000 samples is the largest, not an interpolation.
+        let rank = ((q * self.latencies_ns.len() as f64).ceil() as usize).clamp(1, last + 1) - 1;
+        Duration::from_nanos(self.latencies_ns.get(rank).copied().unwrap_or_default())
+    }
+}
+
+fn socket(ctx: &zmq::Context, kind: zmq::SocketType, hwm: i32) -> Result<zmq::Socket> {
+    let s = ctx.socket(kind).context(|| "creating a socket".into())?;
+    s.set_linger(0).context(|| "setting LINGER".into())?;
+    s.set_sndhwm(hwm).context(|| "setting SNDHWM".into())?;
+    s.set_rcvhwm(hwm).context(|| "setting RCVHWM".into())?;
+    Ok(s)
+}
+
+fn join<T>(h: thread::JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    h.join()
+        .map_err(|_| Error::InvalidConfig(format!("the {what} thread panicked")))?
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<thread::JoinHandle<Result<T>>> {
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::InvalidConfig(format!("starting the {name} thread: {e}")))
+}
+
+/// Receives up to `n` messages, the clock starting at the first; stops early after
+/// [`QUIET`] without one (the rest count as lost).
+fn receive(pull: &zmq::Socket, n: u64, skip_empty: bool) -> Result<Measurement> {
+    let mut msg = zmq::Message::new();
+    let mut got = 0u64;
+    let mut started = None;
+    let mut last = Instant::now();
+    while got < n {
+        let mut items = [pull.as_poll_item(zmq::POLLIN)];
+        let wait = if started.is_some() { QUIET } else { QUIET * 5 };
+        zmq::poll(
+            &mut items,
+            i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+        )
+        .context(|| "polling".into())?;
+        if !items[0].is_readable() {
+            break;
+        }
+        loop {
+            match pull.recv(&mut msg, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) => break,
+                Err(e) => return Err(e).context(|| "receiving".into()),
+            }
+            if skip_empty && msg.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            started.get_or_insert(now);
+            last = now;
+            got += 1;
+            if got == n {
+                break;
+            }
+        }
+    }
+    Ok(Measurement {
+        messages: got,
+        lost: n - got,
+        elapsed: started.map_or(Duration::ZERO, |s| last - s),
+        latencies_ns: Vec::new(),
+    })
+}
+
+/// PUSH -> PULL, one connection: `messages` of `size` bytes.
+pub fn push_pull(messages: u64, size: usize) -> Result<Measurement> {
+    let ctx = zmq::Context::new();
+    let pull = socket(&ctx, zmq::PULL, 1000)?;
+    let endpoint = sockets::bind(&pull, LOOPBACK)?;
+    let push = socket(&ctx, zmq::PUSH, 1000)?;
+    push.connect(&endpoint)
+        .context(|| format!("connecting {endpoint}"))?;
+    let payload = vec![b'x'; size];
+    let sender = spawn("push", move || {
+        for _ in 0..messages {
+            push.send(&payload[..], 0).context(|| "sending".into())?;
+        }
+        // Handed back, not dropped: with LINGER 0 closing it would discard what is queued.
+        Ok(push)
+    })?;
+    let m = receive(&pull, messages, false)?;
+    join(sender, "push")?;
+    Ok(m)
+}
+
+/// PUB -> SUB, one subscriber to everything. The publisher sends empty probes until the
+/// subscription has arrived, then `messages` of `size` (at least 1) bytes; drops at the
+/// high-water mark (`hwm` messages each side) are reported as lost.
+pub fn pub_sub(messages: u64, size: usize, hwm: i32) -> Result<Measurement> {
+    let ctx = zmq::Context::new();
+    let sub = socket(&ctx, zmq::SUB, hwm)?;
+    sub.set_subscribe(b"").context(|| "subscribing".into())?;
+    let endpoint = sockets::bind(&sub, LOOPBACK)?;
+    let publisher = socket(&ctx, zmq::PUB, hwm)?;
+    publisher
+        .connect(&endpoint)
+        .context(|| format!("connecting {endpoint}"))?;
+    let heard = Arc::new(AtomicBool::new(false));
+    let payload = vec![b'x'; size.max(1)];
+    let sender = {
+        let heard = Arc::clone(&heard);
+        spawn("pub", move || {
+            let deadline = Instant::now() + QUIET * 5;
+            while !heard.load(Ordering::Acquire) {
+                if Instant::now() > deadline {
+                    return Err(Error::InvalidConfig("the subscriber never heard".into()));
+                }
+                publisher.send(&b""[..], 0).context(|| "sending".into())?;
+                thread::sleep(Duration::from_millis(1));
+            }
+            for _ in 0..messages {
+                publisher
+                    .send(&payload[..], 0)
+                    .context(|| "sending".into())?;
+            }
+            Ok(publisher)
+        })?
+    };
+    let mut msg = zmq::Message::new();
+    sub.recv(&mut msg, 0).context(|| "receiving".into())?;
+    heard.store(true, Ordering::Release);
+    let m = receive(&sub, messages, true)?;
+    join(sender, "pub")?;
+    Ok(m)
+}
+
+/// The Guide's pipeline on raw sockets: a PUSH ventilator, `workers` threads that PULL a
+/// job and PUSH it on unchanged, and a PULL sink; `messages` jobs of `size` bytes.
+pub fn raw_pipeline(workers: u32, messages: u64, size: usize) -> Result<Measurement> {
+    let ctx = zmq::Context::new();
+    let vent = pipeline_socket(&ctx, zmq::PUSH, 1000, "jobs")?;
+    let mut connections = ConnectionCounter::watch(&ctx, &vent, "jobs")?;
+    let jobs = sockets::bind(&vent, LOOPBACK)?;
+    let sink = pipeline_socket(&ctx, zmq::PULL, 1000, "results")?;
+    let results = sockets::bind(&sink, LOOPBACK)?;
+    let stop = Shutdown::new();
+    let mut threads = Vec::new();
+    for i in 0..workers {
+        let pull = socket(&ctx, zmq::PULL, 1000)?;
+        let push = socket(&ctx, zmq::PUSH, 1000)?;
+        pull.connect(&jobs)
+            .context(|| format!("connecting {jobs}"))?;
+        push.connect(&results)
+            .context(|| format!("connecting {results}"))?;
+        let stop = stop.clone();
+        threads.push(spawn(&format!("raw-worker-{i}"), move || {
+            let mut msg = zmq::Message::new();
+            while !stop.is_triggered() {
+                let mut items = [pull.as_poll_item(zmq::POLLIN)];
+                zmq::poll(&mut items, 100).context(|| "polling".into())?;
+                while pull.recv(&mut msg, zmq::DONTWAIT).is_ok() {
+                    push.send(std::mem::replace(&mut msg, zmq::Message::new()), 0)
+                        .context(|| "sending".into())?;
+                }
+            }
+            Ok(())
+        })?);
+    }
+    // Round robin only spreads over connected workers: wait for all of them.
+    let deadline = Instant::now() + QUIET * 5;
+    while connections.count() < workers as usize {
+        if Instant::now() > deadline {
+            return Err(Error::InvalidConfig("raw workers did not connect".into()));
+        }
+        let mut items = [connections.poll_item()];
+        zmq::poll(&mut items, 100).context(|| "polling".into())?;
+        connections.update()?;
+    }
+    let payload = vec![b'x'; size];
+    let sender = spawn("raw-vent", move || {
+        for _ in 0..messages {
+            vent.send(&payload[..], 0).context(|| "sending".into())?;
+        }
+        Ok(vent)
+    })?;
+    let m = receive(&sink, messages, false);
+    stop.trigger();
+    join(sender, "raw-vent")?;
+    for t in threads {
+        join(t, "raw worker")?;
+    }
+    m
+}
+
+/// Request/reply without a broker: `clients` DEALERs, each keeping `in_flight` requests
+/// of `size` bytes outstanding, against one ROUTER that echoes; `requests` in all.
+/// With `in_flight` 1 every round trip is timed.
+pub fn direct(clients: u32, in_flight: u32, requests: u64, size: usize) -> Result<Measurement> {
+    let ctx = zmq::Context::new();
+    let router = socket(&ctx, zmq::ROUTER, 100_000)?;
+    let endpoint = sockets::bind(&router, LOOPBACK)?;
+    let stop = Shutdown::new();
+    let server = {
+        let stop = stop.clone();
+        spawn("echo-server", move || {
+            while !stop.is_triggered() {
+                let mut items = [router.as_poll_item(zmq::POLLIN)];
+                zmq::poll(&mut items, 100).context(|| "polling".into())?;
+                while let Some(frames) = sockets::try_recv(&router)? {
+                    let _ = sockets::send(&router, &frames);
+                }
+            }
+            Ok(())
+        })?
+    };
+    let per_client = split(requests, clients);
+    let mut threads = Vec::new();
+    for (i, n) in per_client.into_iter().enumerate() {
+        let dealer = socket(&ctx, zmq::DEALER, 100_000)?;
+        dealer
+            .connect(&endpoint)
+            .context(|| format!("connecting {endpoint}"))?;
+        let payload = vec![b'x'; size];
+        threads.push(spawn(&format!("echo-client-{i}"), move || {
+            client_loop(
+                n,
+                in_flight,
+                |seq| {
+                    dealer
+                        .send(&seq.to_le_bytes()[..], zmq::SNDMORE)
+                        .context(|| "sending".into())?;
+                    dealer.send(&payload[..], 0).context(|| "sending".into())
+                },
+                || {
+                    let frames = dealer.recv_multipart(0).context(|| "receiving".into())?;
+                    let seq = frames
+                        .first()
+                        .and_then(|f| <[u8; 8]>::try_from(&f[..]).ok())
+                        .map(u64::from_le_bytes)
+                        .ok_or_else(|| Error::InvalidConfig("a reply without its number".into()))?;
+                    Ok(seq)
+                },
+            )
+        })?);
+    }
+    let result = gather(threads);
+    stop.trigger();
+    join(server, "echo server")?;
+    result
+}
+
+/// Requests of each of `parts` clients, as even as can be.
+fn split(total: u64, parts: u32) -> Vec<u64> {
+    let parts = u64::from(parts.max(1));
+    (0..parts)
+        .map(|i| total / parts + u64::from(i < total % parts))
+        .collect()
+}
+
+/// One client's loop: keeps `in_flight` requests out until `n` are answered, timing each
+/// round trip by its number.
+fn client_loop(
+    n: u64,
+    in_flight: u32,
+    mut send: impl FnMut(u64) -> Result<()>,
+    mut recv: impl FnMut() -> Result<u64>,
+) -> Result<Measurement> {
+    let window = u64::from(in_flight.max(1));
+    let mut sent_at = vec![Instant::now(); usize::try_from(window).unwrap_or(1)];
+    let mut latencies = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut done = 0u64;
+    while done < n {
+        while sent < n && sent - done < window {
+            if let Some(slot) = sent_at.get_mut(usize::try_from(sent % window).unwrap_or(0)) {
+                *slot = Instant::now();
+            }
+            send(sent)?;
+            sent += 1;
+        }
+        let seq = recv()?;
+        if let Some(at) = sent_at.get(usize::try_from(seq % window).unwrap_or(0)) {
+            latencies.push(u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        done += 1;
+    }
+    Ok(Measurement {
+        messages: done,
+        lost: 0,
+        elapsed: started.elapsed(),
+        latencies_ns: latencies,
+    })
+}
+
+fn gather(threads: Vec<thread::JoinHandle<Result<Measurement>>>) -> Result<Measurement> {
+    let mut total = Measurement::default();
+    for t in threads {
+        let m = join(t, "client")?;
+        total.messages += m.messages;
+        total.lost += m.lost;
+        total.elapsed = total.elapsed.max(m.elapsed);
+        total.latencies_ns.extend(m.latencies_ns);
+    }
+    Ok(total)
+}
+
+/// Request/reply through an in-process broker (or the one at `connect`): `workers` echo
+/// workers, `clients` native-protocol clients each keeping `in_flight` requests of `size`
+/// bytes outstanding; `requests` in all.
+pub fn broker(
+    connect: Option<&str>,
+    workers: u32,
+    clients: u32,
+    in_flight: u32,
+    requests: u64,
+    size: usize,
+) -> Result<Measurement> {
+    let stop = Shutdown::new();
+    let (endpoint, broker_thread) = match connect {
+        Some(e) => (e.to_string(), None),
+        None => {
+            let broker = Broker::bind(BrokerConfig {
+                bind: vec![LOOPBACK.into()],
+                ..BrokerConfig::default()
+            })?;
+            let endpoint = broker
+                .endpoints()
+                .first()
+                .cloned()
+                .ok_or_else(|| Error::InvalidConfig("the broker bound nothing".into()))?;
+            let stop = stop.clone();
+            let t = spawn("broker", move || broker.run(&stop).map(|_| ()))?;
+            (endpoint, Some(t))
+        }
+    };
+    let service = format!("bench.echo.{}", crate::pipeline::random_u64());
+    let mut worker_threads = Vec::new();
+    for i in 0..workers {
+        let worker = Worker::new(WorkerConfig::new(endpoint.clone(), service.clone()))?;
+        let stop = stop.clone();
+        worker_threads.push(spawn(&format!("bench-worker-{i}"), move || {
+            worker.run(Ok::<_, crate::HandlerError>, &stop).map(|_| ())
+        })?);
+    }
+    let payload = Bytes::from(vec![b'x'; size]);
+    let mut threads = Vec::new();
+    for (i, n) in split(requests, clients).into_iter().enumerate() {
+        let mut client = Client::connect(ClientConfig::new(endpoint.clone()))?;
+        let service = service.clone();
+        let payload = payload.clone();
+        threads.push(spawn(&format!("bench-client-{i}"), move || {
+            // The first request waits for a worker to register; it is not measured.
+            client.request(&service, vec![payload.clone()])?;
+            let summary = client.pipeline(
+                &service,
+                (0..n).map(|_| vec![payload.clone()]),
+                usize::try_from(in_flight.max(1)).unwrap_or(1),
+                |_, _| {},
+            )?;
+            Ok(Measurement {
+                messages: summary.ok,
+                lost: summary.sent.saturating_sub(summary.ok),
+                elapsed: summary.elapsed,
+                latencies_ns: summary
+                    .latencies
+                    .iter()
+                    .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                    .collect(),
+            })
+        })?);
+    }
+    let result = gather(threads);
+    stop.trigger();
+    for w in worker_threads {
+        join(w, "worker")?;
+    }
+    if let Some(b) = broker_thread {
+        join(b, "broker")?;
+    }
+    result
+}
+
+/// The parallel map with `workers` in-process workers echoing `jobs` no-op jobs of `size`
+/// bytes (or running `task`): the cost of the map's bookkeeping, start notices and
+/// reports. `prefetch` is the map's jobs per worker beyond the one it runs.
+pub fn map(
+    workers: u32,
+    jobs: u64,
+    size: usize,
+    prefetch: u32,
+    task: Option<Arc<dyn Task>>,
+) -> Result<Measurement> {
+    let mut pool = Pool::bind(PoolConfig {
+        vent: vec![LOOPBACK.into()],
+        sink: vec![LOOPBACK.into()],
+        map: MapConfig {
+            prefetch,
+            ..MapConfig::default()
+        },
+        ..PoolConfig::default()
+    })?;
+    let echo: Arc<dyn Task> =
+        task.unwrap_or_else(|| Arc::new(|p: &[u8]| Ok(Bytes::copy_from_slice(p))));
+    pool.spawn_local(workers, echo)?;
+    let payload = Bytes::from(vec![b'x'; size]);
+    let mut ok = 0u64;
+    let summary = pool.map(
+        (0..jobs).map(|_| payload.clone()),
+        &Shutdown::new(),
+        |f| {
+            if matches!(f.outcome, Outcome::Done(_)) {
+                ok += 1;
+            }
+        },
+        |_| {},
+    )?;
+    Ok(Measurement {
+        messages: ok,
+        lost: jobs - ok,
+        elapsed: summary.elapsed,
+        latencies_ns: Vec::new(),
+    })
+}
