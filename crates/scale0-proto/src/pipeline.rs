@@ -18,7 +18,7 @@
 use crate::mdp::Frames;
 use crate::time::Instant;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 use tracing::{debug, info};
@@ -473,6 +473,9 @@ pub struct Map {
     run: u64,
     jobs: HashMap<u64, JobState>,
     queue: VecDeque<u64>,
+    /// Jobs sent or started, the only ones with deadlines: timers scan these, never the
+    /// whole input.
+    flight: BTreeSet<u64>,
     /// Sent, not started.
     unstarted: usize,
     /// Sent or started.
@@ -499,6 +502,7 @@ impl Map {
             run,
             jobs: HashMap::new(),
             queue: VecDeque::new(),
+            flight: BTreeSet::new(),
             unstarted: 0,
             in_flight: 0,
             workers: HashMap::new(),
@@ -632,6 +636,7 @@ impl Map {
         };
         self.unstarted += 1;
         self.in_flight += 1;
+        self.flight.insert(index);
         self.counters.sent += 1;
         let frames = Job::Framed {
             id: key,
@@ -651,6 +656,7 @@ impl Map {
             job.sends = job.sends.saturating_sub(1);
             self.unstarted -= 1;
             self.in_flight -= 1;
+            self.flight.remove(&index);
             self.counters.sent = self.counters.sent.saturating_sub(1);
             self.queue.push_front(index);
         }
@@ -819,6 +825,7 @@ impl Map {
         let Some(job) = self.jobs.get_mut(&index) else {
             return;
         };
+        self.flight.remove(&index);
         match std::mem::replace(&mut job.phase, Phase::Queued) {
             Phase::Queued => {
                 self.queue.retain(|i| *i != index);
@@ -866,6 +873,7 @@ impl Map {
         let Some(job) = self.jobs.remove(&index) else {
             return;
         };
+        self.flight.remove(&index);
         match outcome {
             Outcome::Done(_) => self.counters.done += 1,
             Outcome::Failed(_) => self.counters.failed += 1,
@@ -886,10 +894,14 @@ impl Map {
     /// Sent jobs not started yet may be in a buffer that went away: send them again.
     fn resend_unstarted(&mut self, now: Instant, why: &str) {
         let sent: Vec<u64> = self
-            .jobs
+            .flight
             .iter()
-            .filter(|(_, j)| matches!(j.phase, Phase::Sent { at, .. } if at <= now))
-            .map(|(i, _)| *i)
+            .filter(|i| {
+                self.jobs
+                    .get(i)
+                    .is_some_and(|j| matches!(j.phase, Phase::Sent { at, .. } if at <= now))
+            })
+            .copied()
             .collect();
         if !sent.is_empty() {
             debug!(jobs = sent.len(), why, "unstarted jobs sent again");
@@ -935,7 +947,11 @@ impl Map {
     /// When [`Map::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let workers = self.workers.values().map(|w| self.worker_deadline(w));
-        let jobs = self.jobs.values().filter_map(|j| self.job_deadline(j));
+        let jobs = self
+            .flight
+            .iter()
+            .filter_map(|i| self.jobs.get(i))
+            .filter_map(|j| self.job_deadline(j));
         workers.chain(jobs).min()
     }
 
@@ -961,8 +977,9 @@ impl Map {
             }
         }
         let overdue: Vec<(u64, Bytes, bool)> = self
-            .jobs
+            .flight
             .iter()
+            .filter_map(|i| self.jobs.get(i).map(|j| (i, j)))
             .filter(|(_, j)| self.job_deadline(j).is_some_and(|d| d <= now))
             .filter_map(|(i, j)| match &j.phase {
                 Phase::Sent { key, .. } => Some((*i, key.clone(), false)),

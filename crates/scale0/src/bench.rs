@@ -240,7 +240,8 @@ pub fn raw_pipeline(workers: u32, messages: u64, size: usize) -> Result<Measurem
     })?;
     let m = receive(&sink, messages, false);
     stop.trigger();
-    join(sender, "raw-vent")?;
+    let vent = join(sender, "raw-vent")?;
+    sockets::stop_monitor(&vent);
     for t in threads {
         join(t, "raw worker")?;
     }

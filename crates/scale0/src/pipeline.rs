@@ -702,15 +702,15 @@ impl Vent {
             .context(|| "setting LINGER".into())?;
         // Terminating the context blocks until the jobs are out or the linger is over;
         // the process-wide one would never be terminated, so exit would drop them.
-        let Self {
-            mut ctx,
-            push,
-            connections,
-            ..
-        } = self;
-        drop(connections);
-        drop(push);
+        let mut ctx = self.ctx.clone();
+        drop(self);
         ctx.destroy().context(|| "closing the ventilator".into())
+    }
+}
+
+impl Drop for Vent {
+    fn drop(&mut self) {
+        sockets::stop_monitor(&self.push);
     }
 }
 

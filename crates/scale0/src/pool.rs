@@ -337,6 +337,7 @@ fn snapshot(core: &Map, input: &Input<'_>, started: Instant) -> MapProgress {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        sockets::stop_monitor(&self.push);
         self.local_stop.trigger();
         for handle in self.local.drain(..) {
             match handle.join() {

@@ -58,6 +58,12 @@ pub struct Queue {
     config: QueueConfig,
 }
 
+impl Drop for Queue {
+    fn drop(&mut self) {
+        sockets::stop_monitor(&self.backend);
+    }
+}
+
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")

@@ -12,6 +12,23 @@ pub(crate) fn context() -> zmq::Context {
     CONTEXT.get_or_init(zmq::Context::new).clone()
 }
 
+/// Stops the monitor of `socket`, which must happen before its reader closes: libzmq's
+/// I/O thread sends monitor events blocking, so an event for a reader that is gone (a
+/// peer disconnecting while the socket closes, say) would stall every socket of the
+/// context for good. The `zmq` crate cannot pass the NULL endpoint that means "stop", so
+/// this starts a replacement monitor that reports nothing: starting one stops the old.
+pub(crate) fn stop_monitor(socket: &zmq::Socket) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STOPPED: AtomicU64 = AtomicU64::new(0);
+    let addr = format!(
+        "inproc://scale0-monitor-stopped-{}",
+        STOPPED.fetch_add(1, Ordering::Relaxed)
+    );
+    if let Err(e) = socket.monitor(&addr, 0) {
+        tracing::debug!(error = %e, "stopping a socket monitor");
+    }
+}
+
 /// Receives one whole multipart message without blocking; `Ok(None)` when none is ready.
 pub(crate) fn try_recv(socket: &zmq::Socket) -> Result<Option<Frames>> {
     match socket.recv_multipart(zmq::DONTWAIT) {
