@@ -91,6 +91,10 @@ pub(crate) struct Args {
     /// Runs of each case; the median is reported.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     repeat: u32,
+    /// Run each broker worker's handler on a thread of its own (as `scale0 worker` does)
+    /// instead of inline on its socket thread, which suits a handler as quick as an echo.
+    #[arg(long)]
+    handler_thread: bool,
     /// Use the broker at this endpoint instead of starting one (workers still start here).
     #[arg(long, value_name = "ENDPOINT")]
     connect: Option<String>,
@@ -119,6 +123,7 @@ impl Case {
             Scenario::Direct => bench::direct(self.clients, self.in_flight, self.count, self.size),
             Scenario::Broker => bench::broker(
                 args.connect.as_deref(),
+                !args.handler_thread,
                 self.workers,
                 self.clients,
                 self.in_flight,

@@ -38,12 +38,18 @@ pub(crate) struct Args {
     /// Heartbeat intervals of broker silence before reconnecting.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     heartbeat_liveness: u32,
+    /// Run the handler on the socket thread: faster for handlers of microseconds (such as
+    /// --echo or --sha1), but nothing heartbeats while it runs, so it must finish well
+    /// within the heartbeat interval times the broker's liveness.
+    #[arg(long)]
+    inline: bool,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let mut config = WorkerConfig::new(args.connect.clone(), args.service.clone());
     config.heartbeat_interval_ms = args.heartbeat_interval_ms;
     config.heartbeat_liveness = args.heartbeat_liveness;
+    config.inline = args.inline;
     // Validate once, before any thread starts.
     Worker::new(config.clone())?;
     let shutdown = Shutdown::new();

@@ -362,10 +362,13 @@ fn gather(threads: Vec<thread::JoinHandle<Result<Measurement>>>) -> Result<Measu
 }
 
 /// Request/reply through an in-process broker (or the one at `connect`): `workers` echo
-/// workers, `clients` native-protocol clients each keeping `in_flight` requests of `size`
-/// bytes outstanding; `requests` in all.
+/// workers (handlers `inline` on their socket thread, or on a handler thread each),
+/// `clients` native-protocol clients each keeping `in_flight` requests of `size` bytes
+/// outstanding; `requests` in all.
+#[allow(clippy::too_many_arguments)]
 pub fn broker(
     connect: Option<&str>,
+    inline: bool,
     workers: u32,
     clients: u32,
     in_flight: u32,
@@ -393,7 +396,9 @@ pub fn broker(
     let service = format!("bench.echo.{}", crate::pipeline::random_u64());
     let mut worker_threads = Vec::new();
     for i in 0..workers {
-        let worker = Worker::new(WorkerConfig::new(endpoint.clone(), service.clone()))?;
+        let mut config = WorkerConfig::new(endpoint.clone(), service.clone());
+        config.inline = inline;
+        let worker = Worker::new(config)?;
         let stop = stop.clone();
         worker_threads.push(spawn(&format!("bench-worker-{i}"), move || {
             worker.run(Ok::<_, crate::HandlerError>, &stop).map(|_| ())
