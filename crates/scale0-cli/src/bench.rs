@@ -95,6 +95,10 @@ pub(crate) struct Args {
     /// instead of inline on its socket thread, which suits a handler as quick as an echo.
     #[arg(long)]
     handler_thread: bool,
+    /// Broker scenario: run the broker, every worker and every client as a process of
+    /// its own (this binary) instead of threads of this one.
+    #[arg(long)]
+    processes: bool,
     /// Use the broker at this endpoint instead of starting one (workers still start here).
     #[arg(long, value_name = "ENDPOINT")]
     connect: Option<String>,
@@ -121,6 +125,7 @@ impl Case {
             Scenario::PushPull => bench::push_pull(self.count, self.size),
             Scenario::PubSub => bench::pub_sub(self.count, self.size, args.pub_sub_hwm),
             Scenario::Direct => bench::direct(self.clients, self.in_flight, self.count, self.size),
+            Scenario::Broker if args.processes => processes::broker(args, self),
             Scenario::Broker => bench::broker(
                 args.connect.as_deref(),
                 !args.handler_thread,
@@ -401,3 +406,181 @@ fn print_table(results: &[Result_]) {
         println!("{line}");
     }
 }
+
+/// The broker scenario with a process per part, and the hidden client those processes run.
+mod processes {
+    use super::{Args, Case};
+    use bytes::Bytes;
+    use scale0::bench::Measurement;
+    use scale0::{Client, ClientConfig};
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Child, Command, ExitCode, Stdio};
+    use std::time::Duration;
+
+    /// Flags of the hidden `scale0 bench-client`: one client process of `--processes`.
+    #[derive(Debug, clap::Args)]
+    pub(crate) struct ClientArgs {
+        #[arg(long)]
+        connect: String,
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        requests: u64,
+        #[arg(long)]
+        in_flight: u32,
+        #[arg(long)]
+        size: usize,
+    }
+
+    /// Runs one client and prints its measurement as JSON.
+    pub(crate) fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
+        let mut client = Client::connect(ClientConfig::new(args.connect))?;
+        let payload = Bytes::from(vec![b'x'; args.size]);
+        // Not measured: the first request waits for the workers to register.
+        client.request(&args.service, vec![payload.clone()])?;
+        let summary = client.pipeline(
+            &args.service,
+            (0..args.requests).map(|_| vec![payload.clone()]),
+            usize::try_from(args.in_flight.max(1)).unwrap_or(1),
+            |_, _| {},
+        )?;
+        let latencies: Vec<u64> = summary
+            .latencies
+            .iter()
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "messages": summary.ok,
+                "lost": summary.sent.saturating_sub(summary.ok),
+                "elapsed_ns": u64::try_from(summary.elapsed.as_nanos()).unwrap_or(u64::MAX),
+                "latencies_ns": latencies,
+            })
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Children killed when dropped, so a failed run leaves nothing behind.
+    struct Children(Vec<Child>);
+
+    impl Drop for Children {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    fn scale0() -> scale0::Result<Command> {
+        let exe = std::env::current_exe()
+            .map_err(|e| scale0::Error::InvalidConfig(format!("finding this binary: {e}")))?;
+        let mut c = Command::new(exe);
+        c.env("RUST_LOG", "warn").stdin(Stdio::null());
+        Ok(c)
+    }
+
+    fn spawn(cmd: &mut Command, what: &str) -> scale0::Result<Child> {
+        cmd.spawn()
+            .map_err(|e| scale0::Error::InvalidConfig(format!("starting {what}: {e}")))
+    }
+
+    fn bad(what: String) -> scale0::Error {
+        scale0::Error::InvalidConfig(what)
+    }
+
+    pub(crate) fn broker(args: &Args, case: &Case) -> scale0::Result<Measurement> {
+        let mut children = Children(Vec::new());
+        let endpoint = match &args.connect {
+            Some(e) => e.clone(),
+            None => {
+                let mut child = spawn(
+                    scale0()?
+                        .args(["broker", "--bind", "tcp://127.0.0.1:*"])
+                        .stdout(Stdio::piped()),
+                    "the broker",
+                )?;
+                let out = child.stdout.take();
+                children.0.push(child);
+                let mut line = String::new();
+                BufReader::new(out.ok_or_else(|| bad("the broker's stdout".into()))?)
+                    .read_line(&mut line)
+                    .map_err(|e| bad(format!("reading the broker's endpoint: {e}")))?;
+                line.strip_prefix("listening ")
+                    .map(|e| e.trim().to_string())
+                    .ok_or_else(|| bad(format!("the broker said {line:?}")))?
+            }
+        };
+        let service = format!("bench.echo.{}", std::process::id());
+        for _ in 0..case.workers {
+            let mut cmd = scale0()?;
+            cmd.args([
+                "worker",
+                "--connect",
+                &endpoint,
+                "--service",
+                &service,
+                "--echo",
+            ])
+            .stdout(Stdio::null());
+            if !args.handler_thread {
+                cmd.arg("--inline");
+            }
+            children.0.push(spawn(&mut cmd, "a worker")?);
+        }
+        let per_client = {
+            let parts = u64::from(case.clients.max(1));
+            (0..parts).map(move |i| case.count / parts + u64::from(i < case.count % parts))
+        };
+        let mut clients = Vec::new();
+        for n in per_client {
+            let mut cmd = scale0()?;
+            cmd.args([
+                "bench-client",
+                "--connect",
+                &endpoint,
+                "--service",
+                &service,
+            ])
+            .args([
+                "--requests",
+                &n.to_string(),
+                "--in-flight",
+                &case.in_flight.to_string(),
+            ])
+            .args(["--size", &case.size.to_string()])
+            .stdout(Stdio::piped());
+            clients.push(spawn(&mut cmd, "a client")?);
+        }
+        let mut total = Measurement::default();
+        for mut c in clients {
+            let mut out = String::new();
+            if let Some(mut s) = c.stdout.take() {
+                s.read_to_string(&mut out)
+                    .map_err(|e| bad(format!("reading a client: {e}")))?;
+            }
+            let status = c
+                .wait()
+                .map_err(|e| bad(format!("waiting for a client: {e}")))?;
+            if !status.success() {
+                return Err(bad(format!("a client process failed: {status}")));
+            }
+            let v: serde_json::Value = serde_json::from_str(out.trim())
+                .map_err(|e| bad(format!("a client printed {out:?}: {e}")))?;
+            total.messages += v["messages"].as_u64().unwrap_or(0);
+            total.lost += v["lost"].as_u64().unwrap_or(0);
+            total.elapsed = total
+                .elapsed
+                .max(Duration::from_nanos(v["elapsed_ns"].as_u64().unwrap_or(0)));
+            if let Some(l) = v["latencies_ns"].as_array() {
+                total
+                    .latencies_ns
+                    .extend(l.iter().filter_map(serde_json::Value::as_u64));
+            }
+        }
+        Ok(total)
+    }
+}
+
+pub(crate) use processes::{ClientArgs, client};

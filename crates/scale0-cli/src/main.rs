@@ -55,6 +55,9 @@ enum Command {
     /// Measure: PUSH/PULL, PUB/SUB, request/reply direct and through the broker, the raw
     /// pipeline and the map, each repeated, medians in a table (or JSON).
     Bench(bench::Args),
+    /// One client process of `scale0 bench broker --processes`.
+    #[command(hide = true)]
+    BenchClient(bench::ClientArgs),
 }
 
 /// Fewest open files scale0 starts with.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Sink(args) => pipeline::sink(args),
         Command::Map(args) => pipeline::map(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchClient(args) => bench::client(args),
     };
     match result {
         Ok(code) => code,
