@@ -3,7 +3,7 @@
 use anyhow::Result;
 use bytes::Bytes;
 use scale0::proto::ServiceName;
-use scale0::{Broker, BrokerConfig, Shutdown};
+use scale0::{Broker, BrokerConfig};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +70,10 @@ pub(crate) struct Args {
     /// Titanic requests stored at once, pending or answered and not yet closed.
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_titanic_requests: u64,
+    /// On SIGTERM or SIGINT, how long to keep serving the requests already accepted
+    /// (new ones are refused with `shutting_down`) before exiting, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    grace_ms: u64,
 }
 
 fn parse_service_timeout(s: &str) -> Result<(ServiceName, u64), String> {
@@ -109,6 +113,7 @@ impl Args {
             usize::try_from(self.max_titanic_requests).unwrap_or(usize::MAX);
         config.data_dir = self.data_dir;
         config.events = self.events;
+        config.grace_ms = self.grace_ms;
         config.store.segment_bytes = self.segment_bytes;
         config.store.repair = self.repair_log;
         config
@@ -119,7 +124,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let broker = Broker::bind(args.config())?;
     print_listening(broker.endpoints())?;
     print_listening(broker.events_endpoints())?;
-    broker.run(&Shutdown::new())?;
+    broker.run(&crate::stop_on_signals()?)?;
     Ok(ExitCode::SUCCESS)
 }
 

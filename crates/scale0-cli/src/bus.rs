@@ -33,7 +33,7 @@ pub(crate) fn forwarder(args: ForwarderArgs) -> Result<ExitCode> {
     let all: Vec<String> = front.iter().chain(back).cloned().collect();
     print_listening(&all)?;
     f.run(
-        &Shutdown::new(),
+        &crate::stop_on_signals()?,
         args.stats_ms.map(Duration::from_millis),
         |s| {
             println!(
@@ -206,7 +206,7 @@ pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
     let node = Node::connect(config)?;
     let mut out = std::io::stdout().lock();
     let every = args.table_ms.map(Duration::from_millis);
-    node.run(&Shutdown::new(), every, |update| {
+    node.run(&crate::stop_on_signals()?, every, |update| {
         let lines = match update {
             NodeUpdate::Event(e, table) => vec![event_line(e, table, args.json)],
             NodeUpdate::Table(table, now) => table_lines(table, now, args.json),

@@ -60,6 +60,16 @@ enum Command {
     BenchClient(bench::ClientArgs),
 }
 
+/// A shutdown that SIGTERM and SIGINT trigger: servers stop cleanly (a second signal
+/// ends the process at once).
+pub(crate) fn stop_on_signals() -> anyhow::Result<scale0::Shutdown> {
+    let shutdown = scale0::Shutdown::new();
+    shutdown
+        .on_signals()
+        .map_err(|e| anyhow::anyhow!("installing the SIGTERM/SIGINT handlers: {e}"))?;
+    Ok(shutdown)
+}
+
 /// Fewest open files scale0 starts with.
 const MIN_FDS: u64 = 64;
 

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use scale0::proto::pipeline::{Finished, MapConfig, Outcome, Status};
 use scale0::{
-    CommandTask, MapProgress, Pool, PoolConfig, Shutdown, Sink, SinkConfig, SinkItem, Source, Task,
+    CommandTask, MapProgress, Pool, PoolConfig, Sink, SinkConfig, SinkItem, Source, Task,
     TaskWorker, TaskWorkerConfig, Vent, VentConfig,
 };
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
@@ -208,7 +208,7 @@ pub(crate) fn work(args: WorkArgs) -> Result<ExitCode> {
         name: args.name,
     };
     let worker = TaskWorker::new(config)?;
-    let summary = worker.run(task, &Shutdown::new())?;
+    let summary = worker.run(task, &crate::stop_on_signals()?)?;
     eprintln!(
         "work: {} jobs, {} ok, {} failed, {} timed out",
         summary.jobs, summary.ok, summary.failed, summary.timed_out
@@ -259,7 +259,7 @@ pub(crate) fn vent(args: VentArgs) -> Result<ExitCode> {
         println!("listening {e}");
     }
     std::io::stdout().flush()?;
-    let shutdown = Shutdown::new();
+    let shutdown = crate::stop_on_signals()?;
     vent.wait_for_workers(args.workers, &shutdown)?;
     for job in jobs {
         vent.send(job, &shutdown)?;
@@ -358,7 +358,7 @@ pub(crate) fn sink(args: SinkArgs) -> Result<ExitCode> {
         out.flush()?;
         Ok(expect.is_none_or(|n| seen < n))
     };
-    sink.run(&Shutdown::new(), |item| match each(item) {
+    sink.run(&crate::stop_on_signals()?, |item| match each(item) {
         Ok(more) => more,
         Err(e) => {
             write_error = Some(e);
@@ -464,7 +464,7 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
     let json = args.json;
     let summary = pool.map_channel(
         jobs,
-        &Shutdown::new(),
+        &crate::stop_on_signals()?,
         |f| {
             if write_error.is_some() {
                 return;

@@ -2,7 +2,7 @@
 
 use crate::broker::print_listening;
 use anyhow::Result;
-use scale0::{Queue, QueueConfig, Shutdown};
+use scale0::{Queue, QueueConfig};
 use std::process::ExitCode;
 
 /// Flags of `scale0 queue`.
@@ -60,6 +60,6 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         .cloned()
         .collect();
     print_listening(&all)?;
-    queue.run(&Shutdown::new())?;
+    queue.run(&crate::stop_on_signals()?)?;
     Ok(ExitCode::SUCCESS)
 }

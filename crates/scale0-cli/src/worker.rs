@@ -3,7 +3,7 @@
 use crate::handlers;
 use anyhow::{Context, Result};
 use clap::ArgGroup;
-use scale0::{Handler, Shutdown, Worker, WorkerConfig};
+use scale0::{Handler, Worker, WorkerConfig};
 use std::process::ExitCode;
 use std::thread;
 
@@ -52,7 +52,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     config.inline = args.inline;
     // Validate once, before any thread starts.
     Worker::new(config.clone())?;
-    let shutdown = Shutdown::new();
+    let shutdown = crate::stop_on_signals()?;
     let mut threads = Vec::new();
     for i in 0..args.concurrency {
         let config = config.clone();

@@ -124,16 +124,20 @@ pub enum FailReason {
     AttemptsExhausted,
     /// The native request's own deadline passed.
     DeadlineExceeded,
+    /// The broker was stopping: it refused the request, or its grace period ran out
+    /// before a worker answered.
+    ShuttingDown,
 }
 
 impl FailReason {
     /// Every reason, in the order counters are reported.
-    pub const ALL: [FailReason; 5] = [
+    pub const ALL: [FailReason; 6] = [
         Self::QueueFull,
         Self::NoWorker,
         Self::TooManyServices,
         Self::AttemptsExhausted,
         Self::DeadlineExceeded,
+        Self::ShuttingDown,
     ];
 
     /// A stable snake_case label, for logs and metrics.
@@ -149,6 +153,7 @@ impl FailReason {
             Self::TooManyServices => Status::TooManyServices,
             Self::AttemptsExhausted => Status::AttemptsExhausted,
             Self::DeadlineExceeded => Status::DeadlineExceeded,
+            Self::ShuttingDown => Status::ShuttingDown,
         }
     }
 
@@ -159,6 +164,7 @@ impl FailReason {
             Self::TooManyServices => 2,
             Self::AttemptsExhausted => 3,
             Self::DeadlineExceeded => 4,
+            Self::ShuttingDown => 5,
         }
     }
 
@@ -169,6 +175,7 @@ impl FailReason {
             Self::TooManyServices => "the broker tracks as many services as it may",
             Self::AttemptsExhausted => "every worker that took this request died or overran",
             Self::DeadlineExceeded => "the request's deadline passed",
+            Self::ShuttingDown => "the broker is shutting down",
         }
     }
 }
@@ -275,7 +282,7 @@ pub struct Counters {
     /// Workers removed because they held a request past its deadline.
     pub request_timeouts: u64,
     dropped: [u64; DropReason::ALL.len()],
-    failed: [u64; 5],
+    failed: [u64; FailReason::ALL.len()],
 }
 
 impl Counters {
@@ -572,6 +579,8 @@ pub struct Broker {
     /// A lower bound on the earliest worker or queue deadline; deadlines only move later
     /// once set, so this stays valid until the purge recomputes it.
     next_purge: Option<Instant>,
+    /// Stopping: new requests are refused, accepted ones still served.
+    draining: bool,
     counters: Counters,
 }
 
@@ -591,6 +600,7 @@ impl Broker {
             events: VecDeque::new(),
             next_heartbeat,
             next_purge: None,
+            draining: false,
             counters: Counters::default(),
         }
     }
@@ -729,6 +739,51 @@ impl Broker {
     /// Native requests in progress, and native answers kept for retries.
     pub fn native_requests(&self) -> (usize, usize) {
         (self.dedupe.pending(), self.dedupe.answered())
+    }
+
+    /// Starts stopping: from now on new requests are refused with
+    /// [`FailReason::ShuttingDown`], while those already accepted are still dispatched and
+    /// answered. The driver waits until [`Broker::outstanding`] is zero or its grace
+    /// period is over.
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// True after [`Broker::begin_drain`].
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Accepted requests not answered yet: queued, or held by a worker.
+    pub fn outstanding(&self) -> usize {
+        let queued: usize = self.services.values().map(|s| s.requests.len()).sum();
+        queued + self.busy_workers()
+    }
+
+    /// Ends every outstanding request with [`FailReason::ShuttingDown`] (native clients
+    /// get an ERROR), for a broker whose grace period ran out. A durable broker keeps its
+    /// requests instead: they are in the log for the next start.
+    pub fn abandon(&mut self, now: Instant) {
+        if self.journal.is_some() {
+            return;
+        }
+        let mut ended = Vec::new();
+        for (name, s) in &mut self.services {
+            ended.extend(s.requests.drain(..).map(|r| (name.clone(), r)));
+        }
+        for w in self.workers.values_mut() {
+            if let Some(r) = w.held.take() {
+                ended.push((w.service.clone(), r));
+            }
+        }
+        for (service, request) in ended {
+            self.finish(
+                now,
+                &service,
+                &request,
+                Outcome::Fail(FailReason::ShuttingDown),
+            );
+        }
     }
 
     /// Every known service, sorted by name.
@@ -1059,6 +1114,9 @@ impl Broker {
         service: &ServiceName,
         request: Request,
     ) -> Result<(), Box<(FailReason, Request)>> {
+        if self.draining && !request.recovered {
+            return Err(Box::new((FailReason::ShuttingDown, request)));
+        }
         if !self.ensure_service(now, service) {
             return Err(Box::new((FailReason::TooManyServices, request)));
         }

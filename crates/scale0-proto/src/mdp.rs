@@ -294,11 +294,13 @@ pub enum Status {
     AttemptsExhausted,
     /// The request was malformed.
     BadRequest,
+    /// The broker is stopping and takes no new requests.
+    ShuttingDown,
 }
 
 impl Status {
     /// Every status.
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Self::QueueFull,
         Self::NoWorker,
         Self::TooManyServices,
@@ -306,6 +308,7 @@ impl Status {
         Self::DeadlineExceeded,
         Self::AttemptsExhausted,
         Self::BadRequest,
+        Self::ShuttingDown,
     ];
 
     /// The word on the wire.
@@ -318,6 +321,7 @@ impl Status {
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::AttemptsExhausted => "attempts_exhausted",
             Self::BadRequest => "bad_request",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 

@@ -916,6 +916,69 @@ mod native {
     }
 
     #[test]
+    fn a_draining_broker_refuses_new_requests_and_still_answers_accepted_ones() {
+        let mut sim = Sim::new();
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "held", "svc", None);
+        send(&mut sim, "c", "queued", "svc", None);
+        assert_eq!(to(&mut sim, "c"), [accepted("held"), accepted("queued")]);
+        assert_eq!(sim.broker.outstanding(), 2);
+
+        sim.broker.begin_drain();
+        send(&mut sim, "c", "late", "svc", None);
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::ShuttingDown)]
+        );
+        // MDP clients cannot be told; their request is not taken either.
+        sim.request("m", "svc", "late too");
+        assert!(sim.dispatched().is_empty());
+        assert_eq!(sim.broker.outstanding(), 2);
+
+        // What was accepted is served to the end: the held one, then the queued one.
+        sim.reply("w", "c", "held done");
+        let got = to(&mut sim, "c");
+        assert_eq!(got.first(), Some(&fin("held", "held done")));
+        sim.reply("w", "c", "queued done");
+        assert_eq!(to(&mut sim, "c"), [fin("queued", "queued done")]);
+        assert_eq!(sim.broker.outstanding(), 0);
+        assert_eq!(sim.broker.counters().failed(FailReason::ShuttingDown), 2);
+    }
+
+    #[test]
+    fn grace_over_every_outstanding_native_request_gets_an_error() {
+        let mut sim = Sim::new();
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "held", "svc", None);
+        send(&mut sim, "c", "queued", "svc", None);
+        sim.sent();
+        sim.broker.begin_drain();
+        sim.broker.abandon(sim.now);
+        let mut statuses: Vec<_> = to(&mut sim, "c")
+            .iter()
+            .map(|cmd| match cmd {
+                NativeCommand::Error { id, status, .. } => (id.clone(), *status),
+                other => panic!("expected errors only, got {other:?}"),
+            })
+            .collect();
+        statuses.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        assert_eq!(
+            statuses,
+            [
+                (id("held"), Status::ShuttingDown),
+                (id("queued"), Status::ShuttingDown)
+            ]
+        );
+        assert_eq!(sim.broker.outstanding(), 0);
+        // A retry of either gets the same answer, not a second run.
+        send(&mut sim, "c", "held", "svc", None);
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::ShuttingDown)]
+        );
+    }
+
+    #[test]
     fn no_worker_and_exhausted_attempts_are_explicit_errors() {
         let mut sim = Sim::with(Config {
             unknown_service_wait_ms: 1_000,

@@ -93,7 +93,7 @@ fn receive(pull: &zmq::Socket, n: u64, skip_empty: bool) -> Result<Measurement> 
     while got < n {
         let mut items = [pull.as_poll_item(zmq::POLLIN)];
         let wait = if started.is_some() { QUIET } else { QUIET * 5 };
-        zmq::poll(
+        sockets::poll(
             &mut items,
             i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
         )
@@ -212,7 +212,7 @@ pub fn raw_pipeline(workers: u32, messages: u64, size: usize) -> Result<Measurem
             let mut msg = zmq::Message::new();
             while !stop.is_triggered() {
                 let mut items = [pull.as_poll_item(zmq::POLLIN)];
-                zmq::poll(&mut items, 100).context(|| "polling".into())?;
+                sockets::poll(&mut items, 100).context(|| "polling".into())?;
                 while pull.recv(&mut msg, zmq::DONTWAIT).is_ok() {
                     push.send(std::mem::replace(&mut msg, zmq::Message::new()), 0)
                         .context(|| "sending".into())?;
@@ -228,7 +228,7 @@ pub fn raw_pipeline(workers: u32, messages: u64, size: usize) -> Result<Measurem
             return Err(Error::InvalidConfig("raw workers did not connect".into()));
         }
         let mut items = [connections.poll_item()];
-        zmq::poll(&mut items, 100).context(|| "polling".into())?;
+        sockets::poll(&mut items, 100).context(|| "polling".into())?;
         connections.update()?;
     }
     let payload = vec![b'x'; size];
@@ -261,7 +261,7 @@ pub fn direct(clients: u32, in_flight: u32, requests: u64, size: usize) -> Resul
         spawn("echo-server", move || {
             while !stop.is_triggered() {
                 let mut items = [router.as_poll_item(zmq::POLLIN)];
-                zmq::poll(&mut items, 100).context(|| "polling".into())?;
+                sockets::poll(&mut items, 100).context(|| "polling".into())?;
                 while let Some(frames) = sockets::try_recv(&router)? {
                     let _ = sockets::send(&router, &frames);
                 }

@@ -10,6 +10,7 @@ use scale0_proto::broker::{self as core, Counters};
 use scale0_store::{LogOptions, LogStore, Store};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
+use std::time::Duration;
 use tracing::{error, info, warn};
 
 /// Messages handled between two commits of a durable broker: bounds the latency one
@@ -33,6 +34,10 @@ pub struct BrokerConfig {
     /// Endpoints of a PUB socket on which the broker publishes its events (workers
     /// ready and gone, services up and down, redeliveries); empty for none.
     pub events: Vec<String>,
+    /// On shutdown, how long to keep serving the requests already accepted (new ones are
+    /// refused with `shutting_down`) before stopping; 0 stops at once. A durable broker
+    /// waits only for requests held by workers: queued ones stay in its log.
+    pub grace_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -44,6 +49,7 @@ impl Default for BrokerConfig {
             data_dir: None,
             store: LogOptions::default(),
             events: Vec::new(),
+            grace_ms: 0,
         }
     }
 }
@@ -192,11 +198,46 @@ impl Broker {
             }
         };
         info!(endpoints = ?self.endpoints, durable = log.is_some(), "broker running");
-        while !shutdown.is_triggered() {
+        let mut drain_until: Option<std::time::Instant> = None;
+        loop {
+            // What a stopping broker still waits for: a durable one's queue is on disk.
+            let waiting = if log.is_some() {
+                core.busy_workers()
+            } else {
+                core.outstanding()
+            };
+            match drain_until {
+                None if shutdown.is_triggered() => {
+                    if self.config.grace_ms == 0 || waiting == 0 {
+                        break;
+                    }
+                    core.begin_drain();
+                    info!(
+                        outstanding = waiting,
+                        grace_ms = self.config.grace_ms,
+                        "stopping: new requests refused, accepted ones still served"
+                    );
+                    drain_until = Some(
+                        std::time::Instant::now() + Duration::from_millis(self.config.grace_ms),
+                    );
+                }
+                Some(_) if waiting == 0 => {
+                    info!("every accepted request answered");
+                    break;
+                }
+                Some(until) if std::time::Instant::now() >= until => {
+                    warn!(
+                        outstanding = waiting,
+                        "grace period over; stopping with requests unanswered"
+                    );
+                    core.abandon(clock.now());
+                    self.flush(&mut core, clock);
+                    break;
+                }
+                _ => {}
+            }
             let wait = clock.wait_ms(Some(core.poll_timeout()));
-            self.socket
-                .poll(zmq::POLLIN, wait)
-                .context(|| "polling the broker socket".into())?;
+            sockets::poll_in(&self.socket, wait).context(|| "polling the broker socket".into())?;
             // Drain what is ready, flushing as we go so the outgoing queue stays short
             // however deep the backlog. In durable mode what depends on the journal is
             // held until the commit below: one sync for the whole batch.
@@ -322,8 +363,7 @@ pub fn watch_events(
         sockets::connect(&sub, e)?;
     }
     while !shutdown.is_triggered() {
-        sub.poll(zmq::POLLIN, 100)
-            .context(|| "polling for events".into())?;
+        sockets::poll_in(&sub, 100).context(|| "polling for events".into())?;
         while let Some(frames) = sockets::try_recv(&sub)? {
             if !on_event(&frames) {
                 return Ok(());

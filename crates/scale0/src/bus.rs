@@ -112,7 +112,7 @@ impl Forwarder {
                 self.xsub.as_poll_item(zmq::POLLIN),
                 self.xpub.as_poll_item(zmq::POLLIN),
             ];
-            zmq::poll(&mut items, 100).context(|| "polling the forwarder".into())?;
+            sockets::poll(&mut items, 100).context(|| "polling the forwarder".into())?;
             while let Some(frames) = sockets::try_recv(&self.xsub)? {
                 stats.messages += 1;
                 stats.bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
@@ -275,9 +275,7 @@ impl Node {
                     .flatten()
                     .min();
             let wait = clock.wait_ms(deadline);
-            self.subscriber
-                .poll(zmq::POLLIN, wait)
-                .context(|| "polling the node".into())?;
+            sockets::poll_in(&self.subscriber, wait).context(|| "polling the node".into())?;
             while let Some(frames) = sockets::try_recv(&self.subscriber)? {
                 let frames: Vec<Bytes> = frames;
                 table.handle_message(clock.now(), &frames);
@@ -441,7 +439,7 @@ pub fn run_swarm(config: &SwarmConfig, shutdown: &Shutdown) -> Result<SwarmRepor
             .iter()
             .map(|m| m.subscriber.as_poll_item(zmq::POLLIN))
             .collect();
-        zmq::poll(&mut items, 1).context(|| "polling the swarm".into())?;
+        sockets::poll(&mut items, 1).context(|| "polling the swarm".into())?;
         let ready: Vec<bool> = items.iter().map(zmq::PollItem::is_readable).collect();
         drop(items);
         let now = clock.now();

@@ -386,9 +386,7 @@ impl Client {
                 return Ok(None);
             }
             let ms = i64::try_from(left.as_millis().max(1)).unwrap_or(i64::MAX);
-            self.socket
-                .poll(zmq::POLLIN, ms)
-                .context(|| "polling the client socket".into())?;
+            sockets::poll_in(&self.socket, ms).context(|| "polling the client socket".into())?;
         }
     }
 }

@@ -391,7 +391,7 @@ impl TaskWorker {
                 if take_jobs {
                     items.extend(pulls.iter().map(|p| p.as_poll_item(zmq::POLLIN)));
                 }
-                zmq::poll(&mut items, i64::try_from(wait_ms).unwrap_or(100))
+                sockets::poll(&mut items, i64::try_from(wait_ms).unwrap_or(100))
                     .context(|| "polling the worker's sockets".into())?;
             }
             while let Some(frames) = sockets::try_recv(&done)? {
@@ -552,7 +552,7 @@ fn slot(
             TaskOutcome::TimedOut => (b"timeout", Bytes::new()),
         };
         let frames = [&job.seq.to_le_bytes()[..], status, &output[..]];
-        if back.send_multipart(frames, 0).is_err() {
+        if sockets::retry_eintr(|| back.send_multipart(frames, 0)).is_err() {
             return;
         }
     }
@@ -647,7 +647,7 @@ impl Vent {
                 return Ok(false);
             }
             let mut items = [self.connections.poll_item()];
-            zmq::poll(&mut items, 100).context(|| "waiting for workers".into())?;
+            sockets::poll(&mut items, 100).context(|| "waiting for workers".into())?;
             self.connections.update()?;
         }
         Ok(true)
@@ -684,7 +684,7 @@ impl Vent {
                 return Ok(false);
             }
             let mut items = [self.push.as_poll_item(zmq::POLLOUT)];
-            zmq::poll(&mut items, 100).context(|| "waiting for a worker".into())?;
+            sockets::poll(&mut items, 100).context(|| "waiting for a worker".into())?;
             self.connections.update()?;
         }
     }
@@ -807,7 +807,7 @@ impl Sink {
         let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
         while !shutdown.is_triggered() {
             let mut items = [self.pull.as_poll_item(zmq::POLLIN)];
-            zmq::poll(
+            sockets::poll(
                 &mut items,
                 i64::try_from(Shutdown::CHECK_INTERVAL_MS).unwrap_or(100),
             )

@@ -263,7 +263,7 @@ impl Pool {
                 if blocked {
                     items.push(self.push.as_poll_item(zmq::POLLOUT));
                 }
-                zmq::poll(&mut items, wait.max(0)).context(|| "polling the map".into())?;
+                sockets::poll(&mut items, wait.max(0)).context(|| "polling the map".into())?;
                 if blocked && items.get(2).is_some_and(zmq::PollItem::is_writable) {
                     blocked = false;
                 }

@@ -157,7 +157,7 @@ impl Queue {
                 self.workers.as_poll_item(zmq::POLLIN),
                 self.monitor.as_poll_item(zmq::POLLIN),
             ];
-            zmq::poll(&mut items, wait).context(|| "polling the queue sockets".into())?;
+            sockets::poll(&mut items, wait).context(|| "polling the queue sockets".into())?;
             while let Some(event) = sockets::try_recv(&self.monitor)? {
                 // Event frame: u16 event id, u32 value (then a frame with the endpoint).
                 let id = event

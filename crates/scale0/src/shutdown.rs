@@ -28,4 +28,18 @@ impl Shutdown {
     pub fn is_triggered(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// Triggers this shutdown on SIGTERM or SIGINT, so a server stops the way it would
+    /// when told to in code (finishing what it promised, within its grace period). A
+    /// second signal, for someone who will not wait, ends the process at once with
+    /// status 130.
+    pub fn on_signals(&self) -> std::io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        for signal in [SIGTERM, SIGINT] {
+            // Registered first, so it sees the flag as it was before this signal.
+            signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&self.0))?;
+            signal_hook::flag::register(signal, Arc::clone(&self.0))?;
+        }
+        Ok(())
+    }
 }

@@ -29,6 +29,39 @@ pub(crate) fn stop_monitor(socket: &zmq::Socket) {
     }
 }
 
+/// `zmq::poll` for loops that must survive signals: a poll interrupted by one (SIGTERM
+/// arriving on this thread, say) reports nothing ready instead of failing, and the loop
+/// goes round again, where it notices the shutdown the signal asked for.
+pub(crate) fn poll(
+    items: &mut [zmq::PollItem<'_>],
+    timeout_ms: i64,
+) -> std::result::Result<i32, zmq::Error> {
+    match zmq::poll(items, timeout_ms) {
+        Err(zmq::Error::EINTR) => Ok(0),
+        other => other,
+    }
+}
+
+/// [`poll`] on one socket for input.
+pub(crate) fn poll_in(
+    socket: &zmq::Socket,
+    timeout_ms: i64,
+) -> std::result::Result<i32, zmq::Error> {
+    poll(&mut [socket.as_poll_item(zmq::POLLIN)], timeout_ms)
+}
+
+/// Repeats a blocking call that a signal interrupted.
+pub(crate) fn retry_eintr<T>(
+    mut call: impl FnMut() -> std::result::Result<T, zmq::Error>,
+) -> std::result::Result<T, zmq::Error> {
+    loop {
+        match call() {
+            Err(zmq::Error::EINTR) => {}
+            other => return other,
+        }
+    }
+}
+
 /// Receives one whole multipart message without blocking; `Ok(None)` when none is ready.
 pub(crate) fn try_recv(socket: &zmq::Socket) -> Result<Option<Frames>> {
     match socket.recv_multipart(zmq::DONTWAIT) {

@@ -120,7 +120,7 @@ impl Progress<'_> {
         match &self.to {
             ProgressTo::Pipe(pipe) => {
                 let frames = std::iter::once(PARTIAL).chain(body.iter().map(|f| &f[..]));
-                if pipe.send_multipart(frames, 0).is_err() {
+                if sockets::retry_eintr(|| pipe.send_multipart(frames.clone(), 0)).is_err() {
                     debug!("the worker loop is gone; partial reply dropped");
                 }
             }
@@ -255,13 +255,15 @@ impl Worker {
                         to_handler.as_poll_item(zmq::POLLIN),
                         s.as_poll_item(zmq::POLLIN),
                     ];
-                    zmq::poll(&mut items, wait).context(|| "polling the worker sockets".into())?;
+                    sockets::poll(&mut items, wait)
+                        .context(|| "polling the worker sockets".into())?;
                     let [h, b] = &items;
                     (h.is_readable(), b.is_readable())
                 }
                 None => {
                     let mut items = [to_handler.as_poll_item(zmq::POLLIN)];
-                    zmq::poll(&mut items, wait).context(|| "polling the worker sockets".into())?;
+                    sockets::poll(&mut items, wait)
+                        .context(|| "polling the worker sockets".into())?;
                     let [h] = &items;
                     (h.is_readable(), false)
                 }
@@ -361,7 +363,7 @@ fn serve_one(handler: &mut (impl Handler + ?Sized), body: Body, progress: &Progr
 /// Runs on the handler thread: one request in, one reply out, until told to quit.
 fn handler_loop(mut handler: impl Handler, pipe: &zmq::Socket) {
     loop {
-        let Ok(frames) = pipe.recv_multipart(0) else {
+        let Ok(frames) = sockets::retry_eintr(|| pipe.recv_multipart(0)) else {
             return;
         };
         let mut frames = frames.into_iter().map(Bytes::from);
@@ -374,7 +376,7 @@ fn handler_loop(mut handler: impl Handler, pipe: &zmq::Socket) {
         let reply = serve_one(&mut handler, frames.collect(), &progress);
         // The marker frame lets a reply with no body frames still cross the pipe.
         let frames = std::iter::once(RUN).chain(reply.iter().map(|f| &f[..]));
-        if pipe.send_multipart(frames, 0).is_err() {
+        if sockets::retry_eintr(|| pipe.send_multipart(frames.clone(), 0)).is_err() {
             return;
         }
     }

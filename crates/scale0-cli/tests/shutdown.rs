@@ -1,0 +1,98 @@
+//! SIGTERM to a broker: requests already accepted are still answered within the grace
+//! period, new ones are refused with `shutting_down`, and the broker exits 0; past the
+//! grace period the requests left get that error instead of silence.
+
+mod common;
+
+use common::{Broker, HANG, Proc, eventually, scale0, scale0_request, tail};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+/// A worker whose command marks `mark` when a request reaches it, then sleeps `secs`
+/// and echoes.
+fn marking_worker(endpoint: &str, mark: &std::path::Path, secs: &str) -> Proc {
+    let script = format!("touch '{}'; sleep {secs}; cat", mark.display());
+    let mut cmd = scale0();
+    cmd.args(["worker", "--connect", endpoint, "--service", "slow"])
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null());
+    Proc::spawn("worker", cmd)
+}
+
+fn request(endpoint: &str, body: &str) -> Child {
+    scale0()
+        .args(["request", "--connect", endpoint, "--service", "slow", body])
+        .args(["--timeout-ms", "30000", "--retries", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting scale0 request")
+}
+
+fn sigterm(p: &Proc) {
+    let status = Command::new("kill")
+        .args(["-TERM", &p.pid().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success());
+}
+
+/// Waits for the broker to exit on its own and returns whether it exited 0.
+fn exit_status(broker: &mut Broker) -> bool {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = broker.proc.child.try_wait().unwrap() {
+            return status.success();
+        }
+        assert!(started.elapsed() < HANG, "the broker did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_answers_accepted_requests_refuses_new_ones_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("started");
+    let mut broker = Broker::start(&["--grace-ms", "20000"]);
+    let _worker = marking_worker(&broker.endpoint, &mark, "1");
+    let held = request(&broker.endpoint, "held");
+    eventually("the request reached the worker", || mark.exists());
+
+    sigterm(&broker.proc);
+    let late = scale0_request(
+        &broker.endpoint,
+        &["--service", "slow", "--retries", "0", "late"],
+    );
+    assert!(!late.status.success(), "a request after SIGTERM is refused");
+    assert!(
+        tail(&late.stderr).contains("shutting_down"),
+        "refused as shutting_down: {}",
+        tail(&late.stderr)
+    );
+
+    let out = held.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", tail(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "held");
+    assert!(exit_status(&mut broker), "the broker exits 0");
+}
+
+#[test]
+fn past_the_grace_period_a_held_request_gets_shutting_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("started");
+    let mut broker = Broker::start(&["--grace-ms", "200"]);
+    let _worker = marking_worker(&broker.endpoint, &mark, "30");
+    let held = request(&broker.endpoint, "held");
+    eventually("the request reached the worker", || mark.exists());
+
+    sigterm(&broker.proc);
+    let out = held.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        tail(&out.stderr).contains("shutting_down"),
+        "{}",
+        tail(&out.stderr)
+    );
+    assert!(exit_status(&mut broker), "the broker exits 0");
+}
