@@ -20,6 +20,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Logs (stderr) as one JSON object per line, for log collectors; `RUST_LOG` sets
+    /// the level as usual (default info).
+    #[arg(long, global = true)]
+    log_json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,14 +64,37 @@ enum Command {
     BenchClient(bench::ClientArgs),
 }
 
-/// A shutdown that SIGTERM and SIGINT trigger: servers stop cleanly (a second signal
-/// ends the process at once).
+/// The shutdown that SIGTERM and SIGINT trigger: servers stop cleanly (a second signal
+/// ends the process at once). Installed once, before a server binds, so a supervisor
+/// that signals as soon as it reads `listening` never meets the default action.
 pub(crate) fn stop_on_signals() -> anyhow::Result<scale0::Shutdown> {
+    static SIGNALLED: std::sync::OnceLock<scale0::Shutdown> = std::sync::OnceLock::new();
+    if let Some(s) = SIGNALLED.get() {
+        return Ok(s.clone());
+    }
     let shutdown = scale0::Shutdown::new();
     shutdown
         .on_signals()
         .map_err(|e| anyhow::anyhow!("installing the SIGTERM/SIGINT handlers: {e}"))?;
-    Ok(shutdown)
+    Ok(SIGNALLED.get_or_init(|| shutdown).clone())
+}
+
+impl Command {
+    /// Servers, which stop cleanly on signals; the rest keep the default (die at once).
+    fn is_server(&self) -> bool {
+        matches!(
+            self,
+            Command::Broker(_)
+                | Command::Worker(_)
+                | Command::Queue(_)
+                | Command::Forwarder(_)
+                | Command::Node(_)
+                | Command::Vent(_)
+                | Command::Work(_)
+                | Command::Sink(_)
+                | Command::Map(_)
+        )
+    }
 }
 
 /// Fewest open files scale0 starts with.
@@ -75,7 +102,13 @@ const MIN_FDS: u64 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_json);
+    if cli.command.is_server()
+        && let Err(e) = stop_on_signals()
+    {
+        eprintln!("scale0: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     // Each connection is a descriptor: take all the process may have. Below a few dozen,
     // libzmq aborts inside its I/O thread instead of returning an error: refuse clearly.
     let fds = scale0::raise_fd_limit();
@@ -126,9 +159,17 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr so stdout carries only results (and the `listening` lines).
-fn init_logging() {
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -203,58 +203,87 @@ fn vent_spreads_jobs_and_a_worker_that_leaves_gets_none_until_it_returns() {
     let mut w: Vec<Proc> = (0..3)
         .map(|i| work(&vent, &sink, &format!("w{i}"), &task))
         .collect();
-    let oks = || -> Vec<Value> {
-        json_lines(&s.out)
-            .into_iter()
-            .filter(|r| r["status"] == "ok")
-            .collect()
-    };
-    let from =
-        |name: &str, results: &[Value]| results.iter().filter(|r| r["worker"] == name).count();
+    let mut oks = Oks::new(&s.out);
     let mut fed = 0;
-    // Keeps about 30 jobs outstanding until `done` results are in.
-    let run_until = |done: usize, feed: &mut std::process::ChildStdin, fed: &mut usize| {
+    // Keeps about 30 jobs outstanding until `done` results are in; returns the number of
+    // jobs fed so far.
+    let mut run_until = |done: usize, oks: &mut Oks<'_>| {
         let started = Instant::now();
-        while oks().len() < done {
-            assert!(started.elapsed() < HANG, "stuck at {} results", oks().len());
-            while *fed < oks().len() + 30 {
+        loop {
+            let n = oks.update();
+            if n >= done {
+                return fed;
+            }
+            assert!(started.elapsed() < HANG, "stuck at {n} results of {done}");
+            while fed < n + 30 {
                 writeln!(feed, "job-{fed}").unwrap();
-                *fed += 1;
+                fed += 1;
             }
             feed.flush().unwrap();
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     };
-    run_until(150, &mut feed, &mut fed);
+    run_until(150, &mut oks);
     w[1].kill9();
-    let at_kill = oks().len();
-    run_until(at_kill + 30, &mut feed, &mut fed);
+    let at_kill = oks.update();
     // Jobs it held are lost with it (a vent does not re-send: that is what `map` is
     // for), but from the next batch on none go its way: every one is answered.
-    let first_after = fed;
-    run_until(at_kill + 150, &mut feed, &mut fed);
-    let fed_before_return = fed;
+    let first_after = run_until(at_kill + 30, &mut oks);
+    let fed_before_return = run_until(at_kill + 150, &mut oks);
     eventually("jobs sent after the kill are answered", || {
-        let outputs: std::collections::HashSet<String> = oks()
-            .iter()
-            .filter_map(|r| r["output"].as_str().map(str::to_string))
-            .collect();
-        (first_after..fed_before_return).all(|i| outputs.contains(&format!("job-{i}")))
+        oks.update();
+        (first_after..fed_before_return).all(|i| oks.outputs.contains(&format!("job-{i}")))
     });
     w[1] = work(&vent, &sink, "w1", &task);
-    let at_return = oks().len();
-    run_until(at_return + 300, &mut feed, &mut fed);
-    let after_return = oks()[at_return..].to_vec();
+    let at_return = oks.update();
+    run_until(at_return + 300, &mut oks);
+    let from = |name: &str, range: std::ops::RangeFrom<usize>| {
+        oks.workers[range].iter().filter(|w| *w == name).count()
+    };
     assert!(
-        from("w1", &after_return) >= 30,
+        from("w1", at_return..) >= 30,
         "the returning worker got its share: {} of {}",
-        from("w1", &after_return),
-        after_return.len()
+        from("w1", at_return..),
+        oks.workers.len() - at_return
     );
     drop(feed);
     assert!(v.wait().success(), "{:?}", v.err.get());
-    let all = oks();
-    assert!(from("w0", &all) > 100 && from("w2", &all) > 100);
+    assert!(from("w0", 0..) > 100 && from("w2", 0..) > 100);
+}
+
+/// A sink's `ok` results in arrival order, parsed as they come (each line once).
+struct Oks<'a> {
+    lines: &'a Lines,
+    seen: usize,
+    workers: Vec<String>,
+    outputs: std::collections::HashSet<String>,
+}
+
+impl<'a> Oks<'a> {
+    fn new(lines: &'a Lines) -> Self {
+        Self {
+            lines,
+            seen: 0,
+            workers: Vec::new(),
+            outputs: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Reads the new lines; returns how many ok results there are.
+    fn update(&mut self) -> usize {
+        let new = self.lines.since(self.seen);
+        self.seen += new.len();
+        for line in new.iter().filter(|l| !l.starts_with("listening ")) {
+            let r: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            if r["status"] == "ok" {
+                self.workers
+                    .push(r["worker"].as_str().unwrap_or_default().to_string());
+                self.outputs
+                    .insert(r["output"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        self.workers.len()
+    }
 }
 
 #[test]

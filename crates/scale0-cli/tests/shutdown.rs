@@ -96,3 +96,24 @@ fn past_the_grace_period_a_held_request_gets_shutting_down() {
     );
     assert!(exit_status(&mut broker), "the broker exits 0");
 }
+
+#[test]
+fn with_log_json_every_log_line_is_a_json_object() {
+    let mut broker = Broker::start_with("tcp://127.0.0.1:*", &["--log-json"], |c| {
+        c.env("RUST_LOG", "info").stderr(Stdio::piped());
+    });
+    sigterm(&broker.proc);
+    assert!(exit_status(&mut broker), "the broker exits 0");
+    let mut err = String::new();
+    std::io::Read::read_to_string(broker.proc.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.len() >= 2, "at least the start and stop lines: {err}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+}

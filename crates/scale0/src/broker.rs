@@ -56,6 +56,9 @@ impl Default for BrokerConfig {
 
 /// A broker whose endpoints are bound, ready to [`Broker::run`].
 pub struct Broker {
+    /// Its own context unless it serves `inproc://` peers (see [`Broker::bind`]).
+    ctx: zmq::Context,
+    own_ctx: bool,
     socket: zmq::Socket,
     endpoints: Vec<String>,
     config: BrokerConfig,
@@ -103,7 +106,20 @@ impl Broker {
                 Some((log, stored))
             }
         };
-        let socket = sockets::context()
+        // A context of its own, so that stopping can wait until the last replies have left
+        // (terminating a context is the only way libzmq offers); a broker serving
+        // inproc:// peers must share the process-wide context they live in.
+        let inproc = config
+            .bind
+            .iter()
+            .chain(&config.events)
+            .any(|e| e.starts_with("inproc://"));
+        let (ctx, own_ctx) = if inproc {
+            (sockets::context(), false)
+        } else {
+            (zmq::Context::new(), true)
+        };
+        let socket = ctx
             .socket(zmq::ROUTER)
             .context(|| "creating the broker's ROUTER socket".into())?;
         // Sends to a vanished peer fail with EHOSTUNREACH instead of vanishing silently.
@@ -142,7 +158,7 @@ impl Broker {
         let events = if config.events.is_empty() {
             None
         } else {
-            let p = sockets::context()
+            let p = ctx
                 .socket(zmq::PUB)
                 .context(|| "creating the events PUB socket".into())?;
             p.set_linger(0).context(|| "setting LINGER".into())?;
@@ -152,6 +168,8 @@ impl Broker {
             Some(p)
         };
         Ok(Self {
+            ctx,
+            own_ctx,
             socket,
             endpoints,
             config,
@@ -268,8 +286,26 @@ impl Broker {
         if let Some(log) = &mut log {
             self.commit(&mut core, log)?;
         }
+        self.close();
         info!("broker stopped");
         Ok(core.counters().clone())
+    }
+
+    /// Closes the sockets, giving replies still queued up to a second to leave.
+    fn close(self) {
+        let _ = self.socket.set_linger(1000);
+        let Self {
+            mut ctx,
+            own_ctx,
+            socket,
+            events,
+            ..
+        } = self;
+        drop(socket);
+        drop(events);
+        if own_ctx && let Err(e) = ctx.destroy() {
+            warn!(error = %e, "closing the broker's context");
+        }
     }
 
     /// Writes the journal ops of the batch with one sync, then releases what they held.

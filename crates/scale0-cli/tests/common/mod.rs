@@ -364,6 +364,12 @@ impl Lines {
         self.0.lock().expect("lines").clone()
     }
 
+    /// The lines after the first `n`, for readers that keep their place.
+    pub fn since(&self, n: usize) -> Vec<String> {
+        let lines = self.0.lock().expect("lines");
+        lines.get(n..).map(<[String]>::to_vec).unwrap_or_default()
+    }
+
     /// How many lines so far contain `needle`.
     pub fn count(&self, needle: &str) -> usize {
         self.get().iter().filter(|l| l.contains(needle)).count()
