@@ -74,6 +74,10 @@ pub(crate) struct Args {
     /// (new ones are refused with `shutting_down`) before exiting, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     grace_ms: u64,
+    /// Serve Prometheus metrics over HTTP at HOST:PORT/metrics (port 0 picks one; the
+    /// address is printed as a `listening http://...` line).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
 }
 
 fn parse_service_timeout(s: &str) -> Result<(ServiceName, u64), String> {
@@ -114,6 +118,7 @@ impl Args {
         config.data_dir = self.data_dir;
         config.events = self.events;
         config.grace_ms = self.grace_ms;
+        config.metrics = self.metrics;
         config.store.segment_bytes = self.segment_bytes;
         config.store.repair = self.repair_log;
         config
@@ -124,6 +129,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let broker = Broker::bind(args.config())?;
     print_listening(broker.endpoints())?;
     print_listening(broker.events_endpoints())?;
+    print_listening(broker.metrics_endpoint().as_slice())?;
     broker.run(&crate::stop_on_signals()?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -117,3 +117,85 @@ fn with_log_json_every_log_line_is_a_json_object() {
         );
     }
 }
+
+/// `GET path` over plain HTTP/1.1; returns the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+fn sample(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{body}"))
+}
+
+#[test]
+fn metrics_are_scraped_over_http_in_prometheus_text() {
+    let mut cmd = scale0();
+    cmd.args([
+        "broker",
+        "--bind",
+        "tcp://127.0.0.1:*",
+        "--metrics",
+        "127.0.0.1:0",
+    ])
+    .stdout(Stdio::piped());
+    let (proc, out) = common::spawn_lines("broker", cmd);
+    let ends = out.listening(2);
+    let endpoint = ends[0].clone();
+    let addr = ends[1]
+        .strip_prefix("http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .expect("an http endpoint")
+        .to_string();
+    let mut w = scale0();
+    w.args([
+        "worker",
+        "--connect",
+        &endpoint,
+        "--service",
+        "echo",
+        "--echo",
+    ])
+    .stdout(Stdio::null());
+    let _worker = Proc::spawn("worker", w);
+    for i in 0..5 {
+        let out = scale0_request(&endpoint, &["--service", "echo", &format!("r{i}")]);
+        assert!(out.status.success(), "{}", tail(&out.stderr));
+    }
+    // Requests to a service nobody serves wait in its queue.
+    let waiting: Vec<Child> = (0..2).map(|_| request(&endpoint, "x")).collect();
+    let mut last = String::new();
+    eventually("the scrape shows the traffic", || {
+        let (status, body) = http_get(&addr, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        last = body;
+        sample(&last, "scale0_replies_total") >= 5.0
+            && sample(&last, "scale0_request_duration_seconds_count") >= 5.0
+            && sample(&last, "scale0_queue_depth{service=\"slow\"}") == 2.0
+    });
+    assert_eq!(
+        sample(&last, "scale0_workers{service=\"echo\",state=\"idle\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&last, "scale0_request_duration_seconds_bucket{le=\"+Inf\"}"),
+        sample(&last, "scale0_request_duration_seconds_count")
+    );
+    assert!(last.contains("# TYPE scale0_request_failures_total counter"));
+    assert_eq!(http_get(&addr, "/other").0, "HTTP/1.1 404 Not Found");
+    for mut c in waiting {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(proc);
+}

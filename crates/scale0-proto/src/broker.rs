@@ -283,12 +283,49 @@ pub struct Counters {
     pub request_timeouts: u64,
     dropped: [u64; DropReason::ALL.len()],
     failed: [u64; FailReason::ALL.len()],
+    /// Replies by time from acceptance, in [`LATENCY_BOUNDS_MS`] buckets (the last for
+    /// anything slower than the largest bound).
+    latency_buckets: [u64; LATENCY_BOUNDS_MS.len() + 1],
+    latency_sum_ms: u64,
 }
+
+/// Upper bounds of the reply-latency histogram, in milliseconds.
+pub const LATENCY_BOUNDS_MS: [u64; 14] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000,
+];
 
 impl Counters {
     /// How many messages were dropped for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    /// Replies per latency bucket, cumulative as Prometheus wants them: entry `i` counts
+    /// replies within `LATENCY_BOUNDS_MS[i]`, the last entry all replies.
+    pub fn latency_cumulative(&self) -> Vec<u64> {
+        self.latency_buckets
+            .iter()
+            .scan(0u64, |sum, n| {
+                *sum += n;
+                Some(*sum)
+            })
+            .collect()
+    }
+
+    /// Sum of the latencies of all replies, in milliseconds.
+    pub fn latency_sum_ms(&self) -> u64 {
+        self.latency_sum_ms
+    }
+
+    fn record_latency(&mut self, ms: u64) {
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        if let Some(n) = self.latency_buckets.get_mut(bucket) {
+            *n += 1;
+        }
+        self.latency_sum_ms = self.latency_sum_ms.saturating_add(ms);
     }
 
     /// All messages dropped, whatever the reason.
@@ -336,6 +373,8 @@ struct Request {
     body: Body,
     /// When it joined its queue (again, after a redelivery).
     enqueued_at: Instant,
+    /// When the broker accepted it, for the latency histogram.
+    accepted_at: Instant,
     /// Times it has been handed to a worker.
     attempts: u32,
     /// Its key in the durable journal, when the broker keeps one.
@@ -351,6 +390,7 @@ impl Request {
             origin,
             body,
             enqueued_at: now,
+            accepted_at: now,
             attempts: 0,
             journal: None,
             recovered: false,
@@ -1174,6 +1214,10 @@ impl Broker {
             }
         } else {
             self.counters.replies += 1;
+            self.counters.record_latency(
+                u64::try_from(now.saturating_since(request.accepted_at).as_millis())
+                    .unwrap_or(u64::MAX),
+            );
         }
         // A stored reply goes only to a client that chose its own routing id.
         let stale = request.recovered && auto_generated(&request.client);

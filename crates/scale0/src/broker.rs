@@ -2,6 +2,7 @@
 
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
+use crate::metrics::{MetricsServer, render as render_metrics};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use bytes::Bytes;
@@ -11,6 +12,9 @@ use scale0_store::{LogOptions, LogStore, Store};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// How often the metrics snapshot is rendered.
+const METRICS_EVERY: Duration = Duration::from_millis(500);
 use tracing::{error, info, warn};
 
 /// Messages handled between two commits of a durable broker: bounds the latency one
@@ -38,6 +42,9 @@ pub struct BrokerConfig {
     /// refused with `shutting_down`) before stopping; 0 stops at once. A durable broker
     /// waits only for requests held by workers: queued ones stay in its log.
     pub grace_ms: u64,
+    /// `HOST:PORT` of an HTTP endpoint serving Prometheus metrics at `/metrics`; port 0
+    /// picks a free one (read it back with [`Broker::metrics_endpoint`]).
+    pub metrics: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -50,6 +57,7 @@ impl Default for BrokerConfig {
             store: LogOptions::default(),
             events: Vec::new(),
             grace_ms: 0,
+            metrics: None,
         }
     }
 }
@@ -67,6 +75,7 @@ pub struct Broker {
     /// Where events are published, if anywhere.
     events: Option<zmq::Socket>,
     events_endpoints: Vec<String>,
+    metrics: Option<MetricsServer>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -167,7 +176,13 @@ impl Broker {
             }
             Some(p)
         };
+        let metrics = config
+            .metrics
+            .as_deref()
+            .map(MetricsServer::bind)
+            .transpose()?;
         Ok(Self {
+            metrics,
             ctx,
             own_ctx,
             socket,
@@ -182,6 +197,11 @@ impl Broker {
     /// The endpoints actually bound, with real ports where `:*` was asked for.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// Where Prometheus can scrape this broker, if `metrics` was set.
+    pub fn metrics_endpoint(&self) -> Option<String> {
+        self.metrics.as_ref().map(MetricsServer::endpoint)
     }
 
     /// The events PUB endpoints actually bound.
@@ -217,7 +237,18 @@ impl Broker {
         };
         info!(endpoints = ?self.endpoints, durable = log.is_some(), "broker running");
         let mut drain_until: Option<std::time::Instant> = None;
+        let started = std::time::Instant::now();
+        let mut next_metrics = started;
+        if let Some(m) = &mut self.metrics {
+            m.start()?;
+        }
         loop {
+            if let Some(m) = &self.metrics
+                && std::time::Instant::now() >= next_metrics
+            {
+                m.publish(render_metrics(&core, started.elapsed()));
+                next_metrics = std::time::Instant::now() + METRICS_EVERY;
+            }
             // What a stopping broker still waits for: a durable one's queue is on disk.
             let waiting = if log.is_some() {
                 core.busy_workers()

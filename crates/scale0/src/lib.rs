@@ -13,6 +13,7 @@ mod client;
 mod clock;
 mod error;
 mod limits;
+mod metrics;
 mod pipeline;
 mod pool;
 mod queue;
