@@ -8,6 +8,7 @@ mod handlers;
 mod pipeline;
 mod queue;
 mod request;
+mod status;
 mod watch;
 mod worker;
 
@@ -56,6 +57,9 @@ enum Command {
     Map(pipeline::MapArgs),
     /// Print a broker's events (workers, services, redeliveries) from its --events PUB.
     Watch(watch::Args),
+    /// Ask a broker what it is doing: services, queues, workers (idle, busy, since),
+    /// totals, uptime (over MMI, `mmi.status`).
+    Status(status::Args),
     /// Measure: PUSH/PULL, PUB/SUB, request/reply direct and through the broker, the raw
     /// pipeline and the map, each repeated, medians in a table (or JSON).
     Bench(bench::Args),
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
         Command::Forwarder(args) => bus::forwarder(args),
         Command::Node(args) => bus::node(args),
         Command::Watch(args) => watch::run(args),
+        Command::Status(args) => status::run(args),
         Command::Swarm(args) => bus::swarm(args),
         Command::Vent(args) => pipeline::vent(args),
         Command::Work(args) => pipeline::work(args),

@@ -418,6 +418,8 @@ struct Worker {
     /// expired for silence even when busy; one that does not (the reference
     /// single-threaded workers) is bounded by the request deadline alone.
     heartbeats_while_busy: bool,
+    /// When it last became idle or busy (for `mmi.status`).
+    since: Instant,
 }
 
 /// A named service: its waiting requests and its idle workers, least recently used first.
@@ -619,6 +621,8 @@ pub struct Broker {
     /// A lower bound on the earliest worker or queue deadline; deadlines only move later
     /// once set, so this stays valid until the purge recomputes it.
     next_purge: Option<Instant>,
+    /// When this broker started, for its uptime.
+    started: Instant,
     /// Stopping: new requests are refused, accepted ones still served.
     draining: bool,
     counters: Counters,
@@ -640,6 +644,7 @@ impl Broker {
             events: VecDeque::new(),
             next_heartbeat,
             next_purge: None,
+            started: now,
             draining: false,
             counters: Counters::default(),
         }
@@ -966,7 +971,7 @@ impl Broker {
         m: ClientMessage,
     ) {
         if m.service.is_mmi() {
-            let code = self.mmi(&m);
+            let code = self.mmi(now, &m);
             let reply = ClientMessage {
                 service: m.service,
                 body: vec![code],
@@ -1040,7 +1045,7 @@ impl Broker {
             }
         }
         if service.is_mmi() {
-            let code = self.mmi(&ClientMessage { service, body });
+            let code = self.mmi(now, &ClientMessage { service, body });
             self.send_native(
                 &client,
                 NativeCommand::Final {
@@ -1129,9 +1134,12 @@ impl Broker {
         });
     }
 
-    /// The MMI answer for a request to an `mmi.*` service (RFC 8).
-    fn mmi(&mut self, m: &ClientMessage) -> Bytes {
+    /// The MMI answer for a request to an `mmi.*` service (RFC 8, and `mmi.status`).
+    fn mmi(&mut self, now: Instant, m: &ClientMessage) -> Bytes {
         self.counters.mmi_requests += 1;
+        if m.service.as_bytes().as_ref() == b"mmi.status" {
+            return Bytes::from(self.status_json(now));
+        }
         if m.service.as_bytes().as_ref() != b"mmi.service" {
             return Bytes::from_static(b"501");
         }
@@ -1144,6 +1152,67 @@ impl Broker {
                 || self.services.get(&name).is_some_and(|s| s.workers > 0)
         });
         Bytes::from_static(if known { b"200" } else { b"404" })
+    }
+
+    /// The `mmi.status` document: services with their queues and workers, totals and
+    /// uptime, as JSON (docs/protocol.md).
+    fn status_json(&self, now: Instant) -> String {
+        use std::fmt::Write as _;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let c = &self.counters;
+        let mut out = String::with_capacity(512);
+        let _ = write!(
+            out,
+            "{{\"version\":1,\"uptime_ms\":{},\"draining\":{},\"outstanding\":{},\
+             \"totals\":{{\"requests\":{},\"replies\":{},\"partials\":{},\"dispatched\":{},\
+             \"redeliveries\":{},\"duplicates\":{},\"failed\":{},\"dropped\":{},\
+             \"workers_registered\":{},\"workers_expired\":{}}},\"services\":[",
+            ms(now.saturating_since(self.started)),
+            self.draining,
+            self.outstanding(),
+            c.requests,
+            c.replies,
+            c.partials,
+            c.dispatched,
+            c.requeued,
+            c.duplicates,
+            c.failed_total(),
+            c.dropped_total(),
+            c.workers_registered,
+            c.workers_expired,
+        );
+        let mut names: Vec<&ServiceName> = self.services.keys().collect();
+        names.sort();
+        for (i, name) in names.into_iter().enumerate() {
+            let Some(s) = self.services.get(name) else {
+                continue;
+            };
+            let _ = write!(
+                out,
+                "{}{{\"name\":{},\"queued\":{},\"workers\":[",
+                if i > 0 { "," } else { "" },
+                json_string(name.as_bytes()),
+                s.requests.len()
+            );
+            let mut workers: Vec<(&PeerId, &Worker)> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.service == *name)
+                .collect();
+            workers.sort_by_key(|(_, w)| w.since);
+            for (j, (peer, w)) in workers.into_iter().enumerate() {
+                let _ = write!(
+                    out,
+                    "{}{{\"id\":\"{peer}\",\"state\":\"{}\",\"since_ms\":{}}}",
+                    if j > 0 { "," } else { "" },
+                    if w.held.is_some() { "busy" } else { "idle" },
+                    ms(now.saturating_since(w.since))
+                );
+            }
+            out.push_str("]}");
+        }
+        out.push_str("]}");
+        out
     }
 
     /// Queues a request on its service; the caller dispatches. A refused request comes
@@ -1432,6 +1501,7 @@ impl Broker {
                         held: None,
                         deadline: now,
                         heartbeats_while_busy: false,
+                        since: now,
                     },
                 );
                 let mut first = false;
@@ -1551,6 +1621,7 @@ impl Broker {
             return;
         };
         w.expiry = now + self.config.worker_expiry();
+        w.since = now;
         let expiry = w.expiry;
         if let Some(s) = self.services.get_mut(&w.service) {
             s.idle.push_back(peer.clone());
@@ -1594,6 +1665,7 @@ impl Broker {
             };
             w.held = Some(req);
             w.deadline = deadline;
+            w.since = now;
             armed = Some(deadline);
             let version = w.version;
             self.push(to_worker(&peer, version, cmd));
@@ -1781,4 +1853,21 @@ fn to_worker(peer: &PeerId, version: Version, cmd: WorkerCommand) -> Transmit {
     Transmit {
         frames: m.encode_to(peer),
     }
+}
+
+/// `bytes` as a JSON string (lossy UTF-8, escaped).
+fn json_string(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

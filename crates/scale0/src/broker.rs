@@ -64,7 +64,7 @@ impl Default for BrokerConfig {
 
 /// A broker whose endpoints are bound, ready to [`Broker::run`].
 pub struct Broker {
-    /// Its own context unless it serves `inproc://` peers (see [`Broker::bind`]).
+    /// Its own context when it drains on stop (see [`Broker::bind`]).
     ctx: zmq::Context,
     own_ctx: bool,
     socket: zmq::Socket,
@@ -115,15 +115,17 @@ impl Broker {
                 Some((log, stored))
             }
         };
-        // A context of its own, so that stopping can wait until the last replies have left
-        // (terminating a context is the only way libzmq offers); a broker serving
-        // inproc:// peers must share the process-wide context they live in.
+        // A broker that drains on stop gets a context of its own, so that stopping can
+        // wait until its last replies have left (terminating a context is the only way
+        // libzmq offers). Otherwise it shares the process-wide one: a second I/O thread
+        // costs in-process use (`scale0 bench`: sync p50 +30-50%) on two cores, and
+        // inproc:// peers can only reach a broker in their own context.
         let inproc = config
             .bind
             .iter()
             .chain(&config.events)
             .any(|e| e.starts_with("inproc://"));
-        let (ctx, own_ctx) = if inproc {
+        let (ctx, own_ctx) = if inproc || config.grace_ms == 0 {
             (sockets::context(), false)
         } else {
             (zmq::Context::new(), true)

@@ -1,6 +1,7 @@
-//! SIGTERM to a broker: requests already accepted are still answered within the grace
-//! period, new ones are refused with `shutting_down`, and the broker exits 0; past the
-//! grace period the requests left get that error instead of silence.
+//! Running a broker in production: SIGTERM lets accepted requests finish within the grace
+//! period while new ones are refused with `shutting_down`, and the broker exits 0 (past
+//! the grace period the requests left get that error instead of silence); JSON logs;
+//! Prometheus metrics scraped over HTTP; `scale0 status` over MMI.
 
 mod common;
 
@@ -198,4 +199,68 @@ fn metrics_are_scraped_over_http_in_prometheus_text() {
         let _ = c.wait();
     }
     drop(proc);
+}
+
+#[test]
+fn status_shows_services_queues_and_workers() {
+    let broker = Broker::start(&[]);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let mut w = scale0();
+        w.args([
+            "worker",
+            "--connect",
+            &broker.endpoint,
+            "--service",
+            "echo",
+            "--echo",
+        ])
+        .stdout(Stdio::null());
+        workers.push(Proc::spawn("worker", w));
+    }
+    let out = scale0_request(&broker.endpoint, &["--service", "echo", "hello"]);
+    assert!(out.status.success(), "{}", tail(&out.stderr));
+    // A request for a service nobody serves waits in its queue.
+    let mut waiting = request(&broker.endpoint, "x");
+
+    let status = |json: bool| {
+        let mut c = scale0();
+        c.args(["status", "--connect", &broker.endpoint]);
+        if json {
+            c.arg("--json");
+        }
+        let out = common::run(c);
+        assert!(out.status.success(), "{}", tail(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut doc = serde_json::Value::Null;
+    eventually("both workers registered and the request queued", || {
+        doc = serde_json::from_str(&status(true)).unwrap();
+        let services = doc["services"].as_array().unwrap();
+        let echo = services.iter().find(|s| s["name"] == "echo");
+        let slow = services.iter().find(|s| s["name"] == "slow");
+        echo.is_some_and(|s| s["workers"].as_array().unwrap().len() == 2)
+            && slow.is_some_and(|s| s["queued"] == 1)
+    });
+    assert_eq!(doc["version"], 1);
+    assert!(doc["totals"]["replies"].as_u64().unwrap() >= 1);
+    assert_eq!(doc["outstanding"], 1);
+    let echo = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "echo")
+        .unwrap();
+    for w in echo["workers"].as_array().unwrap() {
+        assert_eq!(w["state"], "idle");
+        assert!(w["id"].as_str().is_some_and(|id| !id.is_empty()));
+    }
+    let table = status(false);
+    assert!(
+        table.lines().any(|l| l.starts_with("echo")
+            && l.split_whitespace().collect::<Vec<_>>() == ["echo", "0", "2", "2", "0"]),
+        "{table}"
+    );
+    let _ = waiting.kill();
+    let _ = waiting.wait();
 }
