@@ -43,6 +43,10 @@ pub(crate) struct Args {
     /// within the heartbeat interval times the broker's liveness.
     #[arg(long)]
     inline: bool,
+    /// On SIGTERM or SIGINT, how long a worker busy with a request goes on to send its
+    /// reply before it disconnects, in milliseconds (0: at once; the broker re-sends it).
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    grace_ms: u64,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -50,6 +54,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     config.heartbeat_interval_ms = args.heartbeat_interval_ms;
     config.heartbeat_liveness = args.heartbeat_liveness;
     config.inline = args.inline;
+    config.grace_ms = args.grace_ms;
     // Validate once, before any thread starts.
     Worker::new(config.clone())?;
     let shutdown = crate::stop_on_signals()?;

@@ -264,3 +264,31 @@ fn status_shows_services_queues_and_workers() {
     let _ = waiting.kill();
     let _ = waiting.wait();
 }
+
+#[test]
+fn a_worker_stopped_mid_request_answers_it_then_says_goodbye() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("started");
+    let broker = Broker::start(&[]);
+    let mut worker = marking_worker(&broker.endpoint, &mark, "1");
+    let held = request(&broker.endpoint, "held");
+    eventually("the request reached the worker", || mark.exists());
+
+    sigterm(&worker);
+    let out = held.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", tail(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "held");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = worker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < HANG, "the worker did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "the worker exits 0: {status}");
+    // It said DISCONNECT: the broker no longer counts it.
+    eventually("the broker forgot the worker", || {
+        common::mmi_service(&broker.endpoint, "slow") == "404"
+    });
+}

@@ -39,6 +39,11 @@ pub struct WorkerConfig {
     /// `heartbeat_interval_ms` × the broker's liveness, or the broker presumes the worker
     /// dead and sends its request elsewhere. Partial replies leave when it returns.
     pub inline: bool,
+    /// On shutdown, how long a worker busy with a request goes on to send its reply
+    /// before it says DISCONNECT; 0 stops at once (the broker sends the request to
+    /// another worker). With a grace period the worker has a ZeroMQ context of its own,
+    /// so that its last reply and its goodbye leave before the process exits.
+    pub grace_ms: u64,
 }
 
 impl WorkerConfig {
@@ -53,6 +58,7 @@ impl WorkerConfig {
             reconnect_max_ms: 5000,
             version: Version::V2,
             inline: false,
+            grace_ms: 0,
         }
     }
 }
@@ -166,7 +172,12 @@ impl Worker {
     /// Serves requests with `handler` until `shutdown` is triggered.
     pub fn run(self, handler: impl Handler, shutdown: &Shutdown) -> Result<WorkerSummary> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let ctx = sockets::context();
+        let own_ctx = self.config.grace_ms > 0;
+        let ctx = if own_ctx {
+            zmq::Context::new()
+        } else {
+            sockets::context()
+        };
         let pipe = format!(
             "inproc://scale0-worker-{}-{}",
             std::process::id(),
@@ -199,6 +210,7 @@ impl Worker {
             )
         };
         let mut to_handler = HandlerEnd {
+            ctx,
             pipe: to_handler,
             inline,
         };
@@ -225,6 +237,19 @@ impl Worker {
         if !busy && let Some(t) = handler_thread {
             let _ = t.join();
         }
+        if own_ctx {
+            // Give the last reply and the DISCONNECT a second to leave. Terminating the
+            // context waits for every socket in it, so only when the handler thread is
+            // gone; a handler still running past the grace period is abandoned.
+            if let Some(s) = broker.take() {
+                let _ = s.set_linger(1000);
+            }
+            let HandlerEnd { mut ctx, pipe, .. } = to_handler;
+            drop(pipe);
+            if !busy && let Err(e) = ctx.destroy() {
+                debug!(error = %e, "closing the worker's context");
+            }
+        }
         result?;
         info!(service = %self.service, "worker stopped");
         Ok(WorkerSummary {
@@ -240,12 +265,34 @@ impl Worker {
         clock: Clock,
         shutdown: &Shutdown,
     ) -> Result<()> {
-        while !shutdown.is_triggered() {
+        let grace = std::time::Duration::from_millis(self.config.grace_ms);
+        let mut stop_by: Option<std::time::Instant> = None;
+        loop {
             let now = clock.now();
             if session.poll_timeout().is_some_and(|t| t <= now) {
                 session.handle_timeout(now);
             }
             self.perform(session, broker, handler, clock)?;
+            if shutdown.is_triggered() {
+                // A request in hand is finished within the grace period: the broker sends
+                // a busy worker nothing more, so nothing new is taken meanwhile.
+                if !session.is_busy() || grace.is_zero() {
+                    break;
+                }
+                let by = *stop_by.get_or_insert_with(|| {
+                    info!(
+                        grace_ms = self.config.grace_ms,
+                        "stopping once the request in hand is answered"
+                    );
+                    std::time::Instant::now() + grace
+                });
+                if std::time::Instant::now() >= by {
+                    warn!(
+                        "grace period over with a request in hand; the broker will send it elsewhere"
+                    );
+                    break;
+                }
+            }
             let to_handler = &handler.pipe;
             let wait = clock.wait_ms(session.poll_timeout());
             // A fixed array rather than a Vec: this runs once per request.
@@ -300,7 +347,8 @@ impl Worker {
             match action {
                 Action::Disconnect => *broker = None,
                 Action::Connect => {
-                    let s = sockets::context()
+                    let s = handler
+                        .ctx
                         .socket(zmq::DEALER)
                         .context(|| "creating the worker socket".into())?;
                     s.set_linger(0).context(|| "setting LINGER".into())?;
@@ -342,6 +390,7 @@ impl Worker {
 
 /// Where requests go: the pair to the handler thread, or the handler itself when inline.
 struct HandlerEnd {
+    ctx: zmq::Context,
     pipe: zmq::Socket,
     inline: Option<Box<dyn Handler>>,
 }
