@@ -19,6 +19,19 @@ import zmq
 MDPC = b"MDPC01"
 
 
+def secure(sock, args):
+    """CURVE client keys, read with pyzmq's own certificate loader: scale0 keygen's files
+    must be readable by it."""
+    if not args.curve_server_cert:
+        return
+    from zmq.auth import load_certificate
+    server_public, _ = load_certificate(args.curve_server_cert)
+    public, secret = load_certificate(args.curve_cert)
+    sock.curve_serverkey = server_public
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--endpoint", required=True)
@@ -33,6 +46,10 @@ def main():
     p.add_argument("--version", type=int, choices=[1, 2], default=1)
     p.add_argument("--identity", default=None,
                    help="DEALER only: set this routing id (kept across broker restarts)")
+    p.add_argument("--curve-server-cert", default=None,
+                   help="CURVE: the server's public certificate (a scale0 keygen NAME.key)")
+    p.add_argument("--curve-cert", default=None,
+                   help="CURVE: this peer's certificate with its secret (NAME.key_secret)")
     args = p.parse_args()
     v2 = args.version == 2
     partials = 0
@@ -74,6 +91,7 @@ def main():
                 if sock is None:
                     sock = ctx.socket(zmq.REQ)
                     sock.setsockopt(zmq.LINGER, 0)
+                    secure(sock, args)
                     sock.connect(args.endpoint)
                 sock.send_multipart([MDPC, args.service.encode(), body(i)])
                 if sock.poll(args.timeout_ms, zmq.POLLIN):
@@ -88,6 +106,7 @@ def main():
         sock.setsockopt(zmq.LINGER, 0)
         if args.identity:
             sock.setsockopt(zmq.ROUTING_ID, args.identity.encode())
+        secure(sock, args)
         sock.connect(args.endpoint)
         sent = 0
         while replies + len(bad) < args.count:

@@ -31,6 +31,10 @@ def main():
     p.add_argument("--version", type=int, choices=[1, 2], default=1)
     p.add_argument("--partials", type=int, default=0, help="MDP/0.2: PARTIALs before each FINAL")
     p.add_argument("--log", action="store_true", help="print 'served <body>' for each request")
+    p.add_argument("--curve-server-cert", default=None,
+                   help="CURVE: the server's public certificate (a scale0 keygen NAME.key)")
+    p.add_argument("--curve-cert", default=None,
+                   help="CURVE: this peer's certificate with its secret (NAME.key_secret)")
     args = p.parse_args()
     v2 = args.version == 2
 
@@ -52,6 +56,10 @@ def main():
             sock.close()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if args.curve_server_cert:
+            from zmq.auth import load_certificate
+            sock.curve_serverkey, _ = load_certificate(args.curve_server_cert)
+            sock.curve_publickey, sock.curve_secretkey = load_certificate(args.curve_cert)
         sock.connect(args.endpoint)
         out("READY", args.service.encode())
 

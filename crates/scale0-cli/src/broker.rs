@@ -78,6 +78,13 @@ pub(crate) struct Args {
     /// address is printed as a `listening http://...` line).
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<String>,
+    #[command(flatten)]
+    curve: crate::curve::ServerArgs,
+    /// CURVE: the only services a key may use, as a client or a worker, as
+    /// KEY=SERVICE[,SERVICE...] where KEY is a name from --curve-allow (or the Z85 key);
+    /// repeatable. Keys not named may use every service; `mmi.*` is open to all.
+    #[arg(long, value_name = "KEY=SERVICES", value_parser = crate::curve::parse_services)]
+    curve_services: Vec<(String, Vec<ServiceName>)>,
 }
 
 fn parse_service_timeout(s: &str) -> Result<(ServiceName, u64), String> {
@@ -95,7 +102,7 @@ fn parse_service_timeout(s: &str) -> Result<(ServiceName, u64), String> {
 }
 
 impl Args {
-    fn config(self) -> BrokerConfig {
+    fn config(self) -> Result<BrokerConfig> {
         let mut config = BrokerConfig {
             bind: self.bind,
             ..BrokerConfig::default()
@@ -121,12 +128,14 @@ impl Args {
         config.metrics = self.metrics;
         config.store.segment_bytes = self.segment_bytes;
         config.store.repair = self.repair_log;
-        config
+        config.curve = self.curve.load()?;
+        config.core.access = crate::curve::access(self.curve_services, config.curve.as_ref())?;
+        Ok(config)
     }
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
-    let broker = Broker::bind(args.config())?;
+    let broker = Broker::bind(args.config()?)?;
     print_listening(broker.endpoints())?;
     print_listening(broker.events_endpoints())?;
     print_listening(broker.metrics_endpoint().as_slice())?;

@@ -3,6 +3,8 @@
 mod bench;
 mod broker;
 mod bus;
+mod config;
+mod curve;
 mod demo;
 mod handlers;
 mod pipeline;
@@ -25,6 +27,10 @@ struct Cli {
     /// the level as usual (default info).
     #[arg(long, global = true)]
     log_json: bool,
+    /// Read options from this TOML file: each key is a flag of the command without its
+    /// dashes (`scale0 config --default COMMAND` prints one); flags given here win.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +69,11 @@ enum Command {
     /// Measure: PUSH/PULL, PUB/SUB, request/reply direct and through the broker, the raw
     /// pipeline and the map, each repeated, medians in a table (or JSON).
     Bench(bench::Args),
+    /// Print a configuration file for a command, every option at its default.
+    Config(config::Args),
+    /// Write a CURVE key pair: NAME.key (public, for the peers that must trust it) and
+    /// NAME.key_secret (private).
+    Keygen(curve::KeygenArgs),
     /// One client process of `scale0 bench broker --processes`.
     #[command(hide = true)]
     BenchClient(bench::ClientArgs),
@@ -105,7 +116,15 @@ impl Command {
 const MIN_FDS: u64 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A bad configuration file is a usage error, like a bad flag: exit 2.
+    let argv = match config::merge(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("scale0: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     init_logging(cli.log_json);
     if cli.command.is_server()
         && let Err(e) = stop_on_signals()
@@ -141,6 +160,8 @@ fn main() -> ExitCode {
         Command::Map(args) => pipeline::map(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchClient(args) => bench::client(args),
+        Command::Config(args) => config::run(args),
+        Command::Keygen(args) => curve::keygen(args),
     };
     match result {
         Ok(code) => code,

@@ -32,12 +32,15 @@ pub(crate) struct Args {
     /// Times a request is re-sent (same id: it never runs twice) after a timeout.
     #[arg(long, value_name = "N", default_value_t = 2)]
     retries: u32,
+    #[command(flatten)]
+    curve: crate::curve::ClientArgs,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let mut config = ClientConfig::new(args.connect.clone());
     config.timeout_ms = args.timeout_ms;
     config.retries = args.retries;
+    config.curve = args.curve.load()?;
     let mut client = Client::connect(config)?;
     if args.lines {
         let stdin = std::io::stdin().lock();

@@ -18,6 +18,8 @@ pub(crate) struct Args {
     /// How long to wait for the broker, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
+    #[command(flatten)]
+    curve: crate::curve::ClientArgs,
 }
 
 fn duration(ms: u64) -> String {
@@ -34,6 +36,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let mut config = ClientConfig::new(args.connect.clone());
     config.timeout_ms = args.timeout_ms;
     config.retries = 0;
+    config.curve = args.curve.load()?;
     let mut client = Client::connect(config)?;
     let reply = client.request("mmi.status", Vec::new())?;
     let doc = reply.first().cloned().unwrap_or_else(Bytes::new);

@@ -47,6 +47,8 @@ pub(crate) struct Args {
     /// reply before it disconnects, in milliseconds (0: at once; the broker re-sends it).
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     grace_ms: u64,
+    #[command(flatten)]
+    curve: crate::curve::ClientArgs,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -55,6 +57,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     config.heartbeat_liveness = args.heartbeat_liveness;
     config.inline = args.inline;
     config.grace_ms = args.grace_ms;
+    config.curve = args.curve.load()?;
     // Validate once, before any thread starts.
     Worker::new(config.clone())?;
     let shutdown = crate::stop_on_signals()?;

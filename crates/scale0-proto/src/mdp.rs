@@ -296,11 +296,13 @@ pub enum Status {
     BadRequest,
     /// The broker is stopping and takes no new requests.
     ShuttingDown,
+    /// The client's key may not use this service (CURVE with a per-key service list).
+    Forbidden,
 }
 
 impl Status {
     /// Every status.
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 9] = [
         Self::QueueFull,
         Self::NoWorker,
         Self::TooManyServices,
@@ -309,6 +311,7 @@ impl Status {
         Self::AttemptsExhausted,
         Self::BadRequest,
         Self::ShuttingDown,
+        Self::Forbidden,
     ];
 
     /// The word on the wire.
@@ -322,6 +325,7 @@ impl Status {
             Self::AttemptsExhausted => "attempts_exhausted",
             Self::BadRequest => "bad_request",
             Self::ShuttingDown => "shutting_down",
+            Self::Forbidden => "forbidden",
         }
     }
 
@@ -451,6 +455,17 @@ fn addressed(it: &mut impl Iterator<Item = Bytes>) -> Result<(PeerId, Body), Dec
 }
 
 impl Message {
+    /// The service a client request or a worker's READY names; `None` for the rest.
+    pub fn service(&self) -> Option<&ServiceName> {
+        match self {
+            Self::Client(m) | Self::Client2(ClientKind::Request, m) => Some(&m.service),
+            Self::Worker(WorkerCommand::Ready { service })
+            | Self::Worker2(WorkerCommand::Ready { service }) => Some(service),
+            Self::Native(NativeCommand::Request { service, .. }) => Some(service),
+            _ => None,
+        }
+    }
+
     /// Decodes frames as a DEALER sees them (for MDP/0.1, `[empty, header, ...]`).
     pub fn decode(frames: Frames) -> Result<Self, DecodeError> {
         let mut it = frames.into_iter();

@@ -1248,3 +1248,113 @@ fn events_tell_an_observer_about_workers_services_and_redeliveries() {
     quiet.ready("w1", "echo");
     assert!(quiet.broker.poll_event().is_none(), "off by default");
 }
+
+/// `Config::access`: what an authenticated key may use, as a client and as a worker.
+mod access {
+    use super::*;
+    use scale0_proto::broker::DropReason;
+    use scale0_proto::mdp::{NativeCommand, RequestId, Status};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn sim() -> Sim {
+        let mut access = BTreeMap::new();
+        access.insert("alice".to_string(), BTreeSet::from([svc("echo")]));
+        access.insert("echo-worker".to_string(), BTreeSet::from([svc("echo")]));
+        Sim::with(Config {
+            access,
+            ..Config::default()
+        })
+    }
+
+    fn native(sim: &mut Sim, user: Option<&str>, client: &str, rid: &str, service: &str) {
+        let m = Message::Native(NativeCommand::Request {
+            id: RequestId::new(b(rid)).unwrap(),
+            service: svc(service),
+            deadline_ms: None,
+            body: vec![b("x")],
+        });
+        sim.broker
+            .handle_message_from(sim.now, m.encode_to(&peer(client)), user);
+    }
+
+    fn from(sim: &mut Sim, user: Option<&str>, who: &str, m: Message) {
+        sim.broker
+            .handle_message_from(sim.now, m.encode_to(&peer(who)), user);
+    }
+
+    fn ready(service: &str) -> Message {
+        Message::Worker(WorkerCommand::Ready {
+            service: svc(service),
+        })
+    }
+
+    #[test]
+    fn a_key_allowed_one_service_is_refused_another() {
+        let mut sim = sim();
+        from(&mut sim, Some("echo-worker"), "w", ready("echo"));
+        native(&mut sim, Some("alice"), "c", "1", "echo");
+        native(&mut sim, Some("alice"), "c", "2", "billing");
+        let sent = sim.sent();
+        // The allowed request reached the worker; the other was answered `forbidden` and
+        // never queued.
+        assert!(sent.iter().any(
+            |(to, m)| to == "w" && matches!(m, Message::Worker(WorkerCommand::Request { .. }))
+        ));
+        let refused: Vec<_> = sent
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Message::Native(NativeCommand::Error { id, status, .. }) if to == "c" => {
+                    Some((id.as_bytes().to_vec(), *status))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused, [(b"2".to_vec(), Status::Forbidden)]);
+        assert_eq!(sim.broker.counters().dropped(DropReason::Forbidden), 1);
+        assert!(
+            sim.broker
+                .services()
+                .iter()
+                .all(|s| s.name != svc("billing"))
+        );
+    }
+
+    #[test]
+    fn mdp_clients_are_dropped_and_workers_told_to_disconnect() {
+        let mut sim = sim();
+        from(&mut sim, Some("echo-worker"), "w", ready("billing"));
+        let m = Message::Client(ClientMessage {
+            service: svc("billing"),
+            body: vec![b("x")],
+        });
+        from(&mut sim, Some("alice"), "c", m);
+        let sent = sim.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(matches!(
+            &sent[0],
+            (to, Message::Worker(WorkerCommand::Disconnect)) if to == "w"
+        ));
+        assert_eq!(sim.broker.counters().dropped(DropReason::Forbidden), 2);
+        assert_eq!(sim.broker.outstanding(), 0);
+    }
+
+    #[test]
+    fn unlisted_keys_anonymous_peers_and_mmi_are_open() {
+        let mut sim = sim();
+        from(&mut sim, Some("bob"), "w", ready("billing"));
+        from(&mut sim, None, "w2", ready("billing"));
+        native(&mut sim, Some("bob"), "c", "1", "billing");
+        let mmi = Message::Client(ClientMessage {
+            service: svc("mmi.service"),
+            body: vec![b("billing")],
+        });
+        from(&mut sim, Some("alice"), "m", mmi);
+        let sent = sim.sent();
+        assert!(sent.iter().any(
+            |(to, m)| to == "w" && matches!(m, Message::Worker(WorkerCommand::Request { .. }))
+        ));
+        assert!(sent.iter().any(|(to, m)| to == "m"
+            && matches!(m, Message::Client(c) if c.body == [b("200")])));
+        assert_eq!(sim.broker.counters().dropped(DropReason::Forbidden), 0);
+    }
+}

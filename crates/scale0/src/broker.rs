@@ -3,6 +3,7 @@
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
 use crate::metrics::{MetricsServer, render as render_metrics};
+use crate::security::{CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use scale0_proto::broker::{self as core, Counters};
 use scale0_store::{LogOptions, LogStore, Store};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the metrics snapshot is rendered.
@@ -45,6 +47,9 @@ pub struct BrokerConfig {
     /// `HOST:PORT` of an HTTP endpoint serving Prometheus metrics at `/metrics`; port 0
     /// picks a free one (read it back with [`Broker::metrics_endpoint`]).
     pub metrics: Option<String>,
+    /// CURVE on every endpoint: the broker's key pair and the client and worker keys it
+    /// lets in. Per-key service rules are `core.access`, by key name.
+    pub curve: Option<CurveServer>,
 }
 
 impl Default for BrokerConfig {
@@ -58,6 +63,7 @@ impl Default for BrokerConfig {
             events: Vec::new(),
             grace_ms: 0,
             metrics: None,
+            curve: None,
         }
     }
 }
@@ -76,6 +82,8 @@ pub struct Broker {
     events: Option<zmq::Socket>,
     events_endpoints: Vec<String>,
     metrics: Option<MetricsServer>,
+    /// Answers CURVE authentication for this broker's context, when CURVE is on.
+    zap: Option<ZapHandler>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -125,7 +133,13 @@ impl Broker {
             .iter()
             .chain(&config.events)
             .any(|e| e.starts_with("inproc://"));
-        let (ctx, own_ctx) = if inproc || config.grace_ms == 0 {
+        if inproc && config.curve.is_some() {
+            return Err(crate::Error::InvalidConfig(
+                "CURVE secures tcp:// and ipc:// endpoints; inproc:// peers share the process, drop --curve-* or the inproc endpoint".into(),
+            ));
+        }
+        // A CURVE broker needs its own context: the ZAP handler is one per context.
+        let (ctx, own_ctx) = if config.curve.is_none() && (inproc || config.grace_ms == 0) {
             (sockets::context(), false)
         } else {
             (zmq::Context::new(), true)
@@ -161,6 +175,18 @@ impl Broker {
                 ),
             )
             .context(|| "setting HEARTBEAT_TIMEOUT".into())?;
+        // The handler is up before anything can connect.
+        let zap = match &config.curve {
+            Some(curve) => {
+                curve.apply(&socket)?;
+                Some(ZapHandler::start(
+                    &ctx,
+                    Arc::clone(&curve.allow),
+                    &[&socket],
+                )?)
+            }
+            None => None,
+        };
         let mut endpoints = Vec::with_capacity(config.bind.len());
         for endpoint in &config.bind {
             endpoints.push(sockets::bind(&socket, endpoint)?);
@@ -185,6 +211,7 @@ impl Broker {
             .transpose()?;
         Ok(Self {
             metrics,
+            zap,
             ctx,
             own_ctx,
             socket,
@@ -294,10 +321,18 @@ impl Broker {
             // held until the commit below: one sync for the whole batch.
             let mut handled = 0;
             while handled < MAX_BATCH {
-                let Some(frames) = sockets::try_recv(&self.socket)? else {
-                    break;
-                };
-                core.handle_message(clock.now(), frames);
+                if self.zap.is_some() {
+                    // Under CURVE each message says which key sent it.
+                    let Some((frames, user)) = sockets::try_recv_as(&self.socket)? else {
+                        break;
+                    };
+                    core.handle_message_from(clock.now(), frames, user.as_deref());
+                } else {
+                    let Some(frames) = sockets::try_recv(&self.socket)? else {
+                        break;
+                    };
+                    core.handle_message(clock.now(), frames);
+                }
                 self.flush(&mut core, clock);
                 handled += 1;
             }
@@ -332,8 +367,12 @@ impl Broker {
             own_ctx,
             socket,
             events,
+            zap,
             ..
         } = self;
+        if let Some(zap) = zap {
+            zap.stop(&[&socket]);
+        }
         drop(socket);
         drop(events);
         if own_ctx && let Err(e) = ctx.destroy() {

@@ -3,6 +3,7 @@
 //! error statuses; retries with the same id, which the broker never executes twice.
 
 use crate::error::{Error, Result, ZmqContext};
+use crate::security::{self, CurveClient};
 use crate::sockets;
 use bytes::Bytes;
 use scale0_proto::mdp::{Message, NativeCommand, RequestId};
@@ -22,6 +23,8 @@ pub struct ClientConfig {
     pub timeout_ms: u64,
     /// How many times a request is re-sent (same id) after a timeout.
     pub retries: u32,
+    /// CURVE: the broker's public key and this client's pair.
+    pub curve: Option<CurveClient>,
 }
 
 impl ClientConfig {
@@ -31,6 +34,7 @@ impl ClientConfig {
             connect: connect.into(),
             timeout_ms: 2500,
             retries: 2,
+            curve: None,
         }
     }
 
@@ -146,7 +150,7 @@ impl Client {
     /// up as a timeout on the first request).
     pub fn connect(config: ClientConfig) -> Result<Self> {
         let identity = random_identity();
-        let socket = Self::open(&config.connect, &identity)?;
+        let socket = Self::open(&config.connect, &identity, config.curve.as_ref())?;
         Ok(Self {
             config,
             socket,
@@ -155,7 +159,7 @@ impl Client {
         })
     }
 
-    fn open(endpoint: &str, identity: &[u8]) -> Result<zmq::Socket> {
+    fn open(endpoint: &str, identity: &[u8], curve: Option<&CurveClient>) -> Result<zmq::Socket> {
         let socket = sockets::context()
             .socket(zmq::DEALER)
             .context(|| "creating the client socket".into())?;
@@ -166,6 +170,7 @@ impl Client {
         socket
             .set_identity(identity)
             .context(|| "setting ROUTING_ID".into())?;
+        security::apply_client(&socket, curve)?;
         sockets::connect(&socket, endpoint)?;
         Ok(socket)
     }
@@ -220,7 +225,11 @@ impl Client {
             );
             // A fresh socket with the same identity: the broker hands the identity over,
             // and still knows the request by (identity, id).
-            self.socket = Self::open(&self.config.connect, &self.identity)?;
+            self.socket = Self::open(
+                &self.config.connect,
+                &self.identity,
+                self.config.curve.as_ref(),
+            )?;
         }
         Err(Error::Timeout {
             endpoint: self.config.connect.clone(),

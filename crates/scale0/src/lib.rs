@@ -17,6 +17,7 @@ mod metrics;
 mod pipeline;
 mod pool;
 mod queue;
+mod security;
 mod shutdown;
 mod sockets;
 mod task;
@@ -36,6 +37,7 @@ pub use pipeline::{
 };
 pub use pool::{MapProgress, MapSummary, Pool, PoolConfig};
 pub use queue::{Queue, QueueConfig, QueueEndpoints};
+pub use security::{Allowlist, CurveClient, CurveServer, KeyPair, PublicKey};
 pub use shutdown::Shutdown;
 pub use task::{CommandTask, Task, TaskOutcome};
 pub use worker::{Handler, HandlerError, Progress, Worker, WorkerConfig, WorkerSummary};

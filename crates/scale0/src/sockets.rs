@@ -71,6 +71,30 @@ pub(crate) fn try_recv(socket: &zmq::Socket) -> Result<Option<Frames>> {
     }
 }
 
+/// Like [`try_recv`], with the User-Id the connection authenticated as (ZAP), if any.
+pub(crate) fn try_recv_as(socket: &zmq::Socket) -> Result<Option<(Frames, Option<String>)>> {
+    let mut first = match socket.recv_msg(zmq::DONTWAIT) {
+        Ok(m) => m,
+        Err(zmq::Error::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e).context(|| "receiving a message".into()),
+    };
+    let user = first
+        .gets("User-Id")
+        .filter(|u| !u.is_empty())
+        .map(str::to_string);
+    let mut more = first.get_more();
+    let mut frames = vec![Bytes::copy_from_slice(&first)];
+    while more {
+        // The rest of a multipart message is already here: libzmq delivers it whole.
+        let part = socket
+            .recv_msg(0)
+            .context(|| "receiving a message".into())?;
+        more = part.get_more();
+        frames.push(Bytes::copy_from_slice(&part));
+    }
+    Ok(Some((frames, user)))
+}
+
 /// Sends a multipart message without blocking.
 pub(crate) fn send(socket: &zmq::Socket, frames: &Frames) -> std::result::Result<(), zmq::Error> {
     socket.send_multipart(frames.iter().map(|f| &f[..]), zmq::DONTWAIT)

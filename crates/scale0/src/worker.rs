@@ -4,6 +4,7 @@
 
 use crate::clock::Clock;
 use crate::error::{Error, Result, ZmqContext};
+use crate::security::{self, CurveClient};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use bytes::Bytes;
@@ -44,6 +45,8 @@ pub struct WorkerConfig {
     /// another worker). With a grace period the worker has a ZeroMQ context of its own,
     /// so that its last reply and its goodbye leave before the process exits.
     pub grace_ms: u64,
+    /// CURVE: the broker's public key and this worker's pair.
+    pub curve: Option<CurveClient>,
 }
 
 impl WorkerConfig {
@@ -59,6 +62,7 @@ impl WorkerConfig {
             version: Version::V2,
             inline: false,
             grace_ms: 0,
+            curve: None,
         }
     }
 }
@@ -352,6 +356,7 @@ impl Worker {
                         .socket(zmq::DEALER)
                         .context(|| "creating the worker socket".into())?;
                     s.set_linger(0).context(|| "setting LINGER".into())?;
+                    security::apply_client(&s, self.config.curve.as_ref())?;
                     sockets::connect(&s, &self.config.connect)?;
                     debug!(endpoint = %self.config.connect, service = %self.service, "connecting");
                     *broker = Some(s);

@@ -1,0 +1,619 @@
+//! CURVE: key files, allowlists and the ZAP handler that enforces them.
+//!
+//! A listening socket with [`CurveServer`] encrypts every connection and asks the ZAP
+//! handler (RFC 27, `inproc://zeromq.zap.01` of its context) whether the client's public
+//! key may connect; the handler answers from the allowlist and names the key in the
+//! User-Id it returns, which the broker reads off each message to apply per-key service
+//! rules. Connecting sockets take a [`CurveClient`]: the server's public key and their own
+//! pair. Refusals are logged here (unknown key) or from the socket monitor (plaintext
+//! peer, wrong server key: the handshake fails before ZAP is asked).
+//!
+//! Key files are text: `NAME.key` holds `public-key = "<Z85>"`, `NAME.key_secret` holds
+//! both keys (the layout czmq's certificates use, so either tool reads the other's); a
+//! bare 40-character Z85 line is read as a public key too.
+
+use crate::error::{Error, Result, ZmqContext};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use tracing::{info, warn};
+
+/// Where libzmq sends ZAP requests, in each context.
+const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
+
+/// How often the handler thread looks at its stop flag, in milliseconds.
+const ZAP_POLL_MS: i64 = 100;
+
+/// A CURVE public key (32 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The key as Z85 text (40 characters).
+    pub fn z85(&self) -> String {
+        zmq::z85_encode(&self.0).unwrap_or_default()
+    }
+
+    /// Parses 40 characters of Z85.
+    pub fn from_z85(text: &str) -> Option<Self> {
+        decode_key(text).map(Self)
+    }
+
+    /// A public key from a key file (`NAME.key` or `NAME.key_secret`), or the Z85 text
+    /// itself.
+    pub fn load(spec: &str) -> Result<Self> {
+        if let Some(key) = Self::from_z85(spec.trim()) {
+            return Ok(key);
+        }
+        let text = read(Path::new(spec))?;
+        parse_field(&text, "public-key")
+            .or_else(|| bare_key(&text))
+            .map(Self)
+            .ok_or_else(|| bad_file(Path::new(spec), "no public-key in it"))
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", self.z85())
+    }
+}
+
+/// A CURVE key pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    /// The half others may know.
+    pub public: PublicKey,
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyPair {
+    /// A fresh random pair (libsodium's generator, through libzmq).
+    pub fn generate() -> Result<Self> {
+        let pair = zmq::CurveKeyPair::new().context(|| "generating a CURVE key pair".into())?;
+        Ok(Self {
+            public: PublicKey(pair.public_key),
+            secret: pair.secret_key,
+        })
+    }
+
+    /// Reads a secret key file (`NAME.key_secret`): both keys.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = read(path)?;
+        let public = parse_field(&text, "public-key")
+            .ok_or_else(|| bad_file(path, "no public-key in it"))?;
+        let secret = parse_field(&text, "secret-key")
+            .ok_or_else(|| bad_file(path, "no secret-key in it: is this the public half?"))?;
+        Ok(Self {
+            public: PublicKey(public),
+            secret,
+        })
+    }
+
+    /// Writes `DIR/NAME.key` (public) and `DIR/NAME.key_secret` (both, readable by the
+    /// owner only); returns their paths. Existing files are not overwritten.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let public = dir.join(format!("{name}.key"));
+        let secret = dir.join(format!("{name}.key_secret"));
+        let header = |what: &str| {
+            format!(
+                "# CURVE {what} of {name:?}, written by `scale0 keygen`.\nmetadata\n    name = {name:?}\ncurve\n"
+            )
+        };
+        let public_text = format!(
+            "{}    public-key = \"{}\"\n",
+            header("public key"),
+            self.public.z85()
+        );
+        let secret_text = format!(
+            "{}    public-key = \"{}\"\n    secret-key = \"{}\"\n",
+            header("key pair (secret: keep it private)"),
+            self.public.z85(),
+            zmq::z85_encode(&self.secret).unwrap_or_default()
+        );
+        write_new(&public, &public_text, 0o644)?;
+        write_new(&secret, &secret_text, 0o600)?;
+        Ok((public, secret))
+    }
+}
+
+/// The public keys a server lets in, each with the name rules and logs use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    keys: HashMap<PublicKey, String>,
+}
+
+impl Allowlist {
+    /// Reads `path`: a directory of key files (every `*.key` in it; the name is the file
+    /// name without `.key`), or one file with a key per line (`<Z85> [name]`, `#` starts a
+    /// comment) or a single key file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut list = Self::default();
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| {
+                Error::InvalidConfig(format!("reading the key directory {}: {e}", path.display()))
+            })?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "key"))
+                .collect();
+            files.sort();
+            for file in files {
+                let key = PublicKey::load(&file.display().to_string())?;
+                let name = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| key.z85());
+                list.add(key, name);
+            }
+        } else {
+            let text = read(path)?;
+            if let Some(key) = parse_field(&text, "public-key") {
+                let name = parse_text_field(&text, "name").unwrap_or_else(|| {
+                    path.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                });
+                list.add(PublicKey(key), name);
+            } else {
+                for (n, line) in text.lines().enumerate() {
+                    let line = line.split('#').next().unwrap_or_default().trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let mut words = line.split_whitespace();
+                    let z85 = words.next().unwrap_or_default();
+                    let key = PublicKey::from_z85(z85).ok_or_else(|| {
+                        bad_file(
+                            path,
+                            &format!("line {}: {z85:?} is not a 40-character Z85 key", n + 1),
+                        )
+                    })?;
+                    let name = words.next().map_or_else(|| key.z85(), str::to_string);
+                    list.add(key, name);
+                }
+            }
+        }
+        if list.keys.is_empty() {
+            return Err(bad_file(path, "no keys in it: nobody could connect"));
+        }
+        Ok(list)
+    }
+
+    /// Lets `key` in under `name`.
+    pub fn add(&mut self, key: PublicKey, name: impl Into<String>) {
+        self.keys.insert(key, name.into());
+    }
+
+    /// The name of an allowed key.
+    pub fn name(&self, key: &PublicKey) -> Option<&str> {
+        self.keys.get(key).map(String::as_str)
+    }
+
+    /// Whether some key in the list is called `name`.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.keys.values().any(|n| n == name)
+    }
+
+    /// Keys in the list.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// CURVE for a listening socket: its key pair and who may connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurveServer {
+    /// The server's pair; clients are given its public half.
+    pub pair: KeyPair,
+    /// The client keys let in.
+    pub allow: Arc<Allowlist>,
+}
+
+/// CURVE for a connecting socket: the server's public key and the peer's own pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurveClient {
+    /// The public key of the server connected to.
+    pub server: PublicKey,
+    /// This peer's pair; the server's allowlist must hold its public half.
+    pub pair: KeyPair,
+}
+
+impl CurveServer {
+    /// Makes `socket` a CURVE server checked by the ZAP handler of its context.
+    pub(crate) fn apply(&self, socket: &zmq::Socket) -> Result<()> {
+        socket
+            .set_curve_server(true)
+            .context(|| "setting CURVE_SERVER".into())?;
+        socket
+            .set_curve_secretkey(&self.pair.secret)
+            .context(|| "setting CURVE_SECRETKEY".into())?;
+        // A domain makes libzmq ask ZAP for every connection, and names us in its logs.
+        socket
+            .set_zap_domain("scale0")
+            .context(|| "setting ZAP_DOMAIN".into())
+    }
+}
+
+impl CurveClient {
+    /// Makes `socket` a CURVE client of the server whose key this holds.
+    pub(crate) fn apply(&self, socket: &zmq::Socket) -> Result<()> {
+        socket
+            .set_curve_serverkey(&self.server.0)
+            .context(|| "setting CURVE_SERVERKEY".into())?;
+        socket
+            .set_curve_publickey(&self.pair.public.0)
+            .context(|| "setting CURVE_PUBLICKEY".into())?;
+        socket
+            .set_curve_secretkey(&self.pair.secret)
+            .context(|| "setting CURVE_SECRETKEY".into())
+    }
+}
+
+/// Applies an optional client config.
+pub(crate) fn apply_client(socket: &zmq::Socket, curve: Option<&CurveClient>) -> Result<()> {
+    curve.map_or(Ok(()), |c| c.apply(socket))
+}
+
+/// The ZAP handler of one context: a thread answering libzmq's authentication requests
+/// from an allowlist until dropped.
+pub(crate) struct ZapHandler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ZapHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZapHandler")
+    }
+}
+
+impl ZapHandler {
+    /// Binds the ZAP endpoint of `ctx` (one handler per context) and starts answering;
+    /// also logs the handshake failures of the `watched` server sockets, which must
+    /// be stopped with [`ZapHandler::stop`] before they close.
+    pub(crate) fn start(
+        ctx: &zmq::Context,
+        allow: Arc<Allowlist>,
+        watched: &[&zmq::Socket],
+    ) -> Result<Self> {
+        use std::sync::atomic::AtomicU64;
+        static MONITORS: AtomicU64 = AtomicU64::new(0);
+        let socket = ctx
+            .socket(zmq::REP)
+            .context(|| "creating the ZAP handler's socket".into())?;
+        socket.set_linger(0).context(|| "setting LINGER".into())?;
+        socket
+            .bind(ZAP_ENDPOINT)
+            .context(|| format!("binding {ZAP_ENDPOINT}"))?;
+        // Refusals by the allowlist are logged by `answer`, with the key.
+        let failures = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
+            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32;
+        let mut monitors = Vec::with_capacity(watched.len());
+        for s in watched {
+            let addr = format!(
+                "inproc://scale0-curve-monitor-{}",
+                MONITORS.fetch_add(1, Ordering::Relaxed)
+            );
+            s.monitor(&addr, failures)
+                .context(|| "monitoring handshakes".into())?;
+            let reader = ctx
+                .socket(zmq::PAIR)
+                .context(|| "creating a monitor reader".into())?;
+            reader
+                .connect(&addr)
+                .context(|| format!("connecting to {addr}"))?;
+            monitors.push(reader);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("scale0-zap".into())
+            .spawn(move || serve(&socket, &monitors, &allow, &flag))
+            .map_err(|e| Error::InvalidConfig(format!("starting the ZAP thread: {e}")))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops watching `watched` (see `sockets::stop_monitor`), then the thread.
+    pub(crate) fn stop(self, watched: &[&zmq::Socket]) {
+        for s in watched {
+            crate::sockets::stop_monitor(s);
+        }
+        drop(self);
+    }
+}
+
+impl Drop for ZapHandler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(socket: &zmq::Socket, monitors: &[zmq::Socket], allow: &Allowlist, stop: &AtomicBool) {
+    let mut quiet = Quiet::default();
+    while !stop.load(Ordering::Relaxed) {
+        let mut items = vec![socket.as_poll_item(zmq::POLLIN)];
+        items.extend(monitors.iter().map(|m| m.as_poll_item(zmq::POLLIN)));
+        if crate::sockets::poll(&mut items, ZAP_POLL_MS).is_err() {
+            return;
+        }
+        let ready: Vec<bool> = items.iter().map(zmq::PollItem::is_readable).collect();
+        for (m, _) in monitors.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
+            while let Ok(event) = m.recv_multipart(zmq::DONTWAIT) {
+                if let [head, address, ..] = event.as_slice()
+                    && let (Some(e), Some(v)) = (head.get(0..2), head.get(2..6))
+                {
+                    let event = u16::from_ne_bytes([e[0], e[1]]);
+                    let value = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+                    let address = String::from_utf8_lossy(address);
+                    quiet.log(event, || log_handshake_failure(event, value, &address));
+                }
+            }
+        }
+        if !ready[0] {
+            continue;
+        }
+        let Ok(request) = socket.recv_multipart(0) else {
+            return;
+        };
+        let reply = answer(&request, allow, &mut quiet);
+        if socket.send_multipart(reply, 0).is_err() {
+            return;
+        }
+    }
+}
+
+/// Rate limit for refusal logs: a refused peer reconnects every few hundred
+/// milliseconds, so each kind of refusal is logged at most once a second, with how
+/// many were not.
+#[derive(Default)]
+struct Quiet {
+    last: HashMap<u16, (std::time::Instant, u64)>,
+}
+
+/// `Quiet` kinds that are not monitor events.
+const REFUSED_KEY: u16 = 0;
+const REFUSED_MECHANISM: u16 = 1;
+
+impl Quiet {
+    fn log(&mut self, kind: u16, log: impl FnOnce()) {
+        let now = std::time::Instant::now();
+        match self.last.get_mut(&kind) {
+            Some((at, skipped)) if now.duration_since(*at) < std::time::Duration::from_secs(1) => {
+                *skipped += 1;
+            }
+            Some((at, skipped)) => {
+                if *skipped > 0 {
+                    warn!(
+                        count = *skipped,
+                        "refusals like the next were not logged in the last second"
+                    );
+                }
+                *at = now;
+                *skipped = 0;
+                log();
+            }
+            None => {
+                self.last.insert(kind, (now, 0));
+                log();
+            }
+        }
+    }
+}
+
+/// The reply to one ZAP request (RFC 27): `200` with the key's name as User-Id for an
+/// allowed CURVE key, `400` for anything else.
+fn answer(request: &[Vec<u8>], allow: &Allowlist, quiet: &mut Quiet) -> Vec<Vec<u8>> {
+    let frame = |i: usize| request.get(i).map_or(&[][..], Vec::as_slice);
+    let (version, id, address, mechanism) = (frame(0), frame(1), frame(3), frame(5));
+    let address = String::from_utf8_lossy(address);
+    let reply = |code: &str, text: &str, user: &str| {
+        vec![
+            b"1.0".to_vec(),
+            id.to_vec(),
+            code.as_bytes().to_vec(),
+            text.as_bytes().to_vec(),
+            user.as_bytes().to_vec(),
+            Vec::new(),
+        ]
+    };
+    if version != b"1.0" {
+        warn!(%address, "refused a connection: malformed ZAP request");
+        return reply("500", "unsupported ZAP version", "");
+    }
+    if mechanism != b"CURVE" {
+        quiet.log(REFUSED_MECHANISM, || {
+            warn!(%address, mechanism = %String::from_utf8_lossy(mechanism), "refused a connection: CURVE required");
+        });
+        return reply("400", "CURVE required", "");
+    }
+    let key = <[u8; 32]>::try_from(frame(6)).ok().map(PublicKey);
+    match key.as_ref().and_then(|k| allow.name(k).map(|n| (k, n))) {
+        Some((_, name)) => {
+            info!(%address, key = name, "client authenticated");
+            reply("200", "OK", name)
+        }
+        None => {
+            let z85 = key.map(|k| k.z85()).unwrap_or_default();
+            quiet.log(REFUSED_KEY, || {
+                warn!(%address, key = %z85, "refused a connection: key not in the allowlist");
+            });
+            reply("400", "key not allowed", "")
+        }
+    }
+}
+
+/// Logs the handshake failures a CURVE server's monitor reports: plaintext peers and
+/// peers with the wrong server key never reach ZAP.
+fn log_handshake_failure(event: u16, value: u32, address: &str) {
+    let why = match u32::from(event) {
+        e if e == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u32 => {
+            "protocol error (a plaintext peer, or a different security mechanism)"
+        }
+        e if e == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u32 => {
+            "handshake failed (a wrong server key, or garbage)"
+        }
+        _ => return,
+    };
+    warn!(%address, code = value, "refused a connection: {why}");
+}
+
+fn decode_key(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 40 {
+        return None;
+    }
+    zmq::z85_decode(text).ok()?.try_into().ok()
+}
+
+/// The Z85 key of a `name = "<Z85>"` line.
+fn parse_field(text: &str, name: &str) -> Option<[u8; 32]> {
+    parse_text_field(text, name).and_then(|v| decode_key(&v))
+}
+
+fn parse_text_field(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// A file that is just a Z85 public key.
+fn bare_key(text: &str) -> Option<[u8; 32]> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    match lines.as_slice() {
+        [one] => decode_key(one),
+        _ => None,
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::InvalidConfig(format!("reading the key file {}: {e}", path.display())))
+}
+
+fn bad_file(path: &Path, why: &str) -> Error {
+    Error::InvalidConfig(format!("key file {}: {why}", path.display()))
+}
+
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::InvalidConfig(format!("writing {}: {e}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| Error::InvalidConfig(format!("writing {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_round_trip_and_directories_name_keys() {
+        let dir = std::env::temp_dir().join(format!("scale0-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = KeyPair::generate().unwrap();
+        let (public, secret) = pair.write(&dir, "alice").unwrap();
+        assert!(pair.write(&dir, "alice").is_err(), "must not overwrite");
+        let back = KeyPair::load(&secret).unwrap();
+        assert_eq!(back.public, pair.public);
+        assert_eq!(back.secret, pair.secret);
+        assert_eq!(
+            PublicKey::load(&public.display().to_string()).unwrap(),
+            pair.public
+        );
+        assert_eq!(PublicKey::load(&pair.public.z85()).unwrap(), pair.public);
+        assert!(
+            KeyPair::load(&public).is_err(),
+            "a public file has no secret"
+        );
+        let list = Allowlist::load(&dir).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list.name(&pair.public), Some("alice"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn answer_once(request: &[Vec<u8>], allow: &Allowlist) -> Vec<Vec<u8>> {
+        answer(request, allow, &mut Quiet::default())
+    }
+
+    #[test]
+    fn zap_answers_by_the_allowlist() {
+        let pair = KeyPair::generate().unwrap();
+        let mut allow = Allowlist::default();
+        allow.add(pair.public, "alice");
+        let request = |mechanism: &[u8], key: &[u8]| {
+            vec![
+                b"1.0".to_vec(),
+                b"7".to_vec(),
+                b"scale0".to_vec(),
+                b"127.0.0.1".to_vec(),
+                Vec::new(),
+                mechanism.to_vec(),
+                key.to_vec(),
+            ]
+        };
+        let ok = answer_once(&request(b"CURVE", &pair.public.0), &allow);
+        assert_eq!(ok[1], b"7");
+        assert_eq!(ok[2], b"200");
+        assert_eq!(ok[4], b"alice");
+        let stranger = KeyPair::generate().unwrap();
+        assert_eq!(
+            answer_once(&request(b"CURVE", &stranger.public.0), &allow)[2],
+            b"400"
+        );
+        assert_eq!(answer_once(&request(b"NULL", b""), &allow)[2], b"400");
+        assert_eq!(answer_once(&request(b"CURVE", b"short"), &allow)[2], b"400");
+        assert_eq!(answer_once(&[b"2.0".to_vec()], &allow)[2], b"500");
+        assert_eq!(answer_once(&[], &allow)[2], b"500");
+    }
+
+    #[test]
+    fn allowlist_files_reject_bad_lines_and_empty_lists() {
+        let dir = std::env::temp_dir().join(format!("scale0-allow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = KeyPair::generate().unwrap().public;
+        let good = dir.join("good");
+        std::fs::write(&good, format!("# clients\n{} bob\n\n", key.z85())).unwrap();
+        assert_eq!(Allowlist::load(&good).unwrap().name(&key), Some("bob"));
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "# clients\nnot-a-key bob\n").unwrap();
+        let e = Allowlist::load(&bad).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "# nobody\n").unwrap();
+        assert!(Allowlist::load(&empty).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
