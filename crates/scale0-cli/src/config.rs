@@ -67,7 +67,7 @@ fn default_file(command: &clap::Command) -> String {
             .or_else(|| arg.get_help())
             .map(ToString::to_string)
             .unwrap_or_default();
-        for line in help.lines() {
+        for line in wrap(&help, 86) {
             let _ = writeln!(out, "# {line}");
         }
         let defaults: Vec<String> = arg
@@ -94,6 +94,25 @@ fn default_file(command: &clap::Command) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `text` in lines of at most `width` characters (a longer word gets a line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for paragraph in text.lines() {
+        let mut line = String::new();
+        for word in paragraph.split_whitespace() {
+            if !line.is_empty() && line.len() + 1 + word.len() > width {
+                lines.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 fn value_name(arg: &Arg) -> String {
@@ -130,8 +149,20 @@ fn options(command: &clap::Command) -> impl Iterator<Item = &Arg> {
 pub(crate) fn merge(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let mut cli = crate::Cli::command();
     cli.build();
-    // A command line clap rejects is reported by the real parse that follows.
+    // A command line clap rejects (or answers, as --help) is dealt with by the real
+    // parse that follows; the file is still checked, so `--config F --help` vets F.
     let Ok(matches) = cli.clone().try_get_matches_from(argv.iter()) else {
+        let sub = argv
+            .iter()
+            .skip(1)
+            .find_map(|a| cli.find_subcommand(a.to_str()?));
+        let file = argv
+            .iter()
+            .position(|a| a == "--config")
+            .and_then(|i| argv.get(i + 1));
+        if let (Some(sub), Some(file)) = (sub, file) {
+            file_flags(Path::new(file), sub, |_| false)?;
+        }
         return Ok(argv);
     };
     let Some((name, sub)) = matches.subcommand() else {
