@@ -136,7 +136,7 @@ pub struct Allowlist {
 impl Allowlist {
     /// Reads `path`: a directory of key files (every `*.key` in it; the name is the file
     /// name without `.key`), or one file with a key per line (`<Z85> [name]`, `#` starts a
-    /// comment) or a single key file.
+    /// comment line) or a single key file.
     pub fn load(path: &Path) -> Result<Self> {
         let mut list = Self::default();
         if path.is_dir() {
@@ -167,8 +167,9 @@ impl Allowlist {
                 list.add(PublicKey(key), name);
             } else {
                 for (n, line) in text.lines().enumerate() {
-                    let line = line.split('#').next().unwrap_or_default().trim();
-                    if line.is_empty() {
+                    // `#` is a Z85 digit: only whole lines are comments.
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
                         continue;
                     }
                     let mut words = line.split_whitespace();
@@ -607,6 +608,18 @@ mod tests {
         let good = dir.join("good");
         std::fs::write(&good, format!("# clients\n{} bob\n\n", key.z85())).unwrap();
         assert_eq!(Allowlist::load(&good).unwrap().name(&key), Some("bob"));
+        // Keys with '#' in them (a Z85 digit) are keys, not comments.
+        let hashed = loop {
+            let k = KeyPair::generate().unwrap().public;
+            if k.z85().contains('#') {
+                break k;
+            }
+        };
+        std::fs::write(&good, format!("{}\n", hashed.z85())).unwrap();
+        assert_eq!(
+            Allowlist::load(&good).unwrap().name(&hashed),
+            Some(hashed.z85().as_str())
+        );
         let bad = dir.join("bad");
         std::fs::write(&bad, "# clients\nnot-a-key bob\n").unwrap();
         let e = Allowlist::load(&bad).unwrap_err().to_string();
