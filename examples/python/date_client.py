@@ -4,6 +4,7 @@ reply with its process id. Lazy Pirate (the ZeroMQ Guide's reliable REQ): when n
 comes within --timeout-ms it closes the socket, opens a new one and sends again.
 
     python3 date_client.py [--connect tcp://localhost:5559] [--count N] [--interval-ms 1000]
+        [--curve-server-key queue.key --curve-key me.key_secret]
 """
 import argparse
 import datetime
@@ -14,6 +15,16 @@ import time
 import zmq
 
 
+def curve(sock, server_key, key):
+    """CURVE towards a server started with --curve-secret: its public key file and our
+    own key pair file, both as written by `scale0 keygen`."""
+    if not server_key:
+        return
+    from zmq.auth import load_certificate
+    sock.curve_serverkey, _ = load_certificate(server_key)
+    sock.curve_publickey, sock.curve_secretkey = load_certificate(key)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--connect", default="tcp://localhost:5559")
@@ -21,6 +32,8 @@ def main():
     p.add_argument("--interval-ms", type=int, default=1000)
     p.add_argument("--timeout-ms", type=int, default=2500)
     p.add_argument("--retries", type=int, default=10)
+    p.add_argument("--curve-server-key", default=None, help="the queue's NAME.key")
+    p.add_argument("--curve-key", default=None, help="this client's NAME.key_secret")
     args = p.parse_args()
 
     ctx = zmq.Context()
@@ -33,6 +46,7 @@ def main():
             if sock is None:
                 sock = ctx.socket(zmq.REQ)
                 sock.setsockopt(zmq.LINGER, 0)
+                curve(sock, args.curve_server_key, args.curve_key)
                 sock.connect(args.connect)
             sock.send_string(text)
             if sock.poll(args.timeout_ms, zmq.POLLIN):

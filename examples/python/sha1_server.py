@@ -6,6 +6,7 @@ Nothing in it knows about scale0. By default it connects to the backend of a que
 talk to it directly.
 
     python3 sha1_server.py [--connect tcp://localhost:5560 | --bind tcp://*:5555] [--delay-ms N]
+        [--curve-server-key queue.key --curve-key me.key_secret]
 """
 import argparse
 import hashlib
@@ -16,16 +17,29 @@ import time
 import zmq
 
 
+def curve(sock, server_key, key):
+    """CURVE towards a server started with --curve-secret: its public key file and our
+    own key pair file, both as written by `scale0 keygen`."""
+    if not server_key:
+        return
+    from zmq.auth import load_certificate
+    sock.curve_serverkey, _ = load_certificate(server_key)
+    sock.curve_publickey, sock.curve_secretkey = load_certificate(key)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--connect", default="tcp://localhost:5560")
     p.add_argument("--bind", default=None)
     p.add_argument("--delay-ms", type=int, default=0, help="pretend each request takes this long")
+    p.add_argument("--curve-server-key", default=None, help="the queue's NAME.key (with --connect)")
+    p.add_argument("--curve-key", default=None, help="this server's NAME.key_secret")
     args = p.parse_args()
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
+    curve(sock, args.curve_server_key, args.curve_key)
     if args.bind:
         sock.bind(args.bind)
     else:

@@ -21,12 +21,15 @@ pub(crate) struct ForwarderArgs {
     /// Print the traffic counts every MS milliseconds on stdout.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     stats_ms: Option<u64>,
+    #[command(flatten)]
+    curve: crate::curve::ServerArgs,
 }
 
 pub(crate) fn forwarder(args: ForwarderArgs) -> Result<ExitCode> {
     let f = Forwarder::bind(ForwarderConfig {
         frontend: args.frontend,
         backend: args.backend,
+        curve: args.curve.load()?,
         ..ForwarderConfig::default()
     })?;
     let (front, back) = f.endpoints();
@@ -89,6 +92,8 @@ pub(crate) struct NodeArgs {
     /// role, address, last seen, intervals missed, heartbeats lost).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     table_ms: Option<u64>,
+    #[command(flatten)]
+    curve: crate::curve::ClientArgs,
 }
 
 fn table_lines(table: &Membership, now: scale0::proto::Instant, as_json: bool) -> Vec<String> {
@@ -191,6 +196,7 @@ pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
         }
     }
     config.interval_ms = args.interval_ms;
+    config.curve = args.curve.load()?;
     config.membership.suspect_after = args.suspect_after;
     config.membership.dead_after = args.dead_after.max(args.suspect_after);
     config.membership.max_members = args.max_members;

@@ -179,6 +179,8 @@ pub(crate) struct WorkArgs {
     name: Option<String>,
     #[command(flatten)]
     task: TaskArgs,
+    #[command(flatten)]
+    curve: crate::curve::ClientArgs,
 }
 
 pub(crate) fn work(args: WorkArgs) -> Result<ExitCode> {
@@ -206,6 +208,7 @@ pub(crate) fn work(args: WorkArgs) -> Result<ExitCode> {
         interval_ms: args.interval_ms,
         plain_timeout_ms: args.plain_timeout_ms,
         name: args.name,
+        curve: args.curve.load()?,
     };
     let worker = TaskWorker::new(config)?;
     let summary = worker.run(task, &crate::stop_on_signals()?)?;
@@ -245,6 +248,8 @@ pub(crate) struct VentArgs {
     /// After the last job, how long queued jobs get to reach workers, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     linger_ms: u64,
+    #[command(flatten)]
+    curve: crate::curve::ServerArgs,
 }
 
 pub(crate) fn vent(args: VentArgs) -> Result<ExitCode> {
@@ -254,6 +259,7 @@ pub(crate) fn vent(args: VentArgs) -> Result<ExitCode> {
         plain: args.plain,
         job_timeout_ms: args.timeout_ms,
         socket_hwm: args.hwm,
+        curve: args.curve.load()?,
     })?;
     for e in vent.endpoints() {
         println!("listening {e}");
@@ -287,11 +293,14 @@ pub(crate) struct SinkArgs {
     /// One JSON object per line: id, worker, status, output (and worker events).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    curve: crate::curve::ServerArgs,
 }
 
 pub(crate) fn sink(args: SinkArgs) -> Result<ExitCode> {
     let sink = Sink::bind(SinkConfig {
         bind: args.bind,
+        curve: args.curve.load()?,
         ..SinkConfig::default()
     })?;
     let stdout = std::io::stdout();
@@ -421,6 +430,8 @@ pub(crate) struct MapArgs {
     no_progress: bool,
     #[command(flatten)]
     task: TaskArgs,
+    #[command(flatten)]
+    curve: crate::curve::ServerArgs,
 }
 
 pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
@@ -447,6 +458,7 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
             dispatch_timeout_ms: args.dispatch_timeout_ms,
             ordered: !args.unordered,
         },
+        curve: args.curve.load()?,
         ..PoolConfig::default()
     })?;
     // Listening lines go to stderr: stdout carries only results, in order.

@@ -37,6 +37,8 @@ pub(crate) struct Args {
     /// Intervals a Paranoid Pirate worker may stay silent before it is presumed dead.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     heartbeat_liveness: u32,
+    #[command(flatten)]
+    curve: crate::curve::ServerArgs,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -44,6 +46,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         frontend: args.frontend,
         backend: args.backend,
         workers: args.workers,
+        curve: args.curve.load()?,
         ..QueueConfig::default()
     };
     config.core.request_timeout_ms = args.request_timeout_ms;

@@ -194,7 +194,7 @@ pub fn pub_sub(messages: u64, size: usize, hwm: i32) -> Result<Measurement> {
 pub fn raw_pipeline(workers: u32, messages: u64, size: usize) -> Result<Measurement> {
     let ctx = zmq::Context::new();
     let vent = pipeline_socket(&ctx, zmq::PUSH, 1000, "jobs")?;
-    let mut connections = ConnectionCounter::watch(&ctx, &vent, "jobs")?;
+    let mut connections = ConnectionCounter::watch(&ctx, &vent, "jobs", false)?;
     let jobs = sockets::bind(&vent, LOOPBACK)?;
     let sink = pipeline_socket(&ctx, zmq::PULL, 1000, "results")?;
     let results = sockets::bind(&sink, LOOPBACK)?;

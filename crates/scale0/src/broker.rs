@@ -3,7 +3,7 @@
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
 use crate::metrics::{MetricsServer, render as render_metrics};
-use crate::security::{CurveServer, ZapHandler};
+use crate::security::{self, CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use bytes::Bytes;
@@ -133,11 +133,10 @@ impl Broker {
             .iter()
             .chain(&config.events)
             .any(|e| e.starts_with("inproc://"));
-        if inproc && config.curve.is_some() {
-            return Err(crate::Error::InvalidConfig(
-                "CURVE secures tcp:// and ipc:// endpoints; inproc:// peers share the process, drop --curve-* or the inproc endpoint".into(),
-            ));
-        }
+        security::check_endpoints(
+            config.curve.as_ref(),
+            config.bind.iter().chain(&config.events),
+        )?;
         // A CURVE broker needs its own context: the ZAP handler is one per context.
         let (ctx, own_ctx) = if config.curve.is_none() && (inproc || config.grace_ms == 0) {
             (sockets::context(), false)

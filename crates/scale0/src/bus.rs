@@ -3,6 +3,7 @@
 
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
+use crate::security::{self, CurveClient, CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use bytes::Bytes;
@@ -20,6 +21,8 @@ pub struct ForwarderConfig {
     pub backend: Vec<String>,
     /// Messages queued per subscriber before the forwarder drops for it.
     pub socket_hwm: i32,
+    /// CURVE on both sockets, with the nodes' keys allowed.
+    pub curve: Option<CurveServer>,
 }
 
 impl Default for ForwarderConfig {
@@ -28,6 +31,7 @@ impl Default for ForwarderConfig {
             frontend: vec!["tcp://*:5561".into()],
             backend: vec!["tcp://*:5562".into()],
             socket_hwm: 100_000,
+            curve: None,
         }
     }
 }
@@ -48,6 +52,15 @@ pub struct Forwarder {
     xsub: zmq::Socket,
     xpub: zmq::Socket,
     endpoints: (Vec<String>, Vec<String>),
+    zap: Option<ZapHandler>,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        if let Some(zap) = self.zap.take() {
+            zap.stop(&[&self.xsub, &self.xpub]);
+        }
+    }
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -61,7 +74,9 @@ impl std::fmt::Debug for Forwarder {
 impl Forwarder {
     /// Creates the sockets and binds every endpoint.
     pub fn bind(config: ForwarderConfig) -> Result<Self> {
-        let ctx = sockets::context();
+        let curve = config.curve.as_ref();
+        security::check_endpoints(curve, config.frontend.iter().chain(&config.backend))?;
+        let ctx = security::server_context(curve);
         let xsub = ctx
             .socket(zmq::XSUB)
             .context(|| "creating the XSUB".into())?;
@@ -75,6 +90,7 @@ impl Forwarder {
             s.set_rcvhwm(config.socket_hwm)
                 .context(|| "setting RCVHWM".into())?;
         }
+        let zap = security::secure(curve, &ctx, &[&xsub, &xpub], &[&xsub, &xpub])?;
         let front = config
             .frontend
             .iter()
@@ -89,6 +105,7 @@ impl Forwarder {
             xsub,
             xpub,
             endpoints: (front, back),
+            zap,
         })
     }
 
@@ -153,6 +170,8 @@ pub struct NodeConfig {
     pub address: String,
     /// Suspect and dead thresholds, and the member bound.
     pub membership: membership::Config,
+    /// CURVE towards forwarders that require it (one server key for all).
+    pub curve: Option<CurveClient>,
 }
 
 impl NodeConfig {
@@ -167,6 +186,7 @@ impl NodeConfig {
             role: String::new(),
             address: String::new(),
             membership: membership::Config::default(),
+            curve: None,
         }
     }
 }
@@ -212,6 +232,7 @@ impl Node {
         subscriber
             .set_subscribe(TOPIC)
             .context(|| "subscribing".into())?;
+        security::apply_client(&subscriber, config.curve.as_ref())?;
         for e in &config.subscribe {
             sockets::connect(&subscriber, e)?;
         }
@@ -220,6 +241,7 @@ impl Node {
             Some(_) => {
                 let p = ctx.socket(zmq::PUB).context(|| "creating the PUB".into())?;
                 p.set_linger(0).context(|| "setting LINGER".into())?;
+                security::apply_client(&p, config.curve.as_ref())?;
                 for e in &config.publish {
                     sockets::connect(&p, e)?;
                 }

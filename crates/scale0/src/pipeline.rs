@@ -3,6 +3,9 @@
 //! [`scale0_proto::pipeline`] and `docs/protocol.md`.
 
 use crate::error::{Error, Result, ZmqContext};
+use crate::security::{
+    self, CurveClient, CurveServer, HANDSHAKE_FAILURES, HandshakeLog, ZapHandler,
+};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use crate::task::{Task, TaskOutcome};
@@ -63,21 +66,33 @@ pub(crate) fn pipeline_socket(
 }
 
 /// Counts connections on a bound socket through a monitor: accepted minus disconnected.
+/// With CURVE, the same monitor reports the handshakes that failed (a socket has one
+/// monitor), and the counter logs them; a refused peer is counted while it is connected,
+/// until its handshake fails.
 pub(crate) struct ConnectionCounter {
     monitor: zmq::Socket,
     count: i64,
+    handshakes: Option<HandshakeLog>,
 }
 
 impl ConnectionCounter {
     /// `ctx` must be the socket's own: the monitor is an `inproc` endpoint.
-    pub(crate) fn watch(ctx: &zmq::Context, socket: &zmq::Socket, what: &str) -> Result<Self> {
+    pub(crate) fn watch(
+        ctx: &zmq::Context,
+        socket: &zmq::Socket,
+        what: &str,
+        curve: bool,
+    ) -> Result<Self> {
         static MONITORS: AtomicU64 = AtomicU64::new(0);
         let addr = format!(
             "inproc://scale0-pipeline-monitor-{}",
             MONITORS.fetch_add(1, Ordering::Relaxed)
         );
-        let events = i32::from(zmq::SocketEvent::ACCEPTED.to_raw())
+        let mut events = i32::from(zmq::SocketEvent::ACCEPTED.to_raw())
             | i32::from(zmq::SocketEvent::DISCONNECTED.to_raw());
+        if curve {
+            events |= HANDSHAKE_FAILURES;
+        }
         socket
             .monitor(&addr, events)
             .context(|| format!("monitoring the {what} socket"))?;
@@ -87,7 +102,11 @@ impl ConnectionCounter {
         monitor
             .connect(&addr)
             .context(|| format!("connecting {addr}"))?;
-        Ok(Self { monitor, count: 0 })
+        Ok(Self {
+            monitor,
+            count: 0,
+            handshakes: curve.then(HandshakeLog::default),
+        })
     }
 
     pub(crate) fn poll_item(&self) -> zmq::PollItem<'_> {
@@ -107,6 +126,8 @@ impl ConnectionCounter {
                 self.count += 1;
             } else if id == zmq::SocketEvent::DISCONNECTED.to_raw() {
                 self.count = (self.count - 1).max(0);
+            } else if let Some(log) = &mut self.handshakes {
+                log.event(&event);
             }
         }
         Ok((self.count != before).then(|| usize::try_from(self.count).unwrap_or(0)))
@@ -184,6 +205,8 @@ pub struct TaskWorkerConfig {
     pub plain_timeout_ms: u64,
     /// The worker's name in reports; `None` for host.pid.random.
     pub name: Option<String>,
+    /// CURVE towards ventilators and sinks that require it (one server key for all).
+    pub curve: Option<CurveClient>,
 }
 
 impl TaskWorkerConfig {
@@ -195,6 +218,7 @@ impl TaskWorkerConfig {
             interval_ms: 1000,
             plain_timeout_ms: 0,
             name: None,
+            curve: None,
         }
     }
 }
@@ -308,6 +332,7 @@ impl TaskWorker {
                 // One waiting message per connection: the rest stay with the ventilator,
                 // which gives them to workers with room.
                 let pull = pipeline_socket(&sockets::context(), zmq::PULL, 1, "jobs")?;
+                security::apply_client(&pull, config.curve.as_ref())?;
                 sockets::connect(&pull, &s.jobs)?;
                 Ok(pull)
             })
@@ -318,6 +343,7 @@ impl TaskWorker {
                 let push = pipeline_socket(&sockets::context(), zmq::PUSH, 100_000, "results")?;
                 // Results still queued at exit get this long to leave.
                 push.set_linger(2000).context(|| "setting LINGER".into())?;
+                security::apply_client(&push, config.curve.as_ref())?;
                 sockets::connect(&push, e)?;
                 Ok(push)
             })
@@ -572,6 +598,8 @@ pub struct VentConfig {
     pub job_timeout_ms: u64,
     /// Jobs libzmq may queue per worker; small, so a worker joining late gets its share.
     pub socket_hwm: i32,
+    /// CURVE on every endpoint, with the workers' keys allowed.
+    pub curve: Option<CurveServer>,
 }
 
 impl Default for VentConfig {
@@ -581,6 +609,7 @@ impl Default for VentConfig {
             plain: false,
             job_timeout_ms: 0,
             socket_hwm: 10,
+            curve: None,
         }
     }
 }
@@ -595,6 +624,7 @@ pub struct Vent {
     config: VentConfig,
     run: u64,
     sent: u64,
+    _zap: Option<ZapHandler>,
 }
 
 impl std::fmt::Debug for Vent {
@@ -614,10 +644,14 @@ impl Vent {
                 "the ventilator needs an endpoint".into(),
             ));
         }
+        security::check_endpoints(config.curve.as_ref(), &config.bind)?;
         // Its own context, so `finish` can wait for queued jobs by terminating it.
         let ctx = zmq::Context::new();
         let push = pipeline_socket(&ctx, zmq::PUSH, config.socket_hwm, "jobs")?;
-        let connections = ConnectionCounter::watch(&ctx, &push, "jobs")?;
+        let curve = config.curve.as_ref();
+        let connections = ConnectionCounter::watch(&ctx, &push, "jobs", curve.is_some())?;
+        // The counter's monitor logs refused handshakes; ZAP is up before anyone connects.
+        let zap = security::secure(curve, &ctx, &[&push], &[])?;
         let endpoints = config
             .bind
             .iter()
@@ -631,6 +665,7 @@ impl Vent {
             config,
             run: random_u64(),
             sent: 0,
+            _zap: zap,
         })
     }
 
@@ -724,6 +759,8 @@ pub struct SinkConfig {
     pub bind: Vec<String>,
     /// Results libzmq may queue per worker.
     pub socket_hwm: i32,
+    /// CURVE on every endpoint, with the workers' keys allowed.
+    pub curve: Option<CurveServer>,
 }
 
 impl Default for SinkConfig {
@@ -731,6 +768,7 @@ impl Default for SinkConfig {
         Self {
             bind: vec![DEFAULT_SINK.into()],
             socket_hwm: 100_000,
+            curve: None,
         }
     }
 }
@@ -769,6 +807,15 @@ pub enum SinkItem {
 pub struct Sink {
     pull: zmq::Socket,
     endpoints: Vec<String>,
+    zap: Option<ZapHandler>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(zap) = self.zap.take() {
+            zap.stop(&[&self.pull]);
+        }
+    }
 }
 
 impl std::fmt::Debug for Sink {
@@ -785,13 +832,21 @@ impl Sink {
         if config.bind.is_empty() {
             return Err(Error::InvalidConfig("the sink needs an endpoint".into()));
         }
-        let pull = pipeline_socket(&sockets::context(), zmq::PULL, config.socket_hwm, "results")?;
+        let curve = config.curve.as_ref();
+        security::check_endpoints(curve, &config.bind)?;
+        let ctx = security::server_context(curve);
+        let pull = pipeline_socket(&ctx, zmq::PULL, config.socket_hwm, "results")?;
+        let zap = security::secure(curve, &ctx, &[&pull], &[&pull])?;
         let endpoints = config
             .bind
             .iter()
             .map(|e| sockets::bind(&pull, e))
             .collect::<Result<_>>()?;
-        Ok(Self { pull, endpoints })
+        Ok(Self {
+            pull,
+            endpoints,
+            zap,
+        })
     }
 
     /// The endpoints actually bound.

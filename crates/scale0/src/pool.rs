@@ -7,6 +7,7 @@ use crate::pipeline::{
     ConnectionCounter, DEFAULT_SINK, DEFAULT_VENT, Source, TaskWorker, TaskWorkerConfig,
     TaskWorkerSummary, local_endpoint, pipeline_socket, random_u64,
 };
+use crate::security::{self, CurveClient, CurveServer, KeyPair, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use crate::task::Task;
@@ -28,6 +29,9 @@ pub struct PoolConfig {
     pub map: MapConfig,
     /// How often progress is reported.
     pub progress_every: Duration,
+    /// CURVE on both sockets, with the workers' keys allowed. Local workers get a key
+    /// pair of their own, allowed for this pool only.
+    pub curve: Option<CurveServer>,
 }
 
 impl Default for PoolConfig {
@@ -37,6 +41,7 @@ impl Default for PoolConfig {
             sink: vec![DEFAULT_SINK.into()],
             map: MapConfig::default(),
             progress_every: Duration::from_millis(200),
+            curve: None,
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct Pool {
     config: PoolConfig,
     local: Vec<JoinHandle<Result<TaskWorkerSummary>>>,
     local_stop: Shutdown,
+    local_curve: Option<CurveClient>,
+    zap: Option<ZapHandler>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -117,11 +124,36 @@ impl Pool {
                 "a job needs at least one attempt".into(),
             ));
         }
+        security::check_endpoints(
+            config.curve.as_ref(),
+            config.vent.iter().chain(&config.sink),
+        )?;
+        // Local workers connect like remote ones, so with CURVE they need a key: a fresh
+        // pair, allowed here only.
+        let (curve, local_curve) = match &config.curve {
+            Some(c) => {
+                let pair = KeyPair::generate()?;
+                let mut allow = (*c.allow).clone();
+                allow.add(pair.public, "local");
+                let local = CurveClient {
+                    server: c.pair.public,
+                    pair,
+                };
+                let server = CurveServer {
+                    pair: c.pair.clone(),
+                    allow: Arc::new(allow),
+                };
+                (Some(server), Some(local))
+            }
+            None => (None, None),
+        };
+        let ctx = security::server_context(curve.as_ref());
         // The map bounds what is queued by credit; the socket itself need not hold back.
-        let ctx = sockets::context();
         let push = pipeline_socket(&ctx, zmq::PUSH, 100_000, "jobs")?;
-        let connections = ConnectionCounter::watch(&ctx, &push, "jobs")?;
+        let connections = ConnectionCounter::watch(&ctx, &push, "jobs", curve.is_some())?;
         let pull = pipeline_socket(&ctx, zmq::PULL, 100_000, "reports")?;
+        // The push socket's monitor is the counter's, which logs its refusals itself.
+        let zap = security::secure(curve.as_ref(), &ctx, &[&push, &pull], &[&pull])?;
         let vent = config
             .vent
             .iter()
@@ -141,6 +173,8 @@ impl Pool {
             config,
             local: Vec::new(),
             local_stop: Shutdown::new(),
+            local_curve,
+            zap,
         })
     }
 
@@ -163,6 +197,7 @@ impl Pool {
         };
         for i in 0..n {
             let mut config = TaskWorkerConfig::new(source.clone());
+            config.curve.clone_from(&self.local_curve);
             config.name = Some(format!(
                 "local.{}.{i}.{:04x}",
                 std::process::id(),
@@ -345,6 +380,9 @@ impl Drop for Pool {
                 Ok(Err(e)) => info!(error = %e, "local worker failed"),
                 Err(_) => info!("a local worker panicked"),
             }
+        }
+        if let Some(zap) = self.zap.take() {
+            zap.stop(&[&self.pull]);
         }
     }
 }

@@ -3,11 +3,12 @@
 
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
+use crate::pipeline::ConnectionCounter;
+use crate::security::{self, CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use scale0_proto::PeerId;
 use scale0_proto::queue::{self as core, Counters, Dest};
-use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{debug, info};
 
 /// Where the queue listens and how it behaves.
@@ -23,6 +24,8 @@ pub struct QueueConfig {
     pub core: core::Config,
     /// Messages libzmq may queue per peer in each direction.
     pub socket_hwm: i32,
+    /// CURVE on all three sockets, with the clients', servers' and workers' keys allowed.
+    pub curve: Option<CurveServer>,
 }
 
 impl Default for QueueConfig {
@@ -33,6 +36,7 @@ impl Default for QueueConfig {
             workers: vec!["tcp://*:5556".into()],
             core: core::Config::default(),
             socket_hwm: 100_000,
+            curve: None,
         }
     }
 }
@@ -53,14 +57,18 @@ pub struct Queue {
     frontend: zmq::Socket,
     backend: zmq::Socket,
     workers: zmq::Socket,
-    monitor: zmq::Socket,
+    servers: ConnectionCounter,
     endpoints: QueueEndpoints,
     config: QueueConfig,
+    zap: Option<ZapHandler>,
 }
 
 impl Drop for Queue {
     fn drop(&mut self) {
         sockets::stop_monitor(&self.backend);
+        if let Some(zap) = self.zap.take() {
+            zap.stop(&[&self.frontend, &self.workers]);
+        }
     }
 }
 
@@ -72,8 +80,8 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-fn socket(kind: zmq::SocketType, hwm: i32, what: &str) -> Result<zmq::Socket> {
-    let s = sockets::context()
+fn socket(ctx: &zmq::Context, kind: zmq::SocketType, hwm: i32, what: &str) -> Result<zmq::Socket> {
+    let s = ctx
         .socket(kind)
         .context(|| format!("creating the {what} socket"))?;
     s.set_linger(0).context(|| "setting LINGER".into())?;
@@ -94,35 +102,37 @@ impl Queue {
                 "the queue needs a frontend and a backend endpoint".into(),
             ));
         }
+        let curve = config.curve.as_ref();
+        security::check_endpoints(
+            curve,
+            config
+                .frontend
+                .iter()
+                .chain(&config.backend)
+                .chain(&config.workers),
+        )?;
+        let ctx = security::server_context(curve);
         let hwm = config.socket_hwm;
-        let frontend = socket(zmq::ROUTER, hwm, "frontend")?;
+        let frontend = socket(&ctx, zmq::ROUTER, hwm, "frontend")?;
         // Replies to a client that left fail loudly instead of vanishing.
         frontend
             .set_router_mandatory(true)
             .context(|| "setting ROUTER_MANDATORY".into())?;
-        let backend = socket(zmq::DEALER, hwm, "backend")?;
-        let workers = socket(zmq::ROUTER, hwm, "workers")?;
+        let backend = socket(&ctx, zmq::DEALER, hwm, "backend")?;
+        let workers = socket(&ctx, zmq::ROUTER, hwm, "workers")?;
         workers
             .set_router_mandatory(true)
             .context(|| "setting ROUTER_MANDATORY".into())?;
         // The REP servers cannot be told apart, only counted: connections accepted and
-        // lost on the backend.
-        static MONITORS: AtomicU64 = AtomicU64::new(0);
-        let addr = format!(
-            "inproc://scale0-queue-backend-{}",
-            MONITORS.fetch_add(1, Ordering::Relaxed)
-        );
-        let events = i32::from(zmq::SocketEvent::ACCEPTED.to_raw())
-            | i32::from(zmq::SocketEvent::DISCONNECTED.to_raw());
-        backend
-            .monitor(&addr, events)
-            .context(|| "monitoring the backend".into())?;
-        let monitor = sockets::context()
-            .socket(zmq::PAIR)
-            .context(|| "creating the monitor socket".into())?;
-        monitor
-            .connect(&addr)
-            .context(|| format!("connecting {addr}"))?;
+        // lost on the backend. That monitor also logs the backend's refused handshakes.
+        let servers = ConnectionCounter::watch(&ctx, &backend, "backend", curve.is_some())?;
+        // The handler is up before anything can connect.
+        let zap = security::secure(
+            curve,
+            &ctx,
+            &[&frontend, &backend, &workers],
+            &[&frontend, &workers],
+        )?;
         let endpoints = QueueEndpoints {
             frontend: bind_all(&frontend, &config.frontend)?,
             backend: bind_all(&backend, &config.backend)?,
@@ -132,9 +142,10 @@ impl Queue {
             frontend,
             backend,
             workers,
-            monitor,
+            servers,
             endpoints,
             config,
+            zap,
         })
     }
 
@@ -144,10 +155,9 @@ impl Queue {
     }
 
     /// Serves until `shutdown` is triggered; returns the final counters.
-    pub fn run(self, shutdown: &Shutdown) -> Result<Counters> {
+    pub fn run(mut self, shutdown: &Shutdown) -> Result<Counters> {
         let clock = Clock::new();
         let mut core = core::Queue::new(self.config.core.clone(), clock.now());
-        let mut servers: i64 = 0;
         info!(endpoints = ?self.endpoints, "queue running");
         while !shutdown.is_triggered() {
             let wait = clock.wait_ms(Some(core.poll_timeout()));
@@ -155,23 +165,11 @@ impl Queue {
                 self.frontend.as_poll_item(zmq::POLLIN),
                 self.backend.as_poll_item(zmq::POLLIN),
                 self.workers.as_poll_item(zmq::POLLIN),
-                self.monitor.as_poll_item(zmq::POLLIN),
+                self.servers.poll_item(),
             ];
             sockets::poll(&mut items, wait).context(|| "polling the queue sockets".into())?;
-            while let Some(event) = sockets::try_recv(&self.monitor)? {
-                // Event frame: u16 event id, u32 value (then a frame with the endpoint).
-                let id = event
-                    .first()
-                    .and_then(|f| f.get(..2))
-                    .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
-                if id == zmq::SocketEvent::ACCEPTED.to_raw() {
-                    servers += 1;
-                } else if id == zmq::SocketEvent::DISCONNECTED.to_raw() {
-                    servers = (servers - 1).max(0);
-                } else {
-                    continue;
-                }
-                core.servers_connected(clock.now(), usize::try_from(servers).unwrap_or(0));
+            if let Some(n) = self.servers.update()? {
+                core.servers_connected(clock.now(), n);
             }
             while let Some(frames) = sockets::try_recv(&self.backend)? {
                 core.handle_server(clock.now(), frames);

@@ -271,6 +271,77 @@ pub(crate) fn apply_client(socket: &zmq::Socket, curve: Option<&CurveClient>) ->
     curve.map_or(Ok(()), |c| c.apply(socket))
 }
 
+/// The context for a server's sockets: its own with CURVE (a context has one ZAP
+/// handler, so two CURVE servers in one process must not share one), else the
+/// process-wide one.
+pub(crate) fn server_context(curve: Option<&CurveServer>) -> zmq::Context {
+    match curve {
+        Some(_) => zmq::Context::new(),
+        None => crate::sockets::context(),
+    }
+}
+
+/// Refuses CURVE on `inproc://` endpoints, which never handshake.
+pub(crate) fn check_endpoints<'a>(
+    curve: Option<&CurveServer>,
+    endpoints: impl IntoIterator<Item = &'a String>,
+) -> Result<()> {
+    if curve.is_some() && endpoints.into_iter().any(|e| e.starts_with("inproc://")) {
+        return Err(Error::InvalidConfig(
+            "CURVE secures tcp:// and ipc:// endpoints; inproc:// peers share the process, drop --curve-* or the inproc endpoint".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Puts CURVE on every one of `sockets` (before they bind) and starts the ZAP handler of
+/// `ctx`, which also logs the handshake failures of `watched` (those of `sockets` that
+/// have no monitor of their own: a socket has one monitor at most). `None` without CURVE.
+pub(crate) fn secure(
+    curve: Option<&CurveServer>,
+    ctx: &zmq::Context,
+    sockets: &[&zmq::Socket],
+    watched: &[&zmq::Socket],
+) -> Result<Option<ZapHandler>> {
+    let Some(curve) = curve else {
+        return Ok(None);
+    };
+    for s in sockets {
+        curve.apply(s)?;
+    }
+    ZapHandler::start(ctx, Arc::clone(&curve.allow), watched).map(Some)
+}
+
+/// Monitor events that mean a peer was refused before ZAP was asked.
+pub(crate) const HANDSHAKE_FAILURES: i32 = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
+    | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32;
+
+/// Logs the handshake failures read off a CURVE server's monitor, rate-limited.
+#[derive(Default)]
+pub(crate) struct HandshakeLog {
+    quiet: Quiet,
+}
+
+impl HandshakeLog {
+    /// Logs `event` (a monitor message: event frame, then the address) if it is a
+    /// handshake failure; other events are ignored.
+    pub(crate) fn event<F: AsRef<[u8]>>(&mut self, event: &[F]) {
+        if let [head, address, ..] = event
+            && let (Some(e), Some(v)) = (head.as_ref().get(0..2), head.as_ref().get(2..6))
+        {
+            let event = u16::from_ne_bytes([e[0], e[1]]);
+            let value = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+            let Some((kind, why)) = handshake_failure(event, value) else {
+                return;
+            };
+            let address = String::from_utf8_lossy(address.as_ref());
+            self.quiet.log(kind, || {
+                warn!(%address, code = format!("{value:#x}"), "refused a connection: {why}");
+            });
+        }
+    }
+}
+
 /// The ZAP handler of one context: a thread answering libzmq's authentication requests
 /// from an allowlist until dropped.
 pub(crate) struct ZapHandler {
@@ -303,8 +374,7 @@ impl ZapHandler {
             .bind(ZAP_ENDPOINT)
             .context(|| format!("binding {ZAP_ENDPOINT}"))?;
         // Refusals by the allowlist are logged by `answer`, with the key.
-        let failures = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
-            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32;
+        let failures = HANDSHAKE_FAILURES;
         let mut monitors = Vec::with_capacity(watched.len());
         for s in watched {
             let addr = format!(
@@ -353,6 +423,7 @@ impl Drop for ZapHandler {
 
 fn serve(socket: &zmq::Socket, monitors: &[zmq::Socket], allow: &Allowlist, stop: &AtomicBool) {
     let mut quiet = Quiet::default();
+    let mut handshakes = HandshakeLog::default();
     while !stop.load(Ordering::Relaxed) {
         let mut items = vec![socket.as_poll_item(zmq::POLLIN)];
         items.extend(monitors.iter().map(|m| m.as_poll_item(zmq::POLLIN)));
@@ -362,14 +433,7 @@ fn serve(socket: &zmq::Socket, monitors: &[zmq::Socket], allow: &Allowlist, stop
         let ready: Vec<bool> = items.iter().map(zmq::PollItem::is_readable).collect();
         for (m, _) in monitors.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
             while let Ok(event) = m.recv_multipart(zmq::DONTWAIT) {
-                if let [head, address, ..] = event.as_slice()
-                    && let (Some(e), Some(v)) = (head.get(0..2), head.get(2..6))
-                {
-                    let event = u16::from_ne_bytes([e[0], e[1]]);
-                    let value = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
-                    let address = String::from_utf8_lossy(address);
-                    quiet.log(event, || log_handshake_failure(event, value, &address));
-                }
+                handshakes.event(&event);
             }
         }
         if !ready[0] {
@@ -465,19 +529,35 @@ fn answer(request: &[Vec<u8>], allow: &Allowlist, quiet: &mut Quiet) -> Vec<Vec<
     }
 }
 
-/// Logs the handshake failures a CURVE server's monitor reports: plaintext peers and
-/// peers with the wrong server key never reach ZAP.
-fn log_handshake_failure(event: u16, value: u32, address: &str) {
-    let why = match u32::from(event) {
-        e if e == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u32 => {
-            "protocol error (a plaintext peer, or a different security mechanism)"
-        }
-        e if e == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u32 => {
-            "handshake failed (a wrong server key, or garbage)"
-        }
-        _ => return,
-    };
-    warn!(%address, code = value, "refused a connection: {why}");
+/// What a handshake failure a CURVE server's monitor reports means: plaintext peers and
+/// peers with the wrong server key never reach ZAP. A plaintext peer shows either as a
+/// mechanism mismatch or, when its side notices first and hangs up, as a broken-off
+/// handshake. Returns a rate-limit kind (apart from the `REFUSED_*` ones) and the reason.
+fn handshake_failure(event: u16, value: u32) -> Option<(u16, &'static str)> {
+    // ZMQ_PROTOCOL_ERROR_* values of zmq.h.
+    const MECHANISM_MISMATCH: u32 = 0x1100_0002;
+    const CRYPTOGRAPHIC: u32 = 0x1100_0001;
+    let event32 = u32::from(event);
+    if event32 == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u32 {
+        return Some((
+            0x10,
+            "the peer broke off the handshake (a plaintext peer, or a network error)",
+        ));
+    }
+    if event32 != zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u32 {
+        return None;
+    }
+    Some(match value {
+        MECHANISM_MISMATCH => (
+            0x11,
+            "a plaintext peer, or one with another security mechanism",
+        ),
+        CRYPTOGRAPHIC => (
+            0x12,
+            "its hello did not decrypt: a peer given a wrong server key",
+        ),
+        _ => (0x13, "protocol error in the handshake"),
+    })
 }
 
 fn decode_key(text: &str) -> Option<[u8; 32]> {
@@ -566,6 +646,30 @@ mod tests {
 
     fn answer_once(request: &[Vec<u8>], allow: &Allowlist) -> Vec<Vec<u8>> {
         answer(request, allow, &mut Quiet::default())
+    }
+
+    #[test]
+    fn handshake_failures_are_told_apart_by_their_protocol_code() {
+        let protocol = zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw();
+        let broken = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw();
+        let why = |e, v| handshake_failure(e, v).map(|(_, w)| w).unwrap_or_default();
+        assert!(why(protocol, 0x1100_0002).contains("plaintext peer"));
+        assert!(why(broken, 104).contains("plaintext peer"));
+        assert!(why(protocol, 0x1100_0001).contains("wrong server key"));
+        assert!(why(protocol, 0x1000_0013).contains("protocol error"));
+        assert!(handshake_failure(zmq::SocketEvent::ACCEPTED.to_raw(), 7).is_none());
+        // Each reason is rate-limited on its own, apart from the ZAP refusals.
+        let kinds: std::collections::BTreeSet<u16> = [
+            (protocol, 0x1100_0002),
+            (protocol, 0x1100_0001),
+            (protocol, 1),
+            (broken, 0),
+        ]
+        .iter()
+        .filter_map(|&(e, v)| handshake_failure(e, v).map(|(k, _)| k))
+        .chain([REFUSED_KEY, REFUSED_MECHANISM])
+        .collect();
+        assert_eq!(kinds.len(), 6);
     }
 
     #[test]
