@@ -95,6 +95,10 @@ pub(crate) struct Args {
     /// instead of inline on its socket thread, which suits a handler as quick as an echo.
     #[arg(long)]
     handler_thread: bool,
+    /// Requests the broker may send each worker before it replies (`scale0 worker
+    /// --capacity`).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    worker_capacity: u32,
     /// Broker scenario: run the broker, every worker and every client as a process of
     /// its own (this binary) instead of threads of this one.
     #[arg(long)]
@@ -129,6 +133,7 @@ impl Case {
             Scenario::Broker => bench::broker(
                 args.connect.as_deref(),
                 !args.handler_thread,
+                args.worker_capacity,
                 self.workers,
                 self.clients,
                 self.in_flight,
@@ -523,6 +528,7 @@ mod processes {
                 &service,
                 "--echo",
             ])
+            .args(["--capacity", &args.worker_capacity.to_string()])
             .stdout(Stdio::null());
             if !args.handler_thread {
                 cmd.arg("--inline");

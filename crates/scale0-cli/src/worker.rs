@@ -32,6 +32,11 @@ pub(crate) struct Args {
     /// Independent workers to run in this process, each with its own connection.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
+    /// Requests the broker may send each worker before it replies; they are handled one
+    /// after another. Above 1 a fast handler never waits for its next request (scale0
+    /// brokers only: it adds a `capacity=N` frame to READY).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    capacity: u32,
     /// Interval between heartbeats to the broker, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat_interval_ms: u64,
@@ -56,6 +61,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     config.heartbeat_interval_ms = args.heartbeat_interval_ms;
     config.heartbeat_liveness = args.heartbeat_liveness;
     config.inline = args.inline;
+    config.capacity = args.capacity;
     config.grace_ms = args.grace_ms;
     config.curve = args.curve.load()?;
     // Validate once, before any thread starts.

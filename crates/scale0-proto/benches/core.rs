@@ -75,7 +75,10 @@ fn dispatch(c: &mut Criterion) {
                 .map(|i| PeerId::new(Bytes::from(format!("worker-{i}"))).unwrap())
                 .collect();
             for w in &names {
-                let ready = Message::Worker(WorkerCommand::Ready { service: service() });
+                let ready = Message::Worker(WorkerCommand::Ready {
+                    service: service(),
+                    capacity: 1,
+                });
                 broker.handle_message(now, ready.encode_to(w));
             }
             while broker.poll_transmit().is_some() {}

@@ -212,7 +212,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in the order counters are reported.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         Self::TooLarge,
         Self::Malformed(DecodeError::BadRoutingId),
         Self::Malformed(DecodeError::NoDelimiter),
@@ -225,6 +225,7 @@ impl DropReason {
         Self::Malformed(DecodeError::BadRequestId),
         Self::Malformed(DecodeError::BadDeadline),
         Self::Malformed(DecodeError::UnknownStatus),
+        Self::Malformed(DecodeError::BadCapacity),
         Self::WrongDirection,
         Self::Unroutable,
         Self::PartialForV1Client,
@@ -248,6 +249,7 @@ impl DropReason {
             Self::Malformed(DecodeError::BadRequestId) => "bad_request_id",
             Self::Malformed(DecodeError::BadDeadline) => "bad_deadline",
             Self::Malformed(DecodeError::UnknownStatus) => "unknown_status",
+            Self::Malformed(DecodeError::BadCapacity) => "bad_capacity",
             Self::WrongDirection => "wrong_direction",
             Self::Unroutable => "unroutable",
             Self::PartialForV1Client => "partial_for_v1_client",
@@ -415,6 +417,17 @@ impl Request {
     }
 }
 
+/// A request a worker holds.
+#[derive(Debug)]
+struct Held {
+    /// The address the worker was given to echo: the client's own for a worker of
+    /// capacity 1, else a tag of the broker's making.
+    tag: PeerId,
+    request: Request,
+    /// When the worker must have answered it.
+    deadline: Instant,
+}
+
 /// A registered worker.
 #[derive(Debug)]
 struct Worker {
@@ -422,16 +435,41 @@ struct Worker {
     version: Version,
     /// When a silent worker is expired.
     expiry: Instant,
-    /// The request it is working on; a worker holds at most one.
-    held: Option<Request>,
-    /// When the held request's deadline passes.
-    deadline: Instant,
+    /// Requests it may hold at once (1 unless its READY said more).
+    capacity: usize,
+    /// The requests it is working on, oldest first; at most `capacity`.
+    held: Vec<Held>,
     /// Whether it has heartbeated while holding a request. Such a worker (ours do) is
     /// expired for silence even when busy; one that does not (the reference
     /// single-threaded workers) is bounded by the request deadline alone.
     heartbeats_while_busy: bool,
     /// When it last became idle or busy (for `mmi.status`).
     since: Instant,
+}
+
+impl Worker {
+    fn is_busy(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    fn has_credit(&self) -> bool {
+        self.held.len() < self.capacity
+    }
+
+    /// When the earliest of its requests is due.
+    fn deadline(&self) -> Option<Instant> {
+        self.held.iter().map(|h| h.deadline).min()
+    }
+
+    /// Where the request a reply or partial echoing `address` is for sits in `held`.
+    /// A worker of capacity 1 answers the request it holds, whatever it echoes: it can
+    /// only ever reach the client it was sent.
+    fn find(&self, address: &PeerId) -> Option<usize> {
+        if self.capacity == 1 {
+            return (!self.held.is_empty()).then_some(0);
+        }
+        self.held.iter().position(|h| h.tag == *address)
+    }
 }
 
 /// A named service: its waiting requests and its idle workers, least recently used first.
@@ -637,6 +675,8 @@ pub struct Broker {
     started: Instant,
     /// Stopping: new requests are refused, accepted ones still served.
     draining: bool,
+    /// The last tag given to a request sent to a worker of capacity above 1.
+    last_tag: u64,
     counters: Counters,
 }
 
@@ -658,6 +698,7 @@ impl Broker {
             next_purge: None,
             started: now,
             draining: false,
+            last_tag: 0,
             counters: Counters::default(),
         }
     }
@@ -790,7 +831,12 @@ impl Broker {
 
     /// Workers holding a request.
     pub fn busy_workers(&self) -> usize {
-        self.workers.values().filter(|w| w.held.is_some()).count()
+        self.workers.values().filter(|w| w.is_busy()).count()
+    }
+
+    /// Requests held by workers.
+    pub fn held_requests(&self) -> usize {
+        self.workers.values().map(|w| w.held.len()).sum()
     }
 
     /// Native requests in progress, and native answers kept for retries.
@@ -814,7 +860,7 @@ impl Broker {
     /// Accepted requests not answered yet: queued, or held by a worker.
     pub fn outstanding(&self) -> usize {
         let queued: usize = self.services.values().map(|s| s.requests.len()).sum();
-        queued + self.busy_workers()
+        queued + self.held_requests()
     }
 
     /// Ends every outstanding request with [`FailReason::ShuttingDown`] (native clients
@@ -829,9 +875,7 @@ impl Broker {
             ended.extend(s.requests.drain(..).map(|r| (name.clone(), r)));
         }
         for w in self.workers.values_mut() {
-            if let Some(r) = w.held.take() {
-                ended.push((w.service.clone(), r));
-            }
+            ended.extend(w.held.drain(..).map(|h| (w.service.clone(), h.request)));
         }
         for (service, request) in ended {
             self.finish(
@@ -852,7 +896,11 @@ impl Broker {
                 name: name.clone(),
                 queued: s.requests.len(),
                 workers: s.workers,
-                idle: s.idle.len(),
+                idle: self
+                    .workers
+                    .values()
+                    .filter(|w| w.service == *name && !w.is_busy())
+                    .count(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1266,10 +1314,12 @@ impl Broker {
             for (j, (peer, w)) in workers.into_iter().enumerate() {
                 let _ = write!(
                     out,
-                    "{}{{\"id\":\"{peer}\",\"state\":\"{}\",\"since_ms\":{}}}",
+                    "{}{{\"id\":\"{peer}\",\"state\":\"{}\",\"since_ms\":{},\"held\":{},\"capacity\":{}}}",
                     if j > 0 { "," } else { "" },
-                    if w.held.is_some() { "busy" } else { "idle" },
-                    ms(now.saturating_since(w.since))
+                    if w.is_busy() { "busy" } else { "idle" },
+                    ms(now.saturating_since(w.since)),
+                    w.held.len(),
+                    w.capacity
                 );
             }
             out.push_str("]}");
@@ -1550,10 +1600,10 @@ impl Broker {
             w.expiry = now + self.config.worker_expiry();
         }
         match cmd {
-            WorkerCommand::Ready { service }
+            WorkerCommand::Ready { service, capacity }
                 if !known && !service.is_mmi() && self.ensure_service(now, &service) =>
             {
-                debug!(worker = %peer, %service, ?version, "worker ready");
+                debug!(worker = %peer, %service, ?version, capacity, "worker ready");
                 self.counters.workers_registered += 1;
                 self.workers.insert(
                     peer.clone(),
@@ -1561,8 +1611,8 @@ impl Broker {
                         service: service.clone(),
                         version,
                         expiry: now,
-                        held: None,
-                        deadline: now,
+                        capacity: usize::try_from(capacity.max(1)).unwrap_or(1),
+                        held: Vec::new(),
                         heartbeats_while_busy: false,
                         since: now,
                     },
@@ -1585,29 +1635,31 @@ impl Broker {
                 self.make_idle(now, peer);
                 self.dispatch(now, &service);
             }
-            WorkerCommand::Reply { body, .. } if self.holds_request(peer) => {
+            WorkerCommand::Reply { client, body } if self.holds_request(peer, &client) => {
                 let Some(w) = self.workers.get_mut(peer) else {
                     return;
                 };
                 let service = w.service.clone();
-                if let Some(req) = w.held.take() {
-                    // Route to the client the request came from, whatever address the
-                    // worker echoed: a worker cannot reach clients it was not sent.
-                    if self.is_live(&req) {
-                        self.finish(now, &service, &req, Outcome::Reply(body));
+                let was_full = !w.has_credit();
+                if let Some(i) = w.find(&client) {
+                    // Route to the client the request came from: a worker cannot reach
+                    // clients it was not sent.
+                    let held = w.held.remove(i);
+                    if self.is_live(&held.request) {
+                        self.finish(now, &service, &held.request, Outcome::Reply(body));
                     } else {
                         self.drop_message(DropReason::LateReply, 0);
                     }
                 }
-                self.make_idle(now, peer);
+                self.replied(now, peer, was_full);
                 self.dispatch(now, &service);
             }
-            WorkerCommand::Partial { body, .. } if self.holds_request(peer) => {
-                self.relay_partial(peer, body);
+            WorkerCommand::Partial { client, body } if self.holds_request(peer, &client) => {
+                self.relay_partial(peer, &client, body);
             }
             WorkerCommand::Heartbeat if known => {
                 if let Some(w) = self.workers.get_mut(peer)
-                    && w.held.is_some()
+                    && w.is_busy()
                 {
                     w.heartbeats_while_busy = true;
                     let expiry = w.expiry;
@@ -1639,11 +1691,11 @@ impl Broker {
         }
     }
 
-    fn relay_partial(&mut self, peer: &PeerId, body: Body) {
+    fn relay_partial(&mut self, peer: &PeerId, address: &PeerId, body: Body) {
         let Some(w) = self.workers.get(peer) else {
             return;
         };
-        let Some(req) = w.held.as_ref() else {
+        let Some(req) = w.find(address).map(|i| &w.held[i].request) else {
             return;
         };
         if !self.is_live(req) {
@@ -1674,11 +1726,33 @@ impl Broker {
         self.push(Transmit { frames });
     }
 
-    fn holds_request(&self, peer: &PeerId) -> bool {
-        self.workers.get(peer).is_some_and(|w| w.held.is_some())
+    /// Whether `peer` holds the request that `address` (echoed in a reply) names.
+    fn holds_request(&self, peer: &PeerId, address: &PeerId) -> bool {
+        self.workers
+            .get(peer)
+            .is_some_and(|w| w.find(address).is_some())
     }
 
-    /// Puts a worker at the back of its service's idle list (most recently used).
+    /// A worker answered one of its requests: it is a sign of life, and a worker that was
+    /// full has credit again, so it goes to the back of the list of workers with credit.
+    fn replied(&mut self, now: Instant, peer: &PeerId, was_full: bool) {
+        let Some(w) = self.workers.get_mut(peer) else {
+            return;
+        };
+        if !w.is_busy() {
+            w.since = now;
+        }
+        if was_full {
+            self.make_idle(now, peer);
+        } else {
+            w.expiry = now + self.config.worker_expiry();
+            let expiry = w.expiry;
+            self.arm(Some(expiry));
+        }
+    }
+
+    /// Puts a worker at the back of its service's list of workers with credit (most
+    /// recently used); workers of capacity 1 in it are idle.
     fn make_idle(&mut self, now: Instant, peer: &PeerId) {
         let Some(w) = self.workers.get_mut(peer) else {
             return;
@@ -1722,13 +1796,28 @@ impl Broker {
             };
             self.counters.dispatched += 1;
             req.attempts += 1;
+            let tag = if w.capacity == 1 {
+                req.client.clone()
+            } else {
+                self.last_tag += 1;
+                tag(self.last_tag)
+            };
             let cmd = WorkerCommand::Request {
-                client: req.client.clone(),
+                client: tag.clone(),
                 body: req.body.clone(),
             };
-            w.held = Some(req);
-            w.deadline = deadline;
-            w.since = now;
+            if !w.is_busy() {
+                w.since = now;
+            }
+            w.held.push(Held {
+                tag,
+                request: req,
+                deadline,
+            });
+            if w.has_credit() {
+                // Round robin among the workers with room.
+                s.idle.push_back(peer.clone());
+            }
             armed = Some(deadline);
             let version = w.version;
             self.push(to_worker(&peer, version, cmd));
@@ -1760,7 +1849,11 @@ impl Broker {
             }
             s.idle.retain(|p| p != peer);
         }
-        if let Some(mut req) = w.held {
+        // Newest first, each to the head of the line: the oldest ends up first.
+        for Held {
+            request: mut req, ..
+        } in w.held.into_iter().rev()
+        {
             if !self.is_live(&req) {
                 // Already answered; nothing to redeliver.
             } else if req.attempts >= self.config.max_attempts {
@@ -1824,10 +1917,10 @@ impl Broker {
         let mut expired = Vec::new();
         let mut overdue = Vec::new();
         for (peer, w) in &self.workers {
-            let silent = w.expiry <= now && (w.held.is_none() || w.heartbeats_while_busy);
+            let silent = w.expiry <= now && (!w.is_busy() || w.heartbeats_while_busy);
             if silent {
                 expired.push(peer.clone());
-            } else if w.held.is_some() && w.deadline <= now {
+            } else if w.deadline().is_some_and(|d| d <= now) {
                 overdue.push(peer.clone());
             }
         }
@@ -1844,14 +1937,14 @@ impl Broker {
         }
         self.expire_waiting(now);
         let wait = self.config.unknown_service_wait();
-        let workers = self
-            .workers
-            .values()
-            .map(|w| match (&w.held, w.heartbeats_while_busy) {
-                (None, _) => w.expiry,
-                (Some(_), true) => w.expiry.min(w.deadline),
-                (Some(_), false) => w.deadline,
-            });
+        let workers =
+            self.workers
+                .values()
+                .map(|w| match (w.deadline(), w.heartbeats_while_busy) {
+                    (None, _) => w.expiry,
+                    (Some(d), true) => w.expiry.min(d),
+                    (Some(d), false) => d,
+                });
         let waiting = self
             .services
             .values()
@@ -1906,6 +1999,15 @@ fn mdp_reply(version: Version, kind: ClientKind, m: ClientMessage) -> Message {
         Version::V1 => Message::Client(m),
         Version::V2 => Message::Client2(kind, m),
     }
+}
+
+/// The address a request to a worker of capacity above 1 carries, for the worker to echo:
+/// `s0` and a number no other request of this broker run has.
+fn tag(n: u64) -> PeerId {
+    let mut b = Vec::with_capacity(10);
+    b.extend_from_slice(b"s0");
+    b.extend_from_slice(&n.to_be_bytes());
+    PeerId::new(b).unwrap_or_else(|_| unreachable!("10 bytes is a valid address"))
 }
 
 fn to_worker(peer: &PeerId, version: Version, cmd: WorkerCommand) -> Transmit {

@@ -60,6 +60,10 @@ pub enum DecodeError {
     /// A native ERROR whose status word is not one of the documented ones.
     #[error("unknown status")]
     UnknownStatus,
+    /// A READY capacity frame that is not `capacity=N` with N from 1 to
+    /// [`MAX_WORKER_CAPACITY`].
+    #[error("bad capacity")]
+    BadCapacity,
 }
 
 /// `bytes` if it is 1 to `max` bytes long, else `err`: the rule every name and id here follows.
@@ -159,6 +163,8 @@ pub const CLIENT_HEADER_V2: &[u8] = b"MDPC02";
 pub const WORKER_HEADER_V2: &[u8] = b"MDPW02";
 /// Header of the scale0 native client protocol, version 1 (`docs/protocol.md`).
 pub const NATIVE_HEADER: &[u8] = b"S0C1";
+/// The most requests a worker may ask to hold at once (the READY `capacity=N` frame).
+pub const MAX_WORKER_CAPACITY: u32 = 1024;
 /// The longest request id of the native protocol, in bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
@@ -169,6 +175,10 @@ pub enum WorkerCommand {
     Ready {
         /// The service the worker offers.
         service: ServiceName,
+        /// Requests it takes at once (scale0's extension: a `capacity=N` frame after the
+        /// service name, absent for 1). Above 1 the broker sends it up to this many before
+        /// a reply, each with an address of the broker's making to echo.
+        capacity: u32,
     },
     /// Broker → worker: a request from `client`.
     Request {
@@ -459,8 +469,8 @@ impl Message {
     pub fn service(&self) -> Option<&ServiceName> {
         match self {
             Self::Client(m) | Self::Client2(ClientKind::Request, m) => Some(&m.service),
-            Self::Worker(WorkerCommand::Ready { service })
-            | Self::Worker2(WorkerCommand::Ready { service }) => Some(service),
+            Self::Worker(WorkerCommand::Ready { service, .. })
+            | Self::Worker2(WorkerCommand::Ready { service, .. }) => Some(service),
             Self::Native(NativeCommand::Request { service, .. }) => Some(service),
             _ => None,
         }
@@ -603,7 +613,12 @@ fn encode_worker(version: Version, cmd: &WorkerCommand, out: &mut Frames) {
     }
     out.push(Bytes::copy_from_slice(&[code]));
     match cmd {
-        WorkerCommand::Ready { service } => out.push(service.0.clone()),
+        WorkerCommand::Ready { service, capacity } => {
+            out.push(service.0.clone());
+            if *capacity != 1 {
+                out.push(Bytes::from(format!("capacity={capacity}")));
+            }
+        }
         WorkerCommand::Request { client, body }
         | WorkerCommand::Partial { client, body }
         | WorkerCommand::Reply { client, body } => {
@@ -623,6 +638,10 @@ fn decode_worker(
     let cmd = match (version, code) {
         (_, 0x01) => WorkerCommand::Ready {
             service: ServiceName::new(next(&mut it)?)?,
+            capacity: match it.next() {
+                None => 1,
+                Some(frame) => parse_capacity(&frame)?,
+            },
         },
         (_, 0x02) => {
             let (client, body) = addressed(&mut it)?;
@@ -643,6 +662,23 @@ fn decode_worker(
     // READY, HEARTBEAT and DISCONNECT have a fixed number of frames.
     no_more(&mut it)?;
     Ok(cmd)
+}
+
+/// `capacity=N`, N from 1 to [`MAX_WORKER_CAPACITY`].
+fn parse_capacity(frame: &[u8]) -> Result<u32, DecodeError> {
+    let digits = frame
+        .strip_prefix(b"capacity=")
+        .ok_or(DecodeError::BadCapacity)?;
+    if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(DecodeError::BadCapacity);
+    }
+    let n = digits
+        .iter()
+        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    if n == 0 || n > MAX_WORKER_CAPACITY {
+        return Err(DecodeError::BadCapacity);
+    }
+    Ok(n)
 }
 
 fn decode_client2(mut it: impl Iterator<Item = Bytes>) -> Result<Message, DecodeError> {
@@ -817,6 +853,26 @@ mod tests {
                 DecodeError::ExtraFrames,
             ),
             (
+                vec![b(b"MDPW02"), b(&[1]), b(b"s"), b(b"capacity=0")],
+                DecodeError::BadCapacity,
+            ),
+            (
+                vec![b(b"MDPW02"), b(&[1]), b(b"s"), b(b"capacity=1025")],
+                DecodeError::BadCapacity,
+            ),
+            (
+                vec![b(b"MDPW02"), b(&[1]), b(b"s"), b(b"capacity=+3")],
+                DecodeError::BadCapacity,
+            ),
+            (
+                vec![b(b"MDPW02"), b(&[1]), b(b"s"), b(b"slots=3")],
+                DecodeError::BadCapacity,
+            ),
+            (
+                vec![b(b"MDPW02"), b(&[1]), b(b"s"), b(b"capacity=3"), b(b"x")],
+                DecodeError::ExtraFrames,
+            ),
+            (
                 vec![b(b"MDPW02"), b(&[3]), b(b"c"), b(b"x")],
                 DecodeError::NoDelimiter,
             ),
@@ -894,7 +950,8 @@ mod tests {
             ),
             (
                 vec![b(b""), b(b"MDPW01"), b(&[1]), b(b"s"), b(b"extra")],
-                DecodeError::ExtraFrames,
+                // The only frame READY may add is `capacity=N`.
+                DecodeError::BadCapacity,
             ),
             (
                 vec![b(b""), b(b"MDPW01"), b(&[3])],
@@ -975,9 +1032,12 @@ mod tests {
                 })
             }),
             Just(Message::Worker2(WorkerCommand::Disconnect)),
-            name().prop_map(|s| Message::Worker2(WorkerCommand::Ready {
-                service: ServiceName::new(s).unwrap()
-            })),
+            (name(), 1..=MAX_WORKER_CAPACITY).prop_map(|(s, capacity)| Message::Worker2(
+                WorkerCommand::Ready {
+                    service: ServiceName::new(s).unwrap(),
+                    capacity,
+                }
+            )),
         ]
     }
 
@@ -1015,7 +1075,8 @@ mod tests {
                 body
             })),
             name().prop_map(|s| Message::Worker(WorkerCommand::Ready {
-                service: ServiceName::new(s).unwrap()
+                service: ServiceName::new(s).unwrap(),
+                capacity: 1,
             })),
             (name(), body.clone()).prop_map(|(c, body)| Message::Worker(WorkerCommand::Request {
                 client: PeerId::new(c).unwrap(),

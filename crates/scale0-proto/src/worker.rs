@@ -26,6 +26,10 @@ pub struct Config {
     pub reconnect_max_ms: u64,
     /// The Majordomo version to speak; MDP/0.2 can send partial replies.
     pub version: Version,
+    /// Requests the broker may send before a reply (scale0's READY extension; keep 1
+    /// for other brokers). They are handled one after another, in the order they came;
+    /// above 1 the connection carries batches instead of lone requests.
+    pub capacity: u32,
 }
 
 impl Config {
@@ -38,6 +42,7 @@ impl Config {
             reconnect_initial_ms: 100,
             reconnect_max_ms: 5000,
             version: Version::V2,
+            capacity: 1,
         }
     }
 
@@ -94,9 +99,10 @@ pub struct Session {
     config: Config,
     state: State,
     actions: VecDeque<Action>,
-    /// The client whose request the handler is running, and whether that request
-    /// still belongs to the current connection.
-    busy: Option<(PeerId, bool)>,
+    /// The requests handed to the handler and not answered, in order (the handler takes
+    /// them one after another): the address to echo, and whether the request still
+    /// belongs to the current connection.
+    busy: VecDeque<(PeerId, bool)>,
     backoff: Duration,
     counters: Counters,
 }
@@ -109,7 +115,7 @@ impl Session {
             config,
             state: State::Disconnected { reconnect_at: now },
             actions: VecDeque::new(),
-            busy: None,
+            busy: VecDeque::new(),
             backoff,
             counters: Counters::default(),
         }
@@ -120,9 +126,9 @@ impl Session {
         &self.counters
     }
 
-    /// True while the handler runs a request.
+    /// True while the handler runs a request (or has some waiting).
     pub fn is_busy(&self) -> bool {
-        self.busy.is_some()
+        !self.busy.is_empty()
     }
 
     /// True while the session has a registered connection.
@@ -145,7 +151,7 @@ impl Session {
             } => Some(broker_expiry.min(next_heartbeat)),
             // A request from the old connection is still running: reconnecting now would
             // register a worker that cannot take work, so wait for the handler.
-            State::Disconnected { .. } if self.busy.is_some() => None,
+            State::Disconnected { .. } if self.is_busy() => None,
             State::Disconnected { reconnect_at } => Some(reconnect_at),
         }
     }
@@ -154,7 +160,7 @@ impl Session {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
             State::Disconnected { reconnect_at } => {
-                if reconnect_at <= now && self.busy.is_none() {
+                if reconnect_at <= now && !self.is_busy() {
                     self.connect(now);
                 }
             }
@@ -200,14 +206,15 @@ impl Session {
         self.backoff = Duration::from_millis(self.config.reconnect_initial_ms);
         match cmd {
             WorkerCommand::Request { client, body } => {
-                if self.busy.is_some() {
-                    // A broker sends one request at a time; a second one is its mistake,
-                    // and answering it would break the one-at-a-time rule.
-                    warn!("broker sent a request while one is running; ignoring it");
+                let current = self.busy.iter().filter(|(_, current)| *current).count();
+                if current >= self.config.capacity.max(1) as usize {
+                    // A broker sends no more than the capacity; more is its mistake,
+                    // and answering it would break the rule.
+                    warn!("broker sent a request beyond this worker's capacity; ignoring it");
                     return Ok(());
                 }
                 self.counters.requests += 1;
-                self.busy = Some((client.clone(), true));
+                self.busy.push_back((client.clone(), true));
                 self.actions.push_back(Action::Deliver { client, body });
             }
             WorkerCommand::Heartbeat => {}
@@ -228,9 +235,9 @@ impl Session {
         Ok(())
     }
 
-    /// The handler finished the current request with `body`.
+    /// The handler finished the oldest request it was given with `body`.
     pub fn reply(&mut self, now: Instant, body: Body) {
-        let Some((client, current)) = self.busy.take() else {
+        let Some((client, current)) = self.busy.pop_front() else {
             return;
         };
         if current && self.is_connected() {
@@ -247,7 +254,7 @@ impl Session {
     /// The handler reports progress on the current request: a PARTIAL reply. Returns
     /// false when it cannot go out (MDP/0.1, or the connection it belongs to is gone).
     pub fn partial(&mut self, body: Body) -> bool {
-        match &self.busy {
+        match self.busy.front() {
             Some((client, true)) if self.is_connected() && self.config.version == Version::V2 => {
                 let client = client.clone();
                 self.send(WorkerCommand::Partial { client, body });
@@ -273,6 +280,10 @@ impl Session {
         };
         self.send(WorkerCommand::Ready {
             service: self.config.service.clone(),
+            capacity: self
+                .config
+                .capacity
+                .clamp(1, crate::mdp::MAX_WORKER_CAPACITY),
         });
     }
 
@@ -286,7 +297,7 @@ impl Session {
     }
 
     fn mark_abandoned(&mut self) {
-        if let Some((_, current)) = self.busy.as_mut() {
+        for (_, current) in &mut self.busy {
             *current = false;
         }
     }

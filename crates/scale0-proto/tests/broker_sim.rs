@@ -65,6 +65,7 @@ impl Sim {
             worker,
             WorkerCommand::Ready {
                 service: svc(service),
+                capacity: 1,
             },
         );
     }
@@ -1038,6 +1039,7 @@ mod native {
         let mut sim = Sim::new();
         let v2_ready = Message::Worker2(WorkerCommand::Ready {
             service: svc("svc"),
+            capacity: 1,
         });
         sim.broker
             .handle_message(sim.now, v2_ready.encode_to(&peer("w")));
@@ -1120,6 +1122,7 @@ mod native {
         sim.ready("old", "svc");
         let v2_ready = Message::Worker2(WorkerCommand::Ready {
             service: svc("svc"),
+            capacity: 1,
         });
         sim.broker
             .handle_message(sim.now, v2_ready.encode_to(&peer("new")));
@@ -1285,6 +1288,7 @@ mod access {
     fn ready(service: &str) -> Message {
         Message::Worker(WorkerCommand::Ready {
             service: svc(service),
+            capacity: 1,
         })
     }
 
@@ -1356,5 +1360,220 @@ mod access {
         assert!(sent.iter().any(|(to, m)| to == "m"
             && matches!(m, Message::Client(c) if c.body == [b("200")])));
         assert_eq!(sim.broker.counters().dropped(DropReason::Forbidden), 0);
+    }
+}
+
+/// Workers that take several requests at once (READY with `capacity=N`).
+mod credit {
+    use super::*;
+
+    fn ready_with(sim: &mut Sim, worker: &str, service: &str, capacity: u32) {
+        sim.worker(
+            worker,
+            WorkerCommand::Ready {
+                service: svc(service),
+                capacity,
+            },
+        );
+    }
+
+    /// (worker, address to echo, body) of each REQUEST sent since the last call.
+    fn handed(sim: &mut Sim) -> Vec<(String, PeerId, String)> {
+        sim.sent()
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                Message::Worker(WorkerCommand::Request { client, body }) => {
+                    Some((to, client, String::from_utf8(body[0].to_vec()).unwrap()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answer(sim: &mut Sim, worker: &str, tag: &PeerId, body: &str) {
+        sim.worker(
+            worker,
+            WorkerCommand::Reply {
+                client: tag.clone(),
+                body: vec![b(body)],
+            },
+        );
+    }
+
+    /// (client, body) of each reply to a client since the last call.
+    fn replies(sim: &mut Sim) -> Vec<(String, String)> {
+        sim.sent()
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                Message::Client(c) => Some((to, String::from_utf8(c.body[0].to_vec()).unwrap())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_worker_gets_up_to_its_capacity_and_replies_in_any_order_find_their_clients() {
+        let mut sim = Sim::new();
+        ready_with(&mut sim, "W", "echo", 3);
+        for (client, body) in [("A", "a1"), ("A", "a2"), ("B", "b1"), ("C", "c1")] {
+            sim.request(client, "echo", body);
+        }
+        let got = handed(&mut sim);
+        let bodies: Vec<&str> = got.iter().map(|(_, _, b)| b.as_str()).collect();
+        assert_eq!(bodies, ["a1", "a2", "b1"], "three at once, in order");
+        let tags: std::collections::BTreeSet<_> = got.iter().map(|(_, t, _)| t.clone()).collect();
+        assert_eq!(tags.len(), 3, "each has its own address");
+        assert!(
+            got.iter()
+                .all(|(_, t, _)| *t != peer("A") && *t != peer("B")),
+            "the worker sees tags, not client addresses"
+        );
+        assert_eq!(sim.broker.services()[0].queued, 1);
+
+        // The second of client A's replies comes first; each goes where its request came
+        // from, and the freed slot takes the waiting request at once.
+        answer(&mut sim, "W", &got[1].1, "A2");
+        let out = sim.sent();
+        assert!(out.iter().any(|(to, m)| to == "A"
+            && matches!(m, Message::Client(c) if c.body[0] == b("A2"))));
+        let next: Vec<_> = out
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Message::Worker(WorkerCommand::Request { body, .. }) => {
+                    Some((to.clone(), body[0].clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(next, [("W".to_string(), b("c1"))]);
+        answer(&mut sim, "W", &got[2].1, "B1");
+        answer(&mut sim, "W", &got[0].1, "A1");
+        assert_eq!(
+            replies(&mut sim),
+            [("B".into(), "B1".into()), ("A".into(), "A1".into())]
+        );
+        assert_eq!(sim.broker.held_requests(), 1);
+        assert_eq!(sim.broker.outstanding(), 1);
+    }
+
+    #[test]
+    fn workers_with_room_take_turns() {
+        let mut sim = Sim::new();
+        ready_with(&mut sim, "W1", "echo", 2);
+        ready_with(&mut sim, "W2", "echo", 2);
+        for i in 0..5 {
+            sim.request("C", "echo", &format!("r{i}"));
+        }
+        let to: Vec<String> = handed(&mut sim).into_iter().map(|(w, _, _)| w).collect();
+        assert_eq!(
+            to,
+            ["W1", "W2", "W1", "W2"],
+            "round robin up to each one's capacity"
+        );
+        assert_eq!(sim.broker.services()[0].queued, 1);
+        assert_eq!(sim.broker.busy_workers(), 2);
+        assert_eq!(sim.broker.services()[0].idle, 0);
+    }
+
+    #[test]
+    fn a_dead_worker_s_requests_all_go_to_another_oldest_first() {
+        let mut sim = Sim::new();
+        ready_with(&mut sim, "W1", "echo", 3);
+        for i in 0..3 {
+            sim.request("C", "echo", &format!("r{i}"));
+        }
+        assert_eq!(handed(&mut sim).len(), 3);
+        ready_with(&mut sim, "W2", "echo", 1);
+        // W1 says goodbye holding three; W2 gets them one at a time, oldest first.
+        sim.worker("W1", WorkerCommand::Disconnect);
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            let got = handed(&mut sim);
+            assert_eq!(got.len(), 1);
+            let (w, tag, body) = &got[0];
+            assert_eq!(w, "W2");
+            assert_eq!(
+                *tag,
+                peer("C"),
+                "a worker of capacity 1 sees the client address"
+            );
+            answer(&mut sim, "W2", tag, body);
+            order.push(body.clone());
+        }
+        assert_eq!(order, ["r0", "r1", "r2"]);
+        assert_eq!(sim.broker.counters().requeued, 3);
+        assert_eq!(sim.broker.outstanding(), 0);
+    }
+
+    #[test]
+    fn one_overdue_request_disconnects_its_worker_and_the_others_go_elsewhere() {
+        let mut sim = Sim::with(Config {
+            request_timeout_ms: 5000,
+            ..config()
+        });
+        ready_with(&mut sim, "W1", "echo", 2);
+        sim.request("C", "echo", "slow");
+        sim.advance_with(1000, &["W1"]);
+        sim.request("C", "echo", "quick");
+        let got = handed(&mut sim);
+        assert_eq!(got.len(), 2);
+        ready_with(&mut sim, "W2", "echo", 2);
+        // The first request is due at 5000, the second at 6000.
+        sim.advance_with(4999, &["W1", "W2"]);
+        assert!(handed(&mut sim).is_empty());
+        sim.advance_to(5000);
+        let out = sim.sent();
+        assert!(
+            out.iter().any(
+                |(to, m)| to == "W1" && matches!(m, Message::Worker(WorkerCommand::Disconnect))
+            )
+        );
+        let again: Vec<_> = out
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Message::Worker(WorkerCommand::Request { body, .. }) => {
+                    Some((to.as_str(), body[0].clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(again, [("W2", b("slow")), ("W2", b("quick"))]);
+        assert_eq!(sim.broker.counters().request_timeouts, 1);
+    }
+
+    #[test]
+    fn a_reply_with_an_address_the_worker_was_not_given_disconnects_it() {
+        let mut sim = Sim::new();
+        ready_with(&mut sim, "W", "echo", 2);
+        sim.request("C", "echo", "r");
+        let got = handed(&mut sim);
+        answer(&mut sim, "W", &peer("C"), "forged");
+        let out = sim.sent();
+        assert!(
+            out.iter()
+                .all(|(to, m)| to != "C" || !matches!(m, Message::Client(_))),
+            "nothing reaches a client"
+        );
+        assert!(out.iter().any(|(to, m)| to == "W"
+            && matches!(m, Message::Worker(WorkerCommand::Disconnect))));
+        // The request it held waits for the next worker.
+        ready_with(&mut sim, "W2", "echo", 1);
+        assert_eq!(handed(&mut sim)[0].2, got[0].2);
+    }
+
+    #[test]
+    fn capacity_shows_in_the_status_document() {
+        let mut sim = Sim::new();
+        ready_with(&mut sim, "W", "echo", 4);
+        sim.request("C", "echo", "r");
+        handed(&mut sim);
+        let m = Message::Client(ClientMessage {
+            service: svc("mmi.status"),
+            body: vec![],
+        });
+        sim.broker.handle_message(sim.now, m.encode_to(&peer("S")));
+        let doc = replies(&mut sim).pop().unwrap().1;
+        assert!(doc.contains("\"held\":1,\"capacity\":4"), "{doc}");
+        assert!(doc.contains("\"state\":\"busy\""), "{doc}");
     }
 }

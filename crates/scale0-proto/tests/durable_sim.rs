@@ -113,6 +113,7 @@ impl Sim {
             worker,
             WorkerCommand::Ready {
                 service: svc(service),
+                capacity: 1,
             },
         );
     }

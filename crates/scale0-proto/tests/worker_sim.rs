@@ -19,6 +19,7 @@ fn config() -> Config {
         reconnect_initial_ms: 100,
         reconnect_max_ms: 800,
         version: Version::V1,
+        capacity: 1,
     }
 }
 
@@ -37,6 +38,7 @@ fn send(cmd: WorkerCommand) -> Action {
 fn ready() -> Action {
     send(WorkerCommand::Ready {
         service: svc("echo"),
+        capacity: 1,
     })
 }
 
@@ -266,4 +268,48 @@ fn a_cluster_left_alone_stays_registered_for_an_hour() {
     for (s, _) in &net.workers {
         assert_eq!(s.counters().connects, 1);
     }
+}
+
+#[test]
+fn a_worker_with_capacity_takes_that_many_and_answers_each_with_its_own_address() {
+    let mut s = Session::new(
+        Config {
+            capacity: 2,
+            ..config()
+        },
+        at(0),
+    );
+    s.handle_timeout(at(0));
+    assert_eq!(
+        actions(&mut s),
+        [
+            Action::Connect,
+            send(WorkerCommand::Ready {
+                service: svc("echo"),
+                capacity: 2,
+            })
+        ]
+    );
+    for tag in ["t1", "t2", "t3"] {
+        s.handle_message(at(10), request(tag)).unwrap();
+    }
+    // Two are delivered; a third is beyond what the READY offered.
+    let delivered = actions(&mut s);
+    assert_eq!(delivered.len(), 2);
+    assert_eq!(s.counters().requests, 2);
+    // The handler answers in the order it was given them.
+    for tag in ["t1", "t2"] {
+        s.reply(at(20), vec![Bytes::from_static(b"done")]);
+        let sent = actions(&mut s);
+        let [Action::Send(frames)] = sent.as_slice() else {
+            panic!("{sent:?}");
+        };
+        let Ok(Message::Worker(WorkerCommand::Reply { client, .. })) =
+            Message::decode(frames.clone())
+        else {
+            panic!("{frames:?}");
+        };
+        assert_eq!(client.as_bytes().as_ref(), tag.as_bytes());
+    }
+    assert!(!s.is_busy());
 }

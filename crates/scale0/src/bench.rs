@@ -362,13 +362,14 @@ fn gather(threads: Vec<thread::JoinHandle<Result<Measurement>>>) -> Result<Measu
 }
 
 /// Request/reply through an in-process broker (or the one at `connect`): `workers` echo
-/// workers (handlers `inline` on their socket thread, or on a handler thread each),
-/// `clients` native-protocol clients each keeping `in_flight` requests of `size` bytes
+/// workers (handlers `inline` on their socket thread, or on a handler thread each; each
+/// taking up to `capacity` requests at once), `clients` native-protocol clients each keeping `in_flight` requests of `size` bytes
 /// outstanding; `requests` in all.
 #[allow(clippy::too_many_arguments)]
 pub fn broker(
     connect: Option<&str>,
     inline: bool,
+    capacity: u32,
     workers: u32,
     clients: u32,
     in_flight: u32,
@@ -398,6 +399,7 @@ pub fn broker(
     for i in 0..workers {
         let mut config = WorkerConfig::new(endpoint.clone(), service.clone());
         config.inline = inline;
+        config.capacity = capacity;
         let worker = Worker::new(config)?;
         let stop = stop.clone();
         worker_threads.push(spawn(&format!("bench-worker-{i}"), move || {

@@ -47,6 +47,12 @@ pub struct WorkerConfig {
     pub grace_ms: u64,
     /// CURVE: the broker's public key and this worker's pair.
     pub curve: Option<CurveClient>,
+    /// Requests the broker may send this worker before it replies (1 to 1024; scale0's
+    /// READY extension, so keep 1 against other Majordomo brokers). The handler still
+    /// takes them one at a time, in order; above 1 the broker keeps the worker's queue
+    /// filled, so a fast handler never waits for the next request's round trip. Its
+    /// requests wait behind each other, so keep it small for slow handlers.
+    pub capacity: u32,
 }
 
 impl WorkerConfig {
@@ -63,6 +69,7 @@ impl WorkerConfig {
             inline: false,
             grace_ms: 0,
             curve: None,
+            capacity: 1,
         }
     }
 }
@@ -162,6 +169,12 @@ impl Worker {
     /// Checks the config; nothing connects until [`Worker::run`].
     pub fn new(config: WorkerConfig) -> Result<Self> {
         sockets::check_endpoint(&config.connect)?;
+        if config.capacity == 0 || config.capacity > scale0_proto::mdp::MAX_WORKER_CAPACITY {
+            return Err(Error::InvalidConfig(format!(
+                "a worker's capacity is 1 to {}",
+                scale0_proto::mdp::MAX_WORKER_CAPACITY
+            )));
+        }
         let service = ServiceName::new(Bytes::from(config.service.clone().into_bytes()))
             .map_err(|_| Error::InvalidServiceName(config.service.clone()))?;
         if service.is_mmi() {
@@ -190,6 +203,10 @@ impl Worker {
         let to_handler = ctx
             .socket(zmq::PAIR)
             .context(|| "creating the handler pipe".into())?;
+        // Up to `capacity` requests wait in the pipe; the session bounds them.
+        to_handler
+            .set_sndhwm(0)
+            .context(|| "setting SNDHWM".into())?;
         to_handler
             .bind(&pipe)
             .context(|| format!("binding {pipe}"))?;
@@ -228,6 +245,7 @@ impl Worker {
                 reconnect_initial_ms: self.config.reconnect_initial_ms,
                 reconnect_max_ms: self.config.reconnect_max_ms,
                 version: self.config.version,
+                capacity: self.config.capacity,
             },
             clock.now(),
         );
