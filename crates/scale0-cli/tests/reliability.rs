@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-fn sleepy_worker(endpoint: &str, service: &str) -> Proc {
+fn sleepy_worker(endpoint: &str, service: &str, extra: &[&str]) -> Proc {
     let mut cmd = scale0();
     cmd.args([
         "worker",
@@ -24,7 +24,8 @@ fn sleepy_worker(endpoint: &str, service: &str) -> Proc {
         "2",
         "--heartbeat-interval-ms",
         "200",
-    ]);
+    ])
+    .args(extra);
     Proc::spawn("scale0 worker", cmd)
 }
 
@@ -36,13 +37,14 @@ struct Chaos {
 }
 
 impl Chaos {
-    fn start(endpoint: &str, service: &'static str) -> Self {
+    /// `extra`: more flags for every worker.
+    fn start(endpoint: &str, service: &'static str, extra: &'static [&'static str]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let endpoint = endpoint.to_string();
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
             let mut workers: Vec<Proc> =
-                (0..3).map(|_| sleepy_worker(&endpoint, service)).collect();
+                (0..3).map(|_| sleepy_worker(&endpoint, service, extra)).collect();
             let mut kills = 0;
             while !flag.load(Ordering::SeqCst) {
                 // Not a synchronisation: the pace of the chaos.
@@ -50,7 +52,7 @@ impl Chaos {
                 let victim = kills as usize % workers.len();
                 workers[victim].kill9();
                 kills += 1;
-                workers[victim] = sleepy_worker(&endpoint, service);
+                workers[victim] = sleepy_worker(&endpoint, service, extra);
             }
             kills
         });
@@ -79,7 +81,7 @@ impl Drop for Chaos {
 #[test]
 fn a_plain_mdp_client_loses_nothing_while_workers_are_killed() {
     let broker = Broker::start(&["--heartbeat-interval-ms", "200", "--max-attempts", "100"]);
-    let chaos = Chaos::start(&broker.endpoint, "chaos");
+    let chaos = Chaos::start(&broker.endpoint, "chaos", &[]);
     let r = py_dealer(
         &broker.endpoint,
         "chaos",
@@ -98,8 +100,18 @@ fn a_plain_mdp_client_loses_nothing_while_workers_are_killed() {
 
 #[test]
 fn the_native_client_loses_nothing_while_workers_are_killed() {
+    native_client_through_chaos(&[]);
+}
+
+#[test]
+fn workers_killed_holding_several_requests_each_lose_none_of_them() {
+    // Each victim holds up to 2 × 8 requests, all sent on to the others.
+    native_client_through_chaos(&["--capacity", "8"]);
+}
+
+fn native_client_through_chaos(worker_flags: &'static [&'static str]) {
     let broker = Broker::start(&["--heartbeat-interval-ms", "200", "--max-attempts", "100"]);
-    let chaos = Chaos::start(&broker.endpoint, "chaos");
+    let chaos = Chaos::start(&broker.endpoint, "chaos", worker_flags);
     let out = scale0_request(
         &broker.endpoint,
         &[
