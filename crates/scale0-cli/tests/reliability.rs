@@ -43,8 +43,9 @@ impl Chaos {
         let endpoint = endpoint.to_string();
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
-            let mut workers: Vec<Proc> =
-                (0..3).map(|_| sleepy_worker(&endpoint, service, extra)).collect();
+            let mut workers: Vec<Proc> = (0..3)
+                .map(|_| sleepy_worker(&endpoint, service, extra))
+                .collect();
             let mut kills = 0;
             while !flag.load(Ordering::SeqCst) {
                 // Not a synchronisation: the pace of the chaos.

@@ -21,6 +21,7 @@ fn native_request(id: u64, body: &Bytes) -> Message {
         id: RequestId::new(Bytes::copy_from_slice(&id.to_be_bytes())).unwrap(),
         service: service(),
         deadline_ms: None,
+        ack: true,
         body: vec![body.clone()],
     })
 }

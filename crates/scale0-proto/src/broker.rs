@@ -985,8 +985,9 @@ impl Broker {
                 id,
                 service,
                 deadline_ms,
+                ack,
                 body,
-            })) => self.on_native_request(now, peer, id, service, deadline_ms, body),
+            })) => self.on_native_request(now, peer, id, service, (deadline_ms, ack), body),
             Ok(Message::Client2(..) | Message::Native(_)) => {
                 self.drop_message(DropReason::WrongDirection, size);
             }
@@ -1137,7 +1138,7 @@ impl Broker {
         client: PeerId,
         id: RequestId,
         service: ServiceName,
-        deadline_ms: Option<u64>,
+        (deadline_ms, ack): (Option<u64>, bool),
         body: Body,
     ) {
         let key: Key = (client.clone(), id.clone());
@@ -1145,7 +1146,9 @@ impl Broker {
             Seen::New => {}
             Seen::Pending => {
                 self.counters.duplicates += 1;
-                self.send_native(&client, NativeCommand::Accepted { id });
+                if ack {
+                    self.send_native(&client, NativeCommand::Accepted { id });
+                }
                 return;
             }
             Seen::Done(answer) => {
@@ -1199,6 +1202,10 @@ impl Broker {
                         client.clone(),
                         id.clone(),
                     )));
+                }
+                if !ack {
+                    self.dispatch(now, &service);
+                    return;
                 }
                 // Queue the acknowledgement ahead of anything the dispatch produced for
                 // this client, so ACCEPTED always precedes FINAL.

@@ -356,7 +356,7 @@ impl fmt::Display for Status {
 /// Messages of the scale0 native client protocol, version 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NativeCommand {
-    /// 0x01, client → broker.
+    /// 0x01 (or 0x06 without ACCEPTED), client → broker.
     Request {
         /// The client's id for this request.
         id: RequestId,
@@ -364,6 +364,10 @@ pub enum NativeCommand {
         service: ServiceName,
         /// How long the client will wait, in milliseconds; `None` for no limit.
         deadline_ms: Option<u64>,
+        /// Whether the broker acknowledges it with ACCEPTED (0x01) or answers only with
+        /// the FINAL or ERROR (0x06): one message fewer each way for a client that does
+        /// not need to know when its request was queued.
+        ack: bool,
         /// Request body.
         body: Body,
     },
@@ -411,7 +415,8 @@ impl NativeCommand {
 
     fn code(&self) -> u8 {
         match self {
-            Self::Request { .. } => 0x01,
+            Self::Request { ack: true, .. } => 0x01,
+            Self::Request { ack: false, .. } => 0x06,
             Self::Accepted { .. } => 0x02,
             Self::Partial { .. } => 0x03,
             Self::Final { .. } => 0x04,
@@ -700,12 +705,12 @@ fn decode_client2(mut it: impl Iterator<Item = Bytes>) -> Result<Message, Decode
 
 fn decode_native(mut it: impl Iterator<Item = Bytes>) -> Result<NativeCommand, DecodeError> {
     let code = single_byte(&next(&mut it)?)?;
-    if !(0x01..=0x05).contains(&code) {
+    if !(0x01..=0x06).contains(&code) {
         return Err(DecodeError::UnknownCommand);
     }
     let id = RequestId::new(next(&mut it)?)?;
     let cmd = match code {
-        0x01 => {
+        0x01 | 0x06 => {
             let service = ServiceName::new(next(&mut it)?)?;
             let deadline = next(&mut it)?;
             let deadline_ms = if deadline.is_empty() {
@@ -721,6 +726,7 @@ fn decode_native(mut it: impl Iterator<Item = Bytes>) -> Result<NativeCommand, D
                 id,
                 service,
                 deadline_ms,
+                ack: code == 0x01,
                 body: it.collect(),
             });
         }
@@ -755,7 +761,9 @@ fn decode_native(mut it: impl Iterator<Item = Bytes>) -> Result<NativeCommand, D
 /// broker can answer `bad_request` instead of leaving the client waiting.
 pub fn native_request_id(frames: &[Bytes]) -> Option<RequestId> {
     match frames {
-        [header, code, id, ..] if header.as_ref() == NATIVE_HEADER && code.as_ref() == [0x01] => {
+        [header, code, id, ..]
+            if header.as_ref() == NATIVE_HEADER && matches!(code.as_ref(), [0x01 | 0x06]) =>
+        {
             RequestId::new(id.clone()).ok()
         }
         _ => None,
@@ -1045,13 +1053,14 @@ mod tests {
         let body = prop::collection::vec(frame(), 0..4);
         let id = prop::collection::vec(any::<u8>(), 1..=64)
             .prop_map(|v| RequestId::new(Bytes::from(v)).unwrap());
-        (id, name(), body, any::<Option<u64>>(), 0..5u8, 0..7usize).prop_map(
+        (id, name(), body, any::<Option<u64>>(), 0..6u8, 0..7usize).prop_map(
             |(id, s, body, deadline_ms, which, status)| {
                 Message::Native(match which {
-                    0 => NativeCommand::Request {
+                    0 | 5 => NativeCommand::Request {
                         id,
                         service: ServiceName::new(s).unwrap(),
                         deadline_ms,
+                        ack: which == 0,
                         body,
                     },
                     1 => NativeCommand::Accepted { id },

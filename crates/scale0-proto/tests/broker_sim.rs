@@ -773,6 +773,7 @@ mod native {
             id: id(rid),
             service: svc(service),
             deadline_ms,
+            ack: true,
             body: vec![b(rid)],
         });
         sim.broker
@@ -821,6 +822,50 @@ mod native {
         sim.reply("w2", "c", "B");
         sim.reply("w1", "c", "A");
         assert_eq!(to(&mut sim, "c"), [fin("b", "B"), fin("a", "A")]);
+    }
+
+    #[test]
+    fn a_request_without_ack_gets_only_its_answer_even_when_retried() {
+        let mut sim = Sim::new();
+        let quiet = |sim: &mut Sim, rid: &str| {
+            let m = Message::Native(NativeCommand::Request {
+                id: id(rid),
+                service: svc("svc"),
+                deadline_ms: None,
+                ack: false,
+                body: vec![b(rid)],
+            });
+            sim.broker.handle_message(sim.now, m.encode_to(&peer("c")));
+        };
+        quiet(&mut sim, "a");
+        quiet(&mut sim, "a");
+        assert_eq!(to(&mut sim, "c"), []);
+        sim.ready("w", "svc");
+        assert_eq!(sim.dispatched(), [w("w", "a")], "run once");
+        sim.reply("w", "c", "A");
+        assert_eq!(to(&mut sim, "c"), [fin("a", "A")]);
+        // A retry after the answer gets the same answer.
+        quiet(&mut sim, "a");
+        assert_eq!(to(&mut sim, "c"), [fin("a", "A")]);
+        // Refusals still come as errors.
+        quiet(&mut sim, "b");
+        let m = Message::Native(NativeCommand::Request {
+            id: id("big"),
+            service: svc("svc"),
+            deadline_ms: None,
+            ack: false,
+            body: vec![Bytes::from(vec![0u8; 1500])],
+        });
+        sim.broker.handle_message(sim.now, m.encode_to(&peer("c")));
+        let out = to(&mut sim, "c");
+        assert!(
+            out.iter().any(|c| status_of(c) == Some(Status::TooLarge)),
+            "{out:?}"
+        );
+        assert!(
+            !out.iter()
+                .any(|c| matches!(c, NativeCommand::Accepted { .. }))
+        );
     }
 
     #[test]
@@ -894,6 +939,7 @@ mod native {
             id: id("4"),
             service: svc("svc"),
             deadline_ms: None,
+            ack: true,
             body: vec![Bytes::from(vec![0u8; 300])],
         });
         sim.broker
@@ -1174,6 +1220,7 @@ mod native {
             id: id("q"),
             service: svc("mmi.service"),
             deadline_ms: None,
+            ack: true,
             body: vec![b("echo")],
         });
         sim.broker.handle_message(sim.now, m.encode_to(&peer("c")));
@@ -1274,6 +1321,7 @@ mod access {
             id: RequestId::new(b(rid)).unwrap(),
             service: svc(service),
             deadline_ms: None,
+            ack: true,
             body: vec![b("x")],
         });
         sim.broker

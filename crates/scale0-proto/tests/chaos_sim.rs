@@ -266,6 +266,7 @@ impl World {
                     id: p.id.clone(),
                     service: ServiceName::new(bytes(SERVICE)).unwrap(),
                     deadline_ms: None,
+                    ack: true,
                     body: vec![bytes(&p.token)],
                 });
                 let client = self.clients[c].id.clone();

@@ -88,6 +88,7 @@ impl Sim {
             id: RequestId::new(b(rid)).unwrap(),
             service: svc(service),
             deadline_ms: None,
+            ack: true,
             body: vec![b(body)],
         });
         self.broker

@@ -25,6 +25,11 @@ pub struct ClientConfig {
     pub retries: u32,
     /// CURVE: the broker's public key and this client's pair.
     pub curve: Option<CurveClient>,
+    /// Ask the broker to confirm each request as soon as it is queued (ACCEPTED; with a
+    /// durable broker, once it is on disk), and wait `timeout_ms` from that confirmation
+    /// rather than from the send. Off, the broker sends only the answer: one message
+    /// fewer each way, which is a third of the client's wake-ups.
+    pub acknowledged: bool,
 }
 
 impl ClientConfig {
@@ -35,6 +40,7 @@ impl ClientConfig {
             timeout_ms: 2500,
             retries: 2,
             curve: None,
+            acknowledged: false,
         }
     }
 
@@ -379,6 +385,7 @@ impl Client {
             id: id.clone(),
             service: service.clone(),
             deadline_ms: Some(deadline_ms),
+            ack: self.config.acknowledged,
             body,
         })
         .encode()
