@@ -4,11 +4,16 @@
 # queue group, driven by async-nats), on the same sizes, clients, workers and in-flight
 # counts, in one run. Installs nats-server if it is missing (apt-get, as root or via sudo).
 #
-#   bench/compare.sh [REPEAT] [WORKERS]      (defaults 5 and 2; medians are reported)
+#   bench/compare.sh [REPEAT] [WORKERS] [CAPACITY]   (defaults 5, 2 and 16; medians are reported)
+#
+# CAPACITY is what each scale0 worker may hold at once (`scale0 worker --capacity`): NATS
+# pushes requests to queue-group members without waiting for replies, and so does a scale0
+# broker up to a worker's capacity. 1 measures plain Majordomo, one request per worker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeat=${1:-5}
 workers=${2:-2}
+capacity=${3:-16}
 common=(--size 16,128,1024 --clients 2 --workers "$workers" --in-flight 64
         --requests 100000 --sync-requests 10000 --repeat "$repeat")
 
@@ -30,6 +35,6 @@ done
 
 out=$(mktemp)
 echo "nats-server $(nats-server --version 2>&1 | head -1) on 127.0.0.1:$port; $(nproc) cores" >&2
-RUST_LOG=warn target/release/scale0 bench direct broker --json "${common[@]}" | tee -a "$out" >&2
+RUST_LOG=warn target/release/scale0 bench direct broker --json --worker-capacity "$capacity" "${common[@]}" | tee -a "$out" >&2
 bench/compare/target/release/compare-nats --url "nats://127.0.0.1:$port" "${common[@]}" | tee -a "$out" >&2
 python3 bench/ratios.py "$out"

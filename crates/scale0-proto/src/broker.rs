@@ -1806,8 +1806,9 @@ impl Broker {
             let tag = if w.capacity == 1 {
                 req.client.clone()
             } else {
+                // A number no other request of this broker run has.
                 self.last_tag += 1;
-                tag(self.last_tag)
+                PeerId::tag(self.last_tag)
             };
             let cmd = WorkerCommand::Request {
                 client: tag.clone(),
@@ -2006,15 +2007,6 @@ fn mdp_reply(version: Version, kind: ClientKind, m: ClientMessage) -> Message {
         Version::V1 => Message::Client(m),
         Version::V2 => Message::Client2(kind, m),
     }
-}
-
-/// The address a request to a worker of capacity above 1 carries, for the worker to echo:
-/// `s0` and a number no other request of this broker run has.
-fn tag(n: u64) -> PeerId {
-    let mut b = Vec::with_capacity(10);
-    b.extend_from_slice(b"s0");
-    b.extend_from_slice(&n.to_be_bytes());
-    PeerId::new(b).unwrap_or_else(|_| unreachable!("10 bytes is a valid address"))
 }
 
 fn to_worker(peer: &PeerId, version: Version, cmd: WorkerCommand) -> Transmit {

@@ -131,6 +131,15 @@ impl PeerId {
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
+
+    /// The address a broker gives request number `n` to a worker with credit: `s0` and
+    /// `n`, 10 bytes (always valid).
+    pub(crate) fn tag(n: u64) -> Self {
+        let mut b = Vec::with_capacity(10);
+        b.extend_from_slice(b"s0");
+        b.extend_from_slice(&n.to_be_bytes());
+        Self(Bytes::from(b))
+    }
 }
 
 impl fmt::Debug for PeerId {

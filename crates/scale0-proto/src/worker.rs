@@ -80,6 +80,8 @@ pub struct Counters {
     pub replies_lost: u64,
     /// Connections opened, the first one included.
     pub connects: u64,
+    /// Requests beyond the capacity given in READY, ignored: a broker's mistake.
+    pub over_capacity: u64,
 }
 
 #[derive(Debug)]
@@ -211,6 +213,7 @@ impl Session {
                     // A broker sends no more than the capacity; more is its mistake,
                     // and answering it would break the rule.
                     warn!("broker sent a request beyond this worker's capacity; ignoring it");
+                    self.counters.over_capacity += 1;
                     return Ok(());
                 }
                 self.counters.requests += 1;

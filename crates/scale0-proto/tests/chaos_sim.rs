@@ -13,7 +13,7 @@ use scale0_proto::broker::{self, Broker};
 use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, Version, WorkerCommand};
 use scale0_proto::worker::{self, Action, Session};
 use scale0_proto::{Frames, Instant, PeerId, ServiceName, testkit};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 struct Rng(u64);
 
@@ -46,13 +46,30 @@ struct SimWorker {
     name: String,
     generation: u32,
     alive: bool,
-    /// The token being worked on and when the work is done.
-    working: Option<(String, u64)>,
+    /// The tokens handed to it, in order, and when the first one's work is done. A
+    /// worker with credit may hold several; it works on one at a time.
+    working: VecDeque<String>,
+    head_done: u64,
+    /// Requests it may hold at once (its READY says so when above 1).
+    capacity: u32,
     /// Behaves like a reference single-threaded worker: no heartbeats while busy.
     silent_when_busy: bool,
     work_ms: u64,
-    /// The token it last replied to: that reply may still be on the wire when it dies.
-    last_reply: Option<String>,
+    /// The tokens it replied to lately, with when: such a reply may still be on the wire
+    /// when it dies.
+    recent_replies: Vec<(String, u64)>,
+}
+
+impl SimWorker {
+    /// What may run again if this worker vanishes now: what it holds, and the replies
+    /// that may not have arrived yet.
+    fn at_risk(&self) -> Vec<String> {
+        self.working
+            .iter()
+            .cloned()
+            .chain(self.recent_replies.iter().map(|(t, _)| t.clone()))
+            .collect()
+    }
 }
 
 impl SimWorker {
@@ -89,6 +106,8 @@ struct World {
     net: Vec<(u64, To, Frames)>,
     loss_percent: u64,
     executions: HashMap<String, u32>,
+    /// The most requests any worker held at once, to know credit was exercised.
+    most_held: usize,
     /// Executions a request may legitimately have beyond its first.
     reruns_allowed: HashMap<String, u32>,
     chaos_until: u64,
@@ -120,6 +139,7 @@ impl World {
             net: Vec::new(),
             loss_percent,
             executions: HashMap::new(),
+            most_held: 0,
             reruns_allowed: HashMap::new(),
             chaos_until: 5_000,
         };
@@ -158,6 +178,12 @@ impl World {
             Version::V2
         };
         let silent_when_busy = self.rng.chance(30);
+        let capacity = if self.rng.chance(40) {
+            2 + u32::try_from(self.rng.below(3)).unwrap()
+        } else {
+            1
+        };
+        config.capacity = capacity;
         let slow = self.rng.chance(20);
         let work_ms = 1 + self.rng.below(if slow { 1_500 } else { 50 });
         self.workers.push(SimWorker {
@@ -165,10 +191,12 @@ impl World {
             name: format!("w{n}"),
             generation: 0,
             alive: true,
-            working: None,
+            working: VecDeque::new(),
+            head_done: 0,
+            capacity,
             silent_when_busy,
             work_ms,
-            last_reply: None,
+            recent_replies: Vec::new(),
         });
     }
 
@@ -201,12 +229,16 @@ impl World {
                 continue;
             }
             let now = self.now;
-            if let Some((token, done)) = self.workers[i].working.clone()
-                && done <= now
+            // Replies take under 5 ms to arrive.
+            self.workers[i]
+                .recent_replies
+                .retain(|(_, sent)| sent + 5 > now);
+            while self.workers[i].head_done <= now
+                && let Some(token) = self.workers[i].working.pop_front()
             {
-                self.workers[i].working = None;
                 self.workers[i].session.reply(at(now), vec![bytes(&token)]);
-                self.workers[i].last_reply = Some(token);
+                self.workers[i].recent_replies.push((token, now));
+                self.workers[i].head_done = now + self.workers[i].work_ms;
             }
             if self.workers[i]
                 .session
@@ -226,7 +258,7 @@ impl World {
                             Ok(Message::Worker(WorkerCommand::Heartbeat)
                                 | Message::Worker2(WorkerCommand::Heartbeat))
                         );
-                        if heartbeat && w.silent_when_busy && w.working.is_some() {
+                        if heartbeat && w.silent_when_busy && !w.working.is_empty() {
                             continue;
                         }
                         let id = w.id();
@@ -234,9 +266,11 @@ impl World {
                     }
                     Action::Deliver { body, .. } => {
                         let token = String::from_utf8_lossy(&body[0]).into_owned();
+                        let w = &self.workers[i];
                         assert!(
-                            self.workers[i].working.is_none(),
-                            "a worker was handed two requests"
+                            w.working.len() < w.capacity as usize
+                                && w.session.counters().over_capacity == 0,
+                            "a worker was handed more requests than its capacity"
                         );
                         *self.executions.entry(token.clone()).or_default() += 1;
                         if std::env::var("SCALE0_SIM_TRACE").is_ok_and(|t| t == token) {
@@ -246,8 +280,13 @@ impl World {
                                 w.name, w.generation, w.work_ms, w.silent_when_busy
                             );
                         }
-                        let done = now + self.workers[i].work_ms;
-                        self.workers[i].working = Some((token, done));
+                        let w = &mut self.workers[i];
+                        if w.working.is_empty() {
+                            w.head_done = now + w.work_ms;
+                        }
+                        w.working.push_back(token);
+                        let held = w.working.len();
+                        self.most_held = self.most_held.max(held);
                     }
                 }
             }
@@ -310,12 +349,7 @@ impl World {
             if disconnect {
                 // Its current request, or the one whose reply is still on the wire.
                 if let Some(w) = self.workers.iter().find(|w| w.id() == to) {
-                    let tokens: Vec<String> = w
-                        .working
-                        .iter()
-                        .map(|(t, _)| t.clone())
-                        .chain(w.last_reply.clone())
-                        .collect();
+                    let tokens = w.at_risk();
                     let generation = format!("{}.{}", w.name, w.generation);
                     for token in tokens {
                         let key = format!("{token}@{generation}");
@@ -407,14 +441,7 @@ impl World {
                 self.workers[i].alive = false;
                 // What it was working on runs again; so may what it just answered, if the
                 // broker learns of the death before the reply reaches it.
-                let w = &self.workers[i];
-                let lost: Vec<String> = w
-                    .working
-                    .iter()
-                    .map(|(t, _)| t.clone())
-                    .chain(w.last_reply.clone())
-                    .collect();
-                for token in lost {
+                for token in self.workers[i].at_risk() {
                     *self.reruns_allowed.entry(token).or_default() += 1;
                 }
             }
@@ -425,7 +452,7 @@ impl World {
             self.broker = Broker::new(self.broker_config.clone(), at(self.now));
             self.net.retain(|(_, to, _)| matches!(to, To::Peer(_)));
             for w in &self.workers {
-                if let Some((token, _)) = &w.working {
+                for token in &w.working {
                     *self.reruns_allowed.entry(token.clone()).or_default() += 1;
                 }
             }
@@ -441,10 +468,10 @@ impl World {
     /// its request; the broker runs it again elsewhere.
     fn note_abandoned(&mut self) {
         for w in &self.workers {
-            if let Some((token, _)) = &w.working
-                && w.alive
-                && !w.session.is_connected()
-            {
+            if !w.alive || w.session.is_connected() {
+                continue;
+            }
+            for token in &w.working {
                 let key = format!("{token}@{}.{}", w.name, w.generation);
                 if self.reruns_allowed.insert(key, 0).is_none() {
                     *self.reruns_allowed.entry(token.clone()).or_default() += 1;
@@ -506,6 +533,15 @@ impl World {
     }
 
     fn check(&self, seed: u64) {
+        for w in &self.workers {
+            assert_eq!(
+                w.session.counters().over_capacity,
+                0,
+                "seed {seed}: {} was sent more than its capacity {}",
+                w.name,
+                w.capacity
+            );
+        }
         for c in &self.clients {
             for p in &c.requests {
                 let first = &p.answers[0];
@@ -550,6 +586,7 @@ fn every_request_ends_once_through_chaos_over_many_seeds() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
     let mut finals = 0;
+    let mut most_held = 0;
     for seed in 0..seeds {
         let mut world = World::new(seed);
         world.run(seed);
@@ -560,6 +597,11 @@ fn every_request_ends_once_through_chaos_over_many_seeds() {
             .flat_map(|c| &c.requests)
             .filter(|p| matches!(p.answers[0], NativeCommand::Final { .. }))
             .count();
+        most_held = most_held.max(world.most_held);
     }
     assert!(finals > 0);
+    assert!(
+        most_held > 1,
+        "no worker ever held two requests: credit went untested"
+    );
 }
