@@ -138,10 +138,19 @@ fn listed_keys_get_their_services_and_every_stranger_is_refused_and_logged() {
 
     // A key not in the list, a plaintext peer, and a peer expecting another server key
     // get nothing, and the broker says why.
-    for (curve, logged) in [
-        (keys.client("broker", "bob"), "key not in the allowlist"),
-        (Vec::new(), "plaintext peer"),
-        (keys.client("bob", "alice"), "wrong server key"),
+    // The client is told it was refused, not only that nothing answered.
+    for (curve, logged, told) in [
+        (
+            keys.client("broker", "bob"),
+            "key not in the allowlist",
+            "key is not allowed there",
+        ),
+        (Vec::new(), "plaintext peer", "refused the CURVE handshake"),
+        (
+            keys.client("bob", "alice"),
+            "wrong server key",
+            "refused the CURVE handshake",
+        ),
     ] {
         let out = request(e, "echo", &curve);
         assert!(
@@ -150,6 +159,8 @@ fn listed_keys_get_their_services_and_every_stranger_is_refused_and_logged() {
             String::from_utf8_lossy(&out.stdout)
         );
         assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(told), "{logged}: {stderr}");
         log.wait_for(logged, 1);
     }
     let bob = std::fs::read_to_string(keys.path("bob.key")).unwrap();

@@ -3,7 +3,7 @@
 //! error statuses; retries with the same id, which the broker never executes twice.
 
 use crate::error::{Error, Result, ZmqContext};
-use crate::security::{self, CurveClient};
+use crate::security::{self, CurveClient, HandshakeWatch};
 use crate::sockets;
 use bytes::Bytes;
 use scale0_proto::mdp::{Message, NativeCommand, RequestId};
@@ -113,6 +113,16 @@ pub struct Client {
     /// Our own routing id, kept across reconnects so the broker can match retries.
     identity: Vec<u8>,
     next_id: u64,
+    /// Why the broker refused our handshake, if it did.
+    handshakes: Option<HandshakeWatch>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.handshakes.is_some() {
+            sockets::stop_monitor(&self.socket);
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -156,16 +166,53 @@ impl Client {
     /// up as a timeout on the first request).
     pub fn connect(config: ClientConfig) -> Result<Self> {
         let identity = random_identity();
-        let socket = Self::open(&config.connect, &identity, config.curve.as_ref())?;
+        let (socket, handshakes) = Self::open(&config.connect, &identity, config.curve.as_ref())?;
         Ok(Self {
             config,
             socket,
             identity,
             next_id: 0,
+            handshakes,
         })
     }
 
-    fn open(endpoint: &str, identity: &[u8], curve: Option<&CurveClient>) -> Result<zmq::Socket> {
+    /// A fresh socket with the same identity, in place of the current one.
+    fn reopen(&mut self) -> Result<()> {
+        if self.handshakes.is_some() {
+            sockets::stop_monitor(&self.socket);
+        }
+        let (socket, handshakes) = Self::open(
+            &self.config.connect,
+            &self.identity,
+            self.config.curve.as_ref(),
+        )?;
+        self.socket = socket;
+        self.handshakes = handshakes;
+        Ok(())
+    }
+
+    /// The error for a request unanswered after every attempt: a refused handshake if
+    /// that is why, else a timeout.
+    fn unanswered(&mut self, service: &str) -> Error {
+        if let Some(why) = self.handshakes.as_mut().and_then(HandshakeWatch::refusal) {
+            return Error::Refused {
+                endpoint: self.config.connect.clone(),
+                why,
+            };
+        }
+        Error::Timeout {
+            endpoint: self.config.connect.clone(),
+            service: service.into(),
+            attempts: self.config.attempts(),
+            timeout_ms: self.config.timeout_ms,
+        }
+    }
+
+    fn open(
+        endpoint: &str,
+        identity: &[u8],
+        curve: Option<&CurveClient>,
+    ) -> Result<(zmq::Socket, Option<HandshakeWatch>)> {
         let socket = sockets::context()
             .socket(zmq::DEALER)
             .context(|| "creating the client socket".into())?;
@@ -177,8 +224,11 @@ impl Client {
             .set_identity(identity)
             .context(|| "setting ROUTING_ID".into())?;
         security::apply_client(&socket, curve)?;
+        // Also without CURVE: a plaintext client of a CURVE broker learns why it hears
+        // nothing.
+        let watch = Some(HandshakeWatch::start(&sockets::context(), &socket)?);
         sockets::connect(&socket, endpoint)?;
-        Ok(socket)
+        Ok((socket, watch))
     }
 
     fn new_id(&mut self) -> RequestId {
@@ -225,24 +275,19 @@ impl Client {
                     Answer::Done(result) => return result,
                 }
             }
+            // A refused handshake is refused again: no use retrying.
+            if let e @ Error::Refused { .. } = self.unanswered(service) {
+                return Err(e);
+            }
             debug!(
                 attempt,
                 service, "request timed out, re-sending on a fresh connection"
             );
             // A fresh socket with the same identity: the broker hands the identity over,
             // and still knows the request by (identity, id).
-            self.socket = Self::open(
-                &self.config.connect,
-                &self.identity,
-                self.config.curve.as_ref(),
-            )?;
+            self.reopen()?;
         }
-        Err(Error::Timeout {
-            endpoint: self.config.connect.clone(),
-            service: service.into(),
-            attempts,
-            timeout_ms: self.config.timeout_ms,
-        })
+        Err(self.unanswered(service))
     }
 
     /// Sends every request of `requests` with up to `in_flight` outstanding at once.
@@ -352,15 +397,8 @@ impl Client {
                         deadlines.push_back((Instant::now() + timeout, id));
                     } else if let Some(o) = outstanding.remove(&id) {
                         summary.timed_out += 1;
-                        on_reply(
-                            o.index,
-                            Err(Error::Timeout {
-                                endpoint: self.config.connect.clone(),
-                                service: service.into(),
-                                attempts,
-                                timeout_ms: self.config.timeout_ms,
-                            }),
-                        );
+                        let e = self.unanswered(service);
+                        on_reply(o.index, Err(e));
                     }
                 }
             }

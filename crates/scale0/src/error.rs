@@ -21,6 +21,14 @@ pub enum Error {
     /// A config value that cannot work, such as zero workers.
     #[error("invalid setting: {0}")]
     InvalidConfig(String),
+    /// The server refused the CURVE handshake, so no request could reach it.
+    #[error("{endpoint} refused the CURVE handshake: {why}")]
+    Refused {
+        /// Where the client was connected.
+        endpoint: String,
+        /// What the handshake's failure says, and what to check.
+        why: String,
+    },
     /// No reply came back within the timeout, after every retry.
     #[error(
         "no reply from {endpoint} for service {service:?} after {attempts} attempt(s) of {timeout_ms} ms: is a broker running there, with a worker for that service?"

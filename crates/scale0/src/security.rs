@@ -312,6 +312,79 @@ pub(crate) fn secure(
     ZapHandler::start(ctx, Arc::clone(&curve.allow), watched).map(Some)
 }
 
+/// Watches the handshakes of a connecting CURVE socket, so that a peer the server refuses
+/// can say why instead of only timing out. The socket's monitor must be stopped
+/// (`sockets::stop_monitor`) before this is dropped.
+pub(crate) struct HandshakeWatch {
+    reader: zmq::Socket,
+    refused: Option<String>,
+}
+
+impl HandshakeWatch {
+    /// Starts watching `socket` (before it connects), whose context is `ctx`.
+    pub(crate) fn start(ctx: &zmq::Context, socket: &zmq::Socket) -> Result<Self> {
+        use std::sync::atomic::AtomicU64;
+        static WATCHES: AtomicU64 = AtomicU64::new(0);
+        let addr = format!(
+            "inproc://scale0-handshake-watch-{}",
+            WATCHES.fetch_add(1, Ordering::Relaxed)
+        );
+        let events = HANDSHAKE_FAILURES
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32
+            | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32;
+        socket
+            .monitor(&addr, events)
+            .context(|| "monitoring the handshake".into())?;
+        let reader = ctx
+            .socket(zmq::PAIR)
+            .context(|| "creating a monitor reader".into())?;
+        reader
+            .connect(&addr)
+            .context(|| format!("connecting to {addr}"))?;
+        Ok(Self {
+            reader,
+            refused: None,
+        })
+    }
+
+    /// Why the latest handshake failed, if the latest one did.
+    pub(crate) fn refusal(&mut self) -> Option<String> {
+        while let Ok(event) = self.reader.recv_multipart(zmq::DONTWAIT) {
+            let Some(head) = event.first() else {
+                continue;
+            };
+            let (Some(e), Some(v)) = (head.get(0..2), head.get(2..6)) else {
+                continue;
+            };
+            let id = u32::from(u16::from_ne_bytes([e[0], e[1]]));
+            let value = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+            self.refused = client_refusal(id, value);
+        }
+        self.refused.clone()
+    }
+}
+
+/// What a failed handshake means to the connecting side.
+fn client_refusal(event: u32, value: u32) -> Option<String> {
+    const MECHANISM_MISMATCH: u32 = 0x1100_0002;
+    Some(match event {
+        e if e == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u32 => return None,
+        e if e == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u32 => format!(
+            "this client's key is not allowed there (ZAP status {value}): add its public key to the server's --curve-allow"
+        ),
+        e if e == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u32
+            && value == MECHANISM_MISMATCH =>
+        {
+            "one side uses CURVE and the other does not: give both the --curve-* flags, or neither".into()
+        }
+        e if e == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u32 => {
+            format!("protocol error {value:#x} in the handshake")
+        }
+        _ => "the server broke off the handshake: a CURVE server refuses plaintext clients, and one given the wrong --curve-server-key"
+            .into(),
+    })
+}
+
 /// Monitor events that mean a peer was refused before ZAP was asked.
 pub(crate) const HANDSHAKE_FAILURES: i32 = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
     | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32;
