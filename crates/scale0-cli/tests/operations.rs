@@ -292,3 +292,63 @@ fn a_worker_stopped_mid_request_answers_it_then_says_goodbye() {
         common::mmi_service(&broker.endpoint, "slow") == "404"
     });
 }
+
+#[test]
+fn a_worker_with_credit_stopped_under_load_finishes_what_it_holds_and_loses_nothing() {
+    let broker = Broker::start(&[]);
+    let worker = |name: &str| {
+        let mut cmd = scale0();
+        cmd.args(["worker", "--connect", &broker.endpoint, "--service", "busy"])
+            .args(["--sleep-ms", "20", "--capacity", "4", "--grace-ms", "3000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Proc::spawn(name, cmd)
+    };
+    let mut stopped = worker("stopped worker");
+    let _other = worker("other worker");
+    // About four seconds of work for the two; the stopped one would be fed for as long.
+    let load = scale0()
+        .args([
+            "request",
+            "--connect",
+            &broker.endpoint,
+            "--service",
+            "busy",
+        ])
+        .args([
+            "--count",
+            "400",
+            "--in-flight",
+            "16",
+            "--timeout-ms",
+            "20000",
+            "x",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("both workers are registered", || {
+        common::mmi_service(&broker.endpoint, "busy") == "200"
+    });
+    sigterm(&stopped);
+    let stderr = stopped.child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut text).ok();
+        text
+    });
+    let out = common::finish(load, "scale0 request");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("ok 400  errors 0  rejected 0  timed out 0"),
+        "{summary}"
+    );
+    let status = stopped.child.wait().unwrap();
+    assert!(status.success(), "the stopped worker exits 0: {status}");
+    let log = log.join().unwrap();
+    // New requests kept coming (it had room) but were left to the other worker; it did
+    // not hold on until the grace period ran out.
+    assert!(!log.contains("grace period over"), "{log}");
+}

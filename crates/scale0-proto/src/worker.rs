@@ -82,6 +82,9 @@ pub struct Counters {
     pub connects: u64,
     /// Requests beyond the capacity given in READY, ignored: a broker's mistake.
     pub over_capacity: u64,
+    /// Requests that arrived after [`Session::stop_taking`], not started: the broker sends
+    /// them elsewhere when this worker says DISCONNECT.
+    pub declined: u64,
 }
 
 #[derive(Debug)]
@@ -107,6 +110,9 @@ pub struct Session {
     busy: VecDeque<(PeerId, bool)>,
     backoff: Duration,
     counters: Counters,
+    /// Stopping: requests still arriving (a worker with credit gets more while it
+    /// finishes) are not started.
+    stopping: bool,
 }
 
 impl Session {
@@ -120,6 +126,7 @@ impl Session {
             busy: VecDeque::new(),
             backoff,
             counters: Counters::default(),
+            stopping: false,
         }
     }
 
@@ -207,6 +214,10 @@ impl Session {
         };
         self.backoff = Duration::from_millis(self.config.reconnect_initial_ms);
         match cmd {
+            WorkerCommand::Request { .. } if self.stopping => {
+                debug!("stopping: a request arrived and is left to the broker to send elsewhere");
+                self.counters.declined += 1;
+            }
             WorkerCommand::Request { client, body } => {
                 let current = self.busy.iter().filter(|(_, current)| *current).count();
                 if current >= self.config.capacity.max(1) as usize {
@@ -265,6 +276,13 @@ impl Session {
             }
             _ => false,
         }
+    }
+
+    /// Starts a clean stop: the requests in hand are finished, later ones are not started
+    /// (once idle, [`Session::shutdown`] says DISCONNECT and the broker sends them
+    /// elsewhere).
+    pub fn stop_taking(&mut self) {
+        self.stopping = true;
     }
 
     /// Says goodbye to the broker, for a clean shutdown.

@@ -313,3 +313,32 @@ fn a_worker_with_capacity_takes_that_many_and_answers_each_with_its_own_address(
     }
     assert!(!s.is_busy());
 }
+
+#[test]
+fn a_stopping_worker_finishes_what_it_holds_and_starts_nothing_new() {
+    let mut s = Session::new(
+        Config {
+            capacity: 3,
+            ..config()
+        },
+        at(0),
+    );
+    s.handle_timeout(at(0));
+    actions(&mut s);
+    s.handle_message(at(10), request("t1")).unwrap();
+    s.handle_message(at(10), request("t2")).unwrap();
+    assert_eq!(actions(&mut s).len(), 2);
+    s.stop_taking();
+    // The broker still has room to fill: that request is not started.
+    s.handle_message(at(20), request("t3")).unwrap();
+    assert!(actions(&mut s).is_empty());
+    assert_eq!(s.counters().declined, 1);
+    for _ in 0..2 {
+        assert!(s.is_busy());
+        s.reply(at(30), vec![Bytes::from_static(b"done")]);
+        assert_eq!(actions(&mut s).len(), 1, "each held request is answered");
+    }
+    assert!(!s.is_busy());
+    s.shutdown();
+    assert_eq!(actions(&mut s), [send(WorkerCommand::Disconnect)]);
+}

@@ -296,8 +296,10 @@ impl Worker {
             }
             self.perform(session, broker, handler, clock)?;
             if shutdown.is_triggered() {
-                // A request in hand is finished within the grace period: the broker sends
-                // a busy worker nothing more, so nothing new is taken meanwhile.
+                // The requests in hand are finished within the grace period; any the
+                // broker still sends (a worker with credit has room) are not started, and
+                // go elsewhere once this worker says DISCONNECT.
+                session.stop_taking();
                 if !session.is_busy() || grace.is_zero() {
                     break;
                 }
