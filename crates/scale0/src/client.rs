@@ -430,7 +430,13 @@ impl Client {
     }
 
     /// Waits for one message until `deadline`; `None` on timeout.
-    fn recv_until(&self, deadline: Instant) -> Result<Option<scale0_proto::Frames>> {
+    fn recv_until(&mut self, deadline: Instant) -> Result<Option<scale0_proto::Frames>> {
+        // Handshake events are kept only until read: a client that reconnects a thousand
+        // times without reading them would fill the monitor's pipe, and libzmq's I/O
+        // thread blocks on a full monitor.
+        if let Some(w) = self.handshakes.as_mut() {
+            w.refusal();
+        }
         loop {
             if let Some(frames) = sockets::try_recv(&self.socket)? {
                 return Ok(Some(frames));
