@@ -710,6 +710,11 @@ impl Vent {
             match sockets::send(&self.push, &frames) {
                 Ok(()) => {
                     self.sent += 1;
+                    // Read connection events now and then even when nothing blocks:
+                    // libzmq's I/O thread blocks on a full monitor pipe.
+                    if self.sent % 256 == 0 {
+                        self.connections.update()?;
+                    }
                     return Ok(true);
                 }
                 Err(zmq::Error::EAGAIN) => {}
