@@ -99,6 +99,10 @@ pub(crate) struct Args {
     /// --capacity`).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     worker_capacity: u32,
+    /// Broker scenario: CURVE on every connection, with keys made for the run (the broker
+    /// then has an I/O thread of its own; not with --connect or --processes).
+    #[arg(long, conflicts_with_all = ["connect", "processes"])]
+    curve: bool,
     /// Broker scenario: run the broker, every worker and every client as a process of
     /// its own (this binary) instead of threads of this one.
     #[arg(long)]
@@ -139,6 +143,7 @@ impl Case {
                 self.in_flight,
                 self.count,
                 self.size,
+                args.curve,
             ),
             Scenario::Pipeline => bench::raw_pipeline(self.workers, self.count, self.size),
             Scenario::Map => {

@@ -78,3 +78,16 @@ fn the_broker_scenario_runs_with_a_process_per_part() {
     ]);
     check(&rows, &[("broker", "sync"), ("broker", "pipelined")]);
 }
+
+#[test]
+fn the_broker_scenario_runs_over_curve_with_workers_holding_several_requests() {
+    let rows = bench(&[
+        "broker",
+        "--workers",
+        "2",
+        "--worker-capacity",
+        "8",
+        "--curve",
+    ]);
+    check(&rows, &[("broker", "sync"), ("broker", "pipelined")]);
+}

@@ -9,8 +9,8 @@
 use crate::error::{Error, Result, ZmqContext};
 use crate::pipeline::{ConnectionCounter, pipeline_socket};
 use crate::{
-    Broker, BrokerConfig, Client, ClientConfig, Pool, PoolConfig, Shutdown, Task, Worker,
-    WorkerConfig, sockets,
+    Allowlist, Broker, BrokerConfig, Client, ClientConfig, CurveClient, CurveServer, KeyPair, Pool,
+    PoolConfig, Shutdown, Task, Worker, WorkerConfig, sockets,
 };
 use bytes::Bytes;
 use scale0_proto::pipeline::{MapConfig, Outcome};
@@ -364,7 +364,8 @@ fn gather(threads: Vec<thread::JoinHandle<Result<Measurement>>>) -> Result<Measu
 /// Request/reply through an in-process broker (or the one at `connect`): `workers` echo
 /// workers (handlers `inline` on their socket thread, or on a handler thread each; each
 /// taking up to `capacity` requests at once), `clients` native-protocol clients each keeping `in_flight` requests of `size` bytes
-/// outstanding; `requests` in all.
+/// outstanding; `requests` in all. With `curve`, every connection is CURVE (keys made for
+/// the run; the broker then has a ZeroMQ context, so an I/O thread, of its own).
 #[allow(clippy::too_many_arguments)]
 pub fn broker(
     connect: Option<&str>,
@@ -375,13 +376,38 @@ pub fn broker(
     in_flight: u32,
     requests: u64,
     size: usize,
+    curve: bool,
 ) -> Result<Measurement> {
     let stop = Shutdown::new();
+    let (server_curve, peer_curve) = if curve {
+        let server = KeyPair::generate()?;
+        let peer = KeyPair::generate()?;
+        let mut allow = Allowlist::default();
+        allow.add(peer.public, "bench");
+        (
+            Some(CurveServer {
+                pair: server.clone(),
+                allow: Arc::new(allow),
+            }),
+            Some(CurveClient {
+                server: server.public,
+                pair: peer,
+            }),
+        )
+    } else {
+        (None, None)
+    };
     let (endpoint, broker_thread) = match connect {
+        Some(_) if curve => {
+            return Err(Error::InvalidConfig(
+                "the CURVE benchmark starts its own broker (its keys are made for the run)".into(),
+            ));
+        }
         Some(e) => (e.to_string(), None),
         None => {
             let broker = Broker::bind(BrokerConfig {
                 bind: vec![LOOPBACK.into()],
+                curve: server_curve,
                 ..BrokerConfig::default()
             })?;
             let endpoint = broker
@@ -400,6 +426,7 @@ pub fn broker(
         let mut config = WorkerConfig::new(endpoint.clone(), service.clone());
         config.inline = inline;
         config.capacity = capacity;
+        config.curve.clone_from(&peer_curve);
         let worker = Worker::new(config)?;
         let stop = stop.clone();
         worker_threads.push(spawn(&format!("bench-worker-{i}"), move || {
@@ -409,7 +436,9 @@ pub fn broker(
     let payload = Bytes::from(vec![b'x'; size]);
     let mut threads = Vec::new();
     for (i, n) in split(requests, clients).into_iter().enumerate() {
-        let mut client = Client::connect(ClientConfig::new(endpoint.clone()))?;
+        let mut config = ClientConfig::new(endpoint.clone());
+        config.curve.clone_from(&peer_curve);
+        let mut client = Client::connect(config)?;
         let service = service.clone();
         let payload = payload.clone();
         threads.push(spawn(&format!("bench-client-{i}"), move || {

@@ -712,7 +712,7 @@ impl Vent {
                     self.sent += 1;
                     // Read connection events now and then even when nothing blocks:
                     // libzmq's I/O thread blocks on a full monitor pipe.
-                    if self.sent % 256 == 0 {
+                    if self.sent.is_multiple_of(256) {
                         self.connections.update()?;
                     }
                     return Ok(true);
