@@ -94,8 +94,15 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             busy
         );
         for w in workers {
+            // A worker with credit (capacity above 1) shows how full it is.
+            let capacity = n(&w["capacity"]);
+            let held = if capacity > 1 {
+                format!(", holding {} of {capacity}", n(&w["held"]))
+            } else {
+                String::new()
+            };
             println!(
-                "  worker {} {} for {}",
+                "  worker {} {} for {}{held}",
                 w["id"].as_str().unwrap_or_default(),
                 w["state"].as_str().unwrap_or_default(),
                 duration(n(&w["since_ms"]))

@@ -205,7 +205,7 @@ fn metrics_are_scraped_over_http_in_prometheus_text() {
 fn status_shows_services_queues_and_workers() {
     let broker = Broker::start(&[]);
     let mut workers = Vec::new();
-    for _ in 0..2 {
+    for capacity in ["1", "4"] {
         let mut w = scale0();
         w.args([
             "worker",
@@ -214,6 +214,8 @@ fn status_shows_services_queues_and_workers() {
             "--service",
             "echo",
             "--echo",
+            "--capacity",
+            capacity,
         ])
         .stdout(Stdio::null());
         workers.push(Proc::spawn("worker", w));
@@ -253,14 +255,24 @@ fn status_shows_services_queues_and_workers() {
         .unwrap();
     for w in echo["workers"].as_array().unwrap() {
         assert_eq!(w["state"], "idle");
+        assert_eq!(w["held"], 0);
         assert!(w["id"].as_str().is_some_and(|id| !id.is_empty()));
     }
+    let mut capacities: Vec<u64> = echo["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["capacity"].as_u64().unwrap())
+        .collect();
+    capacities.sort_unstable();
+    assert_eq!(capacities, [1, 4]);
     let table = status(false);
     assert!(
         table.lines().any(|l| l.starts_with("echo")
             && l.split_whitespace().collect::<Vec<_>>() == ["echo", "0", "2", "2", "0"]),
         "{table}"
     );
+    assert_eq!(table.matches("holding 0 of 4").count(), 1, "{table}");
     let _ = waiting.kill();
     let _ = waiting.wait();
 }
