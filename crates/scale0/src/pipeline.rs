@@ -83,25 +83,12 @@ impl ConnectionCounter {
         what: &str,
         curve: bool,
     ) -> Result<Self> {
-        static MONITORS: AtomicU64 = AtomicU64::new(0);
-        let addr = format!(
-            "inproc://scale0-pipeline-monitor-{}",
-            MONITORS.fetch_add(1, Ordering::Relaxed)
-        );
         let mut events = i32::from(zmq::SocketEvent::ACCEPTED.to_raw())
             | i32::from(zmq::SocketEvent::DISCONNECTED.to_raw());
         if curve {
             events |= HANDSHAKE_FAILURES;
         }
-        socket
-            .monitor(&addr, events)
-            .context(|| format!("monitoring the {what} socket"))?;
-        let monitor = ctx
-            .socket(zmq::PAIR)
-            .context(|| "creating a monitor socket".into())?;
-        monitor
-            .connect(&addr)
-            .context(|| format!("connecting {addr}"))?;
+        let monitor = sockets::monitor(ctx, socket, events, &format!("the {what} socket"))?;
         Ok(Self {
             monitor,
             count: 0,

@@ -323,26 +323,11 @@ pub(crate) struct HandshakeWatch {
 impl HandshakeWatch {
     /// Starts watching `socket` (before it connects), whose context is `ctx`.
     pub(crate) fn start(ctx: &zmq::Context, socket: &zmq::Socket) -> Result<Self> {
-        use std::sync::atomic::AtomicU64;
-        static WATCHES: AtomicU64 = AtomicU64::new(0);
-        let addr = format!(
-            "inproc://scale0-handshake-watch-{}",
-            WATCHES.fetch_add(1, Ordering::Relaxed)
-        );
         let events = HANDSHAKE_FAILURES
             | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32
             | zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32;
-        socket
-            .monitor(&addr, events)
-            .context(|| "monitoring the handshake".into())?;
-        let reader = ctx
-            .socket(zmq::PAIR)
-            .context(|| "creating a monitor reader".into())?;
-        reader
-            .connect(&addr)
-            .context(|| format!("connecting to {addr}"))?;
         Ok(Self {
-            reader,
+            reader: crate::sockets::monitor(ctx, socket, events, "the handshake")?,
             refused: None,
         })
     }
@@ -437,8 +422,6 @@ impl ZapHandler {
         allow: Arc<Allowlist>,
         watched: &[&zmq::Socket],
     ) -> Result<Self> {
-        use std::sync::atomic::AtomicU64;
-        static MONITORS: AtomicU64 = AtomicU64::new(0);
         let socket = ctx
             .socket(zmq::REP)
             .context(|| "creating the ZAP handler's socket".into())?;
@@ -447,23 +430,10 @@ impl ZapHandler {
             .bind(ZAP_ENDPOINT)
             .context(|| format!("binding {ZAP_ENDPOINT}"))?;
         // Refusals by the allowlist are logged by `answer`, with the key.
-        let failures = HANDSHAKE_FAILURES;
-        let mut monitors = Vec::with_capacity(watched.len());
-        for s in watched {
-            let addr = format!(
-                "inproc://scale0-curve-monitor-{}",
-                MONITORS.fetch_add(1, Ordering::Relaxed)
-            );
-            s.monitor(&addr, failures)
-                .context(|| "monitoring handshakes".into())?;
-            let reader = ctx
-                .socket(zmq::PAIR)
-                .context(|| "creating a monitor reader".into())?;
-            reader
-                .connect(&addr)
-                .context(|| format!("connecting to {addr}"))?;
-            monitors.push(reader);
-        }
+        let monitors = watched
+            .iter()
+            .map(|s| crate::sockets::monitor(ctx, s, HANDSHAKE_FAILURES, "handshakes"))
+            .collect::<Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()

@@ -12,6 +12,34 @@ pub(crate) fn context() -> zmq::Context {
     CONTEXT.get_or_init(zmq::Context::new).clone()
 }
 
+/// Starts a monitor on `socket` for `events` and returns the PAIR that reads it; `ctx`
+/// must be the socket's own (the monitor is an `inproc` endpoint). Its events must be read
+/// regularly, and the monitor stopped ([`stop_monitor`]) before the reader closes: libzmq's
+/// I/O thread blocks on a full or orphaned monitor pipe.
+pub(crate) fn monitor(
+    ctx: &zmq::Context,
+    socket: &zmq::Socket,
+    events: i32,
+    what: &str,
+) -> Result<zmq::Socket> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MONITORS: AtomicU64 = AtomicU64::new(0);
+    let addr = format!(
+        "inproc://scale0-monitor-{}",
+        MONITORS.fetch_add(1, Ordering::Relaxed)
+    );
+    socket
+        .monitor(&addr, events)
+        .context(|| format!("monitoring {what}"))?;
+    let reader = ctx
+        .socket(zmq::PAIR)
+        .context(|| "creating a monitor reader".into())?;
+    reader
+        .connect(&addr)
+        .context(|| format!("connecting to {addr}"))?;
+    Ok(reader)
+}
+
 /// Stops the monitor of `socket`, which must happen before its reader closes: libzmq's
 /// I/O thread sends monitor events blocking, so an event for a reader that is gone (a
 /// peer disconnecting while the socket closes, say) would stall every socket of the
