@@ -889,6 +889,11 @@ impl Broker {
 
     /// Every known service, sorted by name.
     pub fn services(&self) -> Vec<ServiceStatus> {
+        // One pass over the workers: metrics call this twice a second.
+        let mut idle: HashMap<&ServiceName, usize> = HashMap::new();
+        for w in self.workers.values().filter(|w| !w.is_busy()) {
+            *idle.entry(&w.service).or_default() += 1;
+        }
         let mut out: Vec<_> = self
             .services
             .iter()
@@ -896,11 +901,7 @@ impl Broker {
                 name: name.clone(),
                 queued: s.requests.len(),
                 workers: s.workers,
-                idle: self
-                    .workers
-                    .values()
-                    .filter(|w| w.service == *name && !w.is_busy())
-                    .count(),
+                idle: idle.get(name).copied().unwrap_or(0),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1743,33 +1744,36 @@ impl Broker {
     /// A worker answered one of its requests: it is a sign of life, and a worker that was
     /// full has credit again, so it goes to the back of the list of workers with credit.
     fn replied(&mut self, now: Instant, peer: &PeerId, was_full: bool) {
-        let Some(w) = self.workers.get_mut(peer) else {
-            return;
-        };
-        if !w.is_busy() {
-            w.since = now;
-        }
         if was_full {
             self.make_idle(now, peer);
         } else {
-            w.expiry = now + self.config.worker_expiry();
-            let expiry = w.expiry;
-            self.arm(Some(expiry));
+            self.refresh(now, peer);
         }
     }
 
     /// Puts a worker at the back of its service's list of workers with credit (most
     /// recently used); workers of capacity 1 in it are idle.
     fn make_idle(&mut self, now: Instant, peer: &PeerId) {
+        self.refresh(now, peer);
+        if let Some(w) = self.workers.get(peer)
+            && let Some(s) = self.services.get_mut(&w.service)
+        {
+            s.idle.push_back(peer.clone());
+        }
+    }
+
+    /// A sign of life that may have left the worker idle: its expiry moves on, and its
+    /// `since` too if it holds nothing now (one still holding requests stays busy since
+    /// it became busy).
+    fn refresh(&mut self, now: Instant, peer: &PeerId) {
         let Some(w) = self.workers.get_mut(peer) else {
             return;
         };
         w.expiry = now + self.config.worker_expiry();
-        w.since = now;
-        let expiry = w.expiry;
-        if let Some(s) = self.services.get_mut(&w.service) {
-            s.idle.push_back(peer.clone());
+        if !w.is_busy() {
+            w.since = now;
         }
+        let expiry = w.expiry;
         self.arm(Some(expiry));
     }
 

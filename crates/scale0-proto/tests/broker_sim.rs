@@ -1438,6 +1438,18 @@ mod credit {
             .collect()
     }
 
+    /// (worker, first body frame) of each REQUEST among messages already taken.
+    fn requests_in(out: &[(String, Message)]) -> Vec<(String, Bytes)> {
+        out.iter()
+            .filter_map(|(to, m)| match m {
+                Message::Worker(WorkerCommand::Request { body, .. }) => {
+                    Some((to.clone(), body[0].clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn answer(sim: &mut Sim, worker: &str, tag: &PeerId, body: &str) {
         sim.worker(
             worker,
@@ -1484,16 +1496,7 @@ mod credit {
         let out = sim.sent();
         assert!(out.iter().any(|(to, m)| to == "A"
             && matches!(m, Message::Client(c) if c.body[0] == b("A2"))));
-        let next: Vec<_> = out
-            .iter()
-            .filter_map(|(to, m)| match m {
-                Message::Worker(WorkerCommand::Request { body, .. }) => {
-                    Some((to.clone(), body[0].clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(next, [("W".to_string(), b("c1"))]);
+        assert_eq!(requests_in(&out), [("W".to_string(), b("c1"))]);
         answer(&mut sim, "W", &got[2].1, "B1");
         answer(&mut sim, "W", &got[0].1, "A1");
         assert_eq!(
@@ -1576,16 +1579,13 @@ mod credit {
                 |(to, m)| to == "W1" && matches!(m, Message::Worker(WorkerCommand::Disconnect))
             )
         );
-        let again: Vec<_> = out
-            .iter()
-            .filter_map(|(to, m)| match m {
-                Message::Worker(WorkerCommand::Request { body, .. }) => {
-                    Some((to.as_str(), body[0].clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(again, [("W2", b("slow")), ("W2", b("quick"))]);
+        assert_eq!(
+            requests_in(&out),
+            [
+                ("W2".to_string(), b("slow")),
+                ("W2".to_string(), b("quick"))
+            ]
+        );
         assert_eq!(sim.broker.counters().request_timeouts, 1);
     }
 
