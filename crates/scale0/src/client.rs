@@ -115,6 +115,8 @@ pub struct Client {
     next_id: u64,
     /// Why the broker refused our handshake, if it did.
     handshakes: Option<HandshakeWatch>,
+    /// Calls to `recv_until`, which reads `handshakes` every so often.
+    waits: u64,
 }
 
 impl Drop for Client {
@@ -173,6 +175,7 @@ impl Client {
             identity,
             next_id: 0,
             handshakes,
+            waits: 0,
         })
     }
 
@@ -433,23 +436,31 @@ impl Client {
     fn recv_until(&mut self, deadline: Instant) -> Result<Option<scale0_proto::Frames>> {
         // Handshake events are kept only until read: a client that reconnects a thousand
         // times without reading them would fill the monitor's pipe, and libzmq's I/O
-        // thread blocks on a full monitor.
-        if let Some(w) = self.handshakes.as_mut() {
+        // thread blocks on a full monitor. Reading finds nothing nearly always and costs
+        // a system call, so only every so many waits (and on a timeout, `unanswered`):
+        // a reconnect makes at most a few events.
+        self.waits = self.waits.wrapping_add(1);
+        if self.waits.is_multiple_of(HANDSHAKE_CHECK_EVERY)
+            && let Some(w) = self.handshakes.as_mut()
+        {
             w.refusal();
         }
         loop {
-            if let Some(frames) = sockets::try_recv(&self.socket)? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Rounded up: a wait cut short would only spin until the deadline.
+            let ms = i64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
+            if let Some(frames) = sockets::recv_timeout(&self.socket, ms)? {
                 return Ok(Some(frames));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if Instant::now() >= deadline {
                 return Ok(None);
             }
-            let ms = i64::try_from(left.as_millis().max(1)).unwrap_or(i64::MAX);
-            sockets::poll_in(&self.socket, ms).context(|| "polling the client socket".into())?;
         }
     }
 }
+
+/// Waits for replies between two reads of the client's handshake events.
+const HANDSHAKE_CHECK_EVERY: u64 = 64;
 
 fn service_name(service: &str) -> Result<ServiceName> {
     ServiceName::new(Bytes::copy_from_slice(service.as_bytes()))

@@ -99,24 +99,57 @@ pub(crate) fn try_recv(socket: &zmq::Socket) -> Result<Option<Frames>> {
     }
 }
 
-/// Like [`try_recv`], with the User-Id the connection authenticated as (ZAP), if any.
-pub(crate) fn try_recv_as(socket: &zmq::Socket) -> Result<Option<(Frames, Option<String>)>> {
-    let mut first = match socket.recv_msg(zmq::DONTWAIT) {
+/// Receives one whole multipart message, waiting up to `timeout_ms` (negative: for
+/// ever); `Ok(None)` when none came in time or a signal cut the wait short.
+///
+/// For a loop on one socket this is far cheaper than [`poll_in`] and [`try_recv`]:
+/// libzmq takes a message that is already there without a system call, and otherwise
+/// sleeps in one `poll`, where `zmq_poll` makes three or four system calls each time
+/// and a non-blocking receive that finds nothing makes one more. Measured in the broker
+/// (BENCHMARKS.md, "System calls per request").
+pub(crate) fn recv_timeout(socket: &zmq::Socket, timeout_ms: i64) -> Result<Option<Frames>> {
+    Ok(recv_msgs(socket, timeout_ms, false)?.map(|(frames, _)| frames))
+}
+
+/// Like [`recv_timeout`], with the User-Id the connection authenticated as (ZAP), if any.
+pub(crate) fn recv_timeout_as(
+    socket: &zmq::Socket,
+    timeout_ms: i64,
+) -> Result<Option<(Frames, Option<String>)>> {
+    recv_msgs(socket, timeout_ms, true)
+}
+
+fn recv_msgs(
+    socket: &zmq::Socket,
+    timeout_ms: i64,
+    with_user: bool,
+) -> Result<Option<(Frames, Option<String>)>> {
+    // RCVTIMEO is a plain field of the socket; setting it makes no system call.
+    let timeout = i32::try_from(timeout_ms.max(-1)).unwrap_or(i32::MAX);
+    socket
+        .set_rcvtimeo(timeout)
+        .context(|| "setting RCVTIMEO".into())?;
+    let mut first = match socket.recv_msg(0) {
         Ok(m) => m,
-        Err(zmq::Error::EAGAIN) => return Ok(None),
+        Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => return Ok(None),
         Err(e) => return Err(e).context(|| "receiving a message".into()),
     };
-    let user = first
-        .gets("User-Id")
-        .filter(|u| !u.is_empty())
-        .map(str::to_string);
+    // Looking a property up allocates (the name becomes a C string): only under CURVE.
+    let user = if with_user {
+        first
+            .gets("User-Id")
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+    } else {
+        None
+    };
     let mut more = first.get_more();
-    let mut frames = vec![Bytes::copy_from_slice(&first)];
+    let mut frames = Vec::with_capacity(if more { 6 } else { 1 });
+    frames.push(Bytes::copy_from_slice(&first));
+    drop(first);
     while more {
         // The rest of a multipart message is already here: libzmq delivers it whole.
-        let part = socket
-            .recv_msg(0)
-            .context(|| "receiving a message".into())?;
+        let part = retry_eintr(|| socket.recv_msg(0)).context(|| "receiving a message".into())?;
         more = part.get_more();
         frames.push(Bytes::copy_from_slice(&part));
     }

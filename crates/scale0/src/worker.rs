@@ -319,6 +319,19 @@ impl Worker {
             }
             let to_handler = &handler.pipe;
             let wait = clock.wait_ms(session.poll_timeout());
+            // Only a handler thread with a request in hand can answer on the pipe; until
+            // then the broker's socket is all there is to wait on, and a plain receive
+            // with a timeout takes a waiting message without a system call (see
+            // `sockets::recv_timeout`).
+            let handler_may_answer = handler.inline.is_none() && session.is_busy();
+            if !handler_may_answer && let Some(s) = broker.as_ref() {
+                if let Some(frames) = sockets::recv_timeout(s, wait)?
+                    && let Err(e) = session.handle_message(clock.now(), frames)
+                {
+                    warn!(error = %e, "malformed message from the broker, ignored");
+                }
+                continue;
+            }
             // A fixed array rather than a Vec: this runs once per request.
             let (handler_ready, broker_ready) = match broker.as_ref() {
                 Some(s) => {
