@@ -99,6 +99,10 @@ pub(crate) struct Args {
     /// --capacity`).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     worker_capacity: u32,
+    /// The broker's `--spin-us`: how long it keeps checking for its next message before
+    /// it sleeps (0 never).
+    #[arg(long, value_name = "US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=scale0::MAX_SPIN_US))]
+    broker_spin_us: u64,
     /// Broker scenario: CURVE on every connection, with keys made for the run (the broker
     /// then has an I/O thread of its own; not with --connect or --processes).
     #[arg(long, conflicts_with_all = ["connect", "processes"])]
@@ -134,17 +138,18 @@ impl Case {
             Scenario::PubSub => bench::pub_sub(self.count, self.size, args.pub_sub_hwm),
             Scenario::Direct => bench::direct(self.clients, self.in_flight, self.count, self.size),
             Scenario::Broker if args.processes => processes::broker(args, self),
-            Scenario::Broker => bench::broker(
-                args.connect.as_deref(),
-                !args.handler_thread,
-                args.worker_capacity,
-                self.workers,
-                self.clients,
-                self.in_flight,
-                self.count,
-                self.size,
-                args.curve,
-            ),
+            Scenario::Broker => bench::broker(&bench::BrokerCase {
+                connect: args.connect.clone(),
+                inline: !args.handler_thread,
+                capacity: args.worker_capacity,
+                workers: self.workers,
+                clients: self.clients,
+                in_flight: self.in_flight,
+                requests: self.count,
+                size: self.size,
+                curve: args.curve,
+                spin_us: args.broker_spin_us,
+            }),
             Scenario::Pipeline => bench::raw_pipeline(self.workers, self.count, self.size),
             Scenario::Map => {
                 let task: Option<Arc<dyn Task>> = (args.sleep_ms > 0).then(|| {
@@ -508,6 +513,7 @@ mod processes {
                 let mut child = spawn(
                     scale0()?
                         .args(["broker", "--bind", "tcp://127.0.0.1:*"])
+                        .args(["--spin-us", &args.broker_spin_us.to_string()])
                         .stdout(Stdio::piped()),
                     "the broker",
                 )?;

@@ -74,6 +74,12 @@ pub(crate) struct Args {
     /// (new ones are refused with `shutting_down`) before exiting, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     grace_ms: u64,
+    /// How long the broker keeps checking for its next message before it sleeps, in
+    /// microseconds (0 never). Spinning through the short gaps of a busy conversation
+    /// saves the wake-up, tens of microseconds on a virtual machine. It spins only while
+    /// messages come that close together: sparse traffic costs no CPU.
+    #[arg(long, value_name = "US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=scale0::MAX_SPIN_US))]
+    spin_us: u64,
     /// Serve Prometheus metrics over HTTP at HOST:PORT/metrics (port 0 picks one; the
     /// address is printed as a `listening http://...` line).
     #[arg(long, value_name = "HOST:PORT")]
@@ -125,6 +131,7 @@ impl Args {
         config.data_dir = self.data_dir;
         config.events = self.events;
         config.grace_ms = self.grace_ms;
+        config.spin_us = self.spin_us;
         config.metrics = self.metrics;
         config.store.segment_bytes = self.segment_bytes;
         config.store.repair = self.repair_log;

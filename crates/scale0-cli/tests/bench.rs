@@ -75,6 +75,9 @@ fn the_broker_scenario_runs_with_a_process_per_part() {
         "--workers",
         "2",
         "--handler-thread",
+        // The broker's other way to wait: straight to sleep, no spinning.
+        "--broker-spin-us",
+        "0",
     ]);
     check(&rows, &[("broker", "sync"), ("broker", "pipelined")]);
 }

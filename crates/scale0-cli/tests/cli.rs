@@ -204,6 +204,8 @@ fn bad_flags_are_refused_with_a_message_and_no_panic() {
         &["demo", "--workers", "0"],
         &["broker", "--repair-log"],
         &["broker", "--segment-bytes", "10"],
+        &["broker", "--spin-us", "20000"],
+        &["bench", "--broker-spin-us", "-1"],
         &["queue", "--request-timeout-ms", "0"],
         &["queue", "--max-attempts", "0"],
         &["queue", "--frontend", "tcp://127.0.0.1:70000"],

@@ -361,23 +361,48 @@ fn gather(threads: Vec<thread::JoinHandle<Result<Measurement>>>) -> Result<Measu
     Ok(total)
 }
 
-/// Request/reply through an in-process broker (or the one at `connect`): `workers` echo
-/// workers (handlers `inline` on their socket thread, or on a handler thread each; each
-/// taking up to `capacity` requests at once), `clients` native-protocol clients each keeping `in_flight` requests of `size` bytes
-/// outstanding; `requests` in all. With `curve`, every connection is CURVE (keys made for
-/// the run; the broker then has a ZeroMQ context, so an I/O thread, of its own).
-#[allow(clippy::too_many_arguments)]
-pub fn broker(
-    connect: Option<&str>,
-    inline: bool,
-    capacity: u32,
-    workers: u32,
-    clients: u32,
-    in_flight: u32,
-    requests: u64,
-    size: usize,
-    curve: bool,
-) -> Result<Measurement> {
+/// The request/reply-through-a-broker case: who takes part and how they behave.
+#[derive(Clone, Debug)]
+pub struct BrokerCase {
+    /// Use the broker at this endpoint instead of starting one in this process.
+    pub connect: Option<String>,
+    /// Workers run their handler inline on their socket thread, not on a thread of its own.
+    pub inline: bool,
+    /// Requests each worker may hold at once.
+    pub capacity: u32,
+    /// Echo workers.
+    pub workers: u32,
+    /// Native-protocol clients.
+    pub clients: u32,
+    /// Requests each client keeps outstanding.
+    pub in_flight: u32,
+    /// Requests in all.
+    pub requests: u64,
+    /// Request body size in bytes.
+    pub size: usize,
+    /// CURVE on every connection, keys made for the run (the broker then has a ZeroMQ
+    /// context, so an I/O thread, of its own).
+    pub curve: bool,
+    /// The started broker's [`BrokerConfig::spin_us`].
+    pub spin_us: u64,
+}
+
+/// Request/reply through an in-process broker (or the one at `connect`): echo workers
+/// and native clients as threads of this process (see [`BrokerCase`]).
+pub fn broker(case: &BrokerCase) -> Result<Measurement> {
+    let BrokerCase {
+        ref connect,
+        inline,
+        capacity,
+        workers,
+        clients,
+        in_flight,
+        requests,
+        size,
+        curve,
+        spin_us,
+    } = *case;
+    let connect = connect.as_deref();
     let stop = Shutdown::new();
     let (server_curve, peer_curve) = if curve {
         let server = KeyPair::generate()?;
@@ -408,6 +433,7 @@ pub fn broker(
             let broker = Broker::bind(BrokerConfig {
                 bind: vec![LOOPBACK.into()],
                 curve: server_curve,
+                spin_us,
                 ..BrokerConfig::default()
             })?;
             let endpoint = broker

@@ -23,7 +23,7 @@ mod sockets;
 mod task;
 mod worker;
 
-pub use broker::{Broker, BrokerConfig, watch_events};
+pub use broker::{Broker, BrokerConfig, MAX_SPIN_US, watch_events};
 pub use bus::{
     Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig, NodeUpdate, SwarmConfig,
     SwarmReport, run_swarm,

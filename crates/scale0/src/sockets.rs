@@ -111,15 +111,9 @@ pub(crate) fn recv_timeout(socket: &zmq::Socket, timeout_ms: i64) -> Result<Opti
     Ok(recv_msgs(socket, timeout_ms, false)?.map(|(frames, _)| frames))
 }
 
-/// Like [`recv_timeout`], with the User-Id the connection authenticated as (ZAP), if any.
-pub(crate) fn recv_timeout_as(
-    socket: &zmq::Socket,
-    timeout_ms: i64,
-) -> Result<Option<(Frames, Option<String>)>> {
-    recv_msgs(socket, timeout_ms, true)
-}
-
-fn recv_msgs(
+/// Like [`recv_timeout`], with the User-Id the connection authenticated as (ZAP) when
+/// `with_user` (looking it up allocates, so only where CURVE is on).
+pub(crate) fn recv_msgs(
     socket: &zmq::Socket,
     timeout_ms: i64,
     with_user: bool,
