@@ -16,7 +16,7 @@ requests=200000
 data=$(mktemp)
 trap 'rm -f "$data"' EXIT
 events=()
-for call in poll epoll_wait epoll_ctl sendto recvfrom; do
+for call in poll epoll_wait epoll_ctl sendto recvfrom sched_yield; do
     events+=(-e "syscalls:sys_enter_$call")
 done
 RUST_LOG=warn perf record -q -o "$data" "${events[@]}" -- "$bin" bench broker --size 128 \
