@@ -69,13 +69,6 @@ pub struct BrokerConfig {
 /// Upper bound of [`BrokerConfig::spin_us`]: past this, spinning only burns CPU.
 pub const MAX_SPIN_US: u64 = 10_000;
 
-/// Fruitless spins in a row after which the broker mostly stops spinning.
-const SPIN_MISSES: u32 = 8;
-
-/// Once it has stopped, the broker still spins before one sleep in this many, to notice
-/// when messages come close together again.
-const SPIN_PROBE: u32 = 64;
-
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
@@ -304,10 +297,7 @@ impl Broker {
         // Messages handled since the last commit (durable mode).
         let mut uncommitted = 0usize;
         let mut unflushed = 0usize;
-        let spin = Duration::from_micros(self.config.spin_us);
-        // Spins in a row that found nothing, and sleeps so far.
-        let mut misses = 0u32;
-        let mut sleeps = 0u32;
+        let mut receiver = sockets::Receiver::new(self.config.spin_us, self.zap.is_some());
         loop {
             if let Some(m) = &self.metrics
                 && std::time::Instant::now() >= next_metrics
@@ -373,31 +363,7 @@ impl Broker {
             } else {
                 clock.wait_ms(Some(core.poll_timeout()))
             };
-            // Under CURVE each message says which key sent it.
-            let with_user = self.zap.is_some();
-            let mut received = None;
-            // Spin while spinning pays; after SPIN_MISSES fruitless spins in a row only
-            // every SPIN_PROBE-th sleep tries again, so sparse traffic costs next to no CPU.
-            if wait > 0
-                && !spin.is_zero()
-                && (misses < SPIN_MISSES || sleeps.is_multiple_of(SPIN_PROBE))
-            {
-                // A message may be a few microseconds away: look again (letting other
-                // threads of this core run in between) before paying for a wake-up.
-                let until = std::time::Instant::now() + spin;
-                while received.is_none() && std::time::Instant::now() < until {
-                    received = sockets::recv_msgs(&self.socket, 0, with_user)?;
-                    if received.is_none() {
-                        std::thread::yield_now();
-                    }
-                }
-                misses = if received.is_some() { 0 } else { misses + 1 };
-            }
-            if received.is_none() {
-                sleeps = sleeps.wrapping_add(1);
-                received = sockets::recv_msgs(&self.socket, wait, with_user)?;
-            }
-            let received = received.map(|(frames, user)| {
+            let received = receiver.recv(&self.socket, wait)?.map(|(frames, user)| {
                 core.handle_message_from(clock.now(), frames, user.as_deref());
             });
             unflushed += usize::from(received.is_some());
