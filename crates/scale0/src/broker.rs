@@ -60,9 +60,9 @@ pub struct BrokerConfig {
     /// How long the broker keeps checking for its next message, in microseconds, before
     /// it goes to sleep (at most [`MAX_SPIN_US`]; 0 never). Waking a sleeping thread
     /// costs tens of microseconds on a virtual machine; a broker that spins through the
-    /// short gaps of a busy conversation answers sooner. It spins only while messages
-    /// come that close together, so sparse traffic costs no CPU, and a busy stream at
-    /// most this much each time it pauses.
+    /// short gaps of a busy conversation answers sooner. After a few fruitless spins in
+    /// a row it mostly stops (see `sockets::Receiver`), so sparse traffic costs next to
+    /// no CPU.
     pub spin_us: u64,
 }
 
