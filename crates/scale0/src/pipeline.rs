@@ -107,8 +107,8 @@ impl ConnectionCounter {
             // Event frame: u16 event id, u32 value (then a frame with the endpoint).
             let id = event
                 .first()
-                .and_then(|f| f.get(..2))
-                .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                .and_then(|f| sockets::monitor_event(f))
+                .map_or(0, |(id, _)| id);
             if id == zmq::SocketEvent::ACCEPTED.to_raw() {
                 self.count += 1;
             } else if id == zmq::SocketEvent::DISCONNECTED.to_raw() {

@@ -335,15 +335,10 @@ impl HandshakeWatch {
     /// Why the latest handshake failed, if the latest one did.
     pub(crate) fn refusal(&mut self) -> Option<String> {
         while let Ok(event) = self.reader.recv_multipart(zmq::DONTWAIT) {
-            let Some(head) = event.first() else {
-                continue;
-            };
-            let (Some(e), Some(v)) = (head.get(0..2), head.get(2..6)) else {
-                continue;
-            };
-            let id = u32::from(u16::from_ne_bytes([e[0], e[1]]));
-            let value = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
-            self.refused = client_refusal(id, value);
+            if let Some((id, value)) = event.first().and_then(|f| crate::sockets::monitor_event(f))
+            {
+                self.refused = client_refusal(u32::from(id), value);
+            }
         }
         self.refused.clone()
     }
@@ -351,7 +346,6 @@ impl HandshakeWatch {
 
 /// What a failed handshake means to the connecting side.
 fn client_refusal(event: u32, value: u32) -> Option<String> {
-    const MECHANISM_MISMATCH: u32 = 0x1100_0002;
     Some(match event {
         e if e == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u32 => return None,
         e if e == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u32 => format!(
@@ -370,6 +364,11 @@ fn client_refusal(event: u32, value: u32) -> Option<String> {
     })
 }
 
+/// ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH of zmq.h: a plaintext peer met a CURVE one.
+const MECHANISM_MISMATCH: u32 = 0x1100_0002;
+/// ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC of zmq.h: a hello that did not decrypt.
+const CRYPTOGRAPHIC: u32 = 0x1100_0001;
+
 /// Monitor events that mean a peer was refused before ZAP was asked.
 pub(crate) const HANDSHAKE_FAILURES: i32 = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
     | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32;
@@ -385,10 +384,8 @@ impl HandshakeLog {
     /// handshake failure; other events are ignored.
     pub(crate) fn event<F: AsRef<[u8]>>(&mut self, event: &[F]) {
         if let [head, address, ..] = event
-            && let (Some(e), Some(v)) = (head.as_ref().get(0..2), head.as_ref().get(2..6))
+            && let Some((event, value)) = crate::sockets::monitor_event(head.as_ref())
         {
-            let event = u16::from_ne_bytes([e[0], e[1]]);
-            let value = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
             let Some((kind, why)) = handshake_failure(event, value) else {
                 return;
             };
@@ -577,9 +574,6 @@ fn answer(request: &[Vec<u8>], allow: &Allowlist, quiet: &mut Quiet) -> Vec<Vec<
 /// mechanism mismatch or, when its side notices first and hangs up, as a broken-off
 /// handshake. Returns a rate-limit kind (apart from the `REFUSED_*` ones) and the reason.
 fn handshake_failure(event: u16, value: u32) -> Option<(u16, &'static str)> {
-    // ZMQ_PROTOCOL_ERROR_* values of zmq.h.
-    const MECHANISM_MISMATCH: u32 = 0x1100_0002;
-    const CRYPTOGRAPHIC: u32 = 0x1100_0001;
     let event32 = u32::from(event);
     if event32 == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u32 {
         return Some((

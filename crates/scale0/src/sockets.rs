@@ -40,6 +40,18 @@ pub(crate) fn monitor(
     Ok(reader)
 }
 
+/// The event id and value of a monitor message's first frame (libzmq writes a u16 id and
+/// a u32 value in the machine's byte order); `None` for a frame too short to be one.
+pub(crate) fn monitor_event(frame: &[u8]) -> Option<(u16, u32)> {
+    match *frame {
+        [e0, e1, v0, v1, v2, v3, ..] => Some((
+            u16::from_ne_bytes([e0, e1]),
+            u32::from_ne_bytes([v0, v1, v2, v3]),
+        )),
+        _ => None,
+    }
+}
+
 /// Stops the monitor of `socket`, which must happen before its reader closes: libzmq's
 /// I/O thread sends monitor events blocking, so an event for a reader that is gone (a
 /// peer disconnecting while the socket closes, say) would stall every socket of the
