@@ -364,3 +364,112 @@ fn a_worker_with_credit_stopped_under_load_finishes_what_it_holds_and_loses_noth
     // not hold on until the grace period ran out.
     assert!(!log.contains("grace period over"), "{log}");
 }
+
+/// How a test knows a process is up before it signals it.
+enum Up {
+    /// The broker lists the service (a worker has registered).
+    Registered(&'static str),
+    /// A line with this text on stdout or stderr.
+    Prints(&'static str),
+}
+
+/// Every server and every worker mode stops on SIGTERM and exits 0, within its grace
+/// period when idle. (Regression: `worker --inline` sent DISCONNECT and then hung.)
+#[test]
+fn every_server_and_worker_mode_exits_zero_on_sigterm() {
+    const ANY: &str = "tcp://127.0.0.1:*";
+    let broker = Broker::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs");
+    std::fs::write(&jobs, "a\nb\n").unwrap();
+    let jobs = jobs.to_str().unwrap();
+    let ep = broker.endpoint.as_str();
+    let worker = |service: &'static str, mode: &[&str]| {
+        let mut args = vec!["worker", "--connect", ep, "--service", service];
+        args.extend_from_slice(mode);
+        (strings(&args), Up::Registered(service))
+    };
+    let server = |args: &[&str], line: &'static str| (strings(args), Up::Prints(line));
+    let dead_end = "tcp://127.0.0.1:1";
+    let cases = [
+        ("worker", worker("w-thread", &["--echo"])),
+        (
+            "worker --inline",
+            worker("w-inline", &["--echo", "--inline"]),
+        ),
+        (
+            "worker --inline --capacity 4",
+            worker("w-credit", &["--echo", "--inline", "--capacity", "4"]),
+        ),
+        ("worker -- cat", worker("w-cmd", &["--", "cat"])),
+        (
+            "queue",
+            server(&["queue", "--frontend", ANY, "--workers", ANY], "listening"),
+        ),
+        (
+            "forwarder",
+            server(
+                &["forwarder", "--frontend", ANY, "--backend", ANY],
+                "listening",
+            ),
+        ),
+        ("sink", server(&["sink", "--bind", ANY], "listening")),
+        (
+            "vent",
+            server(&["vent", "--bind", ANY, "--input", jobs], "listening"),
+        ),
+        (
+            "map",
+            server(
+                &["map", "--vent", ANY, "--sink", ANY, "--input", jobs],
+                "listening",
+            ),
+        ),
+        ("node", server(&["node", "--shard", "1"], "node running")),
+        (
+            "work",
+            (
+                strings(&["work", "--vent", dead_end, "--sink", dead_end, "--echo"]),
+                Up::Prints("task worker running"),
+            ),
+        ),
+    ];
+    for (name, (args, up)) in cases {
+        let mut cmd = scale0();
+        cmd.env("RUST_LOG", "info")
+            .args(&args)
+            .stderr(Stdio::piped());
+        let (mut proc, out) = common::spawn_lines(name, cmd);
+        let err = common::Lines::collect(proc.child.stderr.take().expect("piped stderr"));
+        match up {
+            Up::Registered(s) => eventually(&format!("{name} registered"), || {
+                common::mmi_service(ep, s) == "200"
+            }),
+            Up::Prints(line) => eventually(&format!("{name} printed {line:?}"), || {
+                out.count(line) + err.count(line) > 0
+            }),
+        }
+        sigterm(&proc);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = proc.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < HANG,
+                "{name} did not exit on SIGTERM: {:?}",
+                err.get()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "{name} exited with {status}: {:?}",
+            err.get()
+        );
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(ToString::to_string).collect()
+}

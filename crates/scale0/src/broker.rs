@@ -287,7 +287,7 @@ impl Broker {
                 (core, Some(log))
             }
         };
-        info!(endpoints = ?self.endpoints, durable = log.is_some(), "broker running");
+        info!(endpoints = %self.endpoints.join(" "), durable = log.is_some(), "broker running");
         let mut drain_until: Option<std::time::Instant> = None;
         let started = std::time::Instant::now();
         let mut next_metrics = started;

@@ -123,7 +123,11 @@ impl Forwarder {
     ) -> Result<ForwarderStats> {
         let mut stats = ForwarderStats::default();
         let mut next_report = every.map(|d| std::time::Instant::now() + d);
-        info!(endpoints = ?self.endpoints, "forwarder running");
+        info!(
+            frontend = %self.endpoints.0.join(" "),
+            backend = %self.endpoints.1.join(" "),
+            "forwarder running"
+        );
         while !shutdown.is_triggered() {
             let mut items = [
                 self.xsub.as_poll_item(zmq::POLLIN),

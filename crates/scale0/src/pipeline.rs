@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// The Guide's ventilator port, where workers pull jobs.
 pub const DEFAULT_VENT: &str = "tcp://*:5557";
@@ -335,6 +335,11 @@ impl TaskWorker {
                 Ok(push)
             })
             .collect::<Result<Vec<_>>>()?;
+        info!(
+            jobs = %config.sources.iter().map(|s| s.jobs.as_str()).collect::<Vec<_>>().join(" "),
+            results = %sinks.join(" "),
+            "task worker running"
+        );
 
         static WORKERS: AtomicU64 = AtomicU64::new(0);
         let done_addr = format!(

@@ -259,7 +259,11 @@ impl Pool {
         let mut next_progress = started + every;
         // The jobs socket had no room: wait until it has, rather than spin.
         let mut blocked = false;
-        info!(vent = ?self.vent, sink = ?self.sink, "map running");
+        info!(
+            vent = %self.vent.join(" "),
+            sink = %self.sink.join(" "),
+            "map running"
+        );
         while !core.is_done() {
             if shutdown.is_triggered() {
                 return Ok(MapSummary {

@@ -158,7 +158,12 @@ impl Queue {
     pub fn run(mut self, shutdown: &Shutdown) -> Result<Counters> {
         let clock = Clock::new();
         let mut core = core::Queue::new(self.config.core.clone(), clock.now());
-        info!(endpoints = ?self.endpoints, "queue running");
+        info!(
+            frontend = %self.endpoints.frontend.join(" "),
+            backend = %self.endpoints.backend.join(" "),
+            workers = %self.endpoints.workers.join(" "),
+            "queue running"
+        );
         while !shutdown.is_triggered() {
             let wait = clock.wait_ms(Some(core.poll_timeout()));
             let mut items = [

@@ -219,6 +219,9 @@ impl Worker {
         let mut inline: Option<Box<dyn Handler>> = None;
         let handler_thread = if self.config.inline {
             inline = Some(Box::new(handler));
+            // No thread owns the far end: close it now, or destroying the context at
+            // the end waits for it forever.
+            drop(handler_end);
             None
         } else {
             Some(
