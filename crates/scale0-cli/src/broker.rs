@@ -21,7 +21,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     heartbeat_liveness: u32,
     /// Largest message accepted, in bytes over all frames; larger ones are dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = scale0::proto::DEFAULT_MAX_MESSAGE_BYTES, value_parser = crate::limits::parse_max_message_bytes)]
     max_message_bytes: usize,
     /// Times a request may be handed to a worker before it fails (when workers holding
     /// it die or overrun its deadline).

@@ -22,6 +22,8 @@ pub(crate) struct ForwarderArgs {
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     stats_ms: Option<u64>,
     #[command(flatten)]
+    limit: crate::limits::MessageLimit,
+    #[command(flatten)]
     curve: crate::curve::ServerArgs,
 }
 
@@ -29,6 +31,7 @@ pub(crate) fn forwarder(args: ForwarderArgs) -> Result<ExitCode> {
     let f = Forwarder::bind(ForwarderConfig {
         frontend: args.frontend,
         backend: args.backend,
+        max_message_bytes: args.limit.max_message_bytes,
         curve: args.curve.load()?,
         ..ForwarderConfig::default()
     })?;
@@ -92,6 +95,8 @@ pub(crate) struct NodeArgs {
     /// role, address, last seen, intervals missed, heartbeats lost).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     table_ms: Option<u64>,
+    #[command(flatten)]
+    limit: crate::limits::MessageLimit,
     #[command(flatten)]
     curve: crate::curve::ClientArgs,
 }
@@ -196,6 +201,7 @@ pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
         }
     }
     config.interval_ms = args.interval_ms;
+    config.max_message_bytes = args.limit.max_message_bytes;
     config.curve = args.curve.load()?;
     config.membership.suspect_after = args.suspect_after;
     config.membership.dead_after = args.dead_after.max(args.suspect_after);

@@ -180,6 +180,8 @@ pub(crate) struct WorkArgs {
     #[command(flatten)]
     task: TaskArgs,
     #[command(flatten)]
+    limit: crate::limits::MessageLimit,
+    #[command(flatten)]
     curve: crate::curve::ClientArgs,
 }
 
@@ -208,6 +210,7 @@ pub(crate) fn work(args: WorkArgs) -> Result<ExitCode> {
         interval_ms: args.interval_ms,
         plain_timeout_ms: args.plain_timeout_ms,
         name: args.name,
+        max_message_bytes: args.limit.max_message_bytes,
         curve: args.curve.load()?,
     };
     let worker = TaskWorker::new(config)?;
@@ -249,6 +252,8 @@ pub(crate) struct VentArgs {
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     linger_ms: u64,
     #[command(flatten)]
+    limit: crate::limits::MessageLimit,
+    #[command(flatten)]
     curve: crate::curve::ServerArgs,
 }
 
@@ -259,6 +264,7 @@ pub(crate) fn vent(args: VentArgs) -> Result<ExitCode> {
         plain: args.plain,
         job_timeout_ms: args.timeout_ms,
         socket_hwm: args.hwm,
+        max_message_bytes: args.limit.max_message_bytes,
         curve: args.curve.load()?,
     })?;
     for e in vent.endpoints() {
@@ -294,12 +300,15 @@ pub(crate) struct SinkArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    limit: crate::limits::MessageLimit,
+    #[command(flatten)]
     curve: crate::curve::ServerArgs,
 }
 
 pub(crate) fn sink(args: SinkArgs) -> Result<ExitCode> {
     let sink = Sink::bind(SinkConfig {
         bind: args.bind,
+        max_message_bytes: args.limit.max_message_bytes,
         curve: args.curve.load()?,
         ..SinkConfig::default()
     })?;
@@ -431,6 +440,8 @@ pub(crate) struct MapArgs {
     #[command(flatten)]
     task: TaskArgs,
     #[command(flatten)]
+    limit: crate::limits::MessageLimit,
+    #[command(flatten)]
     curve: crate::curve::ServerArgs,
 }
 
@@ -458,6 +469,7 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
             dispatch_timeout_ms: args.dispatch_timeout_ms,
             ordered: !args.unordered,
         },
+        max_message_bytes: args.limit.max_message_bytes,
         curve: args.curve.load()?,
         ..PoolConfig::default()
     })?;

@@ -29,7 +29,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_queued: u64,
     /// Largest request accepted, in bytes over all frames.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = scale0::proto::DEFAULT_MAX_MESSAGE_BYTES, value_parser = crate::limits::parse_max_message_bytes)]
     max_message_bytes: usize,
     /// Heartbeat interval towards Paranoid Pirate workers, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]

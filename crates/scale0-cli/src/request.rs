@@ -33,6 +33,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 2)]
     retries: u32,
     #[command(flatten)]
+    limit: crate::limits::MessageLimit,
+    #[command(flatten)]
     curve: crate::curve::ClientArgs,
 }
 
@@ -40,6 +42,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let mut config = ClientConfig::new(args.connect.clone());
     config.timeout_ms = args.timeout_ms;
     config.retries = args.retries;
+    config.max_message_bytes = args.limit.max_message_bytes;
     config.curve = args.curve.load()?;
     let mut client = Client::connect(config)?;
     if args.lines {

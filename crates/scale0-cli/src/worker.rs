@@ -53,6 +53,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     grace_ms: u64,
     #[command(flatten)]
+    limit: crate::limits::MessageLimit,
+    #[command(flatten)]
     curve: crate::curve::ClientArgs,
 }
 
@@ -63,6 +65,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     config.inline = args.inline;
     config.capacity = args.capacity;
     config.grace_ms = args.grace_ms;
+    config.max_message_bytes = args.limit.max_message_bytes;
     config.curve = args.curve.load()?;
     // Validate once, before any thread starts.
     Worker::new(config.clone())?;

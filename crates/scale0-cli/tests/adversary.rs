@@ -49,3 +49,108 @@ fn a_routing_id_taken_over_mid_message_does_not_abort_the_broker() {
     );
     assert_eq!(mmi_service(&broker.endpoint, "echo"), "404");
 }
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends one message of `bytes` to `endpoint` as a peer of `kind` (oversized.py).
+fn send_oversized(endpoint: &str, kind: &str, bytes: usize) {
+    let out = run({
+        let mut c = adversary("oversized.py");
+        c.args([endpoint, kind, &bytes.to_string()]);
+        c
+    });
+    assert!(out.status.success(), "{}", tail(&out.stderr));
+}
+
+/// A message 200 times the bound (1000 times in the full mode) costs the server about the
+/// bound in memory, not the message's size: libzmq cuts the connection at the frame
+/// header (ZMQ_MAXMSGSIZE). Checked for every kind of server that reads from peers.
+#[test]
+fn an_oversized_message_costs_each_server_about_its_bound_not_its_size() {
+    const BOUND: usize = 1 << 20;
+    let huge = if full() { 1000 * BOUND } else { 200 * BOUND };
+    // Well under the message: the bound, the socket buffers and the allocator's slack.
+    const ALLOWED_GROWTH_KIB: u64 = 48 * 1024;
+    const ANY: &str = "tcp://127.0.0.1:*";
+    let bound = BOUND.to_string();
+    let servers: [(&str, Vec<&str>, usize); 4] = [
+        ("broker", vec!["broker", "--bind", ANY], 0),
+        ("sink", vec!["sink", "--bind", ANY], 0),
+        (
+            "forwarder",
+            vec!["forwarder", "--frontend", ANY, "--backend", ANY],
+            0,
+        ),
+        (
+            "queue",
+            vec![
+                "queue",
+                "--frontend",
+                ANY,
+                "--backend",
+                ANY,
+                "--workers",
+                ANY,
+            ],
+            0,
+        ),
+    ];
+    for (kind, args, endpoint_index) in servers {
+        let mut cmd = scale0();
+        cmd.args(&args).args(["--max-message-bytes", &bound]);
+        let (proc, out) = spawn_lines(kind, cmd);
+        let endpoint = out.listening(1)[endpoint_index].clone();
+        let before = peak_kib(proc.pid());
+        send_oversized(&endpoint, kind, huge);
+        let growth = peak_kib(proc.pid()).saturating_sub(before);
+        assert!(
+            growth < ALLOWED_GROWTH_KIB,
+            "{kind}: a {huge}-byte message raised peak memory by {growth} KiB"
+        );
+        let mut proc = proc;
+        assert!(proc.child.try_wait().unwrap().is_none(), "{kind} exited");
+        if kind == "broker" {
+            assert_eq!(mmi_service(&endpoint, "echo"), "404");
+        }
+    }
+}
+
+/// `--max-message-bytes` below what the protocol's own commands need is refused with a
+/// clear error, on every command that takes it (it once made the broker refuse even
+/// `mmi.service`).
+#[test]
+fn a_message_bound_too_small_for_the_protocol_is_refused_at_start() {
+    for command in [
+        "broker",
+        "queue",
+        "worker",
+        "request",
+        "forwarder",
+        "node",
+        "vent",
+        "work",
+        "sink",
+        "map",
+    ] {
+        let out = run({
+            let mut c = scale0();
+            c.args([command, "--max-message-bytes", "0", "--help"]);
+            c
+        });
+        assert!(!out.status.success(), "{command} took a bound of 0");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("too small for the protocol"),
+            "{command}: {err}"
+        );
+    }
+}

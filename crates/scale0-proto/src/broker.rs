@@ -70,7 +70,7 @@ impl Default for Config {
         Self {
             heartbeat_interval_ms: 2500,
             heartbeat_liveness: 3,
-            max_message_bytes: 16 * 1024 * 1024,
+            max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
             max_attempts: 3,
             request_timeout_ms: 60_000,
             service_request_timeout_ms: BTreeMap::new(),

@@ -22,4 +22,10 @@ mod time;
 pub mod worker;
 
 pub use mdp::{Body, DecodeError, Frames, PeerId, ServiceName};
+
+/// The largest message a server reads unless configured otherwise: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// The smallest message bound a server accepts: every command of every protocol, with
+/// the longest service name and address, fits in it.
+pub const MIN_MAX_MESSAGE_BYTES: usize = 1024;
 pub use time::Instant;

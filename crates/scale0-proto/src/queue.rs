@@ -54,7 +54,7 @@ impl Default for Config {
             request_timeout_ms: 2000,
             max_attempts: 5,
             max_queued: 100_000,
-            max_message_bytes: 16 * 1024 * 1024,
+            max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
             heartbeat_interval_ms: 1000,
             heartbeat_liveness: 3,
         }

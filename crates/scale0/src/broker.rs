@@ -185,6 +185,9 @@ impl Broker {
             .set_rcvhwm(config.socket_hwm)
             .context(|| "setting RCVHWM".into())?;
         socket.set_linger(0).context(|| "setting LINGER".into())?;
+        // Up to twice the bound a frame is read, so that the sender can be told
+        // `too_large`; a larger one ends its connection unread.
+        sockets::cap_frames(&socket, config.core.max_message_bytes.saturating_mul(2))?;
         // ZMTP heartbeats drop a connection whose peer froze or whose host vanished
         // without closing TCP; libzmq then reports sends to it as unroutable.
         let ivl = i32::try_from(config.core.heartbeat_interval_ms).unwrap_or(i32::MAX);

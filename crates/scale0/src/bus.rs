@@ -21,6 +21,9 @@ pub struct ForwarderConfig {
     pub backend: Vec<String>,
     /// Messages queued per subscriber before the forwarder drops for it.
     pub socket_hwm: i32,
+    /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
+    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
+    pub max_message_bytes: usize,
     /// CURVE on both sockets, with the nodes' keys allowed.
     pub curve: Option<CurveServer>,
 }
@@ -31,6 +34,7 @@ impl Default for ForwarderConfig {
             frontend: vec!["tcp://*:5561".into()],
             backend: vec!["tcp://*:5562".into()],
             socket_hwm: 100_000,
+            max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
         }
     }
@@ -89,6 +93,7 @@ impl Forwarder {
                 .context(|| "setting SNDHWM".into())?;
             s.set_rcvhwm(config.socket_hwm)
                 .context(|| "setting RCVHWM".into())?;
+            sockets::cap_frames(s, config.max_message_bytes)?;
         }
         let zap = security::secure(curve, &ctx, &[&xsub, &xpub], &[&xsub, &xpub])?;
         let front = config
@@ -174,6 +179,9 @@ pub struct NodeConfig {
     pub address: String,
     /// Suspect and dead thresholds, and the member bound.
     pub membership: membership::Config,
+    /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
+    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
+    pub max_message_bytes: usize,
     /// CURVE towards forwarders that require it (one server key for all).
     pub curve: Option<CurveClient>,
 }
@@ -190,6 +198,7 @@ impl NodeConfig {
             role: String::new(),
             address: String::new(),
             membership: membership::Config::default(),
+            max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
         }
     }
@@ -236,6 +245,7 @@ impl Node {
         subscriber
             .set_subscribe(TOPIC)
             .context(|| "subscribing".into())?;
+        sockets::cap_frames(&subscriber, config.max_message_bytes)?;
         security::apply_client(&subscriber, config.curve.as_ref())?;
         for e in &config.subscribe {
             sockets::connect(&subscriber, e)?;

@@ -23,6 +23,9 @@ pub struct ClientConfig {
     pub timeout_ms: u64,
     /// How many times a request is re-sent (same id) after a timeout.
     pub retries: u32,
+    /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
+    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
+    pub max_message_bytes: usize,
     /// CURVE: the broker's public key and this client's pair.
     pub curve: Option<CurveClient>,
     /// Ask the broker to confirm each request as soon as it is queued (ACCEPTED; with a
@@ -39,6 +42,7 @@ impl ClientConfig {
             connect: connect.into(),
             timeout_ms: 2500,
             retries: 2,
+            max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
             acknowledged: false,
         }
@@ -168,7 +172,7 @@ impl Client {
     /// up as a timeout on the first request).
     pub fn connect(config: ClientConfig) -> Result<Self> {
         let identity = random_identity();
-        let (socket, handshakes) = Self::open(&config.connect, &identity, config.curve.as_ref())?;
+        let (socket, handshakes) = Self::open(&config, &identity)?;
         Ok(Self {
             config,
             socket,
@@ -184,11 +188,7 @@ impl Client {
         if self.handshakes.is_some() {
             sockets::stop_monitor(&self.socket);
         }
-        let (socket, handshakes) = Self::open(
-            &self.config.connect,
-            &self.identity,
-            self.config.curve.as_ref(),
-        )?;
+        let (socket, handshakes) = Self::open(&self.config, &self.identity)?;
         self.socket = socket;
         self.handshakes = handshakes;
         Ok(())
@@ -212,14 +212,15 @@ impl Client {
     }
 
     fn open(
-        endpoint: &str,
+        config: &ClientConfig,
         identity: &[u8],
-        curve: Option<&CurveClient>,
     ) -> Result<(zmq::Socket, Option<HandshakeWatch>)> {
+        let (endpoint, curve) = (config.connect.as_str(), config.curve.as_ref());
         let socket = sockets::context()
             .socket(zmq::DEALER)
             .context(|| "creating the client socket".into())?;
         socket.set_linger(0).context(|| "setting LINGER".into())?;
+        sockets::cap_frames(&socket, config.max_message_bytes)?;
         // The client's own bound is the number of requests in flight; a socket HWM below
         // it would turn a large `in_flight` into EAGAIN on send.
         socket.set_sndhwm(0).context(|| "setting SNDHWM".into())?;

@@ -192,6 +192,9 @@ pub struct TaskWorkerConfig {
     pub plain_timeout_ms: u64,
     /// The worker's name in reports; `None` for host.pid.random.
     pub name: Option<String>,
+    /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
+    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
+    pub max_message_bytes: usize,
     /// CURVE towards ventilators and sinks that require it (one server key for all).
     pub curve: Option<CurveClient>,
 }
@@ -205,6 +208,7 @@ impl TaskWorkerConfig {
             interval_ms: 1000,
             plain_timeout_ms: 0,
             name: None,
+            max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
         }
     }
@@ -319,6 +323,7 @@ impl TaskWorker {
                 // One waiting message per connection: the rest stay with the ventilator,
                 // which gives them to workers with room.
                 let pull = pipeline_socket(&sockets::context(), zmq::PULL, 1, "jobs")?;
+                sockets::cap_frames(&pull, config.max_message_bytes)?;
                 security::apply_client(&pull, config.curve.as_ref())?;
                 sockets::connect(&pull, &s.jobs)?;
                 Ok(pull)
@@ -590,6 +595,9 @@ pub struct VentConfig {
     pub job_timeout_ms: u64,
     /// Jobs libzmq may queue per worker; small, so a worker joining late gets its share.
     pub socket_hwm: i32,
+    /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
+    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
+    pub max_message_bytes: usize,
     /// CURVE on every endpoint, with the workers' keys allowed.
     pub curve: Option<CurveServer>,
 }
@@ -601,6 +609,7 @@ impl Default for VentConfig {
             plain: false,
             job_timeout_ms: 0,
             socket_hwm: 10,
+            max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
         }
     }
@@ -640,6 +649,8 @@ impl Vent {
         // Its own context, so `finish` can wait for queued jobs by terminating it.
         let ctx = zmq::Context::new();
         let push = pipeline_socket(&ctx, zmq::PUSH, config.socket_hwm, "jobs")?;
+        // Workers send nothing on it but their handshake; what they could is capped.
+        sockets::cap_frames(&push, config.max_message_bytes)?;
         let curve = config.curve.as_ref();
         let connections = ConnectionCounter::watch(&ctx, &push, "jobs", curve.is_some())?;
         // The counter's monitor logs refused handshakes; ZAP is up before anyone connects.
@@ -756,6 +767,9 @@ pub struct SinkConfig {
     pub bind: Vec<String>,
     /// Results libzmq may queue per worker.
     pub socket_hwm: i32,
+    /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
+    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
+    pub max_message_bytes: usize,
     /// CURVE on every endpoint, with the workers' keys allowed.
     pub curve: Option<CurveServer>,
 }
@@ -765,6 +779,7 @@ impl Default for SinkConfig {
         Self {
             bind: vec![DEFAULT_SINK.into()],
             socket_hwm: 100_000,
+            max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
         }
     }
@@ -833,6 +848,7 @@ impl Sink {
         security::check_endpoints(curve, &config.bind)?;
         let ctx = security::server_context(curve);
         let pull = pipeline_socket(&ctx, zmq::PULL, config.socket_hwm, "results")?;
+        sockets::cap_frames(&pull, config.max_message_bytes)?;
         let zap = security::secure(curve, &ctx, &[&pull], &[&pull])?;
         let endpoints = config
             .bind

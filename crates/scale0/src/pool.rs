@@ -29,6 +29,9 @@ pub struct PoolConfig {
     pub map: MapConfig,
     /// How often progress is reported.
     pub progress_every: Duration,
+    /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
+    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
+    pub max_message_bytes: usize,
     /// CURVE on both sockets, with the workers' keys allowed. Local workers get a key
     /// pair of their own, allowed for this pool only.
     pub curve: Option<CurveServer>,
@@ -41,6 +44,7 @@ impl Default for PoolConfig {
             sink: vec![DEFAULT_SINK.into()],
             map: MapConfig::default(),
             progress_every: Duration::from_millis(200),
+            max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
         }
     }
@@ -152,6 +156,8 @@ impl Pool {
         let push = pipeline_socket(&ctx, zmq::PUSH, 100_000, "jobs")?;
         let connections = ConnectionCounter::watch(&ctx, &push, "jobs", curve.is_some())?;
         let pull = pipeline_socket(&ctx, zmq::PULL, 100_000, "reports")?;
+        sockets::cap_frames(&push, config.max_message_bytes)?;
+        sockets::cap_frames(&pull, config.max_message_bytes)?;
         // The push socket's monitor is the counter's, which logs its refusals itself.
         let zap = security::secure(curve.as_ref(), &ctx, &[&push, &pull], &[&pull])?;
         let vent = config
@@ -198,6 +204,7 @@ impl Pool {
         for i in 0..n {
             let mut config = TaskWorkerConfig::new(source.clone());
             config.curve.clone_from(&self.local_curve);
+            config.max_message_bytes = self.config.max_message_bytes;
             config.name = Some(format!(
                 "local.{}.{i}.{:04x}",
                 std::process::id(),

@@ -113,13 +113,21 @@ impl Queue {
         )?;
         let ctx = security::server_context(curve);
         let hwm = config.socket_hwm;
-        let frontend = socket(&ctx, zmq::ROUTER, hwm, "frontend")?;
+        // Up to twice the bound a frame is read (and the request refused and counted); a
+        // larger one ends its connection unread.
+        let cap = config.core.max_message_bytes.saturating_mul(2);
+        let socket = |kind, what| -> Result<zmq::Socket> {
+            let s = socket(&ctx, kind, hwm, what)?;
+            sockets::cap_frames(&s, cap)?;
+            Ok(s)
+        };
+        let frontend = socket(zmq::ROUTER, "frontend")?;
         // Replies to a client that left fail loudly instead of vanishing.
         frontend
             .set_router_mandatory(true)
             .context(|| "setting ROUTER_MANDATORY".into())?;
-        let backend = socket(&ctx, zmq::DEALER, hwm, "backend")?;
-        let workers = socket(&ctx, zmq::ROUTER, hwm, "workers")?;
+        let backend = socket(zmq::DEALER, "backend")?;
+        let workers = socket(zmq::ROUTER, "workers")?;
         workers
             .set_router_mandatory(true)
             .context(|| "setting ROUTER_MANDATORY".into())?;

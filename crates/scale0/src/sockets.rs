@@ -12,6 +12,15 @@ pub(crate) fn context() -> zmq::Context {
     CONTEXT.get_or_init(zmq::Context::new).clone()
 }
 
+/// Caps one frame read from any peer of `socket` at `max_bytes` (libzmq's
+/// ZMQ_MAXMSGSIZE): a peer that sends a larger frame is disconnected before the frame is
+/// stored, so an oversized message costs about the bound in memory, not its own size.
+pub(crate) fn cap_frames(socket: &zmq::Socket, max_bytes: usize) -> Result<()> {
+    socket
+        .set_maxmsgsize(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+        .context(|| "setting MAXMSGSIZE".into())
+}
+
 /// Starts a monitor on `socket` for `events` and returns the PAIR that reads it; `ctx`
 /// must be the socket's own (the monitor is an `inproc` endpoint). Its events must be read
 /// regularly, and the monitor stopped ([`stop_monitor`]) before the reader closes: libzmq's

@@ -45,6 +45,9 @@ pub struct WorkerConfig {
     /// another worker). With a grace period the worker has a ZeroMQ context of its own,
     /// so that its last reply and its goodbye leave before the process exits.
     pub grace_ms: u64,
+    /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
+    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
+    pub max_message_bytes: usize,
     /// CURVE: the broker's public key and this worker's pair.
     pub curve: Option<CurveClient>,
     /// Requests the broker may send this worker before it replies (1 to 1024; scale0's
@@ -68,6 +71,7 @@ impl WorkerConfig {
             version: Version::V2,
             inline: false,
             grace_ms: 0,
+            max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
             capacity: 1,
         }
@@ -392,6 +396,7 @@ impl Worker {
                         .socket(zmq::DEALER)
                         .context(|| "creating the worker socket".into())?;
                     s.set_linger(0).context(|| "setting LINGER".into())?;
+                    sockets::cap_frames(&s, self.config.max_message_bytes)?;
                     security::apply_client(&s, self.config.curve.as_ref())?;
                     sockets::connect(&s, &self.config.connect)?;
                     debug!(endpoint = %self.config.connect, service = %self.service, "connecting");

@@ -1,0 +1,285 @@
+"""Malformed messages of many shapes at one of scale0's servers, then checks that it still serves.
+
+KIND picks the peers and the shapes: broker (DEALER and REQ; MDP/0.1, MDP/0.2 and native
+headers), queue-frontend (DEALER and REQ clients), queue-workers (Paranoid Pirate DEALER and
+REQ workers), forwarder (XPUB publishers on the XSUB frontend; with --backend also an XSUB
+peer sending garbage subscriptions to the XPUB side), sink (PUSH reports), vent-peer
+(DEALERs, PULLs that come and go, and forged PULLs that send), node-bus (malformed s0hb
+heartbeats published on a forwarder's frontend, for the nodes listening: give a node's
+--check-pid). Every kind also gets raw TCP peers: random bytes, bad ZMTP greetings, a frame
+declaring 2**62 bytes.
+
+usage: malformed_frames.py ENDPOINT KIND [COUNT] [--check-pid PID] [--max-rss-mib N]
+                           [--backend ENDPOINT] [--expect-reply] [--seed N]
+Checks afterwards: the endpoint still sends a ZMTP greeting; broker: an MDP/0.1 request to
+mmi.service is answered within 10 s; queue-frontend with --expect-reply: a REQ request is
+answered; queue-workers: a new READY worker hears from the queue; forwarder and node-bus with
+--backend: a message published on ENDPOINT reaches a subscriber on the backend; --check-pid:
+the process is alive and not a zombie, and its VmRSS is under --max-rss-mib.
+Exit 0 when every check passed; the last line is `ok: kind=K sent=N ...`.
+"""
+
+import argparse
+import random
+import socket
+import sys
+import time
+
+import zmq
+
+KINDS = ("broker", "queue-frontend", "queue-workers", "forwarder", "sink", "vent-peer", "node-bus")
+HUGE, U64MAX = b"99999999999999999999999", b"18446744073709551615"
+PEER_TYPE = {"sink": b"PUSH", "vent-peer": b"PULL", "forwarder": b"PUB", "node-bus": b"PUB"}
+
+
+def shapes(kind: str, rng: random.Random) -> list[list[bytes]]:
+    """Messages as a DEALER, PUB or PUSH sends them (a REQ strips the leading empty frame)."""
+    junk = [rng.randbytes(rng.randrange(0, 64)) for _ in range(rng.randrange(1, 9))]
+    out = [[b""], [b"", b""], [b""] * 500, junk, [rng.randbytes(rng.randrange(1, 4096))], [b"x" * 262144]]
+    s, rid, w = b"echo", b"r%d" % rng.randrange(1 << 40), b"w%d" % rng.randrange(100)
+    if kind == "broker":
+        out += [[b"", b"MDPC09", s, b"x"], [b"", b"MDPW09", b"\x01", s], [b"S0C9", b"\x01", rid, s, b"", b"x"],
+                [b"", b"mdpc01", s, b"x"], [b"", b"MDPC01\x00", s, b"x"], [b"MDPC01", s, b"x"], [b"", b"MDPC01"],
+                [b"", b"MDPC01", b""], [b"", b"MDPC01", b"s" * 300, b"x"], [b"", b"MDPC01", b"\xff\xfe\x80", b"x"],
+                [b"", b"MDPC01", s] + [b""] * 500, [b"", b"MDPC01", b"mmi.service"], [b"", b"MDPC01", b"mmi.\xff"],
+                [b"", b"MDPC01", b"mmi.service", b"s" * 300], [b"", b"MDPC01", b"mmi.status"] + [b"x"] * 500,
+                [b"", b"MDPW01"], [b"", b"MDPW01", b""], [b"", b"MDPW01", b"\x09"], [b"", b"MDPW01", b"\x01"],
+                [b"", b"MDPW01", b"\x01", b"s" * 300], [b"", b"MDPW01", b"\x01", b"\xc3\x28"],
+                [b"", b"MDPW01", b"\x01", b"mmi.x"], [b"", b"MDPW01", b"\x01", s, b"capacity=0"],
+                [b"", b"MDPW01", b"\x01", s, b"capacity=" + HUGE], [b"", b"MDPW01", b"\x01", s, b"capacity=-1"],
+                [b"", b"MDPW01", b"\x01", s, b"capacity=2", b"x"], [b"", b"MDPW01", b"\x02", b"a", b"", b"x"],
+                [b"", b"MDPW01", b"\x03", b"a", b"", b"x"], [b"", b"MDPW01", b"\x03"], [b"", b"MDPW01", b"\x05", b"x"],
+                [b"", b"MDPW01", b"\x03", b"a" * 300, b"", b"x"], [b"", b"MDPW01", b"\x04", b"x"], [b"MDPC02"],
+                [b"MDPC02", b"\x07", s], [b"MDPC02", b"\x01"], [b"MDPC02", b"\x01", b""], [b"MDPC02", b"\x03", s],
+                [b"MDPW02", b"\x01"], [b"MDPW02", b"\x09"], [b"MDPW02", b"\x04", b"a", b"", b"x"], [b"MDPW02", b"\x05", b"x"],
+                [b"MDPW02", b"\x01", s, b"capacity=" + U64MAX], [b"S0C1"], [b"S0C1", b"\x01"], [b"S0C1", b"\x01", rid],
+                [b"S0C1", b"\x09", rid, s, b"", b"x"], [b"S0C1", b"\x01", b"", s, b"", b"x"], [b"S0C1", b"\x02", rid],
+                [b"S0C1", b"\x01", b"i" * 65, s, b"", b"x"], [b"S0C1", b"\x06", rid, b"s" * 300, b"", b"x"],
+                [b"S0C1", b"\x05", rid, b"queue_full", b"x"], [b"S0C1", b"\x01", rid, s, b""] + [b""] * 500]
+        out += [[b"S0C1", b"\x01", rid + d, s, d, b"x"] for d in (b"abc", b"-1", b"0", b" 5", HUGE, U64MAX)]
+    elif kind == "queue-frontend":
+        out += [[b"body"], [b"a", b"b"], [b"a", b""], [b"a" * 300, b"", b"x"], [b"a"] * 200 + [b"", b"x"],
+                [b"", b"x"] + [b""] * 500, [b"Q" + bytes(8), b"", b"x"], [b"", b"", b""]]
+    elif kind == "queue-workers":
+        tag = b"Q" + rng.randbytes(8)
+        out += [[b"\x01"], [b"\x02"], [b"\x03"], [b"\x01", b"x"], [b"\x02", b"x"], [b"", b"\x01"], [b"", b"\x02"],
+                [tag, b"", b"reply"], [tag], [tag, b"x"], [b"Q1", b"", b"x"], [b"", tag, b"", b"x"], [b"\x01"] * 500]
+    elif kind == "sink":
+        out += [[b"s0alive"], [b"s0alive", w], [b"s0alive", w, b"x", b"1000"], [b"s0alive", w, HUGE, b"0"],
+                [b"s0alive", w, b"4", U64MAX], [b"s0alive", w, b"4", b"1000"] + [b"id"] * 500, [b"s0start"],
+                [b"s0alive", b"\xff" * 300, b"1", b"1"], [b"s0start", w, b"i" * 300], [b"s0res", w], [b"s0bye"],
+                [b"s0res", w, rid, b"weird", b"x"], [b"s0res", w, rid, b"ok"], [b"s0bye", w, b"x"],
+                [b"s0job", rid, b"0", b"x"], [b"s0res", b"", b"", b"", b""]]
+    elif kind in ("node-bus", "forwarder"):
+        base = [b"s0hb", b"1", b"%d" % rng.randrange(1, 1 << 20), b"%d" % (time.time() * 1000), b"1", b"100",
+                b"n", b"r", b"a"]
+        muts = [(1, b"2"), (1, b""), (2, b"abc"), (2, b"-1"), (2, HUGE), (2, U64MAX), (3, U64MAX), (3, b"0"),
+                (3, HUGE), (4, b"0"), (4, U64MAX), (5, b"0"), (5, U64MAX), (5, b"1"), (5, b"-5"), (5, HUGE),
+                (6, b"n" * 300), (6, b"\xff\xfe"), (7, b"\xc3\x28"), (8, b"a" * 300)]
+        out += [[b"s0hb"], base[:8], base + [b"x"], base + [b""] * 500, [b"s0hbX"] + base[1:]]
+        out += [base[:i] + [v] + base[i + 1:] for i, v in muts]
+    return out
+
+
+def subscriptions(rng: random.Random) -> list[list[bytes]]:
+    """Garbage an XSUB peer sends to the forwarder's XPUB side."""
+    return [[b"\x01" + rng.randbytes(rng.randrange(1, 32))], [b"\x00" + rng.randbytes(8)], [b"\x02junk"],
+            [b""], [b"\x01" + b"p" * 65536], [b"\x00" + b"p" * 65536], [b"\x01", b"x"], [rng.randbytes(16)]]
+
+
+def zmtp_frames(frames: list[bytes]) -> bytes:
+    out = b""
+    for i, f in enumerate(frames):
+        more = 1 if i < len(frames) - 1 else 0
+        out += bytes([more | 2]) + len(f).to_bytes(8, "big") + f if len(f) > 255 else bytes([more, len(f)]) + f
+    return out
+
+
+def raw_peer(host: str, port: int, variant: int, kind: str, rng: random.Random) -> None:
+    greet = b"\xff" + bytes(8) + b"\x7f\x03\x00"
+    null = greet + b"NULL".ljust(20, b"\x00") + bytes(32)
+
+    def ready(stype: bytes, declared: int | None = None) -> bytes:
+        body = b"\x05READY\x0bSocket-Type" + (declared or len(stype)).to_bytes(4, "big") + stype
+        return null + b"\x04" + bytes([len(body)]) + body
+    typ = PEER_TYPE.get(kind, b"DEALER")
+    data = [rng.randbytes(4096), greet[:10] + rng.randbytes(4096), greet + b"BOGUS".ljust(20, b"\x00") + bytes(32),
+            ready(b"BOGUS"), ready(typ, 0x7FFFFFFF), ready(typ) + b"\x02" + (1 << 62).to_bytes(8, "big") + b"x",
+            ready(typ) + b"".join(zmtp_frames(m) for m in shapes(kind, rng)[:20])][variant % 7]
+    try:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.sendall(data)
+            s.settimeout(0.1)
+            s.recv(65536)
+    except OSError:
+        pass  # the server closing on us is the point
+
+
+def greeting(host: str, port: int) -> bool:
+    """True when the server accepts a TCP connection and sends a ZMTP signature within 5 s."""
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            got, deadline = b"", time.monotonic() + 5
+            while len(got) < 10 and time.monotonic() < deadline:
+                chunk = s.recv(10 - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            return got[:1] == b"\xff" and got[9:10] == b"\x7f"
+    except OSError:
+        return False
+
+
+def wait_any(s: zmq.Socket, seconds: float) -> list[bytes] | None:
+    return s.recv_multipart() if s.poll(int(seconds * 1000)) else None
+
+
+def probe(ctx: zmq.Context, a: argparse.Namespace) -> str | None:
+    """Asks the server to do its job; None when it did, else what went wrong."""
+    s = ctx.socket(zmq.SUB if a.kind in ("forwarder", "node-bus") else zmq.REQ if a.kind != "queue-workers" else zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        if a.kind == "broker":
+            s.connect(a.endpoint)
+            s.send_multipart([b"MDPC01", b"mmi.service", b"echo"])
+            got = wait_any(s, 10)
+            return None if got and got[:2] == [b"MDPC01", b"mmi.service"] else f"mmi.service answered {got}"
+        if a.kind == "queue-frontend" and a.expect_reply:
+            s.connect(a.endpoint)
+            s.send(b"probe")
+            return None if wait_any(s, 10) else "no reply to a REQ request within 10 s"
+        if a.kind == "queue-workers":
+            s.connect(a.endpoint)
+            s.send(b"\x01")
+            return None if wait_any(s, 10) else "a READY worker heard nothing within 10 s"
+        if a.backend and a.kind in ("forwarder", "node-bus"):
+            s.setsockopt(zmq.SUBSCRIBE, b"s0probe")
+            s.connect(a.backend)
+            pub = ctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.connect(a.endpoint)
+            try:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    pub.send_multipart([b"s0probe", b"marker"])
+                    if wait_any(s, 0.1) == [b"s0probe", b"marker"]:
+                        return None
+                return "a message published on the frontend did not reach the backend within 10 s"
+            finally:
+                pub.close()
+        return None
+    finally:
+        s.close()
+
+
+def proc_rss_mib(pid: int) -> float | None:
+    """VmRSS of a live process in MiB; None when it is gone or a zombie."""
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields.get("State", "").strip().startswith("Z"):
+        return None
+    return int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+
+
+PEERS = {"broker": [zmq.DEALER] * 3, "queue-frontend": [zmq.DEALER] * 2, "queue-workers": [zmq.DEALER] * 2,
+         "sink": [zmq.PUSH], "vent-peer": [zmq.DEALER], "forwarder": [zmq.XPUB], "node-bus": [zmq.XPUB]}
+
+
+def peer(ctx: zmq.Context, endpoint: str, kind: str, k: int, n: int) -> zmq.Socket:
+    """The k-th flooding socket of a kind; the first two DEALERs choose odd routing ids."""
+    t = PEERS[kind][k]
+    s = ctx.socket(t)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, 1)  # we never read: the server meets a full peer
+    s.setsockopt(zmq.SNDTIMEO, 200)
+    if t == zmq.DEALER and k < 2:
+        s.setsockopt(zmq.ROUTING_ID, [b"\xff%d" % n, (b"x%d" % n).ljust(255, b"x")][k])
+    s.connect(endpoint)
+    return s
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("endpoint")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("count", type=int, nargs="?", default=2000)
+    p.add_argument("--check-pid", type=int)
+    p.add_argument("--max-rss-mib", type=float)
+    p.add_argument("--backend")
+    p.add_argument("--expect-reply", action="store_true")
+    p.add_argument("--seed", type=int, default=1)
+    a = p.parse_args()
+    host, port = a.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    rng, ctx = random.Random(a.seed), zmq.Context()
+    rss0 = proc_rss_mib(a.check_pid) if a.check_pid else None
+    socks = [peer(ctx, a.endpoint, a.kind, k, 0) for k in range(len(PEERS[a.kind]))]
+    req = ctx.socket(zmq.REQ) if a.kind in ("broker", "queue-frontend", "queue-workers") else None
+    sub = ctx.socket(zmq.XSUB) if a.kind == "forwarder" and a.backend else None
+    for s in (req, sub):
+        if s is not None:
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDTIMEO, 200)
+            s.connect(a.backend if s is sub else a.endpoint)
+    if req is not None:
+        req.setsockopt(zmq.REQ_RELAXED, 1)
+    if a.kind in ("forwarder", "node-bus"):
+        wait_any(socks[0], 3)  # a subscription, or the publisher filters everything away
+    sent = blocked = raw = 0
+    deadline = time.monotonic() + 120
+    for i in range(a.count):
+        if time.monotonic() > deadline:
+            break
+        msgs = shapes(a.kind, rng)
+        m = msgs[i % len(msgs)]
+        try:
+            if req is not None and m[0] == b"" and len(m) > 1 and rng.random() < 0.3:
+                req.send_multipart(m[1:])
+            elif sub is not None and rng.random() < 0.3:
+                subs = subscriptions(rng)
+                sub.send_multipart(subs[i % len(subs)])
+            else:
+                socks[i % len(socks)].send_multipart(m)
+            sent += 1
+        except zmq.Again:
+            blocked += 1
+        if i % 100 == 99:
+            raw_peer(host, int(port), raw, a.kind, rng)
+            raw += 1
+        if i % 250 == 249:  # churn: drop one peer with whatever it had queued, connect a fresh one
+            k = (i // 250) % len(socks)
+            socks[k].close()
+            socks[k] = peer(ctx, a.endpoint, a.kind, k, i)
+            if a.kind == "vent-peer":
+                pull = ctx.socket(zmq.PULL)
+                pull.connect(a.endpoint)
+                wait_any(pull, 0.05)
+                pull.close(linger=0)
+    while raw < 7:
+        raw_peer(host, int(port), raw, a.kind, rng)
+        raw += 1
+    t0 = time.monotonic()
+    problem = None if greeting(host, int(port)) else "no ZMTP greeting from the endpoint within 5 s"
+    problem = problem or probe(ctx, a)
+    probe_ms = (time.monotonic() - t0) * 1000
+    for s in [*socks, req, sub]:
+        if s is not None:
+            s.close()
+    ctx.term()
+    rss = proc_rss_mib(a.check_pid) if a.check_pid else None
+    if a.check_pid and rss is None:
+        problem = problem or f"process {a.check_pid} is gone"
+    elif rss is not None and a.max_rss_mib is not None and rss > a.max_rss_mib:
+        problem = problem or f"process {a.check_pid} VmRSS {rss:.1f} MiB is over {a.max_rss_mib} MiB"
+    if problem:
+        print(f"{a.kind}: {problem} (after sent={sent} blocked={blocked} raw={raw})", file=sys.stderr)
+        return 1
+    mem = f" rss_mib={rss0:.1f}->{rss:.1f}" if rss0 is not None and rss is not None else ""
+    print(f"ok: kind={a.kind} sent={sent} blocked={blocked} raw={raw} probe_ms={probe_ms:.0f}{mem}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
