@@ -1,21 +1,20 @@
 """Malformed messages of many shapes at one of scale0's servers, then checks that it still serves.
 
-KIND picks the peers and the shapes: broker (DEALER and REQ; MDP/0.1, MDP/0.2 and native
+KIND picks the peers and shapes: broker (DEALERs and a REQ; MDP/0.1, MDP/0.2 and native
 headers), queue-frontend (DEALER and REQ clients), queue-workers (Paranoid Pirate DEALER and
 REQ workers), forwarder (XPUB publishers on the XSUB frontend; with --backend also an XSUB
-peer sending garbage subscriptions to the XPUB side), sink (PUSH reports), vent-peer
-(DEALERs, PULLs that come and go, and forged PULLs that send), node-bus (malformed s0hb
-heartbeats published on a forwarder's frontend, for the nodes listening: give a node's
---check-pid). Every kind also gets raw TCP peers: random bytes, bad ZMTP greetings, a frame
-declaring 2**62 bytes.
+peer sending garbage subscriptions to the XPUB side), sink (PUSH reports), vent-peer (forged
+PULL peers that send, and PULLs that take a job and vanish), node-bus (malformed s0hb
+heartbeats published on a forwarder's frontend for the nodes listening; pass a node's pid).
+Every kind also gets raw TCP peers: random bytes, bad ZMTP greetings, a 2**62-byte frame.
 
 usage: malformed_frames.py ENDPOINT KIND [COUNT] [--check-pid PID] [--max-rss-mib N]
                            [--backend ENDPOINT] [--expect-reply] [--seed N]
-Checks afterwards: the endpoint still sends a ZMTP greeting; broker: an MDP/0.1 request to
-mmi.service is answered within 10 s; queue-frontend with --expect-reply: a REQ request is
-answered; queue-workers: a new READY worker hears from the queue; forwarder and node-bus with
---backend: a message published on ENDPOINT reaches a subscriber on the backend; --check-pid:
-the process is alive and not a zombie, and its VmRSS is under --max-rss-mib.
+Then: the endpoint still sends a ZMTP greeting; broker: an MDP/0.1 mmi.service request is
+answered within 10 s; queue-frontend with --expect-reply: a REQ request is answered;
+queue-workers: a new READY worker hears from the queue; forwarder and node-bus with
+--backend: a message published on ENDPOINT reaches a subscriber on the backend;
+--check-pid: the process is alive, not a zombie, and its VmRSS is under --max-rss-mib.
 Exit 0 when every check passed; the last line is `ok: kind=K sent=N ...`.
 """
 
@@ -27,9 +26,10 @@ import time
 
 import zmq
 
-KINDS = ("broker", "queue-frontend", "queue-workers", "forwarder", "sink", "vent-peer", "node-bus")
 HUGE, U64MAX = b"99999999999999999999999", b"18446744073709551615"
-PEER_TYPE = {"sink": b"PUSH", "vent-peer": b"PULL", "forwarder": b"PUB", "node-bus": b"PUB"}
+PEERS = {"broker": [zmq.DEALER] * 3, "queue-frontend": [zmq.DEALER] * 2, "queue-workers": [zmq.DEALER] * 2,
+         "sink": [zmq.PUSH], "vent-peer": [], "forwarder": [zmq.XPUB], "node-bus": [zmq.XPUB]}
+WIRE_TYPE = {"sink": b"PUSH", "vent-peer": b"PULL", "forwarder": b"PUB", "node-bus": b"PUB"}
 
 
 def shapes(kind: str, rng: random.Random) -> list[list[bytes]]:
@@ -38,23 +38,20 @@ def shapes(kind: str, rng: random.Random) -> list[list[bytes]]:
     out = [[b""], [b"", b""], [b""] * 500, junk, [rng.randbytes(rng.randrange(1, 4096))], [b"x" * 262144]]
     s, rid, w = b"echo", b"r%d" % rng.randrange(1 << 40), b"w%d" % rng.randrange(100)
     if kind == "broker":
+        c1, w1 = [b"", b"MDPC01"], [b"", b"MDPW01"]
         out += [[b"", b"MDPC09", s, b"x"], [b"", b"MDPW09", b"\x01", s], [b"S0C9", b"\x01", rid, s, b"", b"x"],
-                [b"", b"mdpc01", s, b"x"], [b"", b"MDPC01\x00", s, b"x"], [b"MDPC01", s, b"x"], [b"", b"MDPC01"],
-                [b"", b"MDPC01", b""], [b"", b"MDPC01", b"s" * 300, b"x"], [b"", b"MDPC01", b"\xff\xfe\x80", b"x"],
-                [b"", b"MDPC01", s] + [b""] * 500, [b"", b"MDPC01", b"mmi.service"], [b"", b"MDPC01", b"mmi.\xff"],
-                [b"", b"MDPC01", b"mmi.service", b"s" * 300], [b"", b"MDPC01", b"mmi.status"] + [b"x"] * 500,
-                [b"", b"MDPW01"], [b"", b"MDPW01", b""], [b"", b"MDPW01", b"\x09"], [b"", b"MDPW01", b"\x01"],
-                [b"", b"MDPW01", b"\x01", b"s" * 300], [b"", b"MDPW01", b"\x01", b"\xc3\x28"],
-                [b"", b"MDPW01", b"\x01", b"mmi.x"], [b"", b"MDPW01", b"\x01", s, b"capacity=0"],
-                [b"", b"MDPW01", b"\x01", s, b"capacity=" + HUGE], [b"", b"MDPW01", b"\x01", s, b"capacity=-1"],
-                [b"", b"MDPW01", b"\x01", s, b"capacity=2", b"x"], [b"", b"MDPW01", b"\x02", b"a", b"", b"x"],
-                [b"", b"MDPW01", b"\x03", b"a", b"", b"x"], [b"", b"MDPW01", b"\x03"], [b"", b"MDPW01", b"\x05", b"x"],
-                [b"", b"MDPW01", b"\x03", b"a" * 300, b"", b"x"], [b"", b"MDPW01", b"\x04", b"x"], [b"MDPC02"],
-                [b"MDPC02", b"\x07", s], [b"MDPC02", b"\x01"], [b"MDPC02", b"\x01", b""], [b"MDPC02", b"\x03", s],
-                [b"MDPW02", b"\x01"], [b"MDPW02", b"\x09"], [b"MDPW02", b"\x04", b"a", b"", b"x"], [b"MDPW02", b"\x05", b"x"],
-                [b"MDPW02", b"\x01", s, b"capacity=" + U64MAX], [b"S0C1"], [b"S0C1", b"\x01"], [b"S0C1", b"\x01", rid],
-                [b"S0C1", b"\x09", rid, s, b"", b"x"], [b"S0C1", b"\x01", b"", s, b"", b"x"], [b"S0C1", b"\x02", rid],
-                [b"S0C1", b"\x01", b"i" * 65, s, b"", b"x"], [b"S0C1", b"\x06", rid, b"s" * 300, b"", b"x"],
+                [b"", b"mdpc01", s, b"x"], [b"", b"MDPC01\x00", s, b"x"], [b"MDPC01", s, b"x"], c1, c1 + [b""],
+                c1 + [b"s" * 300, b"x"], c1 + [b"\xff\xfe\x80", b"x"], c1 + [s] + [b""] * 500, c1 + [b"mmi.service"],
+                c1 + [b"mmi.\xff"], c1 + [b"mmi.service", b"s" * 300], c1 + [b"mmi.status"] + [b"x"] * 500,
+                w1, w1 + [b""], w1 + [b"\x09"], w1 + [b"\x01"], w1 + [b"\x01", b"s" * 300], w1 + [b"\x01", b"\xc3\x28"],
+                w1 + [b"\x01", b"mmi.x"], w1 + [b"\x01", s, b"capacity=0"], w1 + [b"\x01", s, b"capacity=" + HUGE],
+                w1 + [b"\x01", s, b"capacity=-1"], w1 + [b"\x01", s, b"capacity=2", b"x"], w1 + [b"\x02", b"a", b"", b"x"],
+                w1 + [b"\x03", b"a", b"", b"x"], w1 + [b"\x03"], w1 + [b"\x05", b"x"], w1 + [b"\x03", b"a" * 300, b"", b"x"],
+                w1 + [b"\x04", b"x"], [b"MDPC02"], [b"MDPC02", b"\x07", s], [b"MDPC02", b"\x01"], [b"MDPC02", b"\x01", b""],
+                [b"MDPC02", b"\x03", s], [b"MDPW02", b"\x01"], [b"MDPW02", b"\x09"], [b"MDPW02", b"\x04", b"a", b"", b"x"],
+                [b"MDPW02", b"\x05", b"x"], [b"MDPW02", b"\x01", s, b"capacity=" + U64MAX], [b"S0C1"], [b"S0C1", b"\x01"],
+                [b"S0C1", b"\x01", rid], [b"S0C1", b"\x09", rid, s, b"", b"x"], [b"S0C1", b"\x01", b"", s, b"", b"x"],
+                [b"S0C1", b"\x02", rid], [b"S0C1", b"\x01", b"i" * 65, s, b"", b"x"], [b"S0C1", b"\x06", rid, b"s" * 300, b""],
                 [b"S0C1", b"\x05", rid, b"queue_full", b"x"], [b"S0C1", b"\x01", rid, s, b""] + [b""] * 500]
         out += [[b"S0C1", b"\x01", rid + d, s, d, b"x"] for d in (b"abc", b"-1", b"0", b" 5", HUGE, U64MAX)]
     elif kind == "queue-frontend":
@@ -64,13 +61,13 @@ def shapes(kind: str, rng: random.Random) -> list[list[bytes]]:
         tag = b"Q" + rng.randbytes(8)
         out += [[b"\x01"], [b"\x02"], [b"\x03"], [b"\x01", b"x"], [b"\x02", b"x"], [b"", b"\x01"], [b"", b"\x02"],
                 [tag, b"", b"reply"], [tag], [tag, b"x"], [b"Q1", b"", b"x"], [b"", tag, b"", b"x"], [b"\x01"] * 500]
-    elif kind == "sink":
+    elif kind in ("sink", "vent-peer"):
         out += [[b"s0alive"], [b"s0alive", w], [b"s0alive", w, b"x", b"1000"], [b"s0alive", w, HUGE, b"0"],
                 [b"s0alive", w, b"4", U64MAX], [b"s0alive", w, b"4", b"1000"] + [b"id"] * 500, [b"s0start"],
                 [b"s0alive", b"\xff" * 300, b"1", b"1"], [b"s0start", w, b"i" * 300], [b"s0res", w], [b"s0bye"],
                 [b"s0res", w, rid, b"weird", b"x"], [b"s0res", w, rid, b"ok"], [b"s0bye", w, b"x"],
                 [b"s0job", rid, b"0", b"x"], [b"s0res", b"", b"", b"", b""]]
-    elif kind in ("node-bus", "forwarder"):
+    else:  # node-bus, forwarder: heartbeats with one field wrong
         base = [b"s0hb", b"1", b"%d" % rng.randrange(1, 1 << 20), b"%d" % (time.time() * 1000), b"1", b"100",
                 b"n", b"r", b"a"]
         muts = [(1, b"2"), (1, b""), (2, b"abc"), (2, b"-1"), (2, HUGE), (2, U64MAX), (3, U64MAX), (3, b"0"),
@@ -87,7 +84,8 @@ def subscriptions(rng: random.Random) -> list[list[bytes]]:
             [b""], [b"\x01" + b"p" * 65536], [b"\x00" + b"p" * 65536], [b"\x01", b"x"], [rng.randbytes(16)]]
 
 
-def zmtp_frames(frames: list[bytes]) -> bytes:
+def zmtp(frames: list[bytes]) -> bytes:
+    """ZMTP 3 message frames: flags (MORE 1, LONG 2), size, body."""
     out = b""
     for i, f in enumerate(frames):
         more = 1 if i < len(frames) - 1 else 0
@@ -95,24 +93,26 @@ def zmtp_frames(frames: list[bytes]) -> bytes:
     return out
 
 
-def raw_peer(host: str, port: int, variant: int, kind: str, rng: random.Random) -> None:
+def raw_peer(host: str, port: int, variant: int, kind: str, rng: random.Random, payload: bytes = b"") -> None:
+    """One TCP connection that speaks bad ZMTP (variant 0-5) or forges a peer and sends payload (6)."""
     greet = b"\xff" + bytes(8) + b"\x7f\x03\x00"
     null = greet + b"NULL".ljust(20, b"\x00") + bytes(32)
 
-    def ready(stype: bytes, declared: int | None = None) -> bytes:
+    def ready(stype: bytes, declared: int = 0) -> bytes:
         body = b"\x05READY\x0bSocket-Type" + (declared or len(stype)).to_bytes(4, "big") + stype
         return null + b"\x04" + bytes([len(body)]) + body
-    typ = PEER_TYPE.get(kind, b"DEALER")
+    typ = WIRE_TYPE.get(kind, b"DEALER")
+    payload = payload or b"".join(zmtp(m) for m in shapes(kind, rng)[:20])
     data = [rng.randbytes(4096), greet[:10] + rng.randbytes(4096), greet + b"BOGUS".ljust(20, b"\x00") + bytes(32),
             ready(b"BOGUS"), ready(typ, 0x7FFFFFFF), ready(typ) + b"\x02" + (1 << 62).to_bytes(8, "big") + b"x",
-            ready(typ) + b"".join(zmtp_frames(m) for m in shapes(kind, rng)[:20])][variant % 7]
+            ready(typ) + payload][variant % 7]
     try:
         with socket.create_connection((host, port), timeout=2) as s:
             s.sendall(data)
             s.settimeout(0.1)
             s.recv(65536)
     except OSError:
-        pass  # the server closing on us is the point
+        pass  # the server closing on us, or not reading, is the point
 
 
 def greeting(host: str, port: int) -> bool:
@@ -130,67 +130,57 @@ def greeting(host: str, port: int) -> bool:
         return False
 
 
-def wait_any(s: zmq.Socket, seconds: float) -> list[bytes] | None:
+def recv(s: zmq.Socket, seconds: float) -> list[bytes] | None:
     return s.recv_multipart() if s.poll(int(seconds * 1000)) else None
 
 
 def probe(ctx: zmq.Context, a: argparse.Namespace) -> str | None:
     """Asks the server to do its job; None when it did, else what went wrong."""
-    s = ctx.socket(zmq.SUB if a.kind in ("forwarder", "node-bus") else zmq.REQ if a.kind != "queue-workers" else zmq.DEALER)
+    bus = a.kind in ("forwarder", "node-bus")
+    s = ctx.socket(zmq.SUB if bus else zmq.DEALER if a.kind == "queue-workers" else zmq.REQ)
     s.setsockopt(zmq.LINGER, 0)
     try:
-        if a.kind == "broker":
-            s.connect(a.endpoint)
-            s.send_multipart([b"MDPC01", b"mmi.service", b"echo"])
-            got = wait_any(s, 10)
-            return None if got and got[:2] == [b"MDPC01", b"mmi.service"] else f"mmi.service answered {got}"
-        if a.kind == "queue-frontend" and a.expect_reply:
-            s.connect(a.endpoint)
-            s.send(b"probe")
-            return None if wait_any(s, 10) else "no reply to a REQ request within 10 s"
-        if a.kind == "queue-workers":
-            s.connect(a.endpoint)
-            s.send(b"\x01")
-            return None if wait_any(s, 10) else "a READY worker heard nothing within 10 s"
-        if a.backend and a.kind in ("forwarder", "node-bus"):
+        if bus and a.backend:
             s.setsockopt(zmq.SUBSCRIBE, b"s0probe")
             s.connect(a.backend)
-            pub = ctx.socket(zmq.PUB)
-            pub.setsockopt(zmq.LINGER, 0)
-            pub.connect(a.endpoint)
-            try:
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
+            with ctx.socket(zmq.PUB) as pub:
+                pub.setsockopt(zmq.LINGER, 0)
+                pub.connect(a.endpoint)
+                for _ in range(100):  # PUB/SUB joins late: publish until it arrives, 10 s at most
                     pub.send_multipart([b"s0probe", b"marker"])
-                    if wait_any(s, 0.1) == [b"s0probe", b"marker"]:
+                    if recv(s, 0.1) == [b"s0probe", b"marker"]:
                         return None
-                return "a message published on the frontend did not reach the backend within 10 s"
-            finally:
-                pub.close()
+            return "a message published on the frontend did not reach the backend within 10 s"
+        s.connect(a.endpoint)
+        if a.kind == "broker":
+            s.send_multipart([b"MDPC01", b"mmi.service", b"echo"])
+            got = recv(s, 10)
+            return None if got and got[:2] == [b"MDPC01", b"mmi.service"] else f"mmi.service answered {got}"
+        if a.kind == "queue-frontend" and a.expect_reply:
+            s.send(b"probe")
+            return None if recv(s, 10) else "no reply to a REQ request within 10 s"
+        if a.kind == "queue-workers":
+            s.send(b"\x01")
+            return None if recv(s, 10) else "a READY worker heard nothing within 10 s"
         return None
     finally:
         s.close()
 
 
-def proc_rss_mib(pid: int) -> float | None:
+def rss_mib(pid: int) -> float | None:
     """VmRSS of a live process in MiB; None when it is gone or a zombie."""
     try:
-        status = open(f"/proc/{pid}/status").read()
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
     except OSError:
         return None
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     if fields.get("State", "").strip().startswith("Z"):
         return None
     return int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
 
 
-PEERS = {"broker": [zmq.DEALER] * 3, "queue-frontend": [zmq.DEALER] * 2, "queue-workers": [zmq.DEALER] * 2,
-         "sink": [zmq.PUSH], "vent-peer": [zmq.DEALER], "forwarder": [zmq.XPUB], "node-bus": [zmq.XPUB]}
-
-
-def peer(ctx: zmq.Context, endpoint: str, kind: str, k: int, n: int) -> zmq.Socket:
-    """The k-th flooding socket of a kind; the first two DEALERs choose odd routing ids."""
-    t = PEERS[kind][k]
+def peer(ctx: zmq.Context, endpoint: str, t: int, k: int, n: int) -> zmq.Socket:
+    """A flooding socket; the first two DEALERs choose odd routing ids (0xff..., 255 bytes)."""
     s = ctx.socket(t)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.RCVHWM, 1)  # we never read: the server meets a full peer
@@ -201,10 +191,66 @@ def peer(ctx: zmq.Context, endpoint: str, kind: str, k: int, n: int) -> zmq.Sock
     return s
 
 
+def flood(ctx: zmq.Context, a: argparse.Namespace, host: str, port: int) -> tuple[int, int, int]:
+    """Sends COUNT messages (60 s at most); returns (sent, blocked, raw connections)."""
+    rng = random.Random(a.seed)
+    socks = [peer(ctx, a.endpoint, t, k, 0) for k, t in enumerate(PEERS[a.kind])]
+    extra = None  # a REQ for REQ-speaking kinds, an XSUB at the forwarder's backend
+    if a.kind in ("broker", "queue-frontend", "queue-workers") or (a.kind == "forwarder" and a.backend):
+        extra = peer(ctx, a.endpoint if a.kind != "forwarder" else a.backend,
+                     zmq.REQ if a.kind != "forwarder" else zmq.XSUB, 9, 0)
+        if extra.socket_type == zmq.REQ:
+            extra.setsockopt(zmq.REQ_RELAXED, 1)
+    if socks and socks[0].socket_type == zmq.XPUB:
+        recv(socks[0], 3)  # a subscription, or the publisher filters everything away
+    sent = blocked = raw = 0
+    batch: list[bytes] = []
+    deadline = time.monotonic() + 60
+    for i in range(a.count):
+        if time.monotonic() > deadline:
+            break
+        msgs = shapes(a.kind, rng)
+        m = msgs[i % len(msgs)]
+        try:
+            if not socks:  # vent-peer: a forged PULL carries 100 messages at a time
+                batch.append(zmtp(m))
+                if len(batch) == 100 or i == a.count - 1:
+                    raw_peer(host, port, 6, a.kind, rng, b"".join(batch))
+                    batch, raw = [], raw + 1
+            elif extra is not None and extra.socket_type == zmq.XSUB and rng.random() < 0.3:
+                subs = subscriptions(rng)
+                extra.send_multipart(subs[i % len(subs)])
+            elif extra is not None and m[0] == b"" and len(m) > 1 and rng.random() < 0.3:
+                extra.send_multipart(m[1:])
+            else:
+                socks[i % len(socks)].send_multipart(m)
+            sent += 1
+        except zmq.Again:
+            blocked += 1
+        if i % 100 == 99:
+            raw_peer(host, port, raw, a.kind, rng)
+            raw += 1
+        if i % 250 == 249 and socks:  # churn: drop a peer with what it had queued, connect a fresh one
+            k = (i // 250) % len(socks)
+            socks[k].close()
+            socks[k] = peer(ctx, a.endpoint, PEERS[a.kind][k], k, i)
+        elif i % 250 == 249:
+            with ctx.socket(zmq.PULL) as pull:  # takes a job, if one comes, and vanishes
+                pull.setsockopt(zmq.LINGER, 0)
+                pull.connect(a.endpoint)
+                recv(pull, 0.05)
+    for s in [*socks, extra]:
+        if s is not None:
+            s.close()
+    for v in range(raw, 7):
+        raw_peer(host, port, v, a.kind, rng)
+    return sent, blocked, max(raw, 7)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("endpoint")
-    p.add_argument("kind", choices=KINDS)
+    p.add_argument("kind", choices=sorted(PEERS))
     p.add_argument("count", type=int, nargs="?", default=2000)
     p.add_argument("--check-pid", type=int)
     p.add_argument("--max-rss-mib", type=float)
@@ -213,71 +259,26 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
     host, port = a.endpoint.removeprefix("tcp://").rsplit(":", 1)
-    rng, ctx = random.Random(a.seed), zmq.Context()
-    rss0 = proc_rss_mib(a.check_pid) if a.check_pid else None
-    socks = [peer(ctx, a.endpoint, a.kind, k, 0) for k in range(len(PEERS[a.kind]))]
-    req = ctx.socket(zmq.REQ) if a.kind in ("broker", "queue-frontend", "queue-workers") else None
-    sub = ctx.socket(zmq.XSUB) if a.kind == "forwarder" and a.backend else None
-    for s in (req, sub):
-        if s is not None:
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.SNDTIMEO, 200)
-            s.connect(a.backend if s is sub else a.endpoint)
-    if req is not None:
-        req.setsockopt(zmq.REQ_RELAXED, 1)
-    if a.kind in ("forwarder", "node-bus"):
-        wait_any(socks[0], 3)  # a subscription, or the publisher filters everything away
-    sent = blocked = raw = 0
-    deadline = time.monotonic() + 120
-    for i in range(a.count):
-        if time.monotonic() > deadline:
-            break
-        msgs = shapes(a.kind, rng)
-        m = msgs[i % len(msgs)]
-        try:
-            if req is not None and m[0] == b"" and len(m) > 1 and rng.random() < 0.3:
-                req.send_multipart(m[1:])
-            elif sub is not None and rng.random() < 0.3:
-                subs = subscriptions(rng)
-                sub.send_multipart(subs[i % len(subs)])
-            else:
-                socks[i % len(socks)].send_multipart(m)
-            sent += 1
-        except zmq.Again:
-            blocked += 1
-        if i % 100 == 99:
-            raw_peer(host, int(port), raw, a.kind, rng)
-            raw += 1
-        if i % 250 == 249:  # churn: drop one peer with whatever it had queued, connect a fresh one
-            k = (i // 250) % len(socks)
-            socks[k].close()
-            socks[k] = peer(ctx, a.endpoint, a.kind, k, i)
-            if a.kind == "vent-peer":
-                pull = ctx.socket(zmq.PULL)
-                pull.connect(a.endpoint)
-                wait_any(pull, 0.05)
-                pull.close(linger=0)
-    while raw < 7:
-        raw_peer(host, int(port), raw, a.kind, rng)
-        raw += 1
+    rss0 = rss_mib(a.check_pid) if a.check_pid else None
+    ctx = zmq.Context()
     t0 = time.monotonic()
+    sent, blocked, raw = flood(ctx, a, host, int(port))
+    t1 = time.monotonic()
     problem = None if greeting(host, int(port)) else "no ZMTP greeting from the endpoint within 5 s"
     problem = problem or probe(ctx, a)
-    probe_ms = (time.monotonic() - t0) * 1000
-    for s in [*socks, req, sub]:
-        if s is not None:
-            s.close()
+    t2 = time.monotonic()
     ctx.term()
-    rss = proc_rss_mib(a.check_pid) if a.check_pid else None
+    rss = rss_mib(a.check_pid) if a.check_pid else None
     if a.check_pid and rss is None:
         problem = problem or f"process {a.check_pid} is gone"
     elif rss is not None and a.max_rss_mib is not None and rss > a.max_rss_mib:
-        problem = problem or f"process {a.check_pid} VmRSS {rss:.1f} MiB is over {a.max_rss_mib} MiB"
+        problem = problem or f"process {a.check_pid}: VmRSS {rss:.1f} MiB is over {a.max_rss_mib} MiB"
     if problem:
         print(f"{a.kind}: {problem} (after sent={sent} blocked={blocked} raw={raw})", file=sys.stderr)
         return 1
     mem = f" rss_mib={rss0:.1f}->{rss:.1f}" if rss0 is not None and rss is not None else ""
-    print(f"ok: kind={a.kind} sent={sent} blocked={blocked} raw={raw} probe_ms={probe_ms:.0f}{mem}")
+    print(f"ok: kind={a.kind} sent={sent} blocked={blocked} raw={raw} flood_s={t1 - t0:.2f}"
+          f" probe_ms={(t2 - t1) * 1000:.0f}{mem}")
     return 0
 
 

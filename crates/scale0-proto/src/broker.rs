@@ -14,6 +14,7 @@ use crate::mdp::{
     RequestId, ServiceName, Status, Version, WorkerCommand,
 };
 use crate::time::Instant;
+use crate::timers::Timers;
 use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -395,6 +396,8 @@ struct Request {
     journal: Option<u64>,
     /// Read back from the durable store at start-up: its client may be a stranger now.
     recovered: bool,
+    /// Its place in its service's queue (see [`Waiting`]); set when it is queued.
+    order: i64,
 }
 
 impl Request {
@@ -408,6 +411,7 @@ impl Request {
             attempts: 0,
             journal: None,
             recovered: false,
+            order: 0,
         }
     }
 
@@ -456,9 +460,21 @@ impl Worker {
         self.held.len() < self.capacity
     }
 
-    /// When the earliest of its requests is due.
+    /// When the earliest of its requests is due: the oldest's, since every request of a
+    /// service gets the same timeout and `held` is oldest first.
     fn deadline(&self) -> Option<Instant> {
-        self.held.iter().map(|h| h.deadline).min()
+        self.held.first().map(|h| h.deadline)
+    }
+
+    /// When the broker must look at it again: its expiry, or the deadline of a request
+    /// it holds, whichever comes first (for a worker that does not heartbeat while busy,
+    /// only the deadline counts).
+    fn due(&self) -> Instant {
+        match (self.deadline(), self.heartbeats_while_busy) {
+            (None, _) => self.expiry,
+            (Some(d), true) => self.expiry.min(d),
+            (Some(d), false) => d,
+        }
     }
 
     /// Where the request a reply or partial echoing `address` is for sits in `held`.
@@ -472,10 +488,77 @@ impl Worker {
     }
 }
 
+/// A service's waiting requests in the order they are to be served, kept as two queues:
+/// those that fail when no worker comes in time, and those that wait however long it takes
+/// (Titanic). Each request carries its place (`Request::order`: decreasing at the head,
+/// increasing at the tail), and the older head of the two is served first, so together
+/// they are one queue; apart, the requests that can time out are in the order they do.
+#[derive(Debug, Default)]
+struct Waiting {
+    expiring: VecDeque<Request>,
+    forever: VecDeque<Request>,
+    /// The order the next request put at the head gets (then one less).
+    head: i64,
+    /// The order the next request put at the tail gets (then one more).
+    tail: i64,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.expiring.len() + self.forever.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.expiring.is_empty() && self.forever.is_empty()
+    }
+
+    fn half(&mut self, request: &Request) -> &mut VecDeque<Request> {
+        if request.waits_forever() {
+            &mut self.forever
+        } else {
+            &mut self.expiring
+        }
+    }
+
+    fn push_back(&mut self, mut request: Request) {
+        request.order = self.tail;
+        self.tail += 1;
+        self.half(&request).push_back(request);
+    }
+
+    fn push_front(&mut self, mut request: Request) {
+        self.head -= 1;
+        request.order = self.head;
+        self.half(&request).push_front(request);
+    }
+
+    /// Puts back a request just taken with [`Waiting::pop_front`], in its old place.
+    fn unpop(&mut self, request: Request) {
+        self.half(&request).push_front(request);
+    }
+
+    fn pop_front(&mut self) -> Option<Request> {
+        let take_forever = match (self.expiring.front(), self.forever.front()) {
+            (Some(e), Some(f)) => f.order < e.order,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if take_forever {
+            self.forever.pop_front()
+        } else {
+            self.expiring.pop_front()
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Request> + '_ {
+        self.expiring.drain(..).chain(self.forever.drain(..))
+    }
+}
+
 /// A named service: its waiting requests and its idle workers, least recently used first.
 #[derive(Debug)]
 struct Service {
-    requests: VecDeque<Request>,
+    requests: Waiting,
     idle: VecDeque<PeerId>,
     workers: usize,
     /// Since when the service has had no worker; `None` while it has some.
@@ -485,23 +568,22 @@ struct Service {
 impl Service {
     fn new(now: Instant) -> Self {
         Self {
-            requests: VecDeque::new(),
+            requests: Waiting::default(),
             idle: VecDeque::new(),
             workers: 0,
             workerless_since: Some(now),
         }
     }
 
-    /// When the oldest waiting request fails for want of a worker, if the service has none.
+    /// When the request at the head of the expiring queue fails for want of a worker, if
+    /// the service has none. The queue is in the order its requests fail: requests join
+    /// the tail as time goes on, and the head only while the service has workers (a
+    /// departing worker's requests), so once it has none every request queued before
+    /// counts its wait from the same instant, `workerless_since`.
     fn no_worker_deadline(&self, wait: Duration) -> Option<Instant> {
         let since = self.workerless_since?;
-        let oldest = self
-            .requests
-            .iter()
-            .filter(|r| !r.waits_forever())
-            .map(|r| r.enqueued_at)
-            .min()?;
-        Some(oldest.max(since) + wait)
+        let head = self.requests.expiring.front()?;
+        Some(head.enqueued_at.max(since) + wait)
     }
 }
 
@@ -652,6 +734,15 @@ enum Outcome {
     Fail(FailReason),
 }
 
+/// What a timer of the broker is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Timer {
+    /// A worker's expiry or its requests' deadline.
+    Worker(PeerId),
+    /// The wait of the oldest request of a service with no worker.
+    Waiting(ServiceName),
+}
+
 /// The broker state machine.
 #[derive(Debug)]
 pub struct Broker {
@@ -668,9 +759,11 @@ pub struct Broker {
     /// Events for an observer, when [`Config::events`] is on.
     events: VecDeque<Event>,
     next_heartbeat: Instant,
-    /// A lower bound on the earliest worker or queue deadline; deadlines only move later
-    /// once set, so this stays valid until the purge recomputes it.
-    next_purge: Option<Instant>,
+    /// When to look at each worker (its expiry or its requests' deadline) and at each
+    /// service with no worker (its oldest request's wait): no later than it is due.
+    timers: Timers<Timer>,
+    /// Requests and timers the broker has examined: a measure of its work.
+    work: u64,
     /// When this broker started, for its uptime.
     started: Instant,
     /// Stopping: new requests are refused, accepted ones still served.
@@ -695,7 +788,8 @@ impl Broker {
             journal: None,
             events: VecDeque::new(),
             next_heartbeat,
-            next_purge: None,
+            timers: Timers::default(),
+            work: 0,
             started: now,
             draining: false,
             last_tag: 0,
@@ -770,14 +864,9 @@ impl Broker {
             recovery.requests += 1;
         }
         broker.journal = Some(journal);
-        let wait = broker.config.unknown_service_wait();
-        let deadlines: Vec<_> = broker
-            .services
-            .values()
-            .filter_map(|s| s.no_worker_deadline(wait))
-            .collect();
-        for at in deadlines {
-            broker.arm(Some(at));
+        let names: Vec<ServiceName> = broker.services.keys().cloned().collect();
+        for service in &names {
+            broker.arm_waiting(service);
         }
         (broker, recovery)
     }
@@ -857,6 +946,12 @@ impl Broker {
         self.draining
     }
 
+    /// Requests and timers examined so far. It grows with what the broker does, never with
+    /// how long its queues are, which the simulation checks (it counts work, not time).
+    pub fn work(&self) -> u64 {
+        self.work
+    }
+
     /// Accepted requests not answered yet: queued, or held by a worker.
     pub fn outstanding(&self) -> usize {
         let queued: usize = self.services.values().map(|s| s.requests.len()).sum();
@@ -872,7 +967,7 @@ impl Broker {
         }
         let mut ended = Vec::new();
         for (name, s) in &mut self.services {
-            ended.extend(s.requests.drain(..).map(|r| (name.clone(), r)));
+            ended.extend(s.requests.drain().map(|r| (name.clone(), r)));
         }
         for w in self.workers.values_mut() {
             ended.extend(w.held.drain(..).map(|h| (w.service.clone(), h.request)));
@@ -941,7 +1036,7 @@ impl Broker {
     /// When [`Broker::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Instant {
         let client = self.client_deadlines.peek().map(|Reverse((t, ..))| *t);
-        [self.next_purge, client]
+        [self.timers.next(), client]
             .into_iter()
             .flatten()
             .fold(self.next_heartbeat, Instant::min)
@@ -1003,8 +1098,12 @@ impl Broker {
 
     /// Time has reached [`Broker::poll_timeout`]: heartbeat workers, act on deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.next_purge.is_some_and(|p| p <= now) {
-            self.purge(now);
+        while let Some(timer) = self.timers.pop_due(now) {
+            self.work += 1;
+            match timer {
+                Timer::Worker(peer) => self.check_worker(now, &peer),
+                Timer::Waiting(service) => self.expire_waiting(now, &service),
+            }
         }
         self.expire_client_deadlines(now);
         self.dedupe.evict(now);
@@ -1358,9 +1457,11 @@ impl Broker {
             return Err(Box::new((FailReason::QueueFull, request)));
         }
         self.counters.requests += 1;
+        self.work += 1;
         s.requests.push_back(request);
-        let deadline = s.no_worker_deadline(wait);
-        self.arm(deadline);
+        if let Some(at) = s.no_worker_deadline(wait) {
+            self.timers.set_by(Timer::Waiting(service.clone()), at);
+        }
         Ok(())
     }
 
@@ -1670,8 +1771,7 @@ impl Broker {
                     && w.is_busy()
                 {
                     w.heartbeats_while_busy = true;
-                    let expiry = w.expiry;
-                    self.arm(Some(expiry));
+                    self.timers.set_by(Timer::Worker(peer.clone()), w.due());
                 }
             }
             WorkerCommand::Disconnect => {
@@ -1773,14 +1873,12 @@ impl Broker {
         if !w.is_busy() {
             w.since = now;
         }
-        let expiry = w.expiry;
-        self.arm(Some(expiry));
+        self.timers.set_by(Timer::Worker(peer.clone()), w.due());
     }
 
     /// Sends waiting requests of `service` to its idle workers, least recently used first.
     fn dispatch(&mut self, now: Instant, service: &ServiceName) {
         let deadline = now + self.config.request_timeout(service);
-        let mut armed = None;
         loop {
             let Some(s) = self.services.get_mut(service) else {
                 return;
@@ -1791,6 +1889,7 @@ impl Broker {
             let Some(mut req) = s.requests.pop_front() else {
                 break;
             };
+            self.work += 1;
             if !self.is_live(&req) {
                 continue; // answered already (its deadline passed while it waited)
             }
@@ -1798,11 +1897,11 @@ impl Broker {
                 return;
             };
             let Some(peer) = s.idle.pop_front() else {
-                s.requests.push_front(req);
+                s.requests.unpop(req);
                 break;
             };
             let Some(w) = self.workers.get_mut(&peer) else {
-                s.requests.push_front(req);
+                s.requests.unpop(req);
                 continue;
             };
             self.counters.dispatched += 1;
@@ -1830,11 +1929,10 @@ impl Broker {
                 // Round robin among the workers with room.
                 s.idle.push_back(peer.clone());
             }
-            armed = Some(deadline);
+            self.timers.set_by(Timer::Worker(peer.clone()), w.due());
             let version = w.version;
             self.push(to_worker(&peer, version, cmd));
         }
-        self.arm(armed);
         self.forget_if_unused(service);
     }
 
@@ -1844,6 +1942,7 @@ impl Broker {
         let Some(w) = self.workers.remove(peer) else {
             return;
         };
+        self.timers.cancel(&Timer::Worker(peer.clone()));
         self.event(|| Event::WorkerGone {
             service: w.service.clone(),
             worker: peer.clone(),
@@ -1892,12 +1991,7 @@ impl Broker {
                 service: w.service.clone(),
             });
         }
-        let wait = self.config.unknown_service_wait();
-        let deadline = self
-            .services
-            .get(&w.service)
-            .and_then(|s| s.no_worker_deadline(wait));
-        self.arm(deadline);
+        self.arm_waiting(&w.service);
         self.dispatch(now, &w.service);
     }
 
@@ -1915,78 +2009,64 @@ impl Broker {
 
     // ---- timers ----
 
-    /// Makes sure the timer fires no later than `at`.
-    fn arm(&mut self, at: Option<Instant>) {
-        if let Some(at) = at {
-            self.next_purge = Some(self.next_purge.map_or(at, |p| p.min(at)));
+    /// Sets the timer of `service` to when its oldest request gives up for want of a
+    /// worker, or clears it when that does not apply (it has workers, or nothing waits).
+    fn arm_waiting(&mut self, service: &ServiceName) {
+        let wait = self.config.unknown_service_wait();
+        let key = Timer::Waiting(service.clone());
+        match self
+            .services
+            .get(service)
+            .and_then(|s| s.no_worker_deadline(wait))
+        {
+            Some(at) => self.timers.set(key, at),
+            None => self.timers.cancel(&key),
         }
     }
 
-    /// Acts on every deadline that has passed, wherever it is: silent workers, requests
-    /// held too long, requests waiting too long for a service with no worker. Then
-    /// recomputes the earliest deadline still ahead.
-    fn purge(&mut self, now: Instant) {
-        let mut expired = Vec::new();
-        let mut overdue = Vec::new();
-        for (peer, w) in &self.workers {
-            let silent = w.expiry <= now && (!w.is_busy() || w.heartbeats_while_busy);
-            if silent {
-                expired.push(peer.clone());
-            } else if w.deadline().is_some_and(|d| d <= now) {
-                overdue.push(peer.clone());
-            }
-        }
-        for peer in &expired {
+    /// A worker's timer fired: a silent one is expired, one that held a request past its
+    /// deadline is disconnected; otherwise its timer is set to when it is next due.
+    fn check_worker(&mut self, now: Instant, peer: &PeerId) {
+        let Some(w) = self.workers.get(peer) else {
+            return;
+        };
+        let silent = w.expiry <= now && (!w.is_busy() || w.heartbeats_while_busy);
+        if silent {
             info!(worker = %peer, "worker expired after heartbeat silence");
             self.counters.workers_expired += 1;
             // Tell it, in case it is alive but slow: it will re-register.
             self.delete_worker(now, peer, true, Gone::Expired);
-        }
-        for peer in &overdue {
+        } else if w.deadline().is_some_and(|d| d <= now) {
             warn!(worker = %peer, "worker held a request past its deadline, disconnecting it");
             self.counters.request_timeouts += 1;
             self.delete_worker(now, peer, true, Gone::Overran);
+        } else {
+            let due = w.due();
+            self.timers.set(Timer::Worker(peer.clone()), due);
         }
-        self.expire_waiting(now);
-        let wait = self.config.unknown_service_wait();
-        let workers =
-            self.workers
-                .values()
-                .map(|w| match (w.deadline(), w.heartbeats_while_busy) {
-                    (None, _) => w.expiry,
-                    (Some(d), true) => w.expiry.min(d),
-                    (Some(d), false) => d,
-                });
-        let waiting = self
-            .services
-            .values()
-            .filter_map(|s| s.no_worker_deadline(wait));
-        self.next_purge = workers.chain(waiting).min();
     }
 
-    /// Fails the requests that waited `unknown_service_wait_ms` for a service with no worker.
-    fn expire_waiting(&mut self, now: Instant) {
+    /// Fails the requests of `service` that waited `unknown_service_wait_ms` with no
+    /// worker to take them: the head of its expiring queue, for as long as it is due.
+    fn expire_waiting(&mut self, now: Instant, service: &ServiceName) {
         let wait = self.config.unknown_service_wait();
         let mut expired = Vec::new();
-        for (name, s) in &mut self.services {
-            let Some(since) = s.workerless_since else {
-                continue;
-            };
-            let due = |r: &Request| !r.waits_forever() && r.enqueued_at.max(since) + wait <= now;
-            if !s.requests.iter().any(due) {
-                continue;
+        if let Some(s) = self.services.get_mut(service) {
+            while s.no_worker_deadline(wait).is_some_and(|at| at <= now) {
+                let Some(request) = s.requests.expiring.pop_front() else {
+                    break;
+                };
+                expired.push(request);
             }
-            let (gone, kept): (VecDeque<_>, VecDeque<_>) =
-                std::mem::take(&mut s.requests).into_iter().partition(due);
-            s.requests = kept;
-            expired.extend(gone.into_iter().map(|r| (name.clone(), r)));
         }
-        for (service, request) in expired {
+        self.work += expired.len() as u64;
+        for request in expired {
             if self.is_live(&request) {
-                self.finish(now, &service, &request, Outcome::Fail(FailReason::NoWorker));
+                self.finish(now, service, &request, Outcome::Fail(FailReason::NoWorker));
             }
-            self.forget_if_unused(&service);
         }
+        self.arm_waiting(service);
+        self.forget_if_unused(service);
     }
 
     fn drop_message(&mut self, reason: DropReason, size: usize) {

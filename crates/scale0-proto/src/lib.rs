@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod testkit;
 mod time;
+mod timers;
 pub mod worker;
 
 pub use mdp::{Body, DecodeError, Frames, PeerId, ServiceName};

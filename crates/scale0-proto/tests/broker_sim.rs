@@ -735,6 +735,68 @@ fn the_wait_counts_only_while_the_service_has_no_worker() {
     assert!(sim.broker.services().is_empty());
 }
 
+/// The broker's work (requests and timers it examined) for `n` requests at a service with
+/// no worker, sent over half a second and all failing `no_worker` a second after each.
+fn flood_work(n: u64) -> u64 {
+    use scale0_proto::broker::FailReason;
+    let mut sim = Sim::with(Config {
+        unknown_service_wait_ms: 1_000,
+        max_queue_depth: 1_000_000,
+        ..config()
+    });
+    for i in 0..n {
+        sim.advance_to(i * 500 / n);
+        sim.request("c", "nobody", "x");
+    }
+    sim.advance_to(2_000);
+    assert_eq!(sim.broker.counters().failed(FailReason::NoWorker), n);
+    assert!(sim.broker.services().is_empty());
+    sim.broker.work()
+}
+
+#[test]
+fn a_flood_at_a_service_with_no_worker_costs_work_in_proportion_to_its_size() {
+    let small = flood_work(2_000);
+    let large = flood_work(20_000);
+    // Each request is queued once and expired once; a scan of the queue per request
+    // (as there once was) would make ten times the requests a hundred times the work.
+    assert!(large <= 3 * 20_000, "{large} steps for 20,000 requests");
+    assert!(
+        large <= 11 * small,
+        "{small} steps for 2,000, {large} for 20,000"
+    );
+}
+
+/// Work to serve 100 requests to `echo` (with a heartbeat interval between each ten)
+/// while `flood` requests wait at a service with no worker.
+fn echo_work_beside(flood: usize) -> u64 {
+    let mut sim = Sim::with(Config {
+        max_queue_depth: 1_000_000,
+        ..config()
+    });
+    for i in 0..flood {
+        sim.request(&format!("f{}", i % 7), "nobody", "x");
+    }
+    sim.ready("w", "echo");
+    let before = sim.broker.work();
+    for i in 0..100u64 {
+        sim.request("c", "echo", "hi");
+        sim.reply("w", "c", "hi");
+        if i % 10 == 9 {
+            let next = sim.now.as_millis() + 1_000;
+            sim.advance_to(next);
+            sim.worker("w", WorkerCommand::Heartbeat);
+        }
+    }
+    assert_eq!(sim.broker.counters().replies, 100);
+    sim.broker.work() - before
+}
+
+#[test]
+fn a_flood_at_one_service_adds_no_work_to_requests_for_another() {
+    assert_eq!(echo_work_beside(0), echo_work_beside(50_000));
+}
+
 #[test]
 fn the_number_of_services_is_bounded() {
     use scale0_proto::broker::FailReason;
