@@ -154,3 +154,57 @@ fn a_message_bound_too_small_for_the_protocol_is_refused_at_start() {
         );
     }
 }
+
+/// Slow, idle and garbage HTTP clients at the broker's metrics endpoint: a normal
+/// scraper is answered all along (each connection has its own thread and a deadline over
+/// its whole request), LF-only requests and query strings are served, a 1 MB header is
+/// refused with 431, and the broker keeps serving requests.
+#[test]
+fn hostile_http_clients_leave_metrics_and_the_broker_serving() {
+    let mut cmd = scale0();
+    cmd.args([
+        "broker",
+        "--bind",
+        "tcp://127.0.0.1:*",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let (mut broker, out) = spawn_lines("broker", cmd);
+    let ends = out.listening(2);
+    let addr = ends[1]
+        .strip_prefix("http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .expect("an http endpoint")
+        .to_string();
+    let scale = if full() { 4 } else { 1 };
+    let hold = if full() { "10" } else { "3" };
+    let modes: [(&str, Option<usize>); 6] = [
+        ("slowloris", Some(200 * scale)),
+        ("idle", Some(500 * scale)),
+        ("junk", Some(50 * scale)),
+        ("bigheader", None),
+        ("lf-only", None),
+        ("query", None),
+    ];
+    for (mode, n) in modes {
+        let out = run({
+            let mut c = adversary("slow_http.py");
+            c.args([&addr, mode]);
+            if let Some(n) = n {
+                c.arg(n.to_string());
+            }
+            c.args(["--hold", hold]);
+            c
+        });
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{mode}: {text} {}", tail(&out.stderr));
+        if mode == "bigheader" {
+            assert!(text.contains("431"), "{text}");
+        }
+    }
+    assert!(
+        broker.child.try_wait().unwrap().is_none(),
+        "the broker exited"
+    );
+    assert_eq!(mmi_service(&ends[0], "echo"), "404");
+}

@@ -8,7 +8,7 @@ use scale0_proto::broker::{self as core, DropReason, FailReason, LATENCY_BOUNDS_
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -16,8 +16,12 @@ use tracing::debug;
 
 /// Longest request head a scraper may send.
 const MAX_REQUEST_BYTES: usize = 8192;
-/// How long a scraper gets to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a scraper gets to send its whole request head, however slowly it comes.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; more are answered 503 and closed.
+const MAX_CONNECTIONS: usize = 1024;
+/// Stack of a connection's thread: it only reads a head and writes a string.
+const CONNECTION_STACK_BYTES: usize = 64 * 1024;
 
 /// The HTTP side: bound at `bind` time so the port can be read back, serving from `run`.
 pub(crate) struct MetricsServer {
@@ -86,12 +90,31 @@ impl Drop for MetricsServer {
     }
 }
 
-fn serve(listener: &TcpListener, snapshot: &Mutex<String>, stop: &AtomicBool) {
+fn serve(listener: &TcpListener, snapshot: &Arc<Mutex<String>>, stop: &AtomicBool) {
+    let active = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                if let Err(e) = answer(stream, snapshot) {
-                    debug!(%peer, error = %e, "metrics scrape failed");
+                // Each connection on a thread of its own, so a slow one holds up no other;
+                // past the bound, new ones are turned away at once.
+                if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    refuse(stream);
+                    continue;
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let (snapshot, done) = (Arc::clone(snapshot), Arc::clone(&active));
+                let spawned = thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .stack_size(CONNECTION_STACK_BYTES)
+                    .spawn(move || {
+                        if let Err(e) = answer(stream, &snapshot) {
+                            debug!(%peer, error = %e, "metrics scrape failed");
+                        }
+                        done.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if let Err(e) = spawned {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    debug!(error = %e, "no thread for a metrics connection");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -105,33 +128,68 @@ fn serve(listener: &TcpListener, snapshot: &Mutex<String>, stop: &AtomicBool) {
     }
 }
 
-/// Reads one request head and answers it: the snapshot for `GET /metrics`, 404 or 405
-/// otherwise; the connection closes after.
+/// Best effort, never waiting: a 503 to a connection over the bound.
+fn refuse(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+}
+
+/// Where a request head ends (after its blank line, CRLF or bare LF), if it has.
+fn head_end(head: &[u8]) -> Option<usize> {
+    let crlf = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    let lf = head.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    crlf.into_iter().chain(lf).min()
+}
+
+/// Reads one request head within [`REQUEST_DEADLINE`] (over the whole request, however
+/// it trickles in) and answers it: the snapshot for `GET /metrics` (any query string),
+/// 404, 405, 400 or 431 otherwise; the connection closes after.
 fn answer(mut stream: TcpStream, snapshot: &Mutex<String>) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    stream.set_write_timeout(Some(READ_TIMEOUT))?;
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
+    let complete = loop {
+        if head_end(&head).is_some() {
+            break true;
+        }
+        if head.len() >= MAX_REQUEST_BYTES {
+            break false;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
-            break;
+            break head_end(&head).is_some();
         }
         head.extend_from_slice(buf.get(..n).unwrap_or_default());
-    }
+    };
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.split(|b| *b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    let path = target.map(|t| t.split(|b| *b == b'?').next().unwrap_or_default());
+    let well_formed = version.is_some_and(|v| v.starts_with(b"HTTP/1.")) && parts.next().is_none();
     let (status, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
+        _ if !complete && head.len() >= MAX_REQUEST_BYTES => (
+            "431 Request Header Fields Too Large",
+            format!("a request head is {MAX_REQUEST_BYTES} bytes at most\n"),
+        ),
+        _ if !complete || !well_formed => ("400 Bad Request", "GET /metrics\n".to_string()),
+        (Some(b"GET"), Some(b"/metrics")) => (
             "200 OK",
             snapshot.lock().map(|s| s.clone()).unwrap_or_default(),
         ),
-        (b"GET", _) => (
+        (Some(b"GET"), _) => (
             "404 Not Found",
             "only /metrics is served here\n".to_string(),
         ),
