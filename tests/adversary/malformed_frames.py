@@ -29,6 +29,8 @@ import zmq
 HUGE, U64MAX = b"99999999999999999999999", b"18446744073709551615"
 PEERS = {"broker": [zmq.DEALER] * 3, "queue-frontend": [zmq.DEALER] * 2, "queue-workers": [zmq.DEALER] * 2,
          "sink": [zmq.PUSH], "vent-peer": [], "forwarder": [zmq.XPUB], "node-bus": [zmq.XPUB]}
+# What an XSUB peer sends the forwarder's XPUB side: these and random bytes, sometimes two frames.
+SUBSCRIPTIONS = [b"\x01", b"\x00", b"\x01" + b"p" * 65536, b"\x00" + b"p" * 65536, b"\x02junk", b""]
 WIRE_TYPE = {"sink": b"PUSH", "vent-peer": b"PULL", "forwarder": b"PUB", "node-bus": b"PUB"}
 
 
@@ -38,21 +40,20 @@ def shapes(kind: str, rng: random.Random) -> list[list[bytes]]:
     out = [[b""], [b"", b""], [b""] * 500, junk, [rng.randbytes(rng.randrange(1, 4096))], [b"x" * 262144]]
     s, rid, w = b"echo", b"r%d" % rng.randrange(1 << 40), b"w%d" % rng.randrange(100)
     if kind == "broker":
-        c1, w1 = [b"", b"MDPC01"], [b"", b"MDPW01"]
         out += [[b"", b"MDPC09", s, b"x"], [b"", b"MDPW09", b"\x01", s], [b"S0C9", b"\x01", rid, s, b"", b"x"],
-                [b"", b"mdpc01", s, b"x"], [b"", b"MDPC01\x00", s, b"x"], [b"MDPC01", s, b"x"], c1, c1 + [b""],
-                c1 + [b"s" * 300, b"x"], c1 + [b"\xff\xfe\x80", b"x"], c1 + [s] + [b""] * 500, c1 + [b"mmi.service"],
-                c1 + [b"mmi.\xff"], c1 + [b"mmi.service", b"s" * 300], c1 + [b"mmi.status"] + [b"x"] * 500,
-                w1, w1 + [b""], w1 + [b"\x09"], w1 + [b"\x01"], w1 + [b"\x01", b"s" * 300], w1 + [b"\x01", b"\xc3\x28"],
-                w1 + [b"\x01", b"mmi.x"], w1 + [b"\x01", s, b"capacity=0"], w1 + [b"\x01", s, b"capacity=" + HUGE],
-                w1 + [b"\x01", s, b"capacity=-1"], w1 + [b"\x01", s, b"capacity=2", b"x"], w1 + [b"\x02", b"a", b"", b"x"],
-                w1 + [b"\x03", b"a", b"", b"x"], w1 + [b"\x03"], w1 + [b"\x05", b"x"], w1 + [b"\x03", b"a" * 300, b"", b"x"],
-                w1 + [b"\x04", b"x"], [b"MDPC02"], [b"MDPC02", b"\x07", s], [b"MDPC02", b"\x01"], [b"MDPC02", b"\x01", b""],
-                [b"MDPC02", b"\x03", s], [b"MDPW02", b"\x01"], [b"MDPW02", b"\x09"], [b"MDPW02", b"\x04", b"a", b"", b"x"],
-                [b"MDPW02", b"\x05", b"x"], [b"MDPW02", b"\x01", s, b"capacity=" + U64MAX], [b"S0C1"], [b"S0C1", b"\x01"],
-                [b"S0C1", b"\x01", rid], [b"S0C1", b"\x09", rid, s, b"", b"x"], [b"S0C1", b"\x01", b"", s, b"", b"x"],
-                [b"S0C1", b"\x02", rid], [b"S0C1", b"\x01", b"i" * 65, s, b"", b"x"], [b"S0C1", b"\x06", rid, b"s" * 300, b""],
-                [b"S0C1", b"\x05", rid, b"queue_full", b"x"], [b"S0C1", b"\x01", rid, s, b""] + [b""] * 500]
+                [b"", b"mdpc01", s, b"x"], [b"", b"MDPC01\x00", s, b"x"], [b"MDPC01", s, b"x"]]
+        out += [[b"", b"MDPC01"] + t for t in ([], [b""], [b"s" * 300, b"x"], [b"\xff\xfe\x80", b"x"], [b"mmi.\xff"],
+                [s] + [b""] * 500, [b"mmi.service"], [b"mmi.service", b"s" * 300], [b"mmi.status"] + [b"x"] * 500)]
+        out += [[b"", b"MDPW01"] + t for t in ([], [b""], [b"\x09"], [b"\x01"], [b"\x02", b"a", b"", b"x"], [b"\x03"],
+                [b"\x03", b"a", b"", b"x"], [b"\x03", b"a" * 300, b"", b"x"], [b"\x04", b"x"], [b"\x05", b"x"])]
+        out += [[b"", b"MDPW01", b"\x01"] + t for t in ([b"s" * 300], [b"\xc3\x28"], [b"mmi.x"], [s, b"capacity=0"],
+                [s, b"capacity=-1"], [s, b"capacity=" + HUGE], [s, b"capacity=2", b"x"])]
+        out += [[b"MDPC02"] + t for t in ([], [b"\x07", s], [b"\x01"], [b"\x01", b""], [b"\x03", s])]
+        out += [[b"MDPW02"] + t for t in ([b"\x01"], [b"\x09"], [b"\x04", b"a", b"", b"x"], [b"\x05", b"x"],
+                [b"\x01", s, b"capacity=" + U64MAX])]
+        out += [[b"S0C1"] + t for t in ([], [b"\x01"], [b"\x01", rid], [b"\x09", rid, s, b"", b"x"], [b"\x02", rid],
+                [b"\x01", b"", s, b"", b"x"], [b"\x01", b"i" * 65, s, b"", b"x"], [b"\x06", rid, b"s" * 300, b""],
+                [b"\x05", rid, b"queue_full", b"x"], [b"\x01", rid, s, b""] + [b""] * 500)]
         out += [[b"S0C1", b"\x01", rid + d, s, d, b"x"] for d in (b"abc", b"-1", b"0", b" 5", HUGE, U64MAX)]
     elif kind == "queue-frontend":
         out += [[b"body"], [b"a", b"b"], [b"a", b""], [b"a" * 300, b"", b"x"], [b"a"] * 200 + [b"", b"x"],
@@ -76,12 +77,6 @@ def shapes(kind: str, rng: random.Random) -> list[list[bytes]]:
         out += [[b"s0hb"], base[:8], base + [b"x"], base + [b""] * 500, [b"s0hbX"] + base[1:]]
         out += [base[:i] + [v] + base[i + 1:] for i, v in muts]
     return out
-
-
-def subscriptions(rng: random.Random) -> list[list[bytes]]:
-    """Garbage an XSUB peer sends to the forwarder's XPUB side."""
-    return [[b"\x01" + rng.randbytes(rng.randrange(1, 32))], [b"\x00" + rng.randbytes(8)], [b"\x02junk"],
-            [b""], [b"\x01" + b"p" * 65536], [b"\x00" + b"p" * 65536], [b"\x01", b"x"], [rng.randbytes(16)]]
 
 
 def zmtp(frames: list[bytes]) -> bytes:
@@ -218,8 +213,8 @@ def flood(ctx: zmq.Context, a: argparse.Namespace, host: str, port: int) -> tupl
                     raw_peer(host, port, 6, a.kind, rng, b"".join(batch))
                     batch, raw = [], raw + 1
             elif extra is not None and extra.socket_type == zmq.XSUB and rng.random() < 0.3:
-                subs = subscriptions(rng)
-                extra.send_multipart(subs[i % len(subs)])
+                frame = rng.choice(SUBSCRIPTIONS) + rng.randbytes(rng.randrange(0, 32))
+                extra.send_multipart([frame] + [b"x"] * rng.randrange(0, 2))
             elif extra is not None and m[0] == b"" and len(m) > 1 and rng.random() < 0.3:
                 extra.send_multipart(m[1:])
             else:

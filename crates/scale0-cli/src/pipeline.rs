@@ -149,6 +149,20 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Longest part of a job's input quoted in a message meant for a person.
+const EXCERPT_CHARS: usize = 120;
+
+/// A job's input for a log line: quoted, and cut after [`EXCERPT_CHARS`] characters with
+/// its full size said, so a 10 MB input is not a 10 MB line.
+fn excerpt(input: &[u8]) -> String {
+    let all = String::from_utf8_lossy(input);
+    if all.chars().count() <= EXCERPT_CHARS {
+        return format!("{all:?}");
+    }
+    let head: String = all.chars().take(EXCERPT_CHARS).collect();
+    format!("{head:?}... ({} bytes in all)", input.len())
+}
+
 // ---------------------------------------------------------------------------------------
 
 /// Flags of `scale0 work`.
@@ -376,7 +390,7 @@ pub(crate) fn sink(args: SinkArgs) -> Result<ExitCode> {
         out.flush()?;
         Ok(expect.is_none_or(|n| seen < n))
     };
-    sink.run(&crate::stop_on_signals()?, |item| match each(item) {
+    let summary = sink.run(&crate::stop_on_signals()?, |item| match each(item) {
         Ok(more) => more,
         Err(e) => {
             write_error = Some(e);
@@ -386,7 +400,10 @@ pub(crate) fn sink(args: SinkArgs) -> Result<ExitCode> {
     if let Some(e) = write_error {
         return Err(e).context("writing results");
     }
-    eprintln!("sink: {seen} results, {failed} failed");
+    eprintln!(
+        "sink: {seen} results, {failed} failed, {} malformed messages dropped",
+        summary.malformed
+    );
     Ok(if failed > 0 {
         ExitCode::FAILURE
     } else {
@@ -544,10 +561,10 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
     for f in &failures {
         if let Outcome::Failed(why) = &f.outcome {
             eprintln!(
-                "map: job {} failed after {} attempts: {why} (input: {:?})",
+                "map: job {} failed after {} attempts: {why} (input: {})",
                 f.index,
                 f.attempts,
-                text(&f.input)
+                excerpt(&f.input)
             );
         }
     }

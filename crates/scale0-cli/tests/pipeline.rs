@@ -155,6 +155,36 @@ fn a_job_that_always_fails_is_reported_after_its_retries() {
 }
 
 #[test]
+fn a_job_that_cannot_start_fails_once_and_its_long_input_is_cut_in_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs");
+    // A 1 MB argument is over Linux's limit for one (128 KiB): E2BIG, every time.
+    std::fs::write(&jobs, format!("{}\nshort\n", "a".repeat(1 << 20))).unwrap();
+    let mut cmd = scale0();
+    cmd.args(["map", "--vent", LOOPBACK, "--sink", LOOPBACK, "--input"])
+        .arg(&jobs)
+        .args(["--local", "1", "--retries", "2", "--", "echo", "{}"]);
+    let mut m = start("map", cmd);
+    assert_eq!(m.wait().code(), Some(1));
+    assert_eq!(m.out.get(), ["short"]);
+    let err = m.err.get();
+    let line = err
+        .iter()
+        .find(|l| l.contains("job 0 failed"))
+        .unwrap_or_else(|| panic!("{err:?}"));
+    assert!(
+        line.contains("failed after 1 attempts"),
+        "not retried: {line}"
+    );
+    assert!(line.contains("(1048576 bytes in all)"), "{line}");
+    assert!(line.len() < 500, "the message quotes {} bytes", line.len());
+    assert!(
+        err.iter().any(|l| l.contains("1 ok, 1 failed, 0 retried")),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn a_job_over_its_timeout_is_stopped_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs");

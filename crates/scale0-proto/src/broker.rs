@@ -1258,6 +1258,16 @@ impl Broker {
                 return;
             }
         }
+        if deadline_ms == Some(0) {
+            // Nothing could be done in time: say so rather than dispatch it to fail.
+            return self.refuse_native(
+                now,
+                &client,
+                id,
+                Status::DeadlineExceeded,
+                "the deadline had passed when the request arrived",
+            );
+        }
         if service.is_mmi() {
             let code = self.mmi(now, &ClientMessage { service, body });
             self.send_native(

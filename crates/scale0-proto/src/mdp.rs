@@ -74,19 +74,23 @@ fn bounded(bytes: Bytes, max: usize, err: DecodeError) -> Result<Bytes, DecodeEr
     Ok(bytes)
 }
 
-/// A service name: 1 to 255 bytes.
+/// A service name: 1 to 255 bytes of UTF-8 (RFC 7 calls it a printable string; names that
+/// are not text could only be queued under a name nobody can read back).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceName(Bytes);
 
 impl ServiceName {
-    /// Checks the length rules of a service name.
+    /// Checks the rules of a service name: its length, and that it is UTF-8.
     pub fn new(name: impl Into<Bytes>) -> Result<Self, DecodeError> {
-        bounded(
+        let name = bounded(
             name.into(),
             MAX_SERVICE_NAME_BYTES,
             DecodeError::BadServiceName,
-        )
-        .map(Self)
+        )?;
+        if std::str::from_utf8(&name).is_err() {
+            return Err(DecodeError::BadServiceName);
+        }
+        Ok(Self(name))
     }
 
     /// A placeholder for log lines about a request whose service is not at hand.
@@ -1020,6 +1024,13 @@ mod tests {
         prop::collection::vec(any::<u8>(), 1..=255).prop_map(Bytes::from)
     }
 
+    /// Service names: any text of 1 to 255 bytes.
+    fn service_name() -> impl Strategy<Value = Bytes> + Clone {
+        "\\PC{1,80}"
+            .prop_filter("at most 255 bytes", |s| s.len() <= 255)
+            .prop_map(Bytes::from)
+    }
+
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![mdp1(), mdp2(), native()]
     }
@@ -1032,7 +1043,7 @@ mod tests {
             Just(ClientKind::Final)
         ];
         prop_oneof![
-            (kind, name(), body.clone()).prop_map(|(k, s, body)| Message::Client2(
+            (kind, service_name(), body.clone()).prop_map(|(k, s, body)| Message::Client2(
                 k,
                 ClientMessage {
                     service: ServiceName::new(s).unwrap(),
@@ -1049,7 +1060,7 @@ mod tests {
                 })
             }),
             Just(Message::Worker2(WorkerCommand::Disconnect)),
-            (name(), 1..=MAX_WORKER_CAPACITY).prop_map(|(s, capacity)| Message::Worker2(
+            (service_name(), 1..=MAX_WORKER_CAPACITY).prop_map(|(s, capacity)| Message::Worker2(
                 WorkerCommand::Ready {
                     service: ServiceName::new(s).unwrap(),
                     capacity,
@@ -1062,8 +1073,15 @@ mod tests {
         let body = prop::collection::vec(frame(), 0..4);
         let id = prop::collection::vec(any::<u8>(), 1..=64)
             .prop_map(|v| RequestId::new(Bytes::from(v)).unwrap());
-        (id, name(), body, any::<Option<u64>>(), 0..6u8, 0..7usize).prop_map(
-            |(id, s, body, deadline_ms, which, status)| {
+        (
+            id,
+            service_name(),
+            body,
+            any::<Option<u64>>(),
+            0..6u8,
+            0..7usize,
+        )
+            .prop_map(|(id, s, body, deadline_ms, which, status)| {
                 Message::Native(match which {
                     0 | 5 => NativeCommand::Request {
                         id,
@@ -1081,18 +1099,17 @@ mod tests {
                         message: s,
                     },
                 })
-            },
-        )
+            })
     }
 
     fn mdp1() -> impl Strategy<Value = Message> {
         let body = prop::collection::vec(frame(), 0..4);
         prop_oneof![
-            (name(), body.clone()).prop_map(|(s, body)| Message::Client(ClientMessage {
+            (service_name(), body.clone()).prop_map(|(s, body)| Message::Client(ClientMessage {
                 service: ServiceName::new(s).unwrap(),
                 body
             })),
-            name().prop_map(|s| Message::Worker(WorkerCommand::Ready {
+            service_name().prop_map(|s| Message::Worker(WorkerCommand::Ready {
                 service: ServiceName::new(s).unwrap(),
                 capacity: 1,
             })),

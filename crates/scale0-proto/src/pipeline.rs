@@ -179,6 +179,9 @@ pub enum Status {
     Failed,
     /// The worker stopped it at its timeout.
     Timeout,
+    /// It could not even start (no such program, arguments too long, a NUL in one):
+    /// running it again cannot help, so the map does not.
+    Unrunnable,
 }
 
 impl Status {
@@ -188,6 +191,7 @@ impl Status {
             Status::Ok => "ok",
             Status::Failed => "failed",
             Status::Timeout => "timeout",
+            Status::Unrunnable => "unrunnable",
         }
     }
 
@@ -196,6 +200,7 @@ impl Status {
             b"ok" => Ok(Status::Ok),
             b"failed" => Ok(Status::Failed),
             b"timeout" => Ok(Status::Timeout),
+            b"unrunnable" => Ok(Status::Unrunnable),
             other => Err(PipeError::BadStatus(
                 String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned(),
             )),
@@ -814,8 +819,18 @@ impl Map {
                 };
                 self.attempt_failed(now, index, key, why);
             }
+            Status::Unrunnable if current => {
+                self.leave_flight(index);
+                if let Some(job) = self.jobs.get_mut(&index) {
+                    job.failures += 1;
+                }
+                let why = String::from_utf8_lossy(&output).trim_end().to_string();
+                self.finish(index, Outcome::Failed(why));
+            }
             // A failure of a superseded send: the current one may still succeed.
-            Status::Failed | Status::Timeout => self.counters.late_results += 1,
+            Status::Failed | Status::Timeout | Status::Unrunnable => {
+                self.counters.late_results += 1;
+            }
         }
     }
 

@@ -873,6 +873,51 @@ mod native {
     }
 
     #[test]
+    fn a_request_whose_deadline_is_zero_is_answered_deadline_exceeded_and_never_dispatched() {
+        let mut sim = Sim::new();
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "now", "svc", Some(0));
+        let out = to(&mut sim, "c");
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(status_of(&out[0]), Some(Status::DeadlineExceeded));
+        assert_eq!(sim.dispatched(), [], "the idle worker got nothing");
+        // Its retry gets the same answer.
+        send(&mut sim, "c", "now", "svc", Some(0));
+        assert_eq!(
+            status_of(&to(&mut sim, "c")[0]),
+            Some(Status::DeadlineExceeded)
+        );
+    }
+
+    #[test]
+    fn a_service_name_that_is_not_text_is_refused_not_queued() {
+        let mut sim = Sim::new();
+        let bad = Bytes::from_static(b"\xff\xfe");
+        sim.raw(
+            "c",
+            vec![
+                b("S0C1"),
+                Bytes::from_static(&[1]),
+                b("r"),
+                bad.clone(),
+                b(""),
+                b("x"),
+            ],
+        );
+        let out = to(&mut sim, "c");
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(status_of(&out[0]), Some(Status::BadRequest));
+        sim.raw("m", vec![b(""), b("MDPC01"), bad, b("x")]);
+        assert!(sim.broker.services().is_empty(), "nothing was queued");
+        assert_eq!(
+            sim.broker
+                .counters()
+                .dropped(DropReason::Malformed(DecodeError::BadServiceName)),
+            2
+        );
+    }
+
+    #[test]
     fn accepted_then_final_with_replies_in_any_order() {
         let mut sim = Sim::new();
         sim.ready("w1", "svc");

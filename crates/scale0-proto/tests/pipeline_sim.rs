@@ -19,6 +19,7 @@ fn b(s: &str) -> Bytes {
 fn behave(payload: &[u8]) -> (Option<u64>, Status) {
     match payload {
         b"fail" => (Some(1), Status::Failed),
+        b"unrunnable" => (Some(0), Status::Unrunnable),
         b"hang" => (None, Status::Ok),
         p => (
             Some(
@@ -387,6 +388,17 @@ fn a_failing_job_is_retried_then_reported_and_others_finish() {
     assert_eq!(sim.out[1].attempts, 3);
     assert!(matches!(sim.out[1].outcome, Outcome::Failed(_)));
     assert_eq!(sim.map.counters().done, 3);
+}
+
+#[test]
+fn a_job_that_cannot_start_fails_at_once_without_retries() {
+    let mut sim = Sim::new(MapConfig::default(), &["3", "unrunnable", "3"]);
+    sim.add_worker(1);
+    sim.run_until_done(10_000);
+    assert_all_once_in_order(&sim, 3);
+    assert_eq!(sim.out[1].attempts, 1);
+    assert!(matches!(sim.out[1].outcome, Outcome::Failed(_)));
+    assert_eq!(sim.map.counters().retried, 0);
 }
 
 #[test]

@@ -32,8 +32,8 @@ pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};
 pub use limits::{fd_limits, raise_fd_limit};
 pub use pipeline::{
-    DEFAULT_SINK, DEFAULT_VENT, Sink, SinkConfig, SinkItem, Source, TaskWorker, TaskWorkerConfig,
-    TaskWorkerSummary, Vent, VentConfig,
+    DEFAULT_SINK, DEFAULT_VENT, Sink, SinkConfig, SinkItem, SinkSummary, Source, TaskWorker,
+    TaskWorkerConfig, TaskWorkerSummary, Vent, VentConfig,
 };
 pub use pool::{MapProgress, MapSummary, Pool, PoolConfig};
 pub use queue::{Queue, QueueConfig, QueueEndpoints};

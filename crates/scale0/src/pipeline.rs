@@ -434,11 +434,12 @@ impl TaskWorker {
                 let status = match status {
                     b'o' => Status::Ok,
                     b't' => Status::Timeout,
+                    b'u' => Status::Unrunnable,
                     _ => Status::Failed,
                 };
                 match status {
                     Status::Ok => summary.ok += 1,
-                    Status::Failed => summary.failed += 1,
+                    Status::Failed | Status::Unrunnable => summary.failed += 1,
                     Status::Timeout => summary.timed_out += 1,
                 }
                 let sink = sink_of[job.source];
@@ -573,6 +574,7 @@ fn slot(
             TaskOutcome::Ok(out) => (b"ok", out),
             TaskOutcome::Failed(why) => (b"failed", Bytes::from(why)),
             TaskOutcome::TimedOut => (b"timeout", Bytes::new()),
+            TaskOutcome::Unrunnable(why) => (b"unrunnable", Bytes::from(why)),
         };
         let frames = [&job.seq.to_le_bytes()[..], status, &output[..]];
         if sockets::retry_eintr(|| back.send_multipart(frames, 0)).is_err() {
@@ -838,6 +840,15 @@ impl std::fmt::Debug for Sink {
     }
 }
 
+/// What a sink saw before it stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// Results, framed or plain.
+    pub results: u64,
+    /// Messages that were neither a result nor a report, dropped.
+    pub malformed: u64,
+}
+
 impl Sink {
     /// Binds the endpoints.
     pub fn bind(config: SinkConfig) -> Result<Self> {
@@ -867,10 +878,14 @@ impl Sink {
         &self.endpoints
     }
 
-    /// Receives until `shutdown` or until `each` returns false; returns the number of
-    /// results (framed or plain) seen.
-    pub fn run(self, shutdown: &Shutdown, mut each: impl FnMut(SinkItem) -> bool) -> Result<u64> {
+    /// Receives until `shutdown` or until `each` returns false; returns what it saw.
+    pub fn run(
+        self,
+        shutdown: &Shutdown,
+        mut each: impl FnMut(SinkItem) -> bool,
+    ) -> Result<SinkSummary> {
         let mut results = 0u64;
+        let mut malformed = 0u64;
         let mut known: HashMap<Bytes, ()> = HashMap::new();
         let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
         while !shutdown.is_triggered() {
@@ -913,7 +928,11 @@ impl Sink {
                     }
                     Ok(Report::Start { .. }) => continue,
                     Err(e) => {
-                        debug!(error = %e, "not a result: dropped");
+                        malformed += 1;
+                        // The 1st, 2nd, 4th... of them: seen, but a flood is no log flood.
+                        if malformed.is_power_of_two() {
+                            warn!(error = %e, total = malformed, "not a result: dropped");
+                        }
                         continue;
                     }
                 };
@@ -921,11 +940,11 @@ impl Sink {
                     results += 1;
                 }
                 if !each(item) {
-                    return Ok(results);
+                    return Ok(SinkSummary { results, malformed });
                 }
             }
         }
-        Ok(results)
+        Ok(SinkSummary { results, malformed })
     }
 }
 

@@ -21,6 +21,9 @@ pub enum TaskOutcome {
     Failed(String),
     /// Stopped at the job's timeout.
     TimedOut,
+    /// Could not start, for a reason a retry cannot change (no such program, arguments
+    /// too long, a NUL byte in one); the map fails the job without running it again.
+    Unrunnable(String),
 }
 
 /// Runs jobs. Shared by all of a worker's slots, so it runs on several threads at once.
@@ -106,12 +109,32 @@ impl CommandTask {
     }
 }
 
+/// Whether a failure to start a command would happen again on a retry: a missing or
+/// forbidden program, arguments the kernel or Rust refuse (too long, a NUL byte). Not
+/// resource shortages (EAGAIN, ENOMEM), which pass.
+fn cannot_ever_start(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    const E2BIG: i32 = 7;
+    const ENOEXEC: i32 = 8;
+    matches!(
+        e.kind(),
+        ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::InvalidInput
+    ) || matches!(e.raw_os_error(), Some(E2BIG | ENOEXEC))
+}
+
 impl Task for CommandTask {
     fn run(&self, payload: &[u8], timeout: Option<Duration>, cancel: &Shutdown) -> TaskOutcome {
         let program = self.argv[0].to_string_lossy().into_owned();
         let mut child = match self.command(payload).spawn() {
             Ok(c) => c,
-            Err(e) => return TaskOutcome::Failed(format!("cannot start {program:?}: {e}")),
+            Err(e) => {
+                let why = format!("cannot start {program:?}: {e}");
+                return if cannot_ever_start(&e) {
+                    TaskOutcome::Unrunnable(why)
+                } else {
+                    TaskOutcome::Failed(why)
+                };
+            }
         };
         let group = i32::try_from(child.id())
             .ok()
