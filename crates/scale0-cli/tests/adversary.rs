@@ -208,3 +208,33 @@ fn hostile_http_clients_leave_metrics_and_the_broker_serving() {
     );
     assert_eq!(mmi_service(&ends[0], "echo"), "404");
 }
+
+/// Out of file descriptors (the broker under `prlimit --nofile=64`, far more peers than
+/// that), the broker says it is refusing connections and why, with the limit; once the
+/// peers are gone it says it accepts again, and serves a new client.
+#[test]
+fn out_of_descriptors_the_broker_says_so_and_recovers() {
+    let peers = if full() { "1000" } else { "200" };
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.args(["--nofile=64:64", env!("CARGO_BIN_EXE_scale0")])
+        .args(["broker", "--bind", "tcp://127.0.0.1:*"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    let (mut broker, out) = spawn_lines("broker", cmd);
+    let log = Lines::collect(broker.child.stderr.take().expect("piped stderr"));
+    let endpoint = out.listening(1).remove(0);
+    let held = run({
+        let mut c = adversary("many_connections.py");
+        c.args([&endpoint, peers, "2"]);
+        c
+    });
+    assert!(held.status.success(), "{}", tail(&held.stderr));
+    log.wait_for("accepting connections again", 1);
+    let refused = log.get();
+    let said = refused
+        .iter()
+        .find(|l| l.contains("refusing new connections: out of file descriptors"))
+        .unwrap_or_else(|| panic!("{refused:?}"));
+    assert!(said.contains("open_files_limit=64"), "{said}");
+    assert_eq!(mmi_service(&endpoint, "echo"), "404");
+}

@@ -1,5 +1,6 @@
 //! The broker's socket loop: one ROUTER, one poll loop, the core does the thinking.
 
+use crate::accepts::AcceptWatch;
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
 use crate::metrics::{MetricsServer, render as render_metrics};
@@ -102,6 +103,8 @@ pub struct Broker {
     metrics: Option<MetricsServer>,
     /// Answers CURVE authentication for this broker's context, when CURVE is on.
     zap: Option<ZapHandler>,
+    /// Reads the socket's monitor when the ZAP handler does not.
+    accepts: Option<AcceptWatch>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -213,6 +216,12 @@ impl Broker {
             }
             None => None,
         };
+        // Without CURVE nothing else reads the socket's monitor: a thread of its own says
+        // when connections are refused for want of descriptors.
+        let accepts = match zap {
+            Some(_) => None,
+            None => Some(AcceptWatch::start(&ctx, &socket)?),
+        };
         let mut endpoints = Vec::with_capacity(config.bind.len());
         for endpoint in &config.bind {
             endpoints.push(sockets::bind(&socket, endpoint)?);
@@ -238,6 +247,7 @@ impl Broker {
         Ok(Self {
             metrics,
             zap,
+            accepts,
             ctx,
             own_ctx,
             socket,
@@ -402,10 +412,14 @@ impl Broker {
             socket,
             events,
             zap,
+            accepts,
             ..
         } = self;
         if let Some(zap) = zap {
             zap.stop(&[&socket]);
+        }
+        if let Some(accepts) = accepts {
+            accepts.stop(&socket);
         }
         drop(socket);
         drop(events);

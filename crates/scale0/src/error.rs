@@ -64,6 +64,15 @@ pub enum Error {
     /// The broker sent something that is not an MDP reply.
     #[error("malformed reply from the broker: {0}")]
     BadReply(DecodeError),
+    /// A thread the library needs could not be started (the process is out of threads
+    /// or memory).
+    #[error("cannot start {what}: {error}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
     /// The durable store could not be opened (in use, damaged, unreadable).
     #[error("durable store: {0}")]
     StoreOpen(scale0_store::OpenError),

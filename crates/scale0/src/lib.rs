@@ -6,6 +6,7 @@
 //! ports) and then run until a [`Shutdown`] is triggered. The API is synchronous:
 //! threads and `zmq::poll` loops, one owner per socket.
 
+mod accepts;
 pub mod bench;
 mod broker;
 mod bus;

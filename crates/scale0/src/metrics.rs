@@ -68,7 +68,10 @@ impl MetricsServer {
         let thread = thread::Builder::new()
             .name("metrics".into())
             .spawn(move || serve(&listener, &snapshot, &stop))
-            .map_err(|e| Error::InvalidConfig(format!("starting the metrics thread: {e}")))?;
+            .map_err(|error| Error::Spawn {
+                what: "the metrics thread",
+                error,
+            })?;
         self.thread = Some(thread);
         Ok(())
     }

@@ -371,7 +371,10 @@ impl TaskWorker {
             thread::Builder::new()
                 .name(format!("task-slot-{i}"))
                 .spawn(move || slot(&rx, task.as_ref(), &cancel, &back))
-                .map_err(|e| Error::InvalidConfig(format!("starting a slot thread: {e}")))?;
+                .map_err(|error| Error::Spawn {
+                    what: "a slot thread",
+                    error,
+                })?;
         }
 
         let mut summary = TaskWorkerSummary::default();

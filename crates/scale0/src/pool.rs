@@ -216,7 +216,10 @@ impl Pool {
             let handle = thread::Builder::new()
                 .name(format!("local-worker-{i}"))
                 .spawn(move || worker.run(task, &stop))
-                .map_err(|e| Error::InvalidConfig(format!("starting a local worker: {e}")))?;
+                .map_err(|error| Error::Spawn {
+                    what: "a local worker",
+                    error,
+                })?;
             self.local.push(handle);
         }
         Ok(())

@@ -429,14 +429,20 @@ impl ZapHandler {
         // Refusals by the allowlist are logged by `answer`, with the key.
         let monitors = watched
             .iter()
-            .map(|s| crate::sockets::monitor(ctx, s, HANDSHAKE_FAILURES, "handshakes"))
+            .map(|s| {
+                let events = HANDSHAKE_FAILURES | crate::accepts::ACCEPT_EVENTS;
+                crate::sockets::monitor(ctx, s, events, "handshakes")
+            })
             .collect::<Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("scale0-zap".into())
             .spawn(move || serve(&socket, &monitors, &allow, &flag))
-            .map_err(|e| Error::InvalidConfig(format!("starting the ZAP thread: {e}")))?;
+            .map_err(|error| Error::Spawn {
+                what: "the ZAP thread",
+                error,
+            })?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -464,6 +470,7 @@ impl Drop for ZapHandler {
 fn serve(socket: &zmq::Socket, monitors: &[zmq::Socket], allow: &Allowlist, stop: &AtomicBool) {
     let mut quiet = Quiet::default();
     let mut handshakes = HandshakeLog::default();
+    let mut accepts = crate::accepts::AcceptLog::default();
     while !stop.load(Ordering::Relaxed) {
         let mut items = vec![socket.as_poll_item(zmq::POLLIN)];
         items.extend(monitors.iter().map(|m| m.as_poll_item(zmq::POLLIN)));
@@ -473,6 +480,11 @@ fn serve(socket: &zmq::Socket, monitors: &[zmq::Socket], allow: &Allowlist, stop
         let ready: Vec<bool> = items.iter().map(zmq::PollItem::is_readable).collect();
         for (m, _) in monitors.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
             while let Ok(event) = m.recv_multipart(zmq::DONTWAIT) {
+                if let Some((id, value)) =
+                    event.first().and_then(|f| crate::sockets::monitor_event(f))
+                {
+                    accepts.event(std::time::Instant::now(), id, value);
+                }
                 handshakes.event(&event);
             }
         }

@@ -232,8 +232,9 @@ impl Worker {
                 thread::Builder::new()
                     .name(format!("handler-{}", self.service))
                     .spawn(move || handler_loop(handler, &handler_end))
-                    .map_err(|e| {
-                        Error::InvalidConfig(format!("cannot start the handler thread: {e}"))
+                    .map_err(|error| Error::Spawn {
+                        what: "the handler thread",
+                        error,
                     })?,
             )
         };
