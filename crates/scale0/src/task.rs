@@ -257,8 +257,12 @@ mod tests {
         assert!(why.contains("boom") && why.contains('3'), "{why}");
         assert!(matches!(
             run(&["/nonexistent/program"], "", None),
-            TaskOutcome::Failed(w) if w.contains("cannot start")
+            TaskOutcome::Unrunnable(w) if w.contains("cannot start")
         ));
+        assert!(
+            matches!(run(&["echo", "a\0b"], "", None), TaskOutcome::Unrunnable(_)),
+            "a NUL in an argument cannot be passed, now or on a retry"
+        );
     }
 
     #[test]
