@@ -1,6 +1,8 @@
 //! Builds libzmq from the source `zeromq-src` carries, with CURVE backed by the libsodium
 //! that `libsodium-sys-stable` compiled: no system libzmq, no apt step, no network.
 //!
+//! With libzmq's draft API, for ZMQ_ROUTER_NOTIFY.
+//!
 //! Then mends one libzmq 4.3.5 bug that lets any peer abort a server (ARCHITECTURE.md,
 //! "libzmq patches"): `stream_engine_base.cpp` is patched, compiled again with the flags
 //! zeromq-src used, and swapped into `libzmq.a` in place of the original object.
@@ -54,6 +56,9 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     zeromq_src::Build::new()
         .with_libsodium(Some(zeromq_src::LibLocation::new(lib, &include)))
+        // For ZMQ_ROUTER_NOTIFY (crates/zmq-draft); in 4.3.5 the draft API changes no
+        // header's class layout, only what some .cpp files accept.
+        .enable_draft(true)
         .build();
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -90,6 +95,7 @@ fn patch_and_swap(out: &Path, sodium_include: &Path) {
         .warnings(false);
     for (key, value) in [
         ("ZMQ_BUILD_TESTS", "OFF"),
+        ("ZMQ_BUILD_DRAFT_API", "1"),
         ("ZMQ_USE_CV_IMPL_STL11", "1"),
         ("ZMQ_STATIC", "1"),
         ("ZMQ_USE_BUILTIN_SHA1", "1"),

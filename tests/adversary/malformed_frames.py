@@ -2,14 +2,18 @@
 
 KIND picks the peers and shapes: broker (DEALERs and a REQ; MDP/0.1, MDP/0.2 and native
 headers), queue-frontend (DEALER and REQ clients), queue-workers (Paranoid Pirate DEALER and
-REQ workers), forwarder (XPUB publishers on the XSUB frontend; with --backend also an XSUB
-peer sending garbage subscriptions to the XPUB side), sink (PUSH reports), vent-peer (forged
-PULL peers that send, and PULLs that take a job and vanish), node-bus (malformed s0hb
-heartbeats published on a forwarder's frontend for the nodes listening; pass a node's pid).
-Every kind also gets raw TCP peers: random bytes, bad ZMTP greetings, a 2**62-byte frame.
+REQ workers), forwarder (XPUB publishers on the XSUB frontend), sink (PUSH reports),
+vent-peer (forged PULL peers that send, and PULLs that take a job and vanish: they eat
+jobs, so give the vent more than it can finish, e.g. 100000), node-bus
+(malformed s0hb heartbeats published on a forwarder's frontend for the nodes listening;
+pass a node's pid). Forwarder and node-bus with --backend: an XSUB peer also sends garbage
+subscriptions to the XPUB side, and then a forged XSUB subscribes --long-subscriptions times
+(1) with a random --long-subscription prefix (200000 bytes) and leaves. Every kind also gets
+raw TCP peers: random bytes, bad ZMTP greetings, a frame declaring 2**62 bytes.
 
 usage: malformed_frames.py ENDPOINT KIND [COUNT] [--check-pid PID] [--max-rss-mib N]
                            [--backend ENDPOINT] [--expect-reply] [--seed N]
+                           [--long-subscription BYTES] [--long-subscriptions N]
 Then: the endpoint still sends a ZMTP greeting; broker: an MDP/0.1 mmi.service request is
 answered within 10 s; queue-frontend with --expect-reply: a REQ request is answered;
 queue-workers: a new READY worker hears from the queue; forwarder and node-bus with
@@ -88,19 +92,22 @@ def zmtp(frames: list[bytes]) -> bytes:
     return out
 
 
+GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x00"  # ZMTP 3.0 signature and version; mechanism follows
+
+
+def forged(stype: bytes, declared: int = 0) -> bytes:
+    """A NULL greeting and a READY naming socket type stype (declaring its length, if given)."""
+    body = b"\x05READY\x0bSocket-Type" + (declared or len(stype)).to_bytes(4, "big") + stype
+    return GREETING + b"NULL".ljust(20, b"\x00") + bytes(32) + b"\x04" + bytes([len(body)]) + body
+
+
 def raw_peer(host: str, port: int, variant: int, kind: str, rng: random.Random, payload: bytes = b"") -> None:
     """One TCP connection that speaks bad ZMTP (variant 0-5) or forges a peer and sends payload (6)."""
-    greet = b"\xff" + bytes(8) + b"\x7f\x03\x00"
-    null = greet + b"NULL".ljust(20, b"\x00") + bytes(32)
-
-    def ready(stype: bytes, declared: int = 0) -> bytes:
-        body = b"\x05READY\x0bSocket-Type" + (declared or len(stype)).to_bytes(4, "big") + stype
-        return null + b"\x04" + bytes([len(body)]) + body
     typ = WIRE_TYPE.get(kind, b"DEALER")
     payload = payload or b"".join(zmtp(m) for m in shapes(kind, rng)[:20])
-    data = [rng.randbytes(4096), greet[:10] + rng.randbytes(4096), greet + b"BOGUS".ljust(20, b"\x00") + bytes(32),
-            ready(b"BOGUS"), ready(typ, 0x7FFFFFFF), ready(typ) + b"\x02" + (1 << 62).to_bytes(8, "big") + b"x",
-            ready(typ) + payload][variant % 7]
+    data = [rng.randbytes(4096), GREETING[:10] + rng.randbytes(4096), GREETING + b"BOGUS".ljust(20, b"\x00") + bytes(32),
+            forged(b"BOGUS"), forged(typ, 0x7FFFFFFF), forged(typ) + b"\x02" + (1 << 62).to_bytes(8, "big") + b"x",
+            forged(typ) + payload][variant % 7]
     try:
         with socket.create_connection((host, port), timeout=2) as s:
             s.sendall(data)
@@ -108,6 +115,17 @@ def raw_peer(host: str, port: int, variant: int, kind: str, rng: random.Random, 
             s.recv(65536)
     except OSError:
         pass  # the server closing on us, or not reading, is the point
+
+
+def long_subscriptions(endpoint: str, size: int, n: int, rng: random.Random) -> None:
+    """A forged XSUB subscribes n times with random size-byte prefixes, then leaves (libzmq drops them)."""
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2) as s:
+            s.sendall(forged(b"XSUB") + b"".join(zmtp([b"\x01" + rng.randbytes(size)]) for _ in range(n)))
+            time.sleep(0.5)
+    except OSError:
+        pass
 
 
 def greeting(host: str, port: int) -> bool:
@@ -162,8 +180,8 @@ def probe(ctx: zmq.Context, a: argparse.Namespace) -> str | None:
         s.close()
 
 
-def rss_mib(pid: int) -> float | None:
-    """VmRSS of a live process in MiB; None when it is gone or a zombie."""
+def mem_mib(pid: int, field: str = "VmRSS") -> float | None:
+    """VmRSS (or VmHWM, the peak) of a live process in MiB; None when it is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/status") as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
@@ -171,7 +189,7 @@ def rss_mib(pid: int) -> float | None:
         return None
     if fields.get("State", "").strip().startswith("Z"):
         return None
-    return int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    return int(fields.get(field, "0 kB").split()[0]) / 1024
 
 
 def peer(ctx: zmq.Context, endpoint: str, t: int, k: int, n: int) -> zmq.Socket:
@@ -190,10 +208,9 @@ def flood(ctx: zmq.Context, a: argparse.Namespace, host: str, port: int) -> tupl
     """Sends COUNT messages (60 s at most); returns (sent, blocked, raw connections)."""
     rng = random.Random(a.seed)
     socks = [peer(ctx, a.endpoint, t, k, 0) for k, t in enumerate(PEERS[a.kind])]
-    extra = None  # a REQ for REQ-speaking kinds, an XSUB at the forwarder's backend
-    if a.kind in ("broker", "queue-frontend", "queue-workers") or (a.kind == "forwarder" and a.backend):
-        extra = peer(ctx, a.endpoint if a.kind != "forwarder" else a.backend,
-                     zmq.REQ if a.kind != "forwarder" else zmq.XSUB, 9, 0)
+    extra = None  # a REQ for the kinds that take REQ peers; with --backend an XSUB there
+    if a.kind in ("broker", "queue-frontend", "queue-workers") or a.backend:
+        extra = peer(ctx, a.backend or a.endpoint, zmq.XSUB if a.backend else zmq.REQ, 9, 0)
         if extra.socket_type == zmq.REQ:
             extra.setsockopt(zmq.REQ_RELAXED, 1)
     if socks and socks[0].socket_type == zmq.XPUB:
@@ -239,6 +256,8 @@ def flood(ctx: zmq.Context, a: argparse.Namespace, host: str, port: int) -> tupl
             s.close()
     for v in range(raw, 7):
         raw_peer(host, port, v, a.kind, rng)
+    if a.backend and a.long_subscription:
+        long_subscriptions(a.backend, a.long_subscription, a.long_subscriptions, rng)
     return sent, blocked, max(raw, 7)
 
 
@@ -252,28 +271,32 @@ def main() -> int:
     p.add_argument("--backend")
     p.add_argument("--expect-reply", action="store_true")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--long-subscription", type=int, default=200000, help="bytes; 0: none (forwarder, node-bus)")
+    p.add_argument("--long-subscriptions", type=int, default=1)
     a = p.parse_args()
+    a.backend = a.backend if a.kind in ("forwarder", "node-bus") else None
     host, port = a.endpoint.removeprefix("tcp://").rsplit(":", 1)
-    rss0 = rss_mib(a.check_pid) if a.check_pid else None
+    rss0 = mem_mib(a.check_pid) if a.check_pid else None
     ctx = zmq.Context()
     t0 = time.monotonic()
     sent, blocked, raw = flood(ctx, a, host, int(port))
     t1 = time.monotonic()
-    problem = None if greeting(host, int(port)) else "no ZMTP greeting from the endpoint within 5 s"
-    problem = problem or probe(ctx, a)
+    problems = [] if greeting(host, int(port)) else ["no ZMTP greeting from the endpoint within 5 s"]
+    failure = probe(ctx, a)
+    problems += [failure] if failure else []
     t2 = time.monotonic()
     ctx.term()
-    rss = rss_mib(a.check_pid) if a.check_pid else None
+    rss, hwm = (mem_mib(a.check_pid), mem_mib(a.check_pid, "VmHWM")) if a.check_pid else (None, None)
     if a.check_pid and rss is None:
-        problem = problem or f"process {a.check_pid} is gone"
+        problems.insert(0, f"process {a.check_pid} is gone")
     elif rss is not None and a.max_rss_mib is not None and rss > a.max_rss_mib:
-        problem = problem or f"process {a.check_pid}: VmRSS {rss:.1f} MiB is over {a.max_rss_mib} MiB"
-    if problem:
-        print(f"{a.kind}: {problem} (after sent={sent} blocked={blocked} raw={raw})", file=sys.stderr)
+        problems.append(f"process {a.check_pid}: VmRSS {rss:.1f} MiB is over {a.max_rss_mib} MiB")
+    figures = f"kind={a.kind} sent={sent} blocked={blocked} raw={raw} flood_s={t1 - t0:.2f}"
+    if problems:
+        print(f"{a.kind}: {'; '.join(problems)} (after {figures})", file=sys.stderr)
         return 1
-    mem = f" rss_mib={rss0:.1f}->{rss:.1f}" if rss0 is not None and rss is not None else ""
-    print(f"ok: kind={a.kind} sent={sent} blocked={blocked} raw={raw} flood_s={t1 - t0:.2f}"
-          f" probe_ms={(t2 - t1) * 1000:.0f}{mem}")
+    mem = f" rss_mib={rss0:.1f}->{rss:.1f} peak_mib={hwm:.1f}" if rss0 and rss and hwm else ""
+    print(f"ok: {figures} probe_ms={(t2 - t1) * 1000:.0f}{mem}")
     return 0
 
 

@@ -6,8 +6,11 @@ Registers with READY, answers each REQUEST (echo, or echo plus its own name so t
 see who served what), heartbeats the broker, and reconnects with a new socket when the
 broker says DISCONNECT or falls silent for --liveness heartbeats, as the RFCs ask. With
 --version 2 it speaks MDP/0.2 and can send --partials PARTIAL replies before each FINAL.
+With --chaos SEED it misbehaves as the Guide's Paranoid Pirate worker does: after a few
+requests, now and then it crashes (exits 3) or stalls for --stall-ms before answering.
 """
 import argparse
+import random
 import sys
 import time
 
@@ -35,8 +38,11 @@ def main():
                    help="CURVE: the server's public certificate (a scale0 keygen NAME.key)")
     p.add_argument("--curve-cert", default=None,
                    help="CURVE: this peer's certificate with its secret (NAME.key_secret)")
+    p.add_argument("--chaos", type=int, metavar="SEED")
+    p.add_argument("--stall-ms", type=int, default=3000)
     args = p.parse_args()
     v2 = args.version == 2
+    rng = random.Random(args.chaos)
 
     def out(command, *frames):
         """Sends a worker command in the chosen protocol version."""
@@ -87,6 +93,12 @@ def main():
             if command == "REQUEST":
                 client, empty, body = rest[0], rest[1], rest[2:]
                 assert empty == b""
+                if args.chaos is not None and served > 3 and rng.randrange(5) == 0:
+                    print("crashing", flush=True)
+                    sys.exit(3)
+                if args.chaos is not None and served > 3 and rng.randrange(5) == 0:
+                    print("stalling", flush=True)
+                    time.sleep(args.stall_ms / 1000)
                 for i in range(args.partials if v2 else 0):
                     out("PARTIAL", client, b"", b"partial %d" % i)
                 if args.log:

@@ -5,10 +5,13 @@ queue's heartbeats, and answers each REQUEST (address stack, empty frame, conten
 the same address stack and the SHA-1 (hex) of the content. Starts over with READY on a
 new socket when the queue falls silent for 3 heartbeats.
 
-Prints "ready", then "received" and "served <sha1>" per request.
+Prints "ready", then "received" and "served <sha1>" per request. With --echo it answers
+with the content itself. With --chaos SEED it misbehaves as the Guide's ppworker does: after
+a few requests, now and then it crashes (exits 3) or stalls for --stall-ms before answering.
 """
 import argparse
 import hashlib
+import random
 import sys
 import time
 
@@ -22,7 +25,12 @@ def main():
     p.add_argument("--endpoint", required=True)
     p.add_argument("--heartbeat-ms", type=int, default=100)
     p.add_argument("--delay-ms", type=int, default=0)
+    p.add_argument("--echo", action="store_true")
+    p.add_argument("--chaos", type=int, metavar="SEED")
+    p.add_argument("--stall-ms", type=int, default=3000)
     args = p.parse_args()
+    rng = random.Random(args.chaos)
+    cycles = 0
     ivl = args.heartbeat_ms / 1000
     ctx = zmq.Context()
 
@@ -48,11 +56,18 @@ def main():
                 i = frames.index(b"")
                 content = b"".join(frames[i + 1:])
                 print("received", flush=True)
+                cycles += 1
+                if args.chaos is not None and cycles > 3 and rng.randrange(5) == 0:
+                    print("crashing", flush=True)
+                    sys.exit(3)
+                if args.chaos is not None and cycles > 3 and rng.randrange(5) == 0:
+                    print("stalling", flush=True)
+                    time.sleep(args.stall_ms / 1000)
                 if args.delay_ms:
                     time.sleep(args.delay_ms / 1000)
-                digest = hashlib.sha1(content).hexdigest().encode()
-                sock.send_multipart(frames[: i + 1] + [digest])
-                print("served", digest.decode(), flush=True)
+                answer = content if args.echo else hashlib.sha1(content).hexdigest().encode()
+                sock.send_multipart(frames[: i + 1] + [answer])
+                print("served", answer.decode(errors="replace"), flush=True)
             else:
                 print("malformed", frames, file=sys.stderr, flush=True)
         now = time.monotonic()

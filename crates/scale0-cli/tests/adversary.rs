@@ -238,3 +238,144 @@ fn out_of_descriptors_the_broker_says_so_and_recovers() {
     assert!(said.contains("open_files_limit=64"), "{said}");
     assert_eq!(mmi_service(&endpoint, "echo"), "404");
 }
+
+/// Runs `peer` (a tests/peers program) with `args` again and again, each time with a new
+/// seed, until `until`; killed when the returned guard is dropped.
+struct Restarting {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u32>>,
+}
+
+impl Restarting {
+    fn start(script: &'static str, args: Vec<String>, first_seed: u32) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut starts = 0;
+            while !flag.load(Ordering::SeqCst) {
+                let mut cmd = peer(script);
+                cmd.args(&args)
+                    .args(["--chaos", &(first_seed + starts).to_string()])
+                    .stdout(std::process::Stdio::null());
+                let mut p = Proc::spawn(script, cmd);
+                starts += 1;
+                while !flag.load(Ordering::SeqCst) && p.child.try_wait().unwrap().is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            starts
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops restarting and kills the running one; returns how many were started.
+    fn finish(mut self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+impl Drop for Restarting {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Two Lazy Pirate clients at `frontend` (a queue's or a broker's) and three workers that
+/// crash and stall, restarted, for `seconds`; panics if a client gives up.
+fn pirates(
+    what: &str,
+    frontend: &str,
+    client_args: &[&str],
+    worker: (&'static str, Vec<String>),
+    seconds: &str,
+    seed: u32,
+) {
+    let pool: Vec<Restarting> = (0..3)
+        .map(|i| Restarting::start(worker.0, worker.1.clone(), seed + 100 * i))
+        .collect();
+    let clients: Vec<Proc> = (0..2)
+        .map(|i| {
+            let mut c = peer("lp_client.py");
+            c.args(["--endpoint", frontend, "--seconds", seconds])
+                .args(client_args)
+                .stdout(std::process::Stdio::piped());
+            Proc::spawn(&format!("client {i}"), c)
+        })
+        .collect();
+    // A run lasts its seconds and the last request's retries: wait past HANG.
+    let started = std::time::Instant::now();
+    let outcomes: Vec<std::process::Output> = clients
+        .into_iter()
+        .map(|mut c| {
+            while c.child.try_wait().unwrap().is_none() {
+                assert!(started.elapsed() < HANG * 3, "a client hung");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            c.output()
+        })
+        .collect();
+    let starts: u32 = pool.into_iter().map(Restarting::finish).sum();
+    for out in &outcomes {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.starts_with("ok:"),
+            "{what} (seed {seed}): a client gave up ({starts} worker starts): {text}"
+        );
+    }
+}
+
+/// The Guide's Paranoid Pirate demo through `scale0 queue`: two Lazy Pirate clients
+/// (give up after 3 tries of 2.5 s, each on a new socket) and three Paranoid Pirate workers
+/// that crash and stall on purpose and are restarted. Requests of clients that gave up on a
+/// socket are not handed to workers again (ROUTER_NOTIFY), so no client ever abandons.
+/// CI runs it once for 12 s; the full mode ten times for 30 s.
+#[test]
+fn the_paranoid_pirate_demo_never_abandons_a_request() {
+    let (runs, seconds) = if full() { (10, "30") } else { (1, "12") };
+    for run_no in 0..runs {
+        let mut cmd = scale0();
+        cmd.args(["queue", "--frontend", "tcp://127.0.0.1:*"])
+            .args([
+                "--backend",
+                "tcp://127.0.0.1:*",
+                "--workers",
+                "tcp://127.0.0.1:*",
+            ]);
+        let (_queue, out) = spawn_lines("queue", cmd);
+        let ends = out.listening(3);
+        let args = ["--endpoint", &ends[2], "--heartbeat-ms", "1000", "--echo"];
+        let worker = ("ppp_worker.py", args.map(String::from).to_vec());
+        pirates("queue", &ends[0], &[], worker, seconds, 1000 * run_no);
+    }
+}
+
+/// The same with MDP: Lazy Pirate MDP/0.1 clients (a new socket for each retry) and MDP
+/// workers that crash and stall, through `scale0 broker`.
+#[test]
+fn lazy_pirate_mdp_clients_through_the_broker_never_abandon_a_request() {
+    let (runs, seconds) = if full() { (10, "30") } else { (1, "12") };
+    for run_no in 0..runs {
+        let broker = Broker::start(&["--heartbeat-interval-ms", "1000"]);
+        let args = ["--endpoint", &broker.endpoint, "--service", "echo"];
+        let worker = (
+            "mdp_worker.py",
+            args.into_iter()
+                .chain(["--heartbeat-ms", "1000"])
+                .map(String::from)
+                .collect(),
+        );
+        pirates(
+            "broker",
+            &broker.endpoint,
+            &["--mdp", "echo"],
+            worker,
+            seconds,
+            1000 * run_no,
+        );
+    }
+}

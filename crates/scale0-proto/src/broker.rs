@@ -8,6 +8,7 @@
 //! [`Broker::poll_transmit`] hands out. Nothing here blocks or reads a clock.
 
 use crate::dedupe::{Dedupe, Key, Seen};
+use crate::departed::Departed;
 use crate::journal::{Entry, EntryError, JournalOp, StoredOrigin, TitanicOutcome};
 use crate::mdp::{
     self, Body, ClientKind, ClientMessage, DecodeError, Frames, Message, NativeCommand, PeerId,
@@ -296,6 +297,9 @@ pub struct Counters {
     pub requeued: u64,
     /// Workers removed because they held a request past its deadline.
     pub request_timeouts: u64,
+    /// MDP requests never sent to a worker because their client had disconnected (a
+    /// Lazy Pirate client that timed out and retried on a new socket).
+    pub abandoned: u64,
     dropped: [u64; DropReason::ALL.len()],
     failed: [u64; FailReason::ALL.len()],
     /// Replies by time from acceptance, in [`LATENCY_BOUNDS_MS`] buckets (the last for
@@ -648,12 +652,6 @@ fn is_titanic(service: &ServiceName) -> bool {
     TITANIC_SERVICES.contains(&service.as_bytes().as_ref())
 }
 
-/// libzmq generates routing ids that start with a zero byte, and repeats them in every
-/// new process, so such an id names nobody in particular after a restart.
-fn auto_generated(peer: &PeerId) -> bool {
-    peer.as_bytes().first() == Some(&0)
-}
-
 fn status_frame(text: &str) -> Body {
     vec![Bytes::from(text.to_string())]
 }
@@ -764,6 +762,8 @@ pub struct Broker {
     timers: Timers<Timer>,
     /// Requests and timers the broker has examined: a measure of its work.
     work: u64,
+    /// Clients whose connection ended for good: their queued requests are not sent.
+    departed: Departed,
     /// When this broker started, for its uptime.
     started: Instant,
     /// Stopping: new requests are refused, accepted ones still served.
@@ -790,6 +790,7 @@ impl Broker {
             next_heartbeat,
             timers: Timers::default(),
             work: 0,
+            departed: Departed::default(),
             started: now,
             draining: false,
             last_tag: 0,
@@ -1055,6 +1056,9 @@ impl Broker {
             Ok(split) => split,
             Err(e) => return self.drop_message(DropReason::Malformed(e), size),
         };
+        if mdp::is_disconnect_notice(&rest) {
+            return self.on_disconnected(now, &peer);
+        }
         if size > self.config.max_message_bytes {
             // A native client can be told; anyone else's message is just dropped.
             if let Some(id) = mdp::native_request_id(&rest) {
@@ -1132,6 +1136,21 @@ impl Broker {
             self.delete_worker(now, peer, false, Gone::Unreachable);
         } else {
             self.drop_message(DropReason::Unroutable, 0);
+        }
+    }
+
+    /// libzmq says `peer`'s connection ended (ROUTER_NOTIFY). A worker is gone at once:
+    /// what it held goes to others without waiting for its silence. A client with an id
+    /// libzmq made up will never be heard from again (the id is not reused), so its
+    /// queued MDP requests are not worth a worker's time. A client with an id of its own
+    /// may come back with it (a native client retrying), so it keeps its requests.
+    fn on_disconnected(&mut self, now: Instant, peer: &PeerId) {
+        if self.workers.contains_key(peer) {
+            info!(worker = %peer, "worker's connection ended, removing it");
+            self.counters.workers_disconnected += 1;
+            self.delete_worker(now, peer, false, Gone::Unreachable);
+        } else {
+            self.departed.note(peer);
         }
     }
 
@@ -1490,7 +1509,7 @@ impl Broker {
     /// True while nobody has answered the request yet.
     fn is_live(&self, request: &Request) -> bool {
         match &request.origin {
-            Origin::Mdp(_) => true,
+            Origin::Mdp(_) => !self.departed.contains(&request.client),
             Origin::Native { id, generation } => self
                 .dedupe
                 .is_pending(&(request.client.clone(), id.clone()), *generation),
@@ -1521,7 +1540,7 @@ impl Broker {
             );
         }
         // A stored reply goes only to a client that chose its own routing id.
-        let stale = request.recovered && auto_generated(&request.client);
+        let stale = request.recovered && PeerId::is_generated(&request.client);
         match (&request.origin, outcome) {
             (Origin::Mdp(version), outcome) => {
                 if let Some(key) = request.journal {
@@ -1901,7 +1920,12 @@ impl Broker {
             };
             self.work += 1;
             if !self.is_live(&req) {
-                continue; // answered already (its deadline passed while it waited)
+                // Answered already (its deadline passed while it waited), or its client
+                // left: nobody is waiting for it.
+                if matches!(req.origin, Origin::Mdp(_)) {
+                    self.counters.abandoned += 1;
+                }
+                continue;
             }
             let Some(s) = self.services.get_mut(service) else {
                 return;

@@ -12,6 +12,7 @@
 
 pub mod broker;
 mod dedupe;
+mod departed;
 pub mod journal;
 pub mod mdp;
 pub mod membership;

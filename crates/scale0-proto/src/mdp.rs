@@ -74,6 +74,12 @@ fn bounded(bytes: Bytes, max: usize, err: DecodeError) -> Result<Bytes, DecodeEr
     Ok(bytes)
 }
 
+/// Whether a message (after its routing id) is libzmq's notice that the peer's connection
+/// ended (ZMQ_ROUTER_NOTIFY): one empty frame, which no protocol of ours sends.
+pub fn is_disconnect_notice(rest: &[Bytes]) -> bool {
+    matches!(rest, [only] if only.is_empty())
+}
+
 /// A service name: 1 to 255 bytes of UTF-8 (RFC 7 calls it a printable string; names that
 /// are not text could only be queued under a name nobody can read back).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,6 +132,13 @@ impl fmt::Debug for ServiceName {
 pub struct PeerId(Bytes);
 
 impl PeerId {
+    /// Whether libzmq made this id up (its ids start with a zero byte; ids a peer sets
+    /// itself may not). It gives out each once per process, and the same ones again in
+    /// every new process, so such an id names nobody in particular after a restart.
+    pub fn is_generated(&self) -> bool {
+        self.0.first() == Some(&0)
+    }
+
     /// Checks the length rules of a routing id.
     pub fn new(id: impl Into<Bytes>) -> Result<Self, DecodeError> {
         bounded(id.into(), MAX_PEER_ID_BYTES, DecodeError::BadAddress).map(Self)

@@ -11,6 +11,7 @@
 //! recently used first, and a request held by one that dies is re-sent at once. When both
 //! a worker and a server are free, they take turns.
 
+use crate::departed::Departed;
 use crate::mdp::{Body, Frames, PeerId};
 use crate::time::Instant;
 use bytes::Bytes;
@@ -96,17 +97,20 @@ pub enum Drop {
     LateReply,
     /// A backend message that is not a tagged reply or a PPP command.
     BadReply,
+    /// A request whose client disconnected before it was answered: not sent (again).
+    Abandoned,
 }
 
 impl Drop {
     /// Every reason, in the order counters are reported.
-    pub const ALL: [Drop; 6] = [
+    pub const ALL: [Drop; 7] = [
         Drop::Malformed,
         Drop::TooLarge,
         Drop::QueueFull,
         Drop::AttemptsExhausted,
         Drop::LateReply,
         Drop::BadReply,
+        Drop::Abandoned,
     ];
 
     /// A stable snake_case label.
@@ -118,6 +122,7 @@ impl Drop {
             Drop::AttemptsExhausted => "attempts_exhausted",
             Drop::LateReply => "late_reply",
             Drop::BadReply => "bad_reply",
+            Drop::Abandoned => "abandoned",
         }
     }
 
@@ -200,6 +205,8 @@ pub struct Queue {
     next_heartbeat: Instant,
     transmits: VecDeque<Transmit>,
     counters: Counters,
+    /// Clients whose connection ended for good: their requests are not sent (again).
+    departed: Departed,
 }
 
 fn tag_frame(tag: u64) -> Bytes {
@@ -244,6 +251,7 @@ impl Queue {
             next_heartbeat,
             transmits: VecDeque::new(),
             counters: Counters::default(),
+            departed: Departed::default(),
         }
     }
 
@@ -288,6 +296,15 @@ impl Queue {
 
     /// A message from a client on the frontend ROUTER, routing id first.
     pub fn handle_client(&mut self, now: Instant, frames: Frames) {
+        if let [client, rest @ ..] = frames.as_slice()
+            && crate::mdp::is_disconnect_notice(rest)
+        {
+            // libzmq's notice that a client's connection ended (ROUTER_NOTIFY).
+            if let Ok(peer) = PeerId::new(client.clone()) {
+                self.departed.note(&peer);
+            }
+            return;
+        }
         let size: usize = frames.iter().map(Bytes::len).sum();
         let Some(delim) = frames
             .iter()
@@ -364,6 +381,11 @@ impl Queue {
         let Ok(peer) = PeerId::new(frames.remove(0)) else {
             return self.drop(Drop::BadReply);
         };
+        if crate::mdp::is_disconnect_notice(&frames) {
+            // Its connection ended: what it held goes to another at once.
+            self.lose_worker(&peer, true);
+            return self.dispatch(now);
+        }
         // A REQ socket puts an empty delimiter first.
         let req_socket = frames.first().is_some_and(Bytes::is_empty) && frames.len() > 1;
         if req_socket {
@@ -492,8 +514,13 @@ impl Queue {
         }
     }
 
-    /// Puts a request that got no reply back in line, or drops it after its attempts.
+    /// Puts a request that got no reply back in line, or drops it after its attempts or
+    /// when its client has gone.
     fn retry(&mut self, request: Request) {
+        if self.abandoned(&request) {
+            self.drop(Drop::Abandoned);
+            return;
+        }
         if request.attempts >= self.config.max_attempts {
             self.drop(Drop::AttemptsExhausted);
             return;
@@ -529,7 +556,12 @@ impl Queue {
     /// then REP servers up to one request in flight each.
     fn dispatch(&mut self, now: Instant) {
         let deadline = now + Duration::from_millis(self.config.request_timeout_ms.max(1));
-        while !self.waiting.is_empty() {
+        while let Some(next) = self.waiting.front() {
+            if self.abandoned(next) {
+                self.waiting.pop_front();
+                self.drop(Drop::Abandoned);
+                continue;
+            }
             let server_free = self.servers_busy < self.servers && self.servers_retry_at.is_none();
             // With both kinds free, take turns, so both share the load.
             let both = server_free && !self.idle.is_empty();
@@ -588,6 +620,15 @@ impl Queue {
                 },
             );
         }
+    }
+
+    /// Whether the client of `request` is gone for good.
+    fn abandoned(&self, request: &Request) -> bool {
+        request
+            .envelope
+            .first()
+            .and_then(|id| PeerId::new(id.clone()).ok())
+            .is_some_and(|peer| self.departed.contains(&peer))
     }
 
     fn drop(&mut self, reason: Drop) {

@@ -798,6 +798,46 @@ fn a_flood_at_one_service_adds_no_work_to_requests_for_another() {
 }
 
 #[test]
+fn a_departed_mdp_clients_queued_request_is_not_dispatched() {
+    // Ids as libzmq makes them up for peers that set none: a zero byte first.
+    let (old, new) = ("\0\0\0\0\u{1}", "\0\0\0\0\u{2}");
+    let mut sim = Sim::new();
+    sim.request(old, "svc", "stale");
+    // The Lazy Pirate client times out, closes its socket (libzmq's notice: its id and an
+    // empty frame) and asks again on a new one.
+    sim.raw(old, vec![Bytes::new()]);
+    sim.request(new, "svc", "retry");
+    sim.ready("w", "svc");
+    assert_eq!(
+        sim.dispatched(),
+        [w("w", "retry")],
+        "no worker time on the stale copy"
+    );
+    assert_eq!(sim.broker.counters().abandoned, 1);
+    // A client with an id of its own may come back with it: its requests stay.
+    sim.request("own", "svc", "kept");
+    sim.raw("own", vec![Bytes::new()]);
+    sim.reply("w", new, "done");
+    assert_eq!(sim.dispatched(), [w("w", "kept")]);
+}
+
+#[test]
+fn a_worker_whose_connection_ends_is_removed_and_its_request_goes_to_another_at_once() {
+    let mut sim = Sim::new();
+    sim.ready("w1", "svc");
+    sim.request("c", "svc", "x");
+    assert_eq!(sim.dispatched(), [w("w1", "x")]);
+    sim.ready("w2", "svc");
+    sim.raw("w1", vec![Bytes::new()]);
+    assert_eq!(
+        sim.dispatched(),
+        [w("w2", "x")],
+        "without waiting for its silence"
+    );
+    assert_eq!(sim.broker.worker_count(), 1);
+}
+
+#[test]
 fn the_number_of_services_is_bounded() {
     use scale0_proto::broker::FailReason;
     let mut sim = Sim::with(Config {

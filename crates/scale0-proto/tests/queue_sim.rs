@@ -150,7 +150,8 @@ fn bad_and_excess_client_messages_are_dropped_and_counted() {
     let mut sim = Sim::new();
     sim.q
         .handle_client(sim.now, vec![b("c"), b("no delimiter")]);
-    sim.q.handle_client(sim.now, vec![b("c"), Bytes::new()]);
+    sim.q
+        .handle_client(sim.now, vec![b("c"), b("envelope"), Bytes::new()]);
     assert_eq!(sim.q.counters().dropped(Drop::Malformed), 2);
     for i in 0..5 {
         sim.client("c", &i.to_string());
@@ -435,4 +436,84 @@ mod script {
             }
         }
     }
+}
+
+/// A REQ client's id as libzmq makes them up: a zero byte, then a number.
+fn generated(n: u8) -> Bytes {
+    Bytes::from(vec![0, 0, 0, 0, n])
+}
+
+/// The body of the one request sent to a worker since the last call, if any.
+fn sent_body(sim: &mut Sim) -> Option<Bytes> {
+    let sent: Vec<Transmit> = sim
+        .sent()
+        .into_iter()
+        .filter(|t| t.dest == Dest::Workers && t.frames.len() > 2)
+        .collect();
+    assert!(sent.len() <= 1, "{sent:?}");
+    sent.first().and_then(|t| t.frames.last().cloned())
+}
+
+#[test]
+fn a_held_request_whose_client_left_is_not_sent_again() {
+    let mut sim = Sim::new();
+    ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
+    sim.q
+        .handle_client(sim.now, vec![generated(1), Bytes::new(), b("stale")]);
+    assert_eq!(
+        sent_body(&mut sim),
+        Some(b("stale")),
+        "w1 takes it, and stalls"
+    );
+    // The Lazy Pirate client times out: it closes its socket (libzmq tells the queue) and
+    // asks again on a new one.
+    sim.q
+        .handle_client(sim.now, vec![generated(1), Bytes::new()]);
+    sim.q
+        .handle_client(sim.now, vec![generated(2), Bytes::new(), b("retry")]);
+    // At the request timeout w1 is given up; its request has nobody waiting for it.
+    sim.advance_to(1000);
+    ppp(&mut sim, "w2", &[Bytes::from_static(PPP_READY)]);
+    assert_eq!(
+        sent_body(&mut sim),
+        Some(b("retry")),
+        "the retry, not the stale copy"
+    );
+    assert_eq!(sim.q.counters().dropped(Drop::Abandoned), 1);
+    assert_eq!(sim.q.counters().resent, 0);
+}
+
+#[test]
+fn a_queued_request_whose_client_left_is_skipped() {
+    let mut sim = Sim::new();
+    sim.q
+        .handle_client(sim.now, vec![generated(1), Bytes::new(), b("stale")]);
+    sim.q
+        .handle_client(sim.now, vec![generated(1), Bytes::new()]);
+    sim.q
+        .handle_client(sim.now, vec![generated(2), Bytes::new(), b("retry")]);
+    ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
+    assert_eq!(sent_body(&mut sim), Some(b("retry")));
+    assert_eq!(sim.q.counters().dropped(Drop::Abandoned), 1);
+    // A client with an id of its own may come back with it: its requests stay.
+    sim.q
+        .handle_client(sim.now, vec![b("own"), Bytes::new(), b("kept")]);
+    sim.q.handle_client(sim.now, vec![b("own"), Bytes::new()]);
+    ppp(&mut sim, "w2", &[Bytes::from_static(PPP_READY)]);
+    assert_eq!(sent_body(&mut sim), Some(b("kept")));
+}
+
+#[test]
+fn a_worker_whose_connection_ends_loses_its_request_to_another_at_once() {
+    let mut sim = Sim::new();
+    ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
+    sim.client("c1", "job");
+    assert_eq!(sim.sent()[0].frames[0], b("w1"));
+    ppp(&mut sim, "w2", &[Bytes::from_static(PPP_READY)]);
+    // libzmq's notice that w1's connection ended (ROUTER_NOTIFY): no waiting for silence.
+    ppp(&mut sim, "w1", &[Bytes::new()]);
+    let sent = sim.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].frames[0], b("w2"));
+    assert_eq!(sim.q.workers(), 1);
 }

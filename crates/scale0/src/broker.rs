@@ -170,9 +170,12 @@ impl Broker {
         } else {
             (zmq::Context::new(), true)
         };
-        let socket = ctx
+        let mut socket = ctx
             .socket(zmq::ROUTER)
             .context(|| "creating the broker's ROUTER socket".into())?;
+        // A peer's connection ending reaches the core as [id, empty]: a worker's requests
+        // go elsewhere at once, a departed Lazy Pirate client's are not sent.
+        zmq_draft::notify_disconnects(&mut socket).context(|| "setting ROUTER_NOTIFY".into())?;
         // Sends to a vanished peer fail with EHOSTUNREACH instead of vanishing silently.
         socket
             .set_router_mandatory(true)

@@ -257,6 +257,12 @@ pub(crate) fn render(core: &core::Broker, uptime: Duration) -> String {
         &one(c.requeued),
     );
     metric(
+        "scale0_abandoned_total",
+        "counter",
+        "MDP requests dropped unsent because their client had disconnected.",
+        &one(c.abandoned),
+    );
+    metric(
         "scale0_duplicates_total",
         "counter",
         "Native retries answered from memory instead of running again.",

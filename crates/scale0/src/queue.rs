@@ -121,13 +121,17 @@ impl Queue {
             sockets::cap_frames(&s, cap)?;
             Ok(s)
         };
-        let frontend = socket(zmq::ROUTER, "frontend")?;
+        let mut frontend = socket(zmq::ROUTER, "frontend")?;
+        // Clients and workers whose connection ends are reported to the core as
+        // [id, empty]: a departed client's requests are not sent (again).
+        zmq_draft::notify_disconnects(&mut frontend).context(|| "setting ROUTER_NOTIFY".into())?;
         // Replies to a client that left fail loudly instead of vanishing.
         frontend
             .set_router_mandatory(true)
             .context(|| "setting ROUTER_MANDATORY".into())?;
         let backend = socket(zmq::DEALER, "backend")?;
-        let workers = socket(zmq::ROUTER, "workers")?;
+        let mut workers = socket(zmq::ROUTER, "workers")?;
+        zmq_draft::notify_disconnects(&mut workers).context(|| "setting ROUTER_NOTIFY".into())?;
         workers
             .set_router_mandatory(true)
             .context(|| "setting ROUTER_MANDATORY".into())?;
