@@ -75,6 +75,9 @@ def main() -> int:
         print("curve_storm: SERVER_PUBLIC_KEY_Z85 must be 40 characters of Z85", file=sys.stderr)
         return 2
     ctx = zmq.Context()
+    # Closed sockets count against the context's limit (1023) until libzmq reaps them,
+    # which lags when the machine is busy.
+    ctx.set(zmq.MAX_SOCKETS, 100_000)
     totals: dict[str, dict[str, int]] = {"curve": {}, "plain": {}}
     keys = [server_key] * a.n + [None] * a.n
     peers = [Peer(ctx, a.endpoint, k) for k in keys]

@@ -23,6 +23,10 @@ pub(crate) struct ForwarderArgs {
     stats_ms: Option<u64>,
     #[command(flatten)]
     limit: crate::limits::MessageLimit,
+    /// Longest subscription (topic prefix) a subscriber may send, in bytes; one that sends
+    /// a longer one is disconnected.
+    #[arg(long, value_name = "BYTES", default_value_t = scale0::DEFAULT_MAX_SUBSCRIPTION_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    max_subscription_bytes: u64,
     #[command(flatten)]
     curve: crate::curve::ServerArgs,
 }
@@ -32,6 +36,7 @@ pub(crate) fn forwarder(args: ForwarderArgs) -> Result<ExitCode> {
         frontend: args.frontend,
         backend: args.backend,
         max_message_bytes: args.limit.max_message_bytes,
+        max_subscription_bytes: usize::try_from(args.max_subscription_bytes).unwrap_or(usize::MAX),
         curve: args.curve.load()?,
         ..ForwarderConfig::default()
     })?;

@@ -379,3 +379,148 @@ fn lazy_pirate_mdp_clients_through_the_broker_never_abandon_a_request() {
         );
     }
 }
+
+/// Runs malformed_frames.py against `endpoint` as `kind`, with `extra` options; it checks
+/// the server still serves (and, with `--check-pid`, its memory) afterwards.
+fn malformed(endpoint: &str, kind: &str, pid: u32, extra: &[&str]) {
+    let count = if full() { "20000" } else { "2000" };
+    let out = run({
+        let mut c = adversary("malformed_frames.py");
+        c.args([endpoint, kind, count, "--check-pid", &pid.to_string()])
+            .args(["--max-rss-mib", "200"])
+            .args(extra);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{kind}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        tail(&out.stderr)
+    );
+}
+
+/// Malformed frames of every kind (wrong headers, unknown commands, truncated and
+/// over-long fields, 500-frame messages, random bytes, bad ZMTP greetings, a frame that
+/// claims 2^62 bytes) at every server that reads from peers: each survives, stays under
+/// 200 MiB and keeps serving a well-formed peer. For the forwarder this includes a
+/// 200 KB subscription, which once overflowed its stack inside libzmq.
+#[test]
+fn malformed_frames_at_every_server_leave_it_serving() {
+    const ANY: &str = "tcp://127.0.0.1:*";
+    let broker = Broker::start(&[]);
+    malformed(&broker.endpoint, "broker", broker.proc.pid(), &[]);
+
+    let mut q = scale0();
+    q.args([
+        "queue",
+        "--frontend",
+        ANY,
+        "--backend",
+        ANY,
+        "--workers",
+        ANY,
+    ]);
+    let (queue, out) = spawn_lines("queue", q);
+    let ends = out.listening(3);
+    malformed(&ends[0], "queue-frontend", queue.pid(), &[]);
+    malformed(&ends[2], "queue-workers", queue.pid(), &[]);
+
+    let mut f = scale0();
+    f.args(["forwarder", "--frontend", ANY, "--backend", ANY]);
+    let (forwarder, out) = spawn_lines("forwarder", f);
+    let ends = out.listening(2);
+    malformed(
+        &ends[0],
+        "forwarder",
+        forwarder.pid(),
+        &["--backend", &ends[1]],
+    );
+    let mut n = scale0();
+    n.args([
+        "node",
+        "--shard",
+        "7",
+        "--publish",
+        &ends[0],
+        "--subscribe",
+        &ends[1],
+    ]);
+    let (node, _) = spawn_lines("node", n);
+    malformed(&ends[0], "node-bus", node.pid(), &["--backend", &ends[1]]);
+
+    let mut s = scale0();
+    s.args(["sink", "--bind", ANY]);
+    let (sink, out) = spawn_lines("sink", s);
+    malformed(&out.listening(1)[0], "sink", sink.pid(), &[]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs");
+    let lines: String = (0..100_000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(&jobs, lines).unwrap();
+    let mut v = scale0();
+    v.args(["vent", "--bind", ANY, "--input"]).arg(&jobs);
+    let (vent, out) = spawn_lines("vent", v);
+    malformed(&out.listening(1)[0], "vent-peer", vent.pid(), &[]);
+}
+
+/// Unlisted CURVE clients and plaintext peers reconnecting as fast as they can (and, in
+/// a second round, clients holding a wrong server key): none gets through, and a listed
+/// client is served all along and after.
+#[test]
+fn a_curve_handshake_storm_lets_no_one_in_and_listed_clients_through() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("allow")).unwrap();
+    for (name, sub) in [("broker", ""), ("alice", "allow")] {
+        let out = run({
+            let mut c = scale0();
+            c.args(["keygen", name, "--dir"]).arg(dir.path().join(sub));
+            c
+        });
+        assert!(out.status.success(), "keygen {name}");
+    }
+    let path = |p: &str| dir.path().join(p).display().to_string();
+    let broker = Broker::start(&[
+        "--curve-secret",
+        &path("broker.key_secret"),
+        "--curve-allow",
+        &path("allow"),
+    ]);
+    let public = std::fs::read_to_string(dir.path().join("broker.key")).unwrap();
+    let z85 = public
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("public-key = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("a public key line")
+        .to_string();
+    let (peers, seconds) = if full() { ("100", "20") } else { ("20", "3") };
+    for mode in [None, Some("--wrong-key")] {
+        let out = run({
+            let mut c = adversary("curve_storm.py");
+            c.args([&broker.endpoint, &z85, peers, "--seconds", seconds]);
+            c.args(mode);
+            c
+        });
+        assert!(
+            out.status.success(),
+            "{mode:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            tail(&out.stderr)
+        );
+    }
+    let listed = scale0_request(
+        &broker.endpoint,
+        &[
+            "--curve-server-key",
+            &path("broker.key"),
+            "--curve-key",
+            &path("allow/alice.key_secret"),
+            "--service",
+            "mmi.service",
+            "--timeout-ms",
+            "5000",
+            "echo",
+        ],
+    );
+    assert!(listed.status.success(), "{}", tail(&listed.stderr));
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "404");
+}

@@ -41,6 +41,9 @@ pub struct Heartbeat {
     pub address: String,
 }
 
+/// The longest heartbeat interval a member may announce: an hour.
+pub const MAX_INTERVAL_MS: u64 = 3_600_000;
+
 /// Why frames are not a heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HeartbeatError {
@@ -50,7 +53,8 @@ pub enum HeartbeatError {
     /// A version this node does not speak.
     #[error("unknown heartbeat version")]
     Version,
-    /// A number frame that is not ASCII decimal, or a zero interval.
+    /// A number frame that is not ASCII decimal, or an interval of 0 or over
+    /// [`MAX_INTERVAL_MS`].
     #[error("bad number")]
     BadNumber,
     /// A text frame that is not UTF-8 or is too long.
@@ -115,7 +119,9 @@ impl Heartbeat {
             return Err(HeartbeatError::Version);
         }
         let interval_ms = number(interval)?;
-        if interval_ms == 0 {
+        if interval_ms == 0 || interval_ms > MAX_INTERVAL_MS {
+            // A member that claims to beat once an age would never be suspected, and
+            // would hold its place in the table for good.
             return Err(HeartbeatError::BadNumber);
         }
         Ok(Self {
@@ -249,6 +255,8 @@ pub struct Membership {
     events: VecDeque<Event>,
     /// Heartbeats that were not heartbeats, or were over a bound.
     pub ignored: u64,
+    /// New members not admitted because the table was at `max_members`.
+    pub refused: u64,
 }
 
 impl Membership {
@@ -259,6 +267,7 @@ impl Membership {
             members: BTreeMap::new(),
             events: VecDeque::new(),
             ignored: 0,
+            refused: 0,
         }
     }
 
@@ -303,6 +312,16 @@ impl Membership {
         let Some(m) = self.members.get_mut(&shard) else {
             if self.members.len() >= self.config.max_members {
                 self.ignored += 1;
+                self.refused += 1;
+                // The 1st, 2nd, 4th... refusal: seen, but never a flood of lines.
+                if self.refused.is_power_of_two() {
+                    tracing::warn!(
+                        shard,
+                        max_members = self.config.max_members,
+                        refused = self.refused,
+                        "membership table full: a new member was not admitted"
+                    );
+                }
                 return;
             }
             self.events.push_back(Event::Joined(hb.clone()));

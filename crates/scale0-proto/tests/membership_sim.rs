@@ -79,6 +79,15 @@ fn heartbeats_round_trip_and_bad_ones_are_refused() {
     let mut frames = hb.encode();
     frames[5] = Bytes::from_static(b"0");
     assert_eq!(Heartbeat::decode(&frames), Err(HeartbeatError::BadNumber));
+    // A member that would never be suspected, holding its place in the table for good.
+    let mut frames = hb.encode();
+    frames[5] = Bytes::from(u64::MAX.to_string());
+    assert_eq!(Heartbeat::decode(&frames), Err(HeartbeatError::BadNumber));
+    frames[5] = Bytes::from(scale0_proto::membership::MAX_INTERVAL_MS.to_string());
+    assert!(
+        Heartbeat::decode(&frames).is_ok(),
+        "an hour is the longest allowed"
+    );
     let mut frames = hb.encode();
     frames[1] = Bytes::from_static(b"9");
     assert_eq!(Heartbeat::decode(&frames), Err(HeartbeatError::Version));

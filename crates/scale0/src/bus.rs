@@ -24,9 +24,18 @@ pub struct ForwarderConfig {
     /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
     /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
     pub max_message_bytes: usize,
+    /// Longest subscription (topic prefix) a subscriber may send, in bytes; one that
+    /// sends a longer one is disconnected. libzmq stores subscriptions a node per byte and
+    /// removes them recursively (a 150 KB one overflowed the stack), and every publisher
+    /// behind the forwarder would store it too.
+    pub max_subscription_bytes: usize,
     /// CURVE on both sockets, with the nodes' keys allowed.
     pub curve: Option<CurveServer>,
 }
+
+/// The default [`ForwarderConfig::max_subscription_bytes`]: far above the bus's own topics
+/// (a few bytes) and any the Guide's subscribers use.
+pub const DEFAULT_MAX_SUBSCRIPTION_BYTES: usize = 1024;
 
 impl Default for ForwarderConfig {
     fn default() -> Self {
@@ -35,6 +44,7 @@ impl Default for ForwarderConfig {
             backend: vec!["tcp://*:5562".into()],
             socket_hwm: 100_000,
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            max_subscription_bytes: DEFAULT_MAX_SUBSCRIPTION_BYTES,
             curve: None,
         }
     }
@@ -93,8 +103,12 @@ impl Forwarder {
                 .context(|| "setting SNDHWM".into())?;
             s.set_rcvhwm(config.socket_hwm)
                 .context(|| "setting RCVHWM".into())?;
-            sockets::cap_frames(s, config.max_message_bytes)?;
         }
+        sockets::cap_frames(&xsub, config.max_message_bytes)?;
+        // What a subscriber sends is subscriptions: a subscription frame is its flag byte
+        // and the topic.
+        let subscription_frame = config.max_subscription_bytes.saturating_add(1);
+        sockets::cap_frames(&xpub, subscription_frame.min(config.max_message_bytes))?;
         let zap = security::secure(curve, &ctx, &[&xsub, &xpub], &[&xsub, &xpub])?;
         let front = config
             .frontend

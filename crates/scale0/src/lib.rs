@@ -26,8 +26,8 @@ mod worker;
 
 pub use broker::{Broker, BrokerConfig, MAX_SPIN_US, watch_events};
 pub use bus::{
-    Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig, NodeUpdate, SwarmConfig,
-    SwarmReport, run_swarm,
+    DEFAULT_MAX_SUBSCRIPTION_BYTES, Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig,
+    NodeUpdate, SwarmConfig, SwarmReport, run_swarm,
 };
 pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};

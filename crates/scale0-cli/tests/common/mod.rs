@@ -352,8 +352,17 @@ impl Lines {
         let lines = Self::default();
         let sink = lines.clone();
         thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                sink.0.lock().expect("lines").push(line);
+            // Read to the end whatever comes, text or not: a reader that stopped at the
+            // first line of binary output would close the pipe under the child.
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let text = String::from_utf8_lossy(&line);
+                sink.0
+                    .lock()
+                    .expect("lines")
+                    .push(text.trim_end_matches(['\n', '\r']).to_string());
+                line.clear();
             }
         });
         lines
