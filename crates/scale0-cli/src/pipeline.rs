@@ -319,6 +319,47 @@ pub(crate) struct SinkArgs {
     curve: crate::curve::ServerArgs,
 }
 
+/// Lines about workers joining and leaving, at most [`Quieted::PER_SECOND`] a second: a
+/// peer forging worker names by the thousand gets a count, not a line each.
+#[derive(Default)]
+struct Quieted {
+    second: Option<std::time::Instant>,
+    said: u32,
+    unsaid: u64,
+}
+
+impl Quieted {
+    const PER_SECOND: u32 = 20;
+
+    fn say(&mut self, line: impl FnOnce()) {
+        let now = std::time::Instant::now();
+        if self
+            .second
+            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1))
+        {
+            self.flush();
+            self.second = Some(now);
+            self.said = 0;
+        }
+        if self.said < Self::PER_SECOND {
+            self.said += 1;
+            line();
+        } else {
+            self.unsaid += 1;
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.unsaid > 0 {
+            eprintln!(
+                "sink: {} more workers joined or left (not shown)",
+                self.unsaid
+            );
+            self.unsaid = 0;
+        }
+    }
+}
+
 pub(crate) fn sink(args: SinkArgs) -> Result<ExitCode> {
     let sink = Sink::bind(SinkConfig {
         bind: args.bind,
@@ -337,6 +378,7 @@ pub(crate) fn sink(args: SinkArgs) -> Result<ExitCode> {
     let mut failed = 0u64;
     let mut write_error = None;
     let expect = args.expect;
+    let mut membership = Quieted::default();
     let mut each = |item: SinkItem| -> std::io::Result<bool> {
         if args.json {
             let v = match &item {
@@ -375,10 +417,12 @@ pub(crate) fn sink(args: SinkArgs) -> Result<ExitCode> {
                     status.label(),
                     text(output).trim_end()
                 ),
-                SinkItem::WorkerJoined { worker, capacity } => {
+                SinkItem::WorkerJoined { worker, capacity } => membership.say(|| {
                     eprintln!("sink: worker {worker} joined ({capacity} at once)");
+                }),
+                SinkItem::WorkerLeft { worker } => {
+                    membership.say(|| eprintln!("sink: worker {worker} left"));
                 }
-                SinkItem::WorkerLeft { worker } => eprintln!("sink: worker {worker} left"),
             }
         }
         if matches!(item, SinkItem::Result { status, .. } if status != Status::Ok) {
@@ -400,6 +444,7 @@ pub(crate) fn sink(args: SinkArgs) -> Result<ExitCode> {
     if let Some(e) = write_error {
         return Err(e).context("writing results");
     }
+    membership.flush();
     eprintln!(
         "sink: {seen} results, {failed} failed, {} malformed messages dropped",
         summary.malformed

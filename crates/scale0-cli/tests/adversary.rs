@@ -524,3 +524,57 @@ fn a_curve_handshake_storm_lets_no_one_in_and_listed_clients_through() {
     assert!(listed.status.success(), "{}", tail(&listed.stderr));
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "404");
 }
+
+/// A peer forging thousands of worker names at a sink gets a count of them in the log,
+/// not a line each (the sink printed 100,000 lines for as many forged hellos).
+#[test]
+fn forged_worker_names_at_a_sink_are_counted_not_each_logged() {
+    let mut cmd = scale0();
+    cmd.args(["sink", "--bind", "tcp://127.0.0.1:*"])
+        .stderr(std::process::Stdio::piped());
+    let (mut sink, out) = spawn_lines("sink", cmd);
+    let log = Lines::collect(sink.child.stderr.take().expect("piped stderr"));
+    let endpoint = out.listening(1).remove(0);
+    let forged = run({
+        let mut c = python();
+        c.args(["-c", FORGED_HELLOS, &endpoint, "5000"]);
+        c
+    });
+    assert!(forged.status.success(), "{}", tail(&forged.stderr));
+    // A plain result follows the hellos on the same connection: once it is printed, every
+    // hello has been read. The sink's last words then count those not shown.
+    out.wait_for("the-end", 1);
+    let stop = std::process::Command::new("kill")
+        .args(["-TERM", &sink.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stop.success());
+    log.wait_for("results, 0 failed", 1);
+    let hidden = log.get();
+    let line = hidden
+        .iter()
+        .find(|l| l.contains("more workers joined or left (not shown)"))
+        .unwrap_or_else(|| panic!("{hidden:?}"));
+    let n: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let joined = log.count("joined (");
+    assert!(joined <= 40, "{joined} join lines");
+    assert_eq!(joined as u64 + n, 5000, "each hello shown or counted once");
+}
+
+/// Sends N `s0alive` hellos (docs/protocol.md, pipelines), each with a new worker name.
+const FORGED_HELLOS: &str = r#"
+import sys, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.PUSH)
+s.connect(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    s.send_multipart([b"s0alive", b"forged-%d" % i, b"1", b"1000"])
+s.send(b"the-end")
+s.setsockopt(zmq.LINGER, 10000)
+s.close()
+ctx.term()
+"#;
