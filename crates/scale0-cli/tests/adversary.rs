@@ -12,12 +12,18 @@ fn full() -> bool {
 }
 
 fn adversary(script: &str) -> std::process::Command {
-    let mut c = python();
-    c.arg(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/adversary")
-            .join(script),
-    );
+    python_script("tests/adversary", script)
+}
+
+/// `scale0 queue` with its three endpoints on free loopback ports.
+fn queue_command() -> std::process::Command {
+    let mut c = scale0();
+    c.args(["queue", "--frontend", "tcp://127.0.0.1:*"]).args([
+        "--backend",
+        "tcp://127.0.0.1:*",
+        "--workers",
+        "tcp://127.0.0.1:*",
+    ]);
     c
 }
 
@@ -338,15 +344,7 @@ fn pirates(
 fn the_paranoid_pirate_demo_never_abandons_a_request() {
     let (runs, seconds) = if full() { (10, "30") } else { (1, "12") };
     for run_no in 0..runs {
-        let mut cmd = scale0();
-        cmd.args(["queue", "--frontend", "tcp://127.0.0.1:*"])
-            .args([
-                "--backend",
-                "tcp://127.0.0.1:*",
-                "--workers",
-                "tcp://127.0.0.1:*",
-            ]);
-        let (_queue, out) = spawn_lines("queue", cmd);
+        let (_queue, out) = spawn_lines("queue", queue_command());
         let ends = out.listening(3);
         let args = ["--endpoint", &ends[2], "--heartbeat-ms", "1000", "--echo"];
         let worker = ("ppp_worker.py", args.map(String::from).to_vec());
@@ -410,17 +408,7 @@ fn malformed_frames_at_every_server_leave_it_serving() {
     let broker = Broker::start(&[]);
     malformed(&broker.endpoint, "broker", broker.proc.pid(), &[]);
 
-    let mut q = scale0();
-    q.args([
-        "queue",
-        "--frontend",
-        ANY,
-        "--backend",
-        ANY,
-        "--workers",
-        ANY,
-    ]);
-    let (queue, out) = spawn_lines("queue", q);
+    let (queue, out) = spawn_lines("queue", queue_command());
     let ends = out.listening(3);
     malformed(&ends[0], "queue-frontend", queue.pid(), &[]);
     malformed(&ends[2], "queue-workers", queue.pid(), &[]);

@@ -4,9 +4,7 @@
 
 mod common;
 
-use common::{
-    Broker, Lines, Proc, peer, py_client, python, run, scale0, scale0_request, spawn_lines,
-};
+use common::{Broker, Lines, Proc, peer, py_client, run, scale0, scale0_request, spawn_lines};
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -259,13 +257,7 @@ fn server(name: &str, mut cmd: std::process::Command) -> (Proc, Lines, Lines) {
 }
 
 fn example(script: &str) -> std::process::Command {
-    let mut c = python();
-    c.arg(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/python")
-            .join(script),
-    );
-    c
+    common::python_script("examples/python", script)
 }
 
 #[test]

@@ -42,10 +42,15 @@ pub fn python() -> Command {
     Command::new(path)
 }
 
-pub fn peer(script: &str) -> Command {
+/// The Python program `script` in the repository folder `dir`, ready to take arguments.
+pub fn python_script(dir: &str, script: &str) -> Command {
     let mut c = python();
-    c.arg(repo_root().join("tests/peers").join(script));
+    c.arg(repo_root().join(dir).join(script));
     c
+}
+
+pub fn peer(script: &str) -> Command {
+    python_script("tests/peers", script)
 }
 
 /// A child process that is killed when dropped.
