@@ -6,14 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/pyenv
-if ! "$venv/bin/python" -c 'import zmq' >/dev/null 2>&1; then
-  echo "scripts/test.sh: installing pyzmq into $venv" >&2
+if ! "$venv/bin/python" -c 'import zmq, majortomo' >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing pyzmq and majortomo into $venv" >&2
   mkdir -p target
   python3 -m venv "$venv" || {
     echo "scripts/test.sh: 'python3 -m venv' failed; on Debian install python3-venv" >&2
     exit 1
   }
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyzmq>=26,<28'
+  # majortomo (MDP/0.2 from PyPI, a peer nobody here wrote) imports six without declaring it.
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyzmq>=26,<28' \
+    'majortomo==0.2.0' six
 fi
 export SCALE0_PYTHON="$PWD/$venv/bin/python"
 

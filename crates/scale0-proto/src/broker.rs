@@ -449,8 +449,12 @@ struct Worker {
     held: Vec<Held>,
     /// Whether it has heartbeated while holding a request. Such a worker (ours do) is
     /// expired for silence even when busy; one that does not (the reference
-    /// single-threaded workers) is bounded by the request deadline alone.
+    /// single-threaded workers, majortomo's) is bounded by the request deadline alone.
     heartbeats_while_busy: bool,
+    /// Heartbeats since it last became busy. It takes two to show a worker heartbeats
+    /// while busy: a single-threaded worker may send one that crosses the REQUEST on the
+    /// wire, and then falls silent until it has answered.
+    busy_heartbeats: u32,
     /// When it last became idle or busy (for `mmi.status`).
     since: Instant,
 }
@@ -1081,6 +1085,12 @@ impl Broker {
             }
             Ok(Message::Worker(cmd)) => self.on_worker(now, &peer, Version::V1, cmd),
             Ok(Message::Worker2(cmd)) => self.on_worker(now, &peer, Version::V2, cmd),
+            Ok(Message::Client2Delimited(ClientKind::Request, m)) => {
+                self.on_client_request(now, peer, Version::V2Delimited, m);
+            }
+            Ok(Message::Worker2Delimited(cmd)) => {
+                self.on_worker(now, &peer, Version::V2Delimited, cmd);
+            }
             Ok(Message::Native(NativeCommand::Request {
                 id,
                 service,
@@ -1088,7 +1098,7 @@ impl Broker {
                 ack,
                 body,
             })) => self.on_native_request(now, peer, id, service, (deadline_ms, ack), body),
-            Ok(Message::Client2(..) | Message::Native(_)) => {
+            Ok(Message::Client2(..) | Message::Client2Delimited(..) | Message::Native(_)) => {
                 self.drop_message(DropReason::WrongDirection, size);
             }
             Err(e) => {
@@ -1186,6 +1196,10 @@ impl Broker {
             }
             Message::Worker2(_) => {
                 self.push(to_worker(peer, Version::V2, WorkerCommand::Disconnect));
+            }
+            Message::Worker2Delimited(_) => {
+                let disconnect = WorkerCommand::Disconnect;
+                self.push(to_worker(peer, Version::V2Delimited, disconnect));
             }
             // MDP has no way to tell a client no.
             _ => {}
@@ -1752,6 +1766,7 @@ impl Broker {
                         capacity: usize::try_from(capacity.max(1)).unwrap_or(1),
                         held: Vec::new(),
                         heartbeats_while_busy: false,
+                        busy_heartbeats: 0,
                         since: now,
                     },
                 );
@@ -1799,8 +1814,11 @@ impl Broker {
                 if let Some(w) = self.workers.get_mut(peer)
                     && w.is_busy()
                 {
-                    w.heartbeats_while_busy = true;
-                    self.timers.set_by(Timer::Worker(peer.clone()), w.due());
+                    w.busy_heartbeats = w.busy_heartbeats.saturating_add(1);
+                    if w.busy_heartbeats >= 2 && !w.heartbeats_while_busy {
+                        w.heartbeats_while_busy = true;
+                        self.timers.set_by(Timer::Worker(peer.clone()), w.due());
+                    }
                 }
             }
             WorkerCommand::Disconnect => {
@@ -1842,8 +1860,8 @@ impl Broker {
             Origin::Mdp(Version::V1) => {
                 return self.drop_message(DropReason::PartialForV1Client, 0);
             }
-            Origin::Mdp(Version::V2) => mdp_reply(
-                Version::V2,
+            Origin::Mdp(version @ (Version::V2 | Version::V2Delimited)) => mdp_reply(
+                *version,
                 ClientKind::Partial,
                 ClientMessage {
                     service: w.service.clone(),
@@ -1947,12 +1965,20 @@ impl Broker {
                 self.last_tag += 1;
                 PeerId::tag(self.last_tag)
             };
+            // majortomo's worker drops a REQUEST with no body frame unanswered: give it one
+            // empty frame, which is the same empty body.
+            let body = if req.body.is_empty() && w.version == Version::V2Delimited {
+                vec![Bytes::new()]
+            } else {
+                req.body.clone()
+            };
             let cmd = WorkerCommand::Request {
                 client: tag.clone(),
-                body: req.body.clone(),
+                body,
             };
             if !w.is_busy() {
                 w.since = now;
+                w.busy_heartbeats = 0;
             }
             w.held.push(Held {
                 tag,
@@ -2124,6 +2150,7 @@ fn mdp_reply(version: Version, kind: ClientKind, m: ClientMessage) -> Message {
     match version {
         Version::V1 => Message::Client(m),
         Version::V2 => Message::Client2(kind, m),
+        Version::V2Delimited => Message::Client2Delimited(kind, m),
     }
 }
 
@@ -2131,6 +2158,7 @@ fn to_worker(peer: &PeerId, version: Version, cmd: WorkerCommand) -> Transmit {
     let m = match version {
         Version::V1 => Message::Worker(cmd),
         Version::V2 => Message::Worker2(cmd),
+        Version::V2Delimited => Message::Worker2Delimited(cmd),
     };
     Transmit {
         frames: m.encode_to(peer),

@@ -183,6 +183,7 @@ const KIND_NATIVE: u8 = 3;
 const KIND_TITANIC: u8 = 4;
 const KIND_TITANIC_REPLY: u8 = 5;
 const KIND_TITANIC_FAILED: u8 = 6;
+const KIND_MDP2_DELIMITED: u8 = 7;
 
 fn put_field(out: &mut BytesMut, field: &[u8]) {
     // Every field is bounded by the message size limit, far below 4 GiB.
@@ -212,6 +213,7 @@ impl Entry {
                 let (kind, extra): (u8, &[u8]) = match origin {
                     StoredOrigin::Mdp(Version::V1) => (KIND_MDP1, &[]),
                     StoredOrigin::Mdp(Version::V2) => (KIND_MDP2, &[]),
+                    StoredOrigin::Mdp(Version::V2Delimited) => (KIND_MDP2_DELIMITED, &[]),
                     StoredOrigin::Native(id) => (KIND_NATIVE, id.as_bytes()),
                     StoredOrigin::Titanic(uuid) => (KIND_TITANIC, uuid),
                 };
@@ -248,7 +250,7 @@ impl Entry {
         }
         let kind = r.u8()?;
         let entry = match kind {
-            KIND_MDP1 | KIND_MDP2 | KIND_NATIVE | KIND_TITANIC => {
+            KIND_MDP1 | KIND_MDP2 | KIND_MDP2_DELIMITED | KIND_NATIVE | KIND_TITANIC => {
                 let client = PeerId::new(r.field()?).map_err(|_| EntryError::Malformed)?;
                 let service = ServiceName::new(r.field()?).map_err(|_| EntryError::Malformed)?;
                 let extra = r.field()?;
@@ -256,6 +258,7 @@ impl Entry {
                 let origin = match kind {
                     KIND_MDP1 => StoredOrigin::Mdp(Version::V1),
                     KIND_MDP2 => StoredOrigin::Mdp(Version::V2),
+                    KIND_MDP2_DELIMITED => StoredOrigin::Mdp(Version::V2Delimited),
                     KIND_NATIVE => StoredOrigin::Native(
                         RequestId::new(extra).map_err(|_| EntryError::Malformed)?,
                     ),

@@ -240,13 +240,13 @@ impl WorkerCommand {
             (Self::Ready { .. }, _) => 0x01,
             (Self::Request { .. }, _) => 0x02,
             (Self::Partial { .. }, Version::V1) => return None,
-            (Self::Partial { .. }, Version::V2) => 0x03,
+            (Self::Partial { .. }, Version::V2 | Version::V2Delimited) => 0x03,
             (Self::Reply { .. }, Version::V1) => 0x03,
-            (Self::Reply { .. }, Version::V2) => 0x04,
+            (Self::Reply { .. }, Version::V2 | Version::V2Delimited) => 0x04,
             (Self::Heartbeat, Version::V1) => 0x04,
-            (Self::Heartbeat, Version::V2) => 0x05,
+            (Self::Heartbeat, Version::V2 | Version::V2Delimited) => 0x05,
             (Self::Disconnect, Version::V1) => 0x05,
-            (Self::Disconnect, Version::V2) => 0x06,
+            (Self::Disconnect, Version::V2 | Version::V2Delimited) => 0x06,
         };
         Some(code)
     }
@@ -264,13 +264,24 @@ impl WorkerCommand {
     }
 }
 
-/// Which Majordomo version a peer speaks.
+/// Which Majordomo version a peer speaks, and how it frames it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Version {
     /// MDP/0.1, RFC 7: messages start with an empty frame.
     V1,
     /// MDP/0.2, RFC 18: no empty frame, PARTIAL and FINAL replies.
     V2,
+    /// MDP/0.2 as majortomo and zeromq/majordomo speak it: an empty frame first (as in
+    /// MDP/0.1), RFC 18's worker commands, and for clients that same table (REQUEST 0x02,
+    /// PARTIAL 0x03, FINAL 0x04) with no service frame in replies (`docs/protocol.md`, "Two framings of MDP/0.2").
+    V2Delimited,
+}
+
+impl Version {
+    /// Whether this dialect has PARTIAL replies.
+    pub fn has_partials(self) -> bool {
+        self != Self::V1
+    }
 }
 
 /// What an MDP/0.2 client message is.
@@ -462,6 +473,11 @@ pub enum Message {
     Client2(ClientKind, ClientMessage),
     /// MDP/0.2 worker command (`MDPW02`).
     Worker2(WorkerCommand),
+    /// MDP/0.2 client message in the delimited framing ([`Version::V2Delimited`]); its
+    /// PARTIAL and FINAL carry no service frame, so `service` is not sent for them.
+    Client2Delimited(ClientKind, ClientMessage),
+    /// MDP/0.2 worker command in the delimited framing.
+    Worker2Delimited(WorkerCommand),
     /// Native protocol message (`S0C1`).
     Native(NativeCommand),
 }
@@ -499,9 +515,12 @@ impl Message {
     /// The service a client request or a worker's READY names; `None` for the rest.
     pub fn service(&self) -> Option<&ServiceName> {
         match self {
-            Self::Client(m) | Self::Client2(ClientKind::Request, m) => Some(&m.service),
+            Self::Client(m)
+            | Self::Client2(ClientKind::Request, m)
+            | Self::Client2Delimited(ClientKind::Request, m) => Some(&m.service),
             Self::Worker(WorkerCommand::Ready { service, .. })
-            | Self::Worker2(WorkerCommand::Ready { service, .. }) => Some(service),
+            | Self::Worker2(WorkerCommand::Ready { service, .. })
+            | Self::Worker2Delimited(WorkerCommand::Ready { service, .. }) => Some(service),
             Self::Native(NativeCommand::Request { service, .. }) => Some(service),
             _ => None,
         }
@@ -523,8 +542,8 @@ impl Message {
         }
     }
 
-    /// Decodes an MDP/0.1 message as a REQ socket sees it: `[header, ...]` (REQ strips
-    /// the delimiter).
+    /// Decodes a message that came after an empty delimiter, as a REQ socket sees it:
+    /// MDP/0.1, or MDP/0.2 in the delimited framing (REQ strips the delimiter).
     pub fn decode_after_delimiter(
         mut it: impl Iterator<Item = Bytes>,
     ) -> Result<Self, DecodeError> {
@@ -538,6 +557,8 @@ impl Message {
                 }))
             }
             WORKER_HEADER => decode_worker(Version::V1, it).map(Self::Worker),
+            CLIENT_HEADER_V2 => decode_client2_delimited(it),
+            WORKER_HEADER_V2 => decode_worker(Version::V2Delimited, it).map(Self::Worker2Delimited),
             _ => Err(DecodeError::UnknownHeader),
         }
     }
@@ -562,8 +583,8 @@ impl Message {
 
     fn body_len(&self) -> usize {
         match self {
-            Self::Client(m) | Self::Client2(_, m) => m.body.len(),
-            Self::Worker(cmd) | Self::Worker2(cmd) => match cmd {
+            Self::Client(m) | Self::Client2(_, m) | Self::Client2Delimited(_, m) => m.body.len(),
+            Self::Worker(cmd) | Self::Worker2(cmd) | Self::Worker2Delimited(cmd) => match cmd {
                 WorkerCommand::Request { body, .. }
                 | WorkerCommand::Partial { body, .. }
                 | WorkerCommand::Reply { body, .. } => body.len(),
@@ -597,8 +618,24 @@ impl Message {
                 out.push(m.service.0.clone());
                 out.extend(m.body.iter().cloned());
             }
+            Self::Client2Delimited(kind, m) => {
+                out.push(Bytes::new());
+                out.push(Bytes::from_static(CLIENT_HEADER_V2));
+                // One command table for workers and clients, as majortomo has it.
+                let code: u8 = match kind {
+                    ClientKind::Request => 0x02,
+                    ClientKind::Partial => 0x03,
+                    ClientKind::Final => 0x04,
+                };
+                out.push(Bytes::copy_from_slice(&[code]));
+                if *kind == ClientKind::Request {
+                    out.push(m.service.0.clone());
+                }
+                out.extend(m.body.iter().cloned());
+            }
             Self::Worker(cmd) => encode_worker(Version::V1, cmd, out),
             Self::Worker2(cmd) => encode_worker(Version::V2, cmd, out),
+            Self::Worker2Delimited(cmd) => encode_worker(Version::V2Delimited, cmd, out),
             Self::Native(cmd) => {
                 out.push(Bytes::from_static(NATIVE_HEADER));
                 out.push(Bytes::copy_from_slice(&[cmd.code()]));
@@ -636,11 +673,16 @@ fn encode_worker(version: Version, cmd: &WorkerCommand, out: &mut Frames) {
     let Some(code) = cmd.code(version) else {
         return;
     };
-    if version == Version::V1 {
-        out.push(Bytes::new());
-        out.push(Bytes::from_static(WORKER_HEADER));
-    } else {
-        out.push(Bytes::from_static(WORKER_HEADER_V2));
+    match version {
+        Version::V1 => {
+            out.push(Bytes::new());
+            out.push(Bytes::from_static(WORKER_HEADER));
+        }
+        Version::V2 => out.push(Bytes::from_static(WORKER_HEADER_V2)),
+        Version::V2Delimited => {
+            out.push(Bytes::new());
+            out.push(Bytes::from_static(WORKER_HEADER_V2));
+        }
     }
     out.push(Bytes::copy_from_slice(&[code]));
     match cmd {
@@ -678,16 +720,20 @@ fn decode_worker(
             let (client, body) = addressed(&mut it)?;
             return Ok(WorkerCommand::Request { client, body });
         }
-        (Version::V1, 0x03) | (Version::V2, 0x04) => {
+        (Version::V1, 0x03) | (Version::V2 | Version::V2Delimited, 0x04) => {
             let (client, body) = addressed(&mut it)?;
             return Ok(WorkerCommand::Reply { client, body });
         }
-        (Version::V2, 0x03) => {
+        (Version::V2 | Version::V2Delimited, 0x03) => {
             let (client, body) = addressed(&mut it)?;
             return Ok(WorkerCommand::Partial { client, body });
         }
-        (Version::V1, 0x04) | (Version::V2, 0x05) => WorkerCommand::Heartbeat,
-        (Version::V1, 0x05) | (Version::V2, 0x06) => WorkerCommand::Disconnect,
+        (Version::V1, 0x04) | (Version::V2 | Version::V2Delimited, 0x05) => {
+            WorkerCommand::Heartbeat
+        }
+        (Version::V1, 0x05) | (Version::V2 | Version::V2Delimited, 0x06) => {
+            WorkerCommand::Disconnect
+        }
         _ => return Err(DecodeError::UnknownCommand),
     };
     // READY, HEARTBEAT and DISCONNECT have a fixed number of frames.
@@ -710,6 +756,23 @@ fn parse_capacity(frame: &[u8]) -> Result<u32, DecodeError> {
         return Err(DecodeError::BadCapacity);
     }
     Ok(n)
+}
+
+/// A client message in the delimited framing of MDP/0.2. Only a REQUEST can be read: the
+/// replies this framing sends to clients carry no service frame, and no client sends one.
+/// majortomo numbers client commands with its worker table (REQUEST 0x02); 0x01, RFC 18's
+/// number, is taken too.
+fn decode_client2_delimited(mut it: impl Iterator<Item = Bytes>) -> Result<Message, DecodeError> {
+    match single_byte(&next(&mut it)?)? {
+        0x01 | 0x02 => Ok(Message::Client2Delimited(
+            ClientKind::Request,
+            ClientMessage {
+                service: ServiceName::new(next(&mut it)?)?,
+                body: it.collect(),
+            },
+        )),
+        _ => Err(DecodeError::UnknownCommand),
+    }
 }
 
 fn decode_client2(mut it: impl Iterator<Item = Bytes>) -> Result<Message, DecodeError> {
@@ -947,7 +1010,7 @@ mod tests {
                 DecodeError::UnknownStatus,
             ),
             (vec![b(b"")], DecodeError::UnknownHeader),
-            (vec![b(b""), b(b"MDPC02")], DecodeError::UnknownHeader),
+            (vec![b(b""), b(b"MDPC02")], DecodeError::MissingFrame),
             (vec![b(b""), b(b"MDPC01")], DecodeError::MissingFrame),
             (
                 vec![b(b""), b(b"MDPC01"), b(b"")],
@@ -1045,7 +1108,83 @@ mod tests {
     }
 
     fn message() -> impl Strategy<Value = Message> {
-        prop_oneof![mdp1(), mdp2(), native()]
+        prop_oneof![mdp1(), mdp2(), mdp2_delimited(), native()]
+    }
+
+    /// MDP/0.2 in the delimited framing: what the broker can read back (a client's
+    /// REQUEST, every worker command).
+    fn mdp2_delimited() -> impl Strategy<Value = Message> {
+        let body = prop::collection::vec(frame(), 0..4);
+        prop_oneof![
+            (service_name(), body.clone()).prop_map(|(s, body)| Message::Client2Delimited(
+                ClientKind::Request,
+                ClientMessage {
+                    service: ServiceName::new(s).unwrap(),
+                    body
+                }
+            )),
+            (name(), body, 0..4u8).prop_map(|(c, body, which)| {
+                let client = PeerId::new(c).unwrap();
+                Message::Worker2Delimited(match which {
+                    0 => WorkerCommand::Request { client, body },
+                    1 => WorkerCommand::Partial { client, body },
+                    2 => WorkerCommand::Reply { client, body },
+                    _ => WorkerCommand::Heartbeat,
+                })
+            }),
+            (service_name(), 1..=MAX_WORKER_CAPACITY).prop_map(|(s, capacity)| {
+                Message::Worker2Delimited(WorkerCommand::Ready {
+                    service: ServiceName::new(s).unwrap(),
+                    capacity,
+                })
+            }),
+            Just(Message::Worker2Delimited(WorkerCommand::Disconnect)),
+        ]
+    }
+
+    #[test]
+    fn the_delimited_framing_of_mdp2_is_told_apart_and_replies_carry_no_service() {
+        let reply = Message::Client2Delimited(
+            ClientKind::Final,
+            ClientMessage {
+                service: svc("echo"),
+                body: vec![b(b"done")],
+            },
+        );
+        assert_eq!(reply.encode(), [b(b""), b(b"MDPC02"), b(&[4]), b(b"done")]);
+        let partial = Message::Client2Delimited(
+            ClientKind::Partial,
+            ClientMessage {
+                service: svc("echo"),
+                body: vec![b(b"half")],
+            },
+        );
+        assert_eq!(
+            partial.encode(),
+            [b(b""), b(b"MDPC02"), b(&[3]), b(b"half")]
+        );
+        // The same worker READY in both framings, each decoded as what it is.
+        let rfc = Message::decode(vec![b(b"MDPW02"), b(&[1]), b(b"echo")]).unwrap();
+        assert!(matches!(rfc, Message::Worker2(WorkerCommand::Ready { .. })));
+        let delimited = Message::decode(vec![b(b""), b(b"MDPW02"), b(&[1]), b(b"echo")]).unwrap();
+        assert!(matches!(
+            delimited,
+            Message::Worker2Delimited(WorkerCommand::Ready { .. })
+        ));
+        for code in [1, 2] {
+            let request =
+                Message::decode(vec![b(b""), b(b"MDPC02"), b(&[code]), b(b"echo"), b(b"x")])
+                    .unwrap();
+            assert!(matches!(
+                request,
+                Message::Client2Delimited(ClientKind::Request, _)
+            ));
+        }
+        assert_eq!(
+            Message::decode(vec![b(b""), b(b"MDPC02"), b(&[4]), b(b"x")]),
+            Err(DecodeError::UnknownCommand),
+            "no client sends a FINAL"
+        );
     }
 
     fn mdp2() -> impl Strategy<Value = Message> {

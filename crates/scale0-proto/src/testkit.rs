@@ -80,7 +80,7 @@ pub fn broker_events(data: &[u8]) {
         let [kind, a, b] = *op else { break };
         let peer = Bytes::from_static(peers[usize::from(a) % peers.len()]);
         let service = Bytes::from_static(services[usize::from(b) % services.len()]);
-        let frames: Frames = match kind % 18 {
+        let frames: Frames = match kind % 21 {
             0 => vec![
                 peer,
                 Bytes::new(),
@@ -200,6 +200,36 @@ pub fn broker_events(data: &[u8]) {
                     Bytes::from_static(b"t"),
                 ]
             }
+            17 => {
+                // MDP/0.2 in the delimited framing (majortomo): READY, or a FINAL for a
+                // client of this run.
+                let head = [peer, Bytes::new(), Bytes::from_static(b"MDPW02")];
+                if a % 2 == 0 {
+                    head.into_iter()
+                        .chain([Bytes::from_static(&[1]), service])
+                        .collect()
+                } else {
+                    let client = Bytes::from_static(peers[usize::from(b) % peers.len()]);
+                    head.into_iter()
+                        .chain([
+                            Bytes::from_static(&[4]),
+                            client,
+                            Bytes::new(),
+                            Bytes::from_static(b"r"),
+                        ])
+                        .collect()
+                }
+            }
+            18 => vec![
+                peer,
+                Bytes::new(),
+                Bytes::from_static(b"MDPC02"),
+                Bytes::from_static(&[2]),
+                service,
+                Bytes::from_static(b"x"),
+            ],
+            // libzmq's notice that the peer's connection ended (ROUTER_NOTIFY).
+            19 => vec![peer, Bytes::new()],
             16 => {
                 // Group commit: every op so far made durable.
                 while let Some(op) = broker.poll_journal() {

@@ -202,7 +202,9 @@ impl Session {
         let State::Connected { next_heartbeat, .. } = self.state else {
             return Ok(());
         };
-        let ((Message::Worker(cmd), Version::V1) | (Message::Worker2(cmd), Version::V2)) =
+        let ((Message::Worker(cmd), Version::V1)
+        | (Message::Worker2(cmd), Version::V2)
+        | (Message::Worker2Delimited(cmd), Version::V2Delimited)) =
             (Message::decode(frames)?, self.config.version)
         else {
             return Err(DecodeError::UnknownHeader);
@@ -269,7 +271,7 @@ impl Session {
     /// false when it cannot go out (MDP/0.1, or the connection it belongs to is gone).
     pub fn partial(&mut self, body: Body) -> bool {
         match self.busy.front() {
-            Some((client, true)) if self.is_connected() && self.config.version == Version::V2 => {
+            Some((client, true)) if self.is_connected() && self.config.version.has_partials() => {
                 let client = client.clone();
                 self.send(WorkerCommand::Partial { client, body });
                 true
@@ -327,6 +329,7 @@ impl Session {
         let m = match self.config.version {
             Version::V1 => Message::Worker(cmd),
             Version::V2 => Message::Worker2(cmd),
+            Version::V2Delimited => Message::Worker2Delimited(cmd),
         };
         self.actions.push_back(Action::Send(m.encode()));
     }

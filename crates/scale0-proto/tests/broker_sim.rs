@@ -590,14 +590,32 @@ fn a_busy_worker_that_heartbeats_is_expired_when_it_falls_silent() {
     sim.request("c", "svc", "job");
     sim.sent();
     sim.advance_to(500);
-    sim.worker("ours", WorkerCommand::Heartbeat); // shows it heartbeats while busy
+    sim.worker("ours", WorkerCommand::Heartbeat);
+    sim.advance_to(1_000);
+    sim.worker("ours", WorkerCommand::Heartbeat); // two: it heartbeats while busy
     sim.ready("spare", "svc");
-    // It dies at 500: silence for liveness × interval means death even though busy.
-    sim.advance_with(3_499, &["spare"]);
+    // It dies at 1000: silence for liveness × interval means death even though busy.
+    sim.advance_with(3_999, &["spare"]);
     assert_eq!(sim.broker.worker_count(), 2);
-    sim.advance_to(3_500);
+    sim.advance_to(4_000);
     assert_eq!(sim.dispatched(), [w("spare", "job")]);
     assert_eq!(sim.broker.counters().workers_expired, 1);
+}
+
+#[test]
+fn one_heartbeat_crossing_a_request_does_not_make_a_busy_worker_expire_for_silence() {
+    // majortomo's worker heartbeats only while it waits; one sent just as the REQUEST
+    // arrives reaches the broker while the worker holds it, and then it is silent.
+    let mut sim = Sim::with(config());
+    sim.ready("mt", "svc");
+    sim.request("c", "svc", "long job");
+    assert_eq!(sim.dispatched(), [w("mt", "long job")]);
+    sim.worker("mt", WorkerCommand::Heartbeat);
+    sim.advance_to(20_000);
+    assert_eq!(sim.broker.worker_count(), 1, "not expired: it is working");
+    sim.reply("mt", "c", "done");
+    assert_eq!(sim.broker.counters().replies, 1);
+    assert_eq!(sim.broker.counters().requeued, 0);
 }
 
 #[test]
@@ -835,6 +853,85 @@ fn a_worker_whose_connection_ends_is_removed_and_its_request_goes_to_another_at_
         "without waiting for its silence"
     );
     assert_eq!(sim.broker.worker_count(), 1);
+}
+
+/// Every message the broker sent since the last call, as raw frames.
+fn raw_sent(sim: &mut Sim) -> Vec<Vec<Bytes>> {
+    std::iter::from_fn(|| sim.broker.poll_transmit())
+        .map(|t| t.frames)
+        .collect()
+}
+
+fn frames(parts: &[&[u8]]) -> Vec<Bytes> {
+    parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
+}
+
+#[test]
+fn both_framings_of_mdp2_are_served_each_peer_in_its_own() {
+    let mut sim = Sim::new();
+    // A majortomo worker and client: an empty frame first, one command table for both.
+    sim.raw("mw", frames(&[b"", b"MDPW02", &[1], b"svc"]));
+    sim.raw("mc", frames(&[b"", b"MDPC02", &[2], b"svc", b"hello"]));
+    assert_eq!(
+        raw_sent(&mut sim),
+        [frames(&[b"mw", b"", b"MDPW02", &[2], b"mc", b"", b"hello"])],
+        "the REQUEST in the worker's framing"
+    );
+    sim.raw("mw", frames(&[b"", b"MDPW02", &[3], b"mc", b"", b"half"]));
+    sim.raw("mw", frames(&[b"", b"MDPW02", &[4], b"mc", b"", b"done"]));
+    assert_eq!(
+        raw_sent(&mut sim),
+        [
+            frames(&[b"mc", b"", b"MDPC02", &[3], b"half"]),
+            frames(&[b"mc", b"", b"MDPC02", &[4], b"done"]),
+        ],
+        "PARTIAL 0x03 and FINAL 0x04, no service frame"
+    );
+    // An RFC 18 client of the same worker is answered as RFC 18 says.
+    sim.raw("rc", frames(&[b"MDPC02", &[1], b"svc", b"x"]));
+    assert_eq!(raw_sent(&mut sim).len(), 1);
+    sim.raw("mw", frames(&[b"", b"MDPW02", &[3], b"rc", b"", b"h"]));
+    sim.raw("mw", frames(&[b"", b"MDPW02", &[4], b"rc", b"", b"y"]));
+    assert_eq!(
+        raw_sent(&mut sim),
+        [
+            frames(&[b"rc", b"MDPC02", &[2], b"svc", b"h"]),
+            frames(&[b"rc", b"MDPC02", &[3], b"svc", b"y"]),
+        ]
+    );
+    // And an RFC 18 worker serves a majortomo client in the client's framing.
+    sim.raw("rw", frames(&[b"MDPW02", &[1], b"other"]));
+    sim.raw("mc", frames(&[b"", b"MDPC02", &[2], b"other", b"q"]));
+    assert_eq!(
+        raw_sent(&mut sim),
+        [frames(&[b"rw", b"MDPW02", &[2], b"mc", b"", b"q"])]
+    );
+    sim.raw("rw", frames(&[b"MDPW02", &[4], b"mc", b"", b"a"]));
+    assert_eq!(
+        raw_sent(&mut sim),
+        [frames(&[b"mc", b"", b"MDPC02", &[4], b"a"])]
+    );
+    // MMI, heartbeats and DISCONNECT in the delimited framing too.
+    sim.raw(
+        "mc",
+        frames(&[b"", b"MDPC02", &[2], b"mmi.service", b"svc"]),
+    );
+    assert_eq!(
+        raw_sent(&mut sim),
+        [frames(&[b"mc", b"", b"MDPC02", &[4], b"200"])]
+    );
+    sim.advance_to(1_000);
+    let beats = raw_sent(&mut sim);
+    assert!(
+        beats.contains(&frames(&[b"mw", b"", b"MDPW02", &[5]])),
+        "{beats:?}"
+    );
+    sim.raw("mw", frames(&[b"", b"MDPW02", &[1], b"svc"]));
+    assert_eq!(
+        raw_sent(&mut sim),
+        [frames(&[b"mw", b"", b"MDPW02", &[6]])],
+        "a second READY is out of turn"
+    );
 }
 
 #[test]
