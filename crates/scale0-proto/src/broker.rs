@@ -455,6 +455,9 @@ struct Worker {
     /// while busy: a single-threaded worker may send one that crosses the REQUEST on the
     /// wire, and then falls silent until it has answered.
     busy_heartbeats: u32,
+    /// The time its timer is set for in the broker's table (no later than [`Worker::due`]),
+    /// kept here so that the common case, a deadline moving later, costs no table lookup.
+    timer_at: Option<Instant>,
     /// When it last became idle or busy (for `mmi.status`).
     since: Instant,
 }
@@ -1767,6 +1770,7 @@ impl Broker {
                         held: Vec::new(),
                         heartbeats_while_busy: false,
                         busy_heartbeats: 0,
+                        timer_at: None,
                         since: now,
                     },
                 );
@@ -1817,7 +1821,7 @@ impl Broker {
                     w.busy_heartbeats = w.busy_heartbeats.saturating_add(1);
                     if w.busy_heartbeats >= 2 && !w.heartbeats_while_busy {
                         w.heartbeats_while_busy = true;
-                        self.timers.set_by(Timer::Worker(peer.clone()), w.due());
+                        arm_worker(&mut self.timers, peer, w);
                     }
                 }
             }
@@ -1920,7 +1924,7 @@ impl Broker {
         if !w.is_busy() {
             w.since = now;
         }
-        self.timers.set_by(Timer::Worker(peer.clone()), w.due());
+        arm_worker(&mut self.timers, peer, w);
     }
 
     /// Sends waiting requests of `service` to its idle workers, least recently used first.
@@ -1989,7 +1993,7 @@ impl Broker {
                 // Round robin among the workers with room.
                 s.idle.push_back(peer.clone());
             }
-            self.timers.set_by(Timer::Worker(peer.clone()), w.due());
+            arm_worker(&mut self.timers, &peer, w);
             let version = w.version;
             self.push(to_worker(&peer, version, cmd));
         }
@@ -2087,9 +2091,11 @@ impl Broker {
     /// A worker's timer fired: a silent one is expired, one that held a request past its
     /// deadline is disconnected; otherwise its timer is set to when it is next due.
     fn check_worker(&mut self, now: Instant, peer: &PeerId) {
-        let Some(w) = self.workers.get(peer) else {
+        let Some(w) = self.workers.get_mut(peer) else {
             return;
         };
+        // The table no longer holds a time for it.
+        w.timer_at = None;
         let silent = w.expiry <= now && (!w.is_busy() || w.heartbeats_while_busy);
         if silent {
             info!(worker = %peer, "worker expired after heartbeat silence");
@@ -2101,8 +2107,7 @@ impl Broker {
             self.counters.request_timeouts += 1;
             self.delete_worker(now, peer, true, Gone::Overran);
         } else {
-            let due = w.due();
-            self.timers.set(Timer::Worker(peer.clone()), due);
+            arm_worker(&mut self.timers, peer, w);
         }
     }
 
@@ -2142,6 +2147,16 @@ impl Broker {
         if n.is_power_of_two() {
             warn!(reason = reason.label(), size, total = n, "dropped message");
         }
+    }
+}
+
+/// Makes sure `w`'s timer fires no later than it is due: a new table entry only when its
+/// due time came earlier than the one set (a deadline moving later waits for the timer).
+fn arm_worker(timers: &mut Timers<Timer>, peer: &PeerId, w: &mut Worker) {
+    let due = w.due();
+    if w.timer_at.is_none_or(|at| due < at) {
+        timers.set(Timer::Worker(peer.clone()), due);
+        w.timer_at = Some(due);
     }
 }
 
