@@ -11,16 +11,7 @@ use std::process::Stdio;
 
 /// A majortomo program from tests/peers; fails (never skips) when majortomo is missing.
 fn majortomo(script: &str) -> std::process::Command {
-    let ok = python()
-        .args(["-c", "import majortomo"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "majortomo is not installed: run the tests with scripts/test.sh"
-    );
+    python_with("majortomo");
     peer(script)
 }
 
@@ -145,17 +136,7 @@ fn a_majortomo_worker_killed_holding_a_request_loses_it_to_another() {
 #[test]
 fn a_majortomo_client_is_served_by_scale0_worker_and_asks_mmi() {
     let broker = Broker::start(&[]);
-    let mut w = scale0();
-    w.args([
-        "worker",
-        "--connect",
-        &broker.endpoint,
-        "--service",
-        "echo",
-        "--echo",
-    ])
-    .stdout(Stdio::null());
-    let _w = Proc::spawn("scale0 worker", w);
+    let _w = echo_worker(&broker.endpoint, "echo", &[]);
     eventually("the worker registered", || {
         mmi_service(&broker.endpoint, "echo") == "200"
     });

@@ -25,21 +25,43 @@ fn repo_root() -> PathBuf {
 
 /// The Python with pyzmq that `scripts/test.sh` installs. Missing is a failure, not a skip.
 pub fn python() -> Command {
+    python_with("zmq")
+}
+
+/// The Python of `scripts/test.sh`, which must be able to import `module` (a failure, not a
+/// skip, when it cannot).
+pub fn python_with(module: &str) -> Command {
     let path = std::env::var_os("SCALE0_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/pyenv/bin/python"));
     let ok = Command::new(&path)
-        .args(["-c", "import zmq"])
+        .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "no Python with pyzmq at {}: run the tests with scripts/test.sh, which installs it",
+        "no Python with {module} at {}: run the tests with scripts/test.sh, which installs it",
         path.display()
     );
     Command::new(path)
+}
+
+/// `scale0 worker` serving `service` at `endpoint` with the built-in echo, and `extra` flags.
+pub fn echo_worker(endpoint: &str, service: &str, extra: &[&str]) -> Proc {
+    let mut c = scale0();
+    c.args([
+        "worker",
+        "--connect",
+        endpoint,
+        "--service",
+        service,
+        "--echo",
+    ])
+    .args(extra)
+    .stdout(Stdio::null());
+    Proc::spawn("scale0 worker", c)
 }
 
 /// The Python program `script` in the repository folder `dir`, ready to take arguments.
