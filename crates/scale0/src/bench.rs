@@ -7,7 +7,7 @@
 //! `local_thr` does), so connection set-up is not measured.
 
 use crate::error::{Error, Result, ZmqContext};
-use crate::pipeline::{ConnectionCounter, pipeline_socket};
+use crate::sockets::{ConnectionCounter, pipeline_socket};
 use crate::{
     Allowlist, Broker, BrokerConfig, Client, ClientConfig, CurveClient, CurveServer, KeyPair, Pool,
     PoolConfig, Shutdown, Task, Worker, WorkerConfig, sockets,
@@ -446,7 +446,7 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
             (endpoint, Some(t))
         }
     };
-    let service = format!("bench.echo.{}", crate::pipeline::random_u64());
+    let service = format!("bench.echo.{}", crate::ids::random_u64());
     let mut worker_threads = Vec::new();
     for i in 0..workers {
         let mut config = WorkerConfig::new(endpoint.clone(), service.clone());

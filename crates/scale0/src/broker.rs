@@ -11,7 +11,6 @@ use bytes::Bytes;
 use scale0_proto::PeerId;
 use scale0_proto::broker::{self as core, Counters};
 use scale0_store::{LogOptions, LogStore, Store};
-use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,8 +287,7 @@ impl Broker {
             ),
             Some((log, stored)) => {
                 // Titanic UUIDs of this run must not repeat those of an earlier one.
-                let nonce =
-                    std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+                let nonce = crate::ids::random_u64();
                 let (core, recovery) =
                     core::Broker::durable(self.config.core.clone(), clock.now(), stored, nonce);
                 for (key, e) in &recovery.unreadable {

@@ -8,9 +8,7 @@ use crate::sockets;
 use bytes::Bytes;
 use scale0_proto::mdp::{Message, NativeCommand, RequestId};
 use scale0_proto::{Body, ServiceName};
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -139,27 +137,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// A random routing id whose first byte is not zero (libzmq's own ids start with zero
-/// and repeat across restarts; ours must not collide with them).
-fn random_identity() -> Vec<u8> {
-    let mut id = Vec::with_capacity(16);
-    for i in 0..2u64 {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        h.write_u32(std::process::id());
-        id.extend_from_slice(&h.finish().to_be_bytes());
-    }
-    if let Some(first) = id.first_mut() {
-        *first = (*first).max(1);
-    }
-    id
-}
-
 /// What one answer from the broker means for a request.
 enum Answer {
     Accepted,
@@ -171,7 +148,7 @@ impl Client {
     /// Connects to the broker (ZeroMQ connects in the background; an absent broker shows
     /// up as a timeout on the first request).
     pub fn connect(config: ClientConfig) -> Result<Self> {
-        let identity = random_identity();
+        let identity = crate::ids::routing_id();
         let (socket, handshakes) = Self::open(&config, &identity)?;
         Ok(Self {
             config,

@@ -13,6 +13,7 @@ mod bus;
 mod client;
 mod clock;
 mod error;
+mod ids;
 mod limits;
 mod metrics;
 mod pipeline;

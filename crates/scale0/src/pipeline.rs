@@ -3,17 +3,14 @@
 //! [`scale0_proto::pipeline`] and `docs/protocol.md`.
 
 use crate::error::{Error, Result, ZmqContext};
-use crate::security::{
-    self, CurveClient, CurveServer, HANDSHAKE_FAILURES, HandshakeLog, ZapHandler,
-};
+use crate::ids::random_u64;
+use crate::security::{self, CurveClient, CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
-use crate::sockets;
+use crate::sockets::{self, ConnectionCounter, pipeline_socket};
 use crate::task::{Task, TaskOutcome};
 use bytes::Bytes;
 use scale0_proto::pipeline::{Job, MAX_CAPACITY, MAX_ID_BYTES, Report, Status};
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -24,119 +21,6 @@ use tracing::{debug, info, warn};
 pub const DEFAULT_VENT: &str = "tcp://*:5557";
 /// The Guide's sink port, where workers push results.
 pub const DEFAULT_SINK: &str = "tcp://*:5558";
-/// Dead hosts on pipeline connections are found by TCP keepalive (idle 10 s, then 3 probes
-/// 5 s apart), not ZeroMQ heartbeats: a worker stops reading while its slots are busy, so
-/// it cannot answer a PING in time, and libzmq 4.3.4 asserts (`!_io_error`) when a peer
-/// goes away from a connection whose input is stopped and heartbeats are on.
-const KEEPALIVE_IDLE_S: i32 = 10;
-const KEEPALIVE_INTVL_S: i32 = 5;
-const KEEPALIVE_CNT: i32 = 3;
-
-/// A random number, different per call and per process.
-pub(crate) fn random_u64() -> u64 {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let n = CALLS.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    RandomState::new().hash_one((std::process::id(), n, nanos))
-}
-
-pub(crate) fn pipeline_socket(
-    ctx: &zmq::Context,
-    kind: zmq::SocketType,
-    hwm: i32,
-    what: &str,
-) -> Result<zmq::Socket> {
-    let s = ctx
-        .socket(kind)
-        .context(|| format!("creating the {what} socket"))?;
-    s.set_linger(0).context(|| "setting LINGER".into())?;
-    s.set_sndhwm(hwm).context(|| "setting SNDHWM".into())?;
-    s.set_rcvhwm(hwm).context(|| "setting RCVHWM".into())?;
-    s.set_tcp_keepalive(1)
-        .context(|| "setting TCP_KEEPALIVE".into())?;
-    s.set_tcp_keepalive_idle(KEEPALIVE_IDLE_S)
-        .context(|| "setting TCP_KEEPALIVE_IDLE".into())?;
-    s.set_tcp_keepalive_intvl(KEEPALIVE_INTVL_S)
-        .context(|| "setting TCP_KEEPALIVE_INTVL".into())?;
-    s.set_tcp_keepalive_cnt(KEEPALIVE_CNT)
-        .context(|| "setting TCP_KEEPALIVE_CNT".into())?;
-    Ok(s)
-}
-
-/// Counts connections on a bound socket through a monitor: accepted minus disconnected.
-/// With CURVE, the same monitor reports the handshakes that failed (a socket has one
-/// monitor), and the counter logs them; a refused peer is counted while it is connected,
-/// until its handshake fails.
-pub(crate) struct ConnectionCounter {
-    monitor: zmq::Socket,
-    count: i64,
-    handshakes: Option<HandshakeLog>,
-}
-
-impl ConnectionCounter {
-    /// `ctx` must be the socket's own: the monitor is an `inproc` endpoint.
-    pub(crate) fn watch(
-        ctx: &zmq::Context,
-        socket: &zmq::Socket,
-        what: &str,
-        curve: bool,
-    ) -> Result<Self> {
-        let mut events = i32::from(zmq::SocketEvent::ACCEPTED.to_raw())
-            | i32::from(zmq::SocketEvent::DISCONNECTED.to_raw());
-        if curve {
-            events |= HANDSHAKE_FAILURES;
-        }
-        let monitor = sockets::monitor(ctx, socket, events, &format!("the {what} socket"))?;
-        Ok(Self {
-            monitor,
-            count: 0,
-            handshakes: curve.then(HandshakeLog::default),
-        })
-    }
-
-    pub(crate) fn poll_item(&self) -> zmq::PollItem<'_> {
-        self.monitor.as_poll_item(zmq::POLLIN)
-    }
-
-    /// Reads pending events; returns the new count if it changed.
-    pub(crate) fn update(&mut self) -> Result<Option<usize>> {
-        let before = self.count;
-        while let Some(event) = sockets::try_recv(&self.monitor)? {
-            // Event frame: u16 event id, u32 value (then a frame with the endpoint).
-            let id = event
-                .first()
-                .and_then(|f| sockets::monitor_event(f))
-                .map_or(0, |(id, _)| id);
-            if id == zmq::SocketEvent::ACCEPTED.to_raw() {
-                self.count += 1;
-            } else if id == zmq::SocketEvent::DISCONNECTED.to_raw() {
-                self.count = (self.count - 1).max(0);
-            } else if let Some(log) = &mut self.handshakes {
-                log.event(&event);
-            }
-        }
-        Ok((self.count != before).then(|| usize::try_from(self.count).unwrap_or(0)))
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        usize::try_from(self.count).unwrap_or(0)
-    }
-}
-
-/// `tcp://*:5557` as a local peer would connect to it: `tcp://127.0.0.1:5557`.
-pub(crate) fn local_endpoint(bound: &str) -> String {
-    for any in ["tcp://*:", "tcp://0.0.0.0:"] {
-        if let Some(port) = bound.strip_prefix(any) {
-            return format!("tcp://127.0.0.1:{port}");
-        }
-    }
-    if let Some(port) = bound.strip_prefix("tcp://[::]:") {
-        return format!("tcp://[::1]:{port}");
-    }
-    bound.to_string()
-}
 
 // ---------------------------------------------------------------------------------------
 // The worker.
@@ -970,13 +854,5 @@ mod tests {
         for bad in ["", "host:port", "host:65535", "tcp://", "ipc:///x"] {
             assert!(Source::host(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn bound_wildcards_become_loopback() {
-        assert_eq!(local_endpoint("tcp://0.0.0.0:5557"), "tcp://127.0.0.1:5557");
-        assert_eq!(local_endpoint("tcp://*:1"), "tcp://127.0.0.1:1");
-        assert_eq!(local_endpoint("tcp://[::]:9"), "tcp://[::1]:9");
-        assert_eq!(local_endpoint("tcp://127.0.0.1:9"), "tcp://127.0.0.1:9");
     }
 }

@@ -3,13 +3,13 @@
 
 use crate::clock::Clock;
 use crate::error::{Error, Result, ZmqContext};
+use crate::ids::random_u64;
 use crate::pipeline::{
-    ConnectionCounter, DEFAULT_SINK, DEFAULT_VENT, Source, TaskWorker, TaskWorkerConfig,
-    TaskWorkerSummary, local_endpoint, pipeline_socket, random_u64,
+    DEFAULT_SINK, DEFAULT_VENT, Source, TaskWorker, TaskWorkerConfig, TaskWorkerSummary,
 };
 use crate::security::{self, CurveClient, CurveServer, KeyPair, ZapHandler};
 use crate::shutdown::Shutdown;
-use crate::sockets;
+use crate::sockets::{self, ConnectionCounter, local_endpoint, pipeline_socket};
 use crate::task::Task;
 use bytes::Bytes;
 use scale0_proto::pipeline::{Finished, Map, MapConfig, MapCounters};

@@ -3,10 +3,9 @@
 
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
-use crate::pipeline::ConnectionCounter;
 use crate::security::{self, CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
-use crate::sockets;
+use crate::sockets::{self, ConnectionCounter};
 use scale0_proto::PeerId;
 use scale0_proto::queue::{self as core, Counters, Dest};
 use tracing::{debug, info};

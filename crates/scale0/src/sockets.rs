@@ -2,6 +2,7 @@
 //! receive into `Bytes`, multipart send.
 
 use crate::error::{Error, Result, ZmqContext};
+use crate::security::{HANDSHAKE_FAILURES, HandshakeLog};
 use bytes::Bytes;
 use scale0_proto::Frames;
 use std::sync::OnceLock;
@@ -284,9 +285,122 @@ pub(crate) fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String> {
     Ok(bound.unwrap_or_else(|raw| String::from_utf8_lossy(&raw).into_owned()))
 }
 
+/// Dead hosts on pipeline connections are found by TCP keepalive (idle 10 s, then 3 probes
+/// 5 s apart), not ZeroMQ heartbeats: a worker stops reading while its slots are busy, so
+/// it cannot answer a PING in time. (With heartbeats on, libzmq 4.3.5 also aborted when a
+/// peer went away from a connection whose input was stopped: patched now, ARCHITECTURE.md.)
+const KEEPALIVE_IDLE_S: i32 = 10;
+const KEEPALIVE_INTVL_S: i32 = 5;
+const KEEPALIVE_CNT: i32 = 3;
+
+/// A PUSH or PULL socket for a pipeline stage: no linger, `hwm` both ways, TCP keepalive.
+pub(crate) fn pipeline_socket(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    hwm: i32,
+    what: &str,
+) -> Result<zmq::Socket> {
+    let s = ctx
+        .socket(kind)
+        .context(|| format!("creating the {what} socket"))?;
+    s.set_linger(0).context(|| "setting LINGER".into())?;
+    s.set_sndhwm(hwm).context(|| "setting SNDHWM".into())?;
+    s.set_rcvhwm(hwm).context(|| "setting RCVHWM".into())?;
+    s.set_tcp_keepalive(1)
+        .context(|| "setting TCP_KEEPALIVE".into())?;
+    s.set_tcp_keepalive_idle(KEEPALIVE_IDLE_S)
+        .context(|| "setting TCP_KEEPALIVE_IDLE".into())?;
+    s.set_tcp_keepalive_intvl(KEEPALIVE_INTVL_S)
+        .context(|| "setting TCP_KEEPALIVE_INTVL".into())?;
+    s.set_tcp_keepalive_cnt(KEEPALIVE_CNT)
+        .context(|| "setting TCP_KEEPALIVE_CNT".into())?;
+    Ok(s)
+}
+
+/// Counts connections on a bound socket through a monitor: accepted minus disconnected.
+/// With CURVE, the same monitor reports the handshakes that failed (a socket has one
+/// monitor), and the counter logs them; a refused peer is counted while it is connected,
+/// until its handshake fails.
+pub(crate) struct ConnectionCounter {
+    monitor: zmq::Socket,
+    count: i64,
+    handshakes: Option<HandshakeLog>,
+}
+
+impl ConnectionCounter {
+    /// `ctx` must be the socket's own: the monitor is an `inproc` endpoint.
+    pub(crate) fn watch(
+        ctx: &zmq::Context,
+        socket: &zmq::Socket,
+        what: &str,
+        curve: bool,
+    ) -> Result<Self> {
+        let mut events = i32::from(zmq::SocketEvent::ACCEPTED.to_raw())
+            | i32::from(zmq::SocketEvent::DISCONNECTED.to_raw());
+        if curve {
+            events |= HANDSHAKE_FAILURES;
+        }
+        let monitor = monitor(ctx, socket, events, &format!("the {what} socket"))?;
+        Ok(Self {
+            monitor,
+            count: 0,
+            handshakes: curve.then(HandshakeLog::default),
+        })
+    }
+
+    pub(crate) fn poll_item(&self) -> zmq::PollItem<'_> {
+        self.monitor.as_poll_item(zmq::POLLIN)
+    }
+
+    /// Reads pending events; returns the new count if it changed.
+    pub(crate) fn update(&mut self) -> Result<Option<usize>> {
+        let before = self.count;
+        while let Some(event) = try_recv(&self.monitor)? {
+            // Event frame: u16 event id, u32 value (then a frame with the endpoint).
+            let id = event
+                .first()
+                .and_then(|f| monitor_event(f))
+                .map_or(0, |(id, _)| id);
+            if id == zmq::SocketEvent::ACCEPTED.to_raw() {
+                self.count += 1;
+            } else if id == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                self.count = (self.count - 1).max(0);
+            } else if let Some(log) = &mut self.handshakes {
+                log.event(&event);
+            }
+        }
+        Ok((self.count != before).then(|| usize::try_from(self.count).unwrap_or(0)))
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        usize::try_from(self.count).unwrap_or(0)
+    }
+}
+
+/// `tcp://*:5557` as a local peer would connect to it: `tcp://127.0.0.1:5557`.
+pub(crate) fn local_endpoint(bound: &str) -> String {
+    for any in ["tcp://*:", "tcp://0.0.0.0:"] {
+        if let Some(port) = bound.strip_prefix(any) {
+            return format!("tcp://127.0.0.1:{port}");
+        }
+    }
+    if let Some(port) = bound.strip_prefix("tcp://[::]:") {
+        return format!("tcp://[::1]:{port}");
+    }
+    bound.to_string()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Receiver, check_endpoint};
+    use super::{Receiver, check_endpoint, local_endpoint};
+
+    #[test]
+    fn bound_wildcards_become_loopback() {
+        assert_eq!(local_endpoint("tcp://0.0.0.0:5557"), "tcp://127.0.0.1:5557");
+        assert_eq!(local_endpoint("tcp://*:1"), "tcp://127.0.0.1:1");
+        assert_eq!(local_endpoint("tcp://[::]:9"), "tcp://[::1]:9");
+        assert_eq!(local_endpoint("tcp://127.0.0.1:9"), "tcp://127.0.0.1:9");
+    }
 
     fn pair(name: &str) -> (zmq::Socket, zmq::Socket) {
         let ctx = super::context();
