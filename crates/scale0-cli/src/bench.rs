@@ -285,7 +285,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
                     args.repeat
                 );
             }
-            let mut m = case.run(&args)?;
+            let m = case.run(&args)?;
             rates.push(m.rate());
             lost += m.lost;
             runs.push((m.quantile(0.5), m.quantile(0.99), m.quantile(0.999)));
@@ -459,11 +459,8 @@ mod processes {
             usize::try_from(args.in_flight.max(1)).unwrap_or(1),
             |_, _| {},
         )?;
-        let latencies: Vec<u64> = summary
-            .latencies
-            .iter()
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .collect();
+        // The distribution as (nanoseconds, count) pairs, merged by the parent.
+        let latencies = summary.latencies.values();
         println!(
             "{}",
             serde_json::json!({
@@ -590,10 +587,10 @@ mod processes {
             total.elapsed = total
                 .elapsed
                 .max(Duration::from_nanos(v["elapsed_ns"].as_u64().unwrap_or(0)));
-            if let Some(l) = v["latencies_ns"].as_array() {
-                total
-                    .latencies_ns
-                    .extend(l.iter().filter_map(serde_json::Value::as_u64));
+            for pair in v["latencies_ns"].as_array().into_iter().flatten() {
+                if let (Some(ns), Some(n)) = (pair[0].as_u64(), pair[1].as_u64()) {
+                    total.latencies.record_ns(ns, n);
+                }
             }
         }
         Ok(total)

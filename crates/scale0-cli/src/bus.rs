@@ -269,17 +269,21 @@ pub(crate) struct SwarmArgs {
     kill_after_ms: Option<u64>,
 }
 
-fn quantiles(v: &mut [u64]) -> String {
+/// Detection times in milliseconds, summarised with the library's one quantile rule.
+fn quantiles(v: &[u64]) -> String {
     if v.is_empty() {
         return "-".into();
     }
-    v.sort_unstable();
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    let mut l = scale0::Latencies::default();
+    for ms in v {
+        l.record(Duration::from_millis(*ms));
+    }
+    let ms = |q: f64| l.quantile(q).as_millis();
     format!(
         "min {} p50 {} max {} ms ({} nodes)",
-        q(0.0),
-        q(0.5),
-        q(1.0),
+        ms(0.0),
+        ms(0.5),
+        ms(1.0),
         v.len()
     )
 }
@@ -299,7 +303,7 @@ pub(crate) fn swarm(args: SwarmArgs) -> Result<ExitCode> {
         measure_ms: args.measure_ms,
         kill_after_ms: args.kill_after_ms,
     };
-    let mut r = scale0::run_swarm(&config, &Shutdown::new())?;
+    let r = scale0::run_swarm(&config, &Shutdown::new())?;
     let lost = r.expected.saturating_sub(r.received);
     println!(
         "nodes {}  converged {} ms  heartbeats sent {}  deliveries {} of {} ({:.3}% lost)",
@@ -317,7 +321,7 @@ pub(crate) fn swarm(args: SwarmArgs) -> Result<ExitCode> {
              measure this process, not the forwarder)"
         );
     }
-    println!("suspect after kill: {}", quantiles(&mut r.suspect_ms));
-    println!("dead after kill: {}", quantiles(&mut r.dead_ms));
+    println!("suspect after kill: {}", quantiles(&r.suspect_ms));
+    println!("dead after kill: {}", quantiles(&r.dead_ms));
     Ok(ExitCode::SUCCESS)
 }

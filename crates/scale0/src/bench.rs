@@ -32,8 +32,8 @@ pub struct Measurement {
     pub lost: u64,
     /// From the first message received to the last.
     pub elapsed: Duration,
-    /// Round trips, when the scenario has them (nanoseconds each).
-    pub latencies_ns: Vec<u64>,
+    /// Round trips, when the scenario has them.
+    pub latencies: crate::Latencies,
 }
 
 impl Measurement {
@@ -48,15 +48,8 @@ impl Measurement {
     }
 
     /// The `q` quantile of the latencies (0 when there are none).
-    pub fn quantile(&mut self, q: f64) -> Duration {
-        if self.latencies_ns.is_empty() {
-            return Duration::ZERO;
-        }
-        self.latencies_ns.sort_unstable();
-        let last = self.latencies_ns.len() - 1;
-        // Nearest rank, so p99.9 of 1,000 samples is the largest, not an interpolation.
-        let rank = ((q * self.latencies_ns.len() as f64).ceil() as usize).clamp(1, last + 1) - 1;
-        Duration::from_nanos(self.latencies_ns.get(rank).copied().unwrap_or_default())
+    pub fn quantile(&self, q: f64) -> Duration {
+        self.latencies.quantile(q)
     }
 }
 
@@ -123,7 +116,7 @@ fn receive(pull: &zmq::Socket, n: u64, skip_empty: bool) -> Result<Measurement> 
         messages: got,
         lost: n - got,
         elapsed: started.map_or(Duration::ZERO, |s| last - s),
-        latencies_ns: Vec::new(),
+        latencies: crate::Latencies::default(),
     })
 }
 
@@ -323,7 +316,7 @@ fn client_loop(
 ) -> Result<Measurement> {
     let window = u64::from(in_flight.max(1));
     let mut sent_at = vec![Instant::now(); usize::try_from(window).unwrap_or(1)];
-    let mut latencies = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let mut latencies = crate::Latencies::default();
     let started = Instant::now();
     let mut sent = 0u64;
     let mut done = 0u64;
@@ -337,7 +330,7 @@ fn client_loop(
         }
         let seq = recv()?;
         if let Some(at) = sent_at.get(usize::try_from(seq % window).unwrap_or(0)) {
-            latencies.push(u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            latencies.record(at.elapsed());
         }
         done += 1;
     }
@@ -345,7 +338,7 @@ fn client_loop(
         messages: done,
         lost: 0,
         elapsed: started.elapsed(),
-        latencies_ns: latencies,
+        latencies,
     })
 }
 
@@ -356,7 +349,7 @@ fn gather(threads: Vec<thread::JoinHandle<Result<Measurement>>>) -> Result<Measu
         total.messages += m.messages;
         total.lost += m.lost;
         total.elapsed = total.elapsed.max(m.elapsed);
-        total.latencies_ns.extend(m.latencies_ns);
+        total.latencies.add(&m.latencies);
     }
     Ok(total)
 }
@@ -480,11 +473,7 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
                 messages: summary.ok,
                 lost: summary.sent.saturating_sub(summary.ok),
                 elapsed: summary.elapsed,
-                latencies_ns: summary
-                    .latencies
-                    .iter()
-                    .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-                    .collect(),
+                latencies: summary.latencies,
             })
         })?);
     }
@@ -537,6 +526,6 @@ pub fn map(
         messages: ok,
         lost: jobs - ok,
         elapsed: summary.elapsed,
-        latencies_ns: Vec::new(),
+        latencies: crate::Latencies::default(),
     })
 }

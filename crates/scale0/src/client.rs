@@ -3,6 +3,7 @@
 //! error statuses; retries with the same id, which the broker never executes twice.
 
 use crate::error::{Error, Result, ZmqContext};
+use crate::latency::Latencies;
 use crate::security::{self, CurveClient, HandshakeWatch};
 use crate::sockets;
 use bytes::Bytes;
@@ -79,25 +80,14 @@ pub struct PipelineSummary {
     pub duplicates: u64,
     /// Wall time of the whole run.
     pub elapsed: Duration,
-    /// Latency of every answered request, sorted ascending.
-    pub latencies: Vec<Duration>,
+    /// Latency of every answered request.
+    pub latencies: Latencies,
 }
 
 impl PipelineSummary {
     /// The `q` quantile (0.0 to 1.0) of the latencies, zero with no replies.
     pub fn quantile(&self, q: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let last = self.latencies.len() - 1;
-        // Nearest rank on a sorted list; the value is within 0..=last.
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let rank = ((q.clamp(0.0, 1.0) * last as f64).round() as usize).min(last);
-        self.latencies.get(rank).copied().unwrap_or_default()
+        self.latencies.quantile(q)
     }
 
     /// Answers per second over the whole run.
@@ -347,7 +337,7 @@ impl Client {
                         continue;
                     };
                     let latency = o.first_sent.elapsed();
-                    summary.latencies.push(latency);
+                    summary.latencies.record(latency);
                     match result {
                         Ok(body) => {
                             summary.ok += 1;
@@ -385,7 +375,6 @@ impl Client {
             }
         }
         summary.elapsed = start.elapsed();
-        summary.latencies.sort_unstable();
         Ok(summary)
     }
 

@@ -14,6 +14,7 @@ mod client;
 mod clock;
 mod error;
 mod ids;
+mod latency;
 mod limits;
 mod metrics;
 mod pipeline;
@@ -32,6 +33,7 @@ pub use bus::{
 };
 pub use client::{Client, ClientConfig, PipelineSummary, Reply};
 pub use error::{Error, Result};
+pub use latency::Latencies;
 pub use limits::{fd_limits, raise_fd_limit};
 pub use pipeline::{
     DEFAULT_SINK, DEFAULT_VENT, Sink, SinkConfig, SinkItem, SinkSummary, Source, TaskWorker,
