@@ -5,7 +5,6 @@
 use anyhow::{Result, bail};
 use scale0::Task;
 use scale0::bench::{self, Measurement};
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,7 +263,13 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         bail!("--size and --workers need at least one value");
     }
     let cases = cases(&args);
-    let progress = std::io::stderr().is_terminal();
+    // Drawn on stderr only when it is a terminal (indicatif hides it otherwise).
+    let progress =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
     let mut results = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let mut rates = Vec::new();
@@ -272,19 +277,17 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         // Latency quantiles are taken per run; the run with the median p50 is reported.
         let mut runs = Vec::new();
         for r in 0..args.repeat {
-            if progress {
-                eprint!(
-                    "\r\x1b[K[{}/{}] {} {} {} B {} (run {}/{})",
-                    i + 1,
-                    cases.len(),
-                    case.scenario.name(),
-                    case.mode,
-                    case.size,
-                    case.label(),
-                    r + 1,
-                    args.repeat
-                );
-            }
+            progress.set_message(format!(
+                "[{}/{}] {} {} {} B {} (run {}/{})",
+                i + 1,
+                cases.len(),
+                case.scenario.name(),
+                case.mode,
+                case.size,
+                case.label(),
+                r + 1,
+                args.repeat
+            ));
             let m = case.run(&args)?;
             rates.push(m.rate());
             lost += m.lost;
@@ -307,9 +310,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         }
         results.push(result);
     }
-    if progress {
-        eprint!("\r\x1b[K");
-    }
+    progress.finish_and_clear();
     if !args.json {
         print_table(&results);
     }

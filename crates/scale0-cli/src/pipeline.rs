@@ -8,7 +8,7 @@ use scale0::{
     CommandTask, MapProgress, Pool, PoolConfig, Sink, SinkConfig, SinkItem, Source, Task,
     TaskWorker, TaskWorkerConfig, Vent, VentConfig,
 };
-use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -542,7 +542,12 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
     if let Some(task) = task {
         pool.spawn_local(args.local, task)?;
     }
-    let bar = !args.no_progress && std::io::stderr().is_terminal();
+    // Drawn on stderr only when it is a terminal (indicatif hides it otherwise).
+    let bar = if args.no_progress {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut failures: Vec<Finished> = Vec::new();
@@ -580,15 +585,9 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
                 failures.push(f);
             }
         },
-        |p| {
-            if bar {
-                eprint!("\r\x1b[K{}", progress_line(p));
-            }
-        },
+        |p| show_progress(&bar, p),
     )?;
-    if bar {
-        eprint!("\r\x1b[K");
-    }
+    bar.finish_and_clear();
     out.flush()?;
     if let Some(e) = write_error {
         return Err(e).context("writing results");
@@ -620,41 +619,36 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
     })
 }
 
-/// `[#####-----] 512/1000 ok 510 failed 2 retried 7 | 4 workers | 210/s ETA 2s`
+/// Updates the bar: its length once the whole input is read (a spinner before), and the
+/// counts, workers and rate as its message.
+fn show_progress(bar: &indicatif::ProgressBar, p: &MapProgress) {
+    let c = &p.counters;
+    if p.input_done && c.jobs > 0 && bar.length() != Some(c.jobs) {
+        bar.set_length(c.jobs);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("[{bar:24}] {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("#>-"),
+        );
+    }
+    bar.set_position(c.done + c.failed);
+    bar.set_message(progress_line(p));
+}
+
+/// `ok 510 failed 2 retried 7 | 4 workers (8 slots) | 210/s`, or `[reading input] ...`
+/// before the input's end is known.
 fn progress_line(p: &MapProgress) -> String {
     let c = &p.counters;
     let finished = c.done + c.failed;
-    let secs = p.elapsed.as_secs_f64().max(1e-3);
-    let rate = finished as f64 / secs;
-    const WIDTH: u64 = 24;
-    let (bar, total, eta) = if p.input_done && c.jobs > 0 {
-        let filled = (finished * WIDTH / c.jobs).min(WIDTH);
-        let bar = format!(
-            "[{}{}]",
-            "#".repeat(filled as usize),
-            "-".repeat((WIDTH - filled) as usize)
-        );
-        let left = c.jobs.saturating_sub(finished) as f64;
-        let eta = if rate > 0.0 {
-            format!(" ETA {:.0}s", left / rate)
-        } else {
-            String::new()
-        };
-        (bar, c.jobs.to_string(), eta)
-    } else {
-        (
-            "[reading input]".to_string(),
-            "?".to_string(),
-            String::new(),
-        )
-    };
+    let rate = finished as f64 / p.elapsed.as_secs_f64().max(1e-3);
+    let reading = if p.input_done { "" } else { "[reading input] " };
     let workers = if p.workers == 0 {
         "waiting for workers".to_string()
     } else {
         format!("{} workers ({} slots)", p.workers, p.capacity)
     };
     format!(
-        "{bar} {finished}/{total} ok {} failed {} retried {} | {workers} | {rate:.0}/s{eta}",
+        "{reading}ok {} failed {} retried {} | {workers} | {rate:.0}/s",
         c.done, c.failed, c.retried
     )
 }
@@ -674,7 +668,7 @@ mod tests {
     }
 
     #[test]
-    fn progress_shows_counts_rate_and_eta() {
+    fn progress_shows_counts_rate_and_the_bar_its_length() {
         let p = MapProgress {
             counters: scale0::proto::pipeline::MapCounters {
                 jobs: 100,
@@ -690,12 +684,16 @@ mod tests {
             elapsed: Duration::from_secs(5),
         };
         let line = progress_line(&p);
-        assert!(
-            line.starts_with("[############------------] 50/100"),
-            "{line}"
-        );
-        assert!(line.contains("failed 2 retried 3"), "{line}");
+        assert!(line.starts_with("ok 48 failed 2 retried 3"), "{line}");
         assert!(line.contains("4 workers (8 slots)"), "{line}");
-        assert!(line.contains("10/s ETA 5s"), "{line}");
+        assert!(line.ends_with("| 10/s"), "{line}");
+        let bar = indicatif::ProgressBar::hidden();
+        show_progress(&bar, &p);
+        assert_eq!((bar.position(), bar.length()), (50, Some(100)));
+        let reading = MapProgress {
+            input_done: false,
+            ..p
+        };
+        assert!(progress_line(&reading).starts_with("[reading input] "));
     }
 }
