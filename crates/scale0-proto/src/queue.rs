@@ -14,6 +14,7 @@
 use crate::departed::Departed;
 use crate::mdp::{Body, Frames, PeerId};
 use crate::time::Instant;
+use crate::timers::Timers;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -207,6 +208,18 @@ pub struct Queue {
     counters: Counters,
     /// Clients whose connection ended for good: their requests are not sent (again).
     departed: Departed,
+    /// When to look at each request in flight (its timeout) and each Paranoid Pirate
+    /// worker (its expiry, which moves on with every message: looked at when it comes).
+    timers: Timers<Timer>,
+}
+
+/// What a timer of the queue is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Timer {
+    /// A request in flight, by tag: its reply is due.
+    Request(u64),
+    /// A Paranoid Pirate worker that heartbeats: silence past its liveness loses it.
+    Worker(PeerId),
 }
 
 fn tag_frame(tag: u64) -> Bytes {
@@ -252,6 +265,7 @@ impl Queue {
             transmits: VecDeque::new(),
             counters: Counters::default(),
             departed: Departed::default(),
+            timers: Timers::default(),
         }
     }
 
@@ -282,15 +296,9 @@ impl Queue {
 
     /// When [`Queue::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Instant {
-        let requests = self.outstanding.values().map(|o| o.deadline);
-        let workers = self
-            .workers
-            .values()
-            .filter(|w| !w.req_socket)
-            .map(|w| w.expiry);
-        requests
-            .chain(workers)
-            .chain(self.servers_retry_at)
+        [self.timers.next(), self.servers_retry_at]
+            .into_iter()
+            .flatten()
             .fold(self.next_heartbeat, Instant::min)
     }
 
@@ -409,6 +417,10 @@ impl Queue {
                         busy: None,
                     },
                 );
+                // A REQ worker cannot heartbeat: only its requests' timeouts bound it.
+                if !req_socket {
+                    self.timers.set(Timer::Worker(peer.clone()), expiry);
+                }
                 self.idle.push_back(peer);
             }
             [cmd] if cmd.as_ref() == PPP_HEARTBEAT => {}
@@ -442,38 +454,18 @@ impl Queue {
         if self.servers_retry_at.is_some_and(|t| t <= now) {
             self.servers_retry_at = None;
         }
-        let silent: Vec<PeerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| !w.req_socket && w.expiry <= now)
-            .map(|(p, _)| p.clone())
-            .collect();
-        for peer in silent {
-            self.lose_worker(&peer, true);
-        }
-        let overdue: Vec<u64> = self
-            .outstanding
-            .iter()
-            .filter(|(_, o)| o.deadline <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        for tag in overdue {
-            let Some(o) = self.outstanding.remove(&tag) else {
-                continue;
-            };
-            match o.holder {
-                // The server may be dead or only slow; either way its slot is given up
-                // (a dead one leaves the server count soon).
-                Holder::Servers => self.servers_busy = self.servers_busy.saturating_sub(1),
-                Holder::Worker(peer) => {
-                    // A worker that overran is presumed stuck; it may READY again.
-                    if let Some(w) = self.workers.get_mut(&peer) {
-                        w.busy = None;
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Worker(peer) => match self.workers.get(&peer) {
+                    Some(w) if w.expiry <= now => self.lose_worker(&peer, true),
+                    Some(w) => {
+                        let expiry = w.expiry;
+                        self.timers.set(Timer::Worker(peer), expiry);
                     }
-                    self.lose_worker(&peer, true);
-                }
+                    None => {}
+                },
+                Timer::Request(tag) => self.overdue(now, tag),
             }
-            self.retry(o.request);
         }
         if self.next_heartbeat <= now {
             let beats: Vec<Transmit> = self
@@ -490,6 +482,34 @@ impl Queue {
                 now + Duration::from_millis(self.config.heartbeat_interval_ms.max(1));
         }
         self.dispatch(now);
+    }
+
+    /// A request's reply did not come in time: its holder's slot is given up and the
+    /// request goes back in line (or is dropped after its attempts).
+    fn overdue(&mut self, now: Instant, tag: u64) {
+        if !self
+            .outstanding
+            .get(&tag)
+            .is_some_and(|o| o.deadline <= now)
+        {
+            return;
+        }
+        let Some(o) = self.outstanding.remove(&tag) else {
+            return;
+        };
+        match o.holder {
+            // The server may be dead or only slow; either way its slot is given up
+            // (a dead one leaves the server count soon).
+            Holder::Servers => self.servers_busy = self.servers_busy.saturating_sub(1),
+            Holder::Worker(peer) => {
+                // A worker that overran is presumed stuck; it may READY again.
+                if let Some(w) = self.workers.get_mut(&peer) {
+                    w.busy = None;
+                }
+                self.lose_worker(&peer, true);
+            }
+        }
+        self.retry(o.request);
     }
 
     fn liveness(&self) -> Duration {
@@ -539,6 +559,7 @@ impl Queue {
         let Some(o) = self.outstanding.remove(&tag) else {
             return false;
         };
+        self.timers.cancel(&Timer::Request(tag));
         if o.holder == Holder::Servers {
             self.servers_busy = self.servers_busy.saturating_sub(1);
         }
@@ -611,6 +632,7 @@ impl Queue {
                 }
             };
             self.transmits.push_back(transmit);
+            self.timers.set(Timer::Request(request.tag), deadline);
             self.outstanding.insert(
                 request.tag,
                 Outstanding {
