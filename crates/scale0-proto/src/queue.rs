@@ -487,11 +487,8 @@ impl Queue {
     /// A request's reply did not come in time: its holder's slot is given up and the
     /// request goes back in line (or is dropped after its attempts).
     fn overdue(&mut self, now: Instant, tag: u64) {
-        if !self
-            .outstanding
-            .get(&tag)
-            .is_some_and(|o| o.deadline <= now)
-        {
+        // A stale timer: answered, or sent again with a later deadline.
+        if self.outstanding.get(&tag).is_none_or(|o| o.deadline > now) {
             return;
         }
         let Some(o) = self.outstanding.remove(&tag) else {
