@@ -967,7 +967,8 @@ impl Broker {
     }
 
     /// Ends every outstanding request with [`FailReason::ShuttingDown`] (native clients
-    /// get an ERROR), for a broker whose grace period ran out. A durable broker keeps its
+    /// get an ERROR), for a broker whose grace period ran out: the last thing a broker
+    /// does (its workers are left holding nothing, and are not made idle again). A durable broker keeps its
     /// requests instead: they are in the log for the next start.
     pub fn abandon(&mut self, now: Instant) {
         if self.journal.is_some() {
@@ -1066,6 +1067,8 @@ impl Broker {
         if mdp::is_disconnect_notice(&rest) {
             return self.on_disconnected(now, &peer);
         }
+        // A peer that speaks again is still there (it sent an empty frame itself).
+        self.departed.heard_from(&peer);
         if size > self.config.max_message_bytes {
             // A native client can be told; anyone else's message is just dropped.
             if let Some(id) = mdp::native_request_id(&rest) {
@@ -1505,7 +1508,10 @@ impl Broker {
         self.counters.requests += 1;
         self.work += 1;
         s.requests.push_back(request);
-        if let Some(at) = s.no_worker_deadline(wait) {
+        // Only a new head moves the no-worker deadline; behind it, the timer is set.
+        if s.requests.expiring.len() == 1
+            && let Some(at) = s.no_worker_deadline(wait)
+        {
             self.timers.set_by(Timer::Waiting(service.clone()), at);
         }
         Ok(())
@@ -1526,7 +1532,7 @@ impl Broker {
     /// True while nobody has answered the request yet.
     fn is_live(&self, request: &Request) -> bool {
         match &request.origin {
-            Origin::Mdp(_) => !self.departed.contains(&request.client),
+            Origin::Mdp(_) => true,
             Origin::Native { id, generation } => self
                 .dedupe
                 .is_pending(&(request.client.clone(), id.clone()), *generation),
@@ -1942,10 +1948,14 @@ impl Broker {
             };
             self.work += 1;
             if !self.is_live(&req) {
-                // Answered already (its deadline passed while it waited), or its client
-                // left: nobody is waiting for it.
-                if matches!(req.origin, Origin::Mdp(_)) {
-                    self.counters.abandoned += 1;
+                continue; // answered already (its deadline passed while it waited)
+            }
+            if matches!(req.origin, Origin::Mdp(_)) && self.departed.contains(&req.client) {
+                // Its client left for good: not worth a worker's time. Gone from the
+                // journal too, or a restart would run it after all.
+                self.counters.abandoned += 1;
+                if let Some(key) = req.journal {
+                    self.journal_op(JournalOp::Delete { key });
                 }
                 continue;
             }

@@ -8,8 +8,8 @@
 use crate::mdp::PeerId;
 use std::collections::{HashSet, VecDeque};
 
-/// Departed peers remembered at most: the oldest are forgotten first. Their requests are
-/// what matters, and those leave the queues in about a request timeout.
+/// Departed peers remembered at most: the oldest are forgotten first. What matters is
+/// their requests still queued, and those are dropped when their turn comes.
 pub(crate) const MAX_DEPARTED: usize = 100_000;
 
 /// The set of departed peers with libzmq-generated ids, bounded.
@@ -26,7 +26,7 @@ impl Departed {
             return;
         }
         self.order.push_back(peer.clone());
-        if self.order.len() > MAX_DEPARTED
+        while self.order.len() > MAX_DEPARTED
             && let Some(oldest) = self.order.pop_front()
         {
             self.set.remove(&oldest);
@@ -35,8 +35,18 @@ impl Departed {
 
     /// Whether `peer` is known to be gone for good.
     pub(crate) fn contains(&self, peer: &PeerId) -> bool {
-        // Asked for every MDP request dispatched: no hashing while nobody has departed.
-        !self.set.is_empty() && self.set.contains(peer)
+        // Asked for every MDP request dispatched: no hashing for ids of a peer's own, nor
+        // while nobody has departed.
+        peer.is_generated() && !self.set.is_empty() && self.set.contains(peer)
+    }
+
+    /// `peer` sent something: it had not departed after all. (The notice is one empty
+    /// frame, which a peer can also send itself; this undoes that.)
+    pub(crate) fn heard_from(&mut self, peer: &PeerId) {
+        if self.contains(peer) {
+            self.set.remove(peer);
+            // Its place in `order` goes when it comes round; `note` skips ids not in `set`.
+        }
     }
 }
 

@@ -313,6 +313,10 @@ impl Queue {
             }
             return;
         }
+        if let Some(peer) = frames.first().and_then(|id| PeerId::new(id.clone()).ok()) {
+            // A client that speaks again is still there (it sent an empty frame itself).
+            self.departed.heard_from(&peer);
+        }
         let size: usize = frames.iter().map(Bytes::len).sum();
         let Some(delim) = frames
             .iter()
@@ -519,6 +523,7 @@ impl Queue {
         let Some(w) = self.workers.remove(peer) else {
             return;
         };
+        self.timers.cancel(&Timer::Worker(peer.clone()));
         self.idle.retain(|p| p != peer);
         if lost {
             warn!(worker = %peer, "Paranoid Pirate worker lost");

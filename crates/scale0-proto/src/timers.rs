@@ -85,8 +85,18 @@ impl<K: Clone + Eq + Hash + Ord> Timers<K> {
         self.live.len()
     }
 
-    /// Keeps a live entry on top, so that [`Timers::next`] is exact.
+    /// Keeps a live entry on top, so that [`Timers::next`] is exact, and the heap within
+    /// twice the live timers: stale entries below the top would otherwise wait for their
+    /// old time (a cancelled request timeout, say), and a busy table would grow with them.
     fn drop_stale(&mut self) {
+        if self.heap.len() > 2 * self.live.len() + 64 {
+            // Amortised O(1): at least half the entries go.
+            self.heap = self
+                .live
+                .iter()
+                .map(|(k, at)| Reverse((*at, k.clone())))
+                .collect();
+        }
         while let Some(Reverse((at, key))) = self.heap.peek() {
             if self.live.get(key) == Some(at) {
                 break;
@@ -130,6 +140,22 @@ mod tests {
         assert_eq!(t.pop_due(at(40)), None);
         assert_eq!(t.pop_due(at(50)), Some("a"));
         assert_eq!(t.next(), None);
+    }
+
+    #[test]
+    fn cancelled_entries_do_not_pile_up() {
+        let mut t = Timers::default();
+        for key in 0..10_000u32 {
+            t.set(key, at(1_000_000 + u64::from(key)));
+            t.cancel(&key);
+        }
+        t.set(7, at(5));
+        assert!(
+            t.heap.len() <= 2 * t.live.len() + 64,
+            "{} entries",
+            t.heap.len()
+        );
+        assert_eq!(t.next(), Some(at(5)));
     }
 
     #[test]

@@ -457,3 +457,22 @@ fn mdp2_titanic_clients_get_final_replies() {
         [(_, Message::Client2(mdp::ClientKind::Final, ClientMessage { body, .. }))] if body[0] == "200"
     ));
 }
+
+#[test]
+fn a_departed_clients_request_leaves_the_journal_and_is_not_run_after_a_restart() {
+    let mut sim = Sim::new();
+    // A Lazy Pirate client (an id libzmq made up) asks, then closes its socket.
+    let client = "\0\0\0\0\u{9}";
+    sim.mdp(client, "echo", &["stale"]);
+    sim.sync();
+    assert!(!sim.store.is_empty());
+    sim.broker
+        .handle_message(sim.now, vec![b(client), Bytes::new()]);
+    sim.ready("w", "echo");
+    assert_eq!(sim.dispatched_to("w"), Vec::<String>::new());
+    assert_eq!(sim.broker.counters().abandoned, 1);
+    sim.sync();
+    assert!(sim.store.is_empty(), "its journal entry is gone");
+    let recovery = sim.crash();
+    assert_eq!(recovery.requests, 0, "nothing to run again");
+}

@@ -23,7 +23,9 @@ pub struct ClientConfig {
     /// How many times a request is re-sent (same id) after a timeout.
     pub retries: u32,
     /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
-    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
+    /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE). For a client that is
+    /// the broker, so keep it at least the broker's own bound: a larger reply would cut the
+    /// connection on every try and look like a timeout.
     pub max_message_bytes: usize,
     /// CURVE: the broker's public key and this client's pair.
     pub curve: Option<CurveClient>,

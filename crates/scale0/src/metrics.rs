@@ -18,6 +18,8 @@ use tracing::debug;
 const MAX_REQUEST_BYTES: usize = 8192;
 /// How long a scraper gets to send its whole request head, however slowly it comes.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a scraper gets to read the whole answer.
+const RESPONSE_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections served at once; more are answered 503 and closed.
 const MAX_CONNECTIONS: usize = 1024;
 /// Stack of a connection's thread: it only reads a head and writes a string.
@@ -155,7 +157,6 @@ fn head_end(head: &[u8]) -> Option<usize> {
 fn answer(mut stream: TcpStream, snapshot: &Mutex<String>) -> std::io::Result<()> {
     let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
     stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let complete = loop {
@@ -198,13 +199,35 @@ fn answer(mut stream: TcpStream, snapshot: &Mutex<String>) -> std::io::Result<()
         ),
         _ => ("405 Method Not Allowed", "GET /metrics\n".to_string()),
     };
-    write!(
-        stream,
+    let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
-    stream.flush()
+    );
+    let by = std::time::Instant::now() + RESPONSE_DEADLINE;
+    write_by(&mut stream, response.as_bytes(), by)
+}
+
+/// Writes all of `bytes` by `deadline`, however slowly the peer reads (a timeout per
+/// write would let a reader taking one byte at a time hold the connection for ever).
+fn write_by(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    deadline: std::time::Instant,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        let n = stream.write(bytes)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = bytes.get(n..).unwrap_or_default();
+    }
+    Ok(())
 }
 
 /// A label value as Prometheus text wants it.

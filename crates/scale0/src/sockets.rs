@@ -15,7 +15,9 @@ pub(crate) fn context() -> zmq::Context {
 
 /// Caps one frame read from any peer of `socket` at `max_bytes` (libzmq's
 /// ZMQ_MAXMSGSIZE): a peer that sends a larger frame is disconnected before the frame is
-/// stored, so an oversized message costs about the bound in memory, not its own size.
+/// stored, so an oversized frame costs about the bound in memory, not its own size. The
+/// cap is per frame: a message of many frames each under it is read whole before the
+/// server's own total check refuses it.
 pub(crate) fn cap_frames(socket: &zmq::Socket, max_bytes: usize) -> Result<()> {
     socket
         .set_maxmsgsize(i64::try_from(max_bytes).unwrap_or(i64::MAX))
