@@ -80,18 +80,8 @@ impl Keys {
 }
 
 fn worker(endpoint: &str, service: &str, curve: &[String]) -> Proc {
-    let mut c = scale0();
-    c.args([
-        "worker",
-        "--connect",
-        endpoint,
-        "--service",
-        service,
-        "--echo",
-    ])
-    .args(curve)
-    .stdout(Stdio::null());
-    Proc::spawn("worker", c)
+    let curve: Vec<&str> = curve.iter().map(String::as_str).collect();
+    common::echo_worker(endpoint, service, &curve)
 }
 
 /// A request that waits `ms` for its answer (a refused peer never gets one).

@@ -54,11 +54,7 @@ impl Measurement {
 }
 
 fn socket(ctx: &zmq::Context, kind: zmq::SocketType, hwm: i32) -> Result<zmq::Socket> {
-    let s = ctx.socket(kind).context(|| "creating a socket".into())?;
-    s.set_linger(0).context(|| "setting LINGER".into())?;
-    s.set_sndhwm(hwm).context(|| "setting SNDHWM".into())?;
-    s.set_rcvhwm(hwm).context(|| "setting RCVHWM".into())?;
-    Ok(s)
+    sockets::plain_socket(ctx, kind, hwm, "benchmark")
 }
 
 fn join<T>(h: thread::JoinHandle<Result<T>>, what: &str) -> Result<T> {

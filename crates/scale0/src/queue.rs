@@ -79,16 +79,6 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-fn socket(ctx: &zmq::Context, kind: zmq::SocketType, hwm: i32, what: &str) -> Result<zmq::Socket> {
-    let s = ctx
-        .socket(kind)
-        .context(|| format!("creating the {what} socket"))?;
-    s.set_linger(0).context(|| "setting LINGER".into())?;
-    s.set_sndhwm(hwm).context(|| "setting SNDHWM".into())?;
-    s.set_rcvhwm(hwm).context(|| "setting RCVHWM".into())?;
-    Ok(s)
-}
-
 fn bind_all(s: &zmq::Socket, endpoints: &[String]) -> Result<Vec<String>> {
     endpoints.iter().map(|e| sockets::bind(s, e)).collect()
 }
@@ -116,7 +106,7 @@ impl Queue {
         // larger one ends its connection unread.
         let cap = config.core.max_message_bytes.saturating_mul(2);
         let socket = |kind, what| -> Result<zmq::Socket> {
-            let s = socket(&ctx, kind, hwm, what)?;
+            let s = sockets::plain_socket(&ctx, kind, hwm, what)?;
             sockets::cap_frames(&s, cap)?;
             Ok(s)
         };

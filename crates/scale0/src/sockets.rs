@@ -295,8 +295,9 @@ const KEEPALIVE_IDLE_S: i32 = 10;
 const KEEPALIVE_INTVL_S: i32 = 5;
 const KEEPALIVE_CNT: i32 = 3;
 
-/// A PUSH or PULL socket for a pipeline stage: no linger, `hwm` both ways, TCP keepalive.
-pub(crate) fn pipeline_socket(
+/// A socket of `kind` that drops what is unsent when closed (no linger) and queues `hwm`
+/// messages each way; `what` names it in errors.
+pub(crate) fn plain_socket(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
     hwm: i32,
@@ -308,6 +309,17 @@ pub(crate) fn pipeline_socket(
     s.set_linger(0).context(|| "setting LINGER".into())?;
     s.set_sndhwm(hwm).context(|| "setting SNDHWM".into())?;
     s.set_rcvhwm(hwm).context(|| "setting RCVHWM".into())?;
+    Ok(s)
+}
+
+/// A PUSH or PULL socket for a pipeline stage: [`plain_socket`] with TCP keepalive.
+pub(crate) fn pipeline_socket(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    hwm: i32,
+    what: &str,
+) -> Result<zmq::Socket> {
+    let s = plain_socket(ctx, kind, hwm, what)?;
     s.set_tcp_keepalive(1)
         .context(|| "setting TCP_KEEPALIVE".into())?;
     s.set_tcp_keepalive_idle(KEEPALIVE_IDLE_S)
