@@ -11,6 +11,7 @@
 )]
 
 pub mod broker;
+pub mod client;
 mod dedupe;
 mod departed;
 pub mod journal;
