@@ -22,6 +22,7 @@ from .errors import (
     TooLarge,
     TooManyServices,
 )
+from .pipeline import Map, work
 from .worker import Worker
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Client",
     "DeadlineExceeded",
     "Forbidden",
+    "Map",
     "NoWorker",
     "QueueFull",
     "Refused",
@@ -41,4 +43,5 @@ __all__ = [
     "TooLarge",
     "TooManyServices",
     "Worker",
+    "work",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 
 import scale0
@@ -27,12 +28,19 @@ def main() -> int:
         args.endpoint, args.service, args.capacity, heartbeat_interval=args.heartbeat
     )
 
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
     @worker.handler
     def echo(*frames: bytes) -> list[bytes]:
         name = frames[0].decode() if frames else ""
-        print(f"started {name}", flush=True)
+        say(f"started {name}")
         time.sleep(args.sleep)
-        print(f"done {name}", flush=True)
+        say(f"done {name}")
         return list(frames)
 
     worker.serve()
