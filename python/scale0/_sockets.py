@@ -17,7 +17,7 @@ from .keys import Curve
 log = logging.getLogger("scale0")
 
 #: The handshake events that say why a broker will not talk to us.
-REFUSALS = {
+REFUSALS: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (protocol or mechanism mismatch:"
     " is one side using CURVE and the other not?)",
