@@ -19,6 +19,7 @@ pub mod mdp;
 pub mod membership;
 pub mod pipeline;
 pub mod queue;
+pub mod task_worker;
 pub mod testkit;
 mod time;
 mod timers;
