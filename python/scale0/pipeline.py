@@ -1373,7 +1373,11 @@ class Map:
                 elif kind == b"end":
                     core.close_input()
                     input_open = False
-            if core is not None and not blocked:
+            if core is not None and not blocked and core.queue:
+                # libzmq reads a socket's commands on send at most once a millisecond or
+                # so: a connection whose closing was just counted could still take a job
+                # and lose it. Reading the commands now removes closed connections first.
+                push.getsockopt(zmq.EVENTS)
                 while (d := core.poll_dispatch(now)) is not None:
                     try:
                         push.send_multipart(d[1], zmq.NOBLOCK)
