@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
+import time
 
 import pytest
 from conftest import Proc, Spawn, broker_on, rust_worker, wait_for_service
@@ -130,3 +131,30 @@ def test_a_service_name_must_fit_the_protocol(echo: str) -> None:
             c.request("", b"x")
         with pytest.raises(ValueError):
             c.request("x" * 256, b"x")
+
+
+@pytest.mark.parametrize("acknowledged", [False, True])
+def test_a_retry_reuses_the_id_and_never_runs_twice(broker: Proc, acknowledged: bool) -> None:
+    calls: list[bytes] = []
+
+    def slow(body: bytes) -> bytes:
+        calls.append(body)
+        time.sleep(0.5)
+        return body
+
+    w = scale0.Worker(broker.endpoint, "slow1").start(slow)
+    try:
+        wait_for_service(broker.endpoint, "slow1")
+        with scale0.Client(
+            broker.endpoint, timeout=0.15, retries=10, acknowledged=acknowledged
+        ) as c:
+            assert c.request("slow1", b"once") == [b"once"]
+            if not acknowledged:
+                # Each attempt re-sent the same request; the broker ran it once.
+                assert c.stats["retries"] >= 2
+            else:
+                # ACCEPTED restarts the attempt's clock; partials nothing here.
+                assert c.stats["retries"] >= 1
+        assert calls == [b"once"]
+    finally:
+        w.stop(timeout=10)
