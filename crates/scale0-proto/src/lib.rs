@@ -22,6 +22,7 @@ pub mod testkit;
 mod time;
 mod timers;
 pub mod worker;
+pub mod zap;
 
 pub use mdp::{Body, DecodeError, Frames, PeerId, ServiceName};
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// How often the metrics snapshot is rendered.
 const METRICS_EVERY: Duration = Duration::from_millis(500);
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Messages handled between two commits of a durable broker: bounds the latency one
 /// batch adds, while a busy broker still shares each sync among many requests.
@@ -365,7 +365,7 @@ impl Broker {
             if let Some(p) = &self.events {
                 while let Some(e) = core.poll_event() {
                     // A slow subscriber misses events past its HWM, as with any PUB.
-                    let _ = sockets::send(p, &event_frames(&e));
+                    let _ = sockets::send(p, &e.encode());
                 }
             }
             // One message per round; a message already there is taken without a system
@@ -465,56 +465,18 @@ impl Broker {
     }
 }
 
-/// `[topic, service, worker, detail]`, all text: see docs/protocol.md.
-fn event_frames(e: &core::Event) -> scale0_proto::Frames {
-    use core::Event;
-    // PeerId displays as hex.
-    let hex = |p: &PeerId| Bytes::from(p.to_string());
-    let (topic, service, worker, detail): (&'static str, _, Bytes, Bytes) = match e {
-        Event::WorkerReady { service, worker } => {
-            ("s0ev.worker.ready", service, hex(worker), Bytes::new())
-        }
-        Event::WorkerGone {
-            service,
-            worker,
-            why,
-        } => (
-            "s0ev.worker.gone",
-            service,
-            hex(worker),
-            Bytes::from_static(why.label().as_bytes()),
-        ),
-        Event::ServiceUp { service } => ("s0ev.service.up", service, Bytes::new(), Bytes::new()),
-        Event::ServiceDown { service } => {
-            ("s0ev.service.down", service, Bytes::new(), Bytes::new())
-        }
-        Event::Redelivered { service, attempts } => (
-            "s0ev.request.redelivered",
-            service,
-            Bytes::new(),
-            Bytes::from(attempts.to_string()),
-        ),
-    };
-    vec![
-        Bytes::from_static(topic.as_bytes()),
-        service.as_bytes().clone(),
-        worker,
-        detail,
-    ]
-}
-
-/// Listens to brokers' event endpoints (their `events`) until `shutdown`, handing each
-/// event to `on_event` as `[topic, service, worker, detail]`.
+/// Listens to brokers' event endpoints (their `events`) until `shutdown` or until
+/// `on_event` returns false, handing it each event; what is not an event is skipped.
 pub fn watch_events(
     endpoints: &[String],
     shutdown: &Shutdown,
-    mut on_event: impl FnMut(&[Bytes]) -> bool,
+    mut on_event: impl FnMut(&core::Event) -> bool,
 ) -> Result<()> {
     let sub = sockets::context()
         .socket(zmq::SUB)
         .context(|| "creating the SUB socket".into())?;
     sub.set_linger(0).context(|| "setting LINGER".into())?;
-    sub.set_subscribe(b"s0ev.")
+    sub.set_subscribe(core::EVENT_TOPIC_PREFIX.as_bytes())
         .context(|| "subscribing".into())?;
     for e in endpoints {
         sockets::connect(&sub, e)?;
@@ -522,8 +484,11 @@ pub fn watch_events(
     while !shutdown.is_triggered() {
         sockets::poll_in(&sub, 100).context(|| "polling for events".into())?;
         while let Some(frames) = sockets::try_recv(&sub)? {
-            if !on_event(&frames) {
-                return Ok(());
+            match core::Event::decode(&frames) {
+                Ok(event) if !on_event(&event) => return Ok(()),
+                Ok(_) => {}
+                // A newer broker's kind of event, say.
+                Err(e) => debug!(error = %e, "skipped a message that is not an event"),
             }
         }
     }

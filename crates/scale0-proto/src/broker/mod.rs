@@ -18,7 +18,7 @@ mod workers;
 
 pub use counters::{Counters, DropReason, FailReason, LATENCY_BOUNDS_MS};
 pub use durable::Recovery;
-pub use events::{Event, Gone};
+pub use events::{EVENT_TOPIC_PREFIX, Event, EventError, Gone};
 pub use workers::ServiceStatus;
 
 use durable::Journal;
