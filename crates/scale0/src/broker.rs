@@ -302,7 +302,6 @@ impl Broker {
             }
         };
         info!(endpoints = %self.endpoints.join(" "), durable = log.is_some(), "broker running");
-        let mut drain_until: Option<std::time::Instant> = None;
         let started = std::time::Instant::now();
         let mut next_metrics = started;
         if let Some(m) = &mut self.metrics {
@@ -319,42 +318,35 @@ impl Broker {
                 m.publish(render_metrics(&core, started.elapsed()));
                 next_metrics = std::time::Instant::now() + METRICS_EVERY;
             }
-            if drain_until.is_some() || shutdown.is_triggered() {
-                // What a stopping broker still waits for: a durable one's queue is on disk.
-                let waiting = if log.is_some() {
-                    core.busy_workers()
-                } else {
-                    core.outstanding()
-                };
-                match drain_until {
-                    None => {
-                        if self.config.grace_ms == 0 || waiting == 0 {
-                            break;
-                        }
-                        core.begin_drain();
-                        info!(
-                            outstanding = waiting,
-                            grace_ms = self.config.grace_ms,
-                            "stopping: new requests refused, accepted ones still served"
-                        );
-                        drain_until = Some(
-                            std::time::Instant::now() + Duration::from_millis(self.config.grace_ms),
-                        );
-                    }
-                    Some(_) if waiting == 0 => {
-                        info!("every accepted request answered");
-                        break;
-                    }
-                    Some(until) if std::time::Instant::now() >= until => {
-                        warn!(
-                            outstanding = waiting,
-                            "grace period over; stopping with requests unanswered"
-                        );
-                        core.abandon(clock.now());
-                        self.flush(&mut core, clock);
-                        break;
-                    }
-                    Some(_) => {}
+            if shutdown.is_triggered() && !core.is_draining() {
+                if self.config.grace_ms == 0 {
+                    break;
+                }
+                let grace = Duration::from_millis(self.config.grace_ms);
+                core.begin_drain(clock.now(), grace);
+                // Nothing to wait for: stop at once, as without a grace period.
+                if core.drained().is_some() {
+                    break;
+                }
+                info!(
+                    outstanding = core.unanswered(),
+                    grace_ms = self.config.grace_ms,
+                    "stopping: new requests refused, accepted ones still served"
+                );
+            }
+            match core.drained() {
+                None => {}
+                Some(core::Drained::Answered) => {
+                    info!("every accepted request answered");
+                    break;
+                }
+                Some(core::Drained::GraceOver { unanswered }) => {
+                    warn!(
+                        outstanding = unanswered,
+                        "grace period over; stopping with requests unanswered"
+                    );
+                    self.flush(&mut core, clock);
+                    break;
                 }
             }
             let now = clock.now();

@@ -43,7 +43,7 @@ impl Broker {
              \"redeliveries\":{},\"duplicates\":{},\"failed\":{},\"dropped\":{},\
              \"workers_registered\":{},\"workers_expired\":{}}},\"services\":[",
             ms(now.saturating_since(self.started)),
-            self.draining,
+            self.is_draining(),
             self.outstanding(),
             c.requests,
             c.replies,

@@ -195,6 +195,27 @@ impl Request {
     }
 }
 
+/// How a drain ([`Broker::begin_drain`]) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Every request it waited for was answered.
+    Answered,
+    /// The grace period ran out first: this many requests were unanswered, and were
+    /// abandoned.
+    GraceOver {
+        /// Requests abandoned (see [`Broker::unanswered`]).
+        unanswered: usize,
+    },
+}
+
+/// Whether the broker is stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drain {
+    Serving,
+    Draining,
+    GraceOver { unanswered: usize },
+}
+
 /// How a request ends.
 #[derive(Debug)]
 enum Outcome {
@@ -227,8 +248,8 @@ pub struct Broker {
     departed: Departed,
     /// When this broker started, for its uptime.
     started: Instant,
-    /// Stopping: new requests are refused, accepted ones still served.
-    draining: bool,
+    /// Serving, stopping (new requests refused, accepted ones still served), or stopped.
+    drain: Drain,
     /// The last tag given to a request sent to a worker of capacity above 1.
     last_tag: u64,
     counters: Counters,
@@ -253,7 +274,7 @@ impl Broker {
             work: 0,
             departed: Departed::default(),
             started: now,
-            draining: false,
+            drain: Drain::Serving,
             last_tag: 0,
             counters: Counters::default(),
         }
@@ -291,15 +312,48 @@ impl Broker {
 
     /// Starts stopping: from now on new requests are refused with
     /// [`FailReason::ShuttingDown`], while those already accepted are still dispatched and
-    /// answered. The driver waits until [`Broker::outstanding`] is zero or its grace
-    /// period is over.
-    pub fn begin_drain(&mut self) {
-        self.draining = true;
+    /// answered for up to `grace`; then the rest are abandoned ([`Broker::abandon`]).
+    /// [`Broker::drained`] says when it is over.
+    pub fn begin_drain(&mut self, now: Instant, grace: Duration) {
+        if self.drain == Drain::Serving {
+            self.drain = Drain::Draining;
+            self.timers.set(Timer::Drain, now + grace);
+        }
     }
 
     /// True after [`Broker::begin_drain`].
     pub fn is_draining(&self) -> bool {
-        self.draining
+        self.drain != Drain::Serving
+    }
+
+    /// How the drain ended, once it has: `None` while serving or still draining.
+    pub fn drained(&self) -> Option<Drained> {
+        match self.drain {
+            Drain::Serving => None,
+            Drain::Draining if self.unanswered() == 0 => Some(Drained::Answered),
+            Drain::Draining => None,
+            Drain::GraceOver { unanswered } => Some(Drained::GraceOver { unanswered }),
+        }
+    }
+
+    /// The requests a drain waits for: those accepted and not answered yet, and of a
+    /// durable broker only those held by workers (queued ones stay in its journal for the
+    /// next start).
+    pub fn unanswered(&self) -> usize {
+        if self.journal.is_some() {
+            self.held_requests()
+        } else {
+            self.outstanding()
+        }
+    }
+
+    /// The grace period of the drain is over: what is still unanswered is abandoned.
+    fn end_grace(&mut self, now: Instant) {
+        let unanswered = self.unanswered();
+        if self.drain == Drain::Draining && unanswered > 0 {
+            self.abandon(now);
+            self.drain = Drain::GraceOver { unanswered };
+        }
     }
 
     /// Requests and timers examined so far. It grows with what the broker does, never with
@@ -457,6 +511,7 @@ impl Broker {
             match timer {
                 Timer::Worker(peer) => self.check_worker(now, &peer),
                 Timer::Waiting(service) => self.expire_waiting(now, &service),
+                Timer::Drain => self.end_grace(now),
             }
         }
         self.expire_client_deadlines(now);

@@ -16,6 +16,8 @@ pub(super) enum Timer {
     Worker(PeerId),
     /// The wait of the oldest request of a service with no worker.
     Waiting(ServiceName),
+    /// The end of a drain's grace period.
+    Drain,
 }
 
 impl Broker {

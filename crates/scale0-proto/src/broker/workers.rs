@@ -210,7 +210,7 @@ impl Broker {
         service: &ServiceName,
         request: Request,
     ) -> Result<(), Box<(FailReason, Request)>> {
-        if self.draining && !request.recovered {
+        if self.is_draining() && !request.recovered {
             return Err(Box::new((FailReason::ShuttingDown, request)));
         }
         if !self.ensure_service(now, service) {
