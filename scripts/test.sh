@@ -29,3 +29,4 @@ if ! perl -MZMQ::FFI -e 1 >/dev/null 2>&1; then
 fi
 
 cargo test --workspace "$@"
+bash scripts/test-python.sh

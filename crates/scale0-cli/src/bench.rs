@@ -454,7 +454,7 @@ mod processes {
         let payload = Bytes::from(vec![b'x'; args.size]);
         // Not measured: the first request waits for the workers to register.
         client.request(&args.service, vec![payload.clone()])?;
-        let summary = client.pipeline(
+        let summary = client.request_many(
             &args.service,
             (0..args.requests).map(|_| vec![payload.clone()]),
             usize::try_from(args.in_flight.max(1)).unwrap_or(1),

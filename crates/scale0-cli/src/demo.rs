@@ -85,7 +85,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         .collect();
     let mut wrong = 0u64;
     let mut client = Client::connect(ClientConfig::new(endpoint))?;
-    let summary = client.pipeline(
+    let summary = client.request_many(
         SERVICE,
         bodies.into_iter().map(|b| vec![b]),
         args.in_flight as usize,

@@ -82,11 +82,12 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         Some(n) => {
             let requests = (0..n).map(|_| vec![body.clone()]);
             let mut first_error = None;
-            let s = client.pipeline(&args.service, requests, args.in_flight as usize, |_, r| {
-                if let Err(e) = r {
-                    first_error.get_or_insert_with(|| e.to_string());
-                }
-            })?;
+            let s =
+                client.request_many(&args.service, requests, args.in_flight as usize, |_, r| {
+                    if let Err(e) = r {
+                        first_error.get_or_insert_with(|| e.to_string());
+                    }
+                })?;
             println!(
                 "requests {}  ok {}  errors {}  rejected {}  timed out {}  retries {}  elapsed {:.3} s  {:.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
                 s.sent,

@@ -113,7 +113,7 @@ fn no_accepted_request_is_lost_or_answered_twice_through_kill9_restarts() {
         let bodies = (0..N).map(|i| vec![Bytes::from(format!("job {i}"))]);
         let mut answers = vec![Vec::new(); N];
         let summary = client
-            .pipeline("echo", bodies, 40, |i, r| {
+            .request_many("echo", bodies, 40, |i, r| {
                 answers[i].push(r.map(|r| r.body).map_err(|e| e.to_string()));
             })
             .unwrap();

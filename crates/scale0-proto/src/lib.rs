@@ -11,6 +11,7 @@
 )]
 
 pub mod broker;
+pub mod client;
 mod dedupe;
 mod departed;
 pub mod journal;
@@ -18,6 +19,7 @@ pub mod mdp;
 pub mod membership;
 pub mod pipeline;
 pub mod queue;
+pub mod task_worker;
 pub mod testkit;
 mod time;
 mod timers;

@@ -195,7 +195,8 @@ impl Status {
         }
     }
 
-    fn parse(frame: &[u8]) -> Result<Self, PipeError> {
+    /// Reads a status frame.
+    pub fn parse(frame: &[u8]) -> Result<Self, PipeError> {
         match frame {
             b"ok" => Ok(Status::Ok),
             b"failed" => Ok(Status::Failed),

@@ -1,5 +1,5 @@
-//! Deterministic chaos: the real broker and worker state machines, native clients that
-//! retry, on a simulated network with latency and loss, through worker deaths, slow and
+//! Deterministic chaos: the real broker, worker and native client state machines (the
+//! client's retries are the library's), on a simulated network with latency and loss, through worker deaths, slow and
 //! non-heartbeating workers, lost replies and broker restarts, over many seeds.
 //!
 //! Invariants: every request a client sent ends at that client with a FINAL or an
@@ -10,6 +10,7 @@
 
 use bytes::Bytes;
 use scale0_proto::broker::{self, Broker};
+use scale0_proto::client::{self, Event, Outcome};
 use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, Version, WorkerCommand};
 use scale0_proto::worker::{self, Action, Session};
 use scale0_proto::{Frames, Instant, PeerId, ServiceName, testkit};
@@ -78,17 +79,31 @@ impl SimWorker {
     }
 }
 
+/// One request as the network saw it.
 struct Pending {
-    id: RequestId,
     token: String,
+    /// Sends of its id on the wire, retries included.
     sends: u32,
-    next_retry: u64,
+    /// Every FINAL and ERROR that reached the client for it, duplicates included.
     answers: Vec<NativeCommand>,
 }
 
 struct SimClient {
     id: PeerId,
-    requests: Vec<Pending>,
+    session: client::Session<String>,
+    /// Requests not made yet: when, and the token that is its body.
+    to_send: VecDeque<(u64, String)>,
+    requests: HashMap<RequestId, Pending>,
+    /// How the session said each request ended, by token.
+    ended: HashMap<String, Outcome>,
+}
+
+impl SimClient {
+    fn pending(&self) -> impl Iterator<Item = &Pending> {
+        self.requests
+            .values()
+            .filter(|p| !self.ended.contains_key(&p.token))
+    }
 }
 
 enum To {
@@ -148,18 +163,22 @@ impl World {
         }
         for c in 0..(1 + w.rng.below(3)) {
             let n = 1 + w.rng.below(30);
-            let requests = (0..n)
-                .map(|r| Pending {
-                    id: RequestId::new(bytes(&format!("r{r}"))).unwrap(),
-                    token: format!("c{c}-r{r}"),
-                    sends: 0,
-                    next_retry: w.rng.below(2_000),
-                    answers: Vec::new(),
-                })
+            let mut to_send: Vec<_> = (0..n)
+                .map(|r| (w.rng.below(2_000), format!("c{c}-r{r}")))
                 .collect();
+            to_send.sort();
+            // Retries without end, so every request ends with the broker's answer.
+            let config = client::Config {
+                timeout_ms: 300,
+                retries: 100_000,
+                acknowledged: true,
+            };
             w.clients.push(SimClient {
                 id: PeerId::new(bytes(&format!("\x01client{c}"))).unwrap(),
-                requests,
+                session: client::Session::new(config),
+                to_send: to_send.into(),
+                requests: HashMap::new(),
+                ended: HashMap::new(),
             });
         }
         w
@@ -294,25 +313,59 @@ impl World {
     }
 
     fn step_clients(&mut self) {
-        let retry_ms = 300;
+        let now = self.now;
         for c in 0..self.clients.len() {
-            for r in 0..self.clients[c].requests.len() {
-                let p = &self.clients[c].requests[r];
-                if !p.answers.is_empty() || p.next_retry > self.now {
-                    continue;
-                }
-                let m = Message::Native(NativeCommand::Request {
-                    id: p.id.clone(),
-                    service: ServiceName::new(bytes(SERVICE)).unwrap(),
-                    deadline_ms: None,
-                    ack: true,
-                    body: vec![bytes(&p.token)],
-                });
-                let client = self.clients[c].id.clone();
-                let p = &mut self.clients[c].requests[r];
-                p.sends += 1;
-                p.next_retry = self.now + retry_ms;
-                self.send(To::Broker(client), m.encode());
+            let client = &mut self.clients[c];
+            while client.to_send.front().is_some_and(|(t, _)| *t <= now) {
+                let (_, token) = client.to_send.pop_front().unwrap();
+                let service = ServiceName::new(bytes(SERVICE)).unwrap();
+                let id =
+                    client
+                        .session
+                        .request(at(now), service, vec![bytes(&token)], token.clone());
+                let pending = Pending {
+                    token,
+                    sends: 0,
+                    answers: Vec::new(),
+                };
+                assert!(
+                    client.requests.insert(id, pending).is_none(),
+                    "a request id was used twice"
+                );
+            }
+            if client
+                .session
+                .poll_timeout()
+                .is_some_and(|t| t.as_millis() <= now)
+            {
+                client.session.handle_timeout(at(now));
+            }
+            Self::client_events(client);
+            let mut out = Vec::new();
+            while let Some(frames) = client.session.poll_transmit() {
+                let Ok(Message::Native(NativeCommand::Request { id, .. })) =
+                    Message::decode(frames.clone())
+                else {
+                    panic!("a client sent something other than a native REQUEST");
+                };
+                client.requests.get_mut(&id).expect("a known id").sends += 1;
+                out.push(frames);
+            }
+            let from = client.id.clone();
+            for frames in out {
+                self.send(To::Broker(from.clone()), frames);
+            }
+        }
+    }
+
+    /// Takes what the client's session says of its requests.
+    fn client_events(client: &mut SimClient) {
+        while let Some(event) = client.session.poll_event() {
+            if let Event::Done { tag, outcome, .. } = event {
+                assert!(
+                    client.ended.insert(tag.clone(), outcome).is_none(),
+                    "{tag} ended twice"
+                );
             }
         }
     }
@@ -392,13 +445,14 @@ impl World {
                     if let Some(w) = self.workers.iter_mut().find(|w| w.alive && w.id() == id) {
                         let _ = w.session.handle_message(at(now), frames);
                     } else if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
-                        let Ok(Message::Native(cmd)) = Message::decode(frames) else {
+                        let Ok(Message::Native(cmd)) = Message::decode(frames.clone()) else {
                             panic!("a client got a message that is not native");
                         };
+                        c.session.handle_message(at(now), frames).unwrap();
+                        Self::client_events(c);
                         let p = c
                             .requests
-                            .iter_mut()
-                            .find(|p| &p.id == cmd.id())
+                            .get_mut(cmd.id())
                             .expect("an answer for a request the client sent");
                         match &cmd {
                             NativeCommand::Final { body, .. } => {
@@ -457,7 +511,7 @@ impl World {
                 }
             }
             for c in &self.clients {
-                for p in c.requests.iter().filter(|p| p.answers.is_empty()) {
+                for p in c.pending() {
                     *self.reruns_allowed.entry(p.token.clone()).or_default() += 1;
                 }
             }
@@ -501,7 +555,7 @@ impl World {
             );
         }
         for c in &self.clients {
-            for p in c.requests.iter().filter(|p| p.answers.is_empty()) {
+            for p in c.pending() {
                 eprintln!("  unanswered {} sends {}", p.token, p.sends);
             }
         }
@@ -511,7 +565,7 @@ impl World {
     fn done(&self) -> bool {
         self.clients
             .iter()
-            .all(|c| c.requests.iter().all(|p| !p.answers.is_empty()))
+            .all(|c| c.to_send.is_empty() && c.session.outstanding() == 0)
     }
 
     fn run(&mut self, seed: u64) {
@@ -543,8 +597,28 @@ impl World {
             );
         }
         for c in &self.clients {
-            for p in &c.requests {
+            assert_eq!(
+                c.ended.len(),
+                c.requests.len(),
+                "seed {seed}: requests lost"
+            );
+            for p in c.requests.values() {
                 let first = &p.answers[0];
+                let expected = match first {
+                    NativeCommand::Final { body, .. } => Outcome::Reply(body.clone()),
+                    NativeCommand::Error {
+                        status, message, ..
+                    } => Outcome::Rejected {
+                        status: *status,
+                        message: message.clone(),
+                    },
+                    other => panic!("seed {seed}: {other:?} recorded as an answer"),
+                };
+                assert_eq!(
+                    c.ended[&p.token], expected,
+                    "seed {seed}: the session's outcome for {} is not the broker's first answer",
+                    p.token
+                );
                 assert!(
                     p.answers.iter().all(|a| a == first),
                     "seed {seed}: different answers to {}",
@@ -594,8 +668,8 @@ fn every_request_ends_once_through_chaos_over_many_seeds() {
         finals += world
             .clients
             .iter()
-            .flat_map(|c| &c.requests)
-            .filter(|p| matches!(p.answers[0], NativeCommand::Final { .. }))
+            .flat_map(|c| c.ended.values())
+            .filter(|o| matches!(o, Outcome::Reply(_)))
             .count();
         most_held = most_held.max(world.most_held);
     }

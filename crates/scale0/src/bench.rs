@@ -459,7 +459,7 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
         threads.push(spawn(&format!("bench-client-{i}"), move || {
             // The first request waits for a worker to register; it is not measured.
             client.request(&service, vec![payload.clone()])?;
-            let summary = client.pipeline(
+            let summary = client.request_many(
                 &service,
                 (0..n).map(|_| vec![payload.clone()]),
                 usize::try_from(in_flight.max(1)).unwrap_or(1),

@@ -7,9 +7,8 @@ use crate::latency::Latencies;
 use crate::security::{self, CurveClient, HandshakeWatch};
 use crate::sockets;
 use bytes::Bytes;
-use scale0_proto::mdp::{Message, NativeCommand, RequestId};
-use scale0_proto::{Body, ServiceName};
-use std::collections::{HashMap, VecDeque};
+use scale0_proto::client::{self, Event, Outcome};
+use scale0_proto::{self as proto, Body, ServiceName};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -37,24 +36,32 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults for the broker at `connect`: 2500 ms per attempt, 2 retries.
+    /// Defaults for the broker at `connect`: the core's
+    /// ([`client::Config::DEFAULT_TIMEOUT_MS`] per attempt,
+    /// [`client::Config::DEFAULT_RETRIES`] retries).
     pub fn new(connect: impl Into<String>) -> Self {
+        let session = client::Config::default();
         Self {
             connect: connect.into(),
-            timeout_ms: 2500,
-            retries: 2,
+            timeout_ms: session.timeout_ms,
+            retries: session.retries,
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
-            acknowledged: false,
+            acknowledged: session.acknowledged,
         }
     }
 
-    fn attempts(&self) -> u32 {
-        self.retries.saturating_add(1)
+    /// What the core's session needs of it.
+    fn session(&self) -> client::Config {
+        client::Config {
+            timeout_ms: self.timeout_ms,
+            retries: self.retries,
+            acknowledged: self.acknowledged,
+        }
     }
 }
 
-/// One reply of a pipelined run.
+/// One reply of a [`Client::request_many`] run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     /// The reply body.
@@ -63,9 +70,9 @@ pub struct Reply {
     pub latency: Duration,
 }
 
-/// What a pipelined run did.
+/// What a [`Client::request_many`] run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PipelineSummary {
+pub struct ManySummary {
     /// Requests sent (not counting retries).
     pub sent: u64,
     /// Replies that were not error replies.
@@ -86,7 +93,7 @@ pub struct PipelineSummary {
     pub latencies: Latencies,
 }
 
-impl PipelineSummary {
+impl ManySummary {
     /// The `q` quantile (0.0 to 1.0) of the latencies, zero with no replies.
     pub fn quantile(&self, q: f64) -> Duration {
         self.latencies.quantile(q)
@@ -100,13 +107,18 @@ impl PipelineSummary {
     }
 }
 
-/// A Majordomo client.
+/// A Majordomo client: a thin driver of the core's [`client::Session`] over a DEALER.
 pub struct Client {
     config: ClientConfig,
     socket: zmq::Socket,
     /// Our own routing id, kept across reconnects so the broker can match retries.
     identity: Vec<u8>,
-    next_id: u64,
+    /// Every request of this client's life: ids are never reused, since the broker
+    /// answers a known id from its memory. Tagged with the caller's index and the time
+    /// of the first send.
+    session: client::Session<(usize, Instant)>,
+    /// The origin of the session's clock.
+    epoch: Instant,
     /// Why the broker refused our handshake, if it did.
     handshakes: Option<HandshakeWatch>,
     /// Calls to `recv_until`, which reads `handshakes` every so often.
@@ -129,13 +141,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// What one answer from the broker means for a request.
-enum Answer {
-    Accepted,
-    Partial(Body),
-    Done(Result<Body>),
-}
-
 impl Client {
     /// Connects to the broker (ZeroMQ connects in the background; an absent broker shows
     /// up as a timeout on the first request).
@@ -143,10 +148,11 @@ impl Client {
         let identity = crate::ids::routing_id();
         let (socket, handshakes) = Self::open(&config, &identity)?;
         Ok(Self {
+            session: client::Session::new(config.session()),
             config,
             socket,
             identity,
-            next_id: 0,
+            epoch: Instant::now(),
             handshakes,
             waits: 0,
         })
@@ -163,9 +169,9 @@ impl Client {
         Ok(())
     }
 
-    /// The error for a request unanswered after every attempt: a refused handshake if
-    /// that is why, else a timeout.
-    fn unanswered(&mut self, service: &str) -> Error {
+    /// The error for a request unanswered after `attempts`: a refused handshake if that
+    /// is why, else a timeout.
+    fn unanswered(&mut self, service: &str, attempts: u32) -> Error {
         if let Some(why) = self.handshakes.as_mut().and_then(HandshakeWatch::refusal) {
             return Error::Refused {
                 endpoint: self.config.connect.clone(),
@@ -175,8 +181,25 @@ impl Client {
         Error::Timeout {
             endpoint: self.config.connect.clone(),
             service: service.into(),
-            attempts: self.config.attempts(),
+            attempts,
             timeout_ms: self.config.timeout_ms,
+        }
+    }
+
+    /// How a request ended, as the caller sees it.
+    fn result(&mut self, service: &str, outcome: Outcome) -> Result<Body> {
+        match outcome {
+            Outcome::Reply(body) => Ok(body),
+            Outcome::Failed(message) => Err(Error::Service {
+                service: service.into(),
+                message: String::from_utf8_lossy(&message).into_owned(),
+            }),
+            Outcome::Rejected { status, message } => Err(Error::Rejected {
+                service: service.into(),
+                status,
+                message: String::from_utf8_lossy(&message).into_owned(),
+            }),
+            Outcome::Unanswered { attempts } => Err(self.unanswered(service, attempts)),
         }
     }
 
@@ -204,9 +227,39 @@ impl Client {
         Ok((socket, watch))
     }
 
-    fn new_id(&mut self) -> RequestId {
-        self.next_id += 1;
-        RequestId::from(self.next_id)
+    /// The session's clock: milliseconds since the client connected.
+    fn now(&self) -> proto::Instant {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        proto::Instant::from_millis(ms)
+    }
+
+    /// Sends what the session has queued.
+    fn flush(&mut self) -> Result<()> {
+        while let Some(frames) = self.session.poll_transmit() {
+            sockets::send(&self.socket, &frames).context(|| "sending a request".into())?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the next answer or the session's next deadline and hands it over.
+    fn turn(&mut self) -> Result<()> {
+        let Some(due) = self.session.poll_timeout() else {
+            return Ok(());
+        };
+        let deadline = self.epoch + Duration::from_millis(due.as_millis());
+        match self.recv_until(deadline)? {
+            Some(frames) => {
+                let now = self.now();
+                if let Err(e) = self.session.handle_message(now, frames) {
+                    debug!(error = %e, "dropped a malformed message from the broker");
+                }
+            }
+            None => {
+                let now = self.now();
+                self.session.handle_timeout(now);
+            }
+        }
+        Ok(())
     }
 
     /// Sends one request and waits for its reply, re-sending it with the same id after
@@ -224,181 +277,108 @@ impl Client {
         mut on_partial: impl FnMut(Body),
     ) -> Result<Body> {
         let name = service_name(service)?;
-        let id = self.new_id();
-        let frames = self.encode_request(&id, &name, body);
-        let timeout = Duration::from_millis(self.config.timeout_ms);
-        let attempts = self.config.attempts();
-        for attempt in 1..=attempts {
-            sockets::send(&self.socket, &frames).context(|| "sending a request".into())?;
-            let mut deadline = Instant::now() + timeout;
-            while let Some(reply) = self.recv_until(deadline)? {
-                let Some((rid, answer)) = decode(service, reply)? else {
-                    continue;
-                };
-                if rid != id {
-                    continue; // an answer to an earlier request, crossing a retry
-                }
-                match answer {
-                    // The broker holds it: worth waiting a full timeout from here.
-                    Answer::Accepted => deadline = Instant::now() + timeout,
-                    Answer::Partial(body) => {
-                        deadline = Instant::now() + timeout;
-                        on_partial(body);
+        // Whatever a run cut short by an error left behind.
+        self.session.cancel_all();
+        let now = self.now();
+        let id = self.session.request(now, name, body, (0, Instant::now()));
+        loop {
+            self.flush()?;
+            self.turn()?;
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    Event::Partial { id: of, body } if of == id => on_partial(body),
+                    Event::Accepted { .. } | Event::Partial { .. } => {}
+                    Event::Retrying { attempt, .. } => {
+                        // A refused handshake is refused again: no use retrying.
+                        if let e @ Error::Refused { .. } = self.unanswered(service, attempt - 1) {
+                            self.session.cancel(&id);
+                            return Err(e);
+                        }
+                        debug!(
+                            attempt,
+                            service, "request timed out, re-sending on a fresh connection"
+                        );
+                        // A fresh socket with the same identity: the broker hands the
+                        // identity over, and still knows the request by (identity, id).
+                        self.reopen()?;
                     }
-                    Answer::Done(result) => return result,
+                    Event::Done { outcome, .. } => return self.result(service, outcome),
                 }
             }
-            // A refused handshake is refused again: no use retrying.
-            if let e @ Error::Refused { .. } = self.unanswered(service) {
-                return Err(e);
-            }
-            debug!(
-                attempt,
-                service, "request timed out, re-sending on a fresh connection"
-            );
-            // A fresh socket with the same identity: the broker hands the identity over,
-            // and still knows the request by (identity, id).
-            self.reopen()?;
         }
-        Err(self.unanswered(service))
     }
 
     /// Sends every request of `requests` with up to `in_flight` outstanding at once.
     /// `on_reply` gets each request's index and its outcome, in the order answers arrive.
     /// A request unanswered for `timeout_ms` is re-sent with the same id, up to `retries`
     /// times.
-    pub fn pipeline(
+    pub fn request_many(
         &mut self,
         service: &str,
         requests: impl IntoIterator<Item = Body>,
         in_flight: usize,
         mut on_reply: impl FnMut(usize, Result<Reply>),
-    ) -> Result<PipelineSummary> {
-        struct Outstanding {
-            index: usize,
-            frames: scale0_proto::Frames,
-            first_sent: Instant,
-            sends: u32,
-        }
+    ) -> Result<ManySummary> {
         let name = service_name(service)?;
         let in_flight = in_flight.max(1);
-        let timeout = Duration::from_millis(self.config.timeout_ms);
-        let attempts = self.config.attempts();
         let mut requests = requests.into_iter().enumerate();
-        let mut outstanding: HashMap<Bytes, Outstanding> = HashMap::with_capacity(in_flight);
-        // Send order is deadline order, since every attempt waits the same time.
-        let mut deadlines: VecDeque<(Instant, Bytes)> = VecDeque::with_capacity(in_flight);
-        let mut summary = PipelineSummary::default();
+        self.session.cancel_all();
+        let before = self.session.counters().clone();
+        let mut summary = ManySummary::default();
         let start = Instant::now();
         let mut exhausted = false;
         loop {
-            while !exhausted && outstanding.len() < in_flight {
+            while !exhausted && self.session.outstanding() < in_flight {
                 let Some((index, body)) = requests.next() else {
                     exhausted = true;
                     break;
                 };
-                let id = self.new_id();
-                let frames = self.encode_request(&id, &name, body);
-                sockets::send(&self.socket, &frames).context(|| "sending a request".into())?;
-                let now = Instant::now();
-                deadlines.push_back((now + timeout, id.as_bytes().clone()));
-                outstanding.insert(
-                    id.as_bytes().clone(),
-                    Outstanding {
-                        index,
-                        frames,
-                        first_sent: now,
-                        sends: 1,
-                    },
-                );
+                let now = self.now();
+                self.session
+                    .request(now, name.clone(), body, (index, Instant::now()));
                 summary.sent += 1;
             }
-            if outstanding.is_empty() {
+            self.flush()?;
+            if self.session.outstanding() == 0 {
                 break;
             }
-            // Deal with the earliest deadline, skipping requests already answered.
-            while deadlines
-                .front()
-                .is_some_and(|(_, id)| !outstanding.contains_key(id))
-            {
-                deadlines.pop_front();
-            }
-            let Some((deadline, _)) = deadlines.front().cloned() else {
-                break;
-            };
-            match self.recv_until(deadline)? {
-                Some(reply) => {
-                    let Some((rid, answer)) = decode(service, reply)? else {
-                        continue;
-                    };
-                    let Answer::Done(result) = answer else {
-                        continue;
-                    };
-                    let Some(o) = outstanding.remove(rid.as_bytes()) else {
-                        summary.duplicates += 1;
-                        continue;
-                    };
-                    let latency = o.first_sent.elapsed();
+            self.turn()?;
+            while let Some(event) = self.session.poll_event() {
+                let Event::Done {
+                    tag: (index, sent),
+                    outcome,
+                    ..
+                } = event
+                else {
+                    continue;
+                };
+                let latency = sent.elapsed();
+                if let Outcome::Unanswered { .. } = outcome {
+                    summary.timed_out += 1;
+                } else {
                     summary.latencies.record(latency);
-                    match result {
-                        Ok(body) => {
-                            summary.ok += 1;
-                            on_reply(o.index, Ok(Reply { body, latency }));
-                        }
-                        Err(e) => {
-                            if matches!(e, Error::Rejected { .. }) {
-                                summary.rejected += 1;
-                            } else {
-                                summary.errors += 1;
-                            }
-                            on_reply(o.index, Err(e));
-                        }
-                    }
                 }
-                None => {
-                    let Some((_, id)) = deadlines.pop_front() else {
-                        continue;
-                    };
-                    let Some(o) = outstanding.get_mut(&id) else {
-                        continue;
-                    };
-                    if o.sends < attempts {
-                        o.sends += 1;
-                        summary.retries += 1;
-                        sockets::send(&self.socket, &o.frames)
-                            .context(|| "re-sending a request".into())?;
-                        deadlines.push_back((Instant::now() + timeout, id));
-                    } else if let Some(o) = outstanding.remove(&id) {
-                        summary.timed_out += 1;
-                        let e = self.unanswered(service);
-                        on_reply(o.index, Err(e));
+                match self.result(service, outcome) {
+                    Ok(body) => {
+                        summary.ok += 1;
+                        on_reply(index, Ok(Reply { body, latency }));
+                    }
+                    Err(e) => {
+                        match e {
+                            Error::Rejected { .. } => summary.rejected += 1,
+                            Error::Service { .. } => summary.errors += 1,
+                            _ => {}
+                        }
+                        on_reply(index, Err(e));
                     }
                 }
             }
         }
+        let after = self.session.counters();
+        summary.retries = after.retries - before.retries;
+        summary.duplicates = after.duplicates - before.duplicates;
         summary.elapsed = start.elapsed();
         Ok(summary)
-    }
-
-    fn encode_request(
-        &self,
-        id: &RequestId,
-        service: &ServiceName,
-        body: Body,
-    ) -> scale0_proto::Frames {
-        // Tell the broker when we will have given up, so it stops trying then too.
-        let deadline_ms = self
-            .config
-            .timeout_ms
-            .saturating_mul(u64::from(self.config.attempts()));
-        Message::Native(NativeCommand::Request {
-            id: id.clone(),
-            service: service.clone(),
-            deadline_ms: Some(deadline_ms),
-            ack: self.config.acknowledged,
-            body,
-        })
-        .encode()
     }
 
     /// Waits for one message until `deadline`; `None` on timeout.
@@ -434,40 +414,4 @@ const HANDSHAKE_CHECK_EVERY: u64 = 64;
 fn service_name(service: &str) -> Result<ServiceName> {
     ServiceName::new(Bytes::copy_from_slice(service.as_bytes()))
         .map_err(|_| Error::InvalidServiceName(service.into()))
-}
-
-/// Decodes a broker message for a native client; `None` for messages to ignore.
-fn decode(service: &str, frames: scale0_proto::Frames) -> Result<Option<(RequestId, Answer)>> {
-    let Message::Native(cmd) = Message::decode(frames)? else {
-        return Ok(None);
-    };
-    Ok(Some(match cmd {
-        NativeCommand::Accepted { id } => (id, Answer::Accepted),
-        NativeCommand::Partial { id, body } => (id, Answer::Partial(body)),
-        NativeCommand::Final { id, body } => (id, Answer::Done(into_result(service, body))),
-        NativeCommand::Error {
-            id,
-            status,
-            message,
-        } => (
-            id,
-            Answer::Done(Err(Error::Rejected {
-                service: service.into(),
-                status,
-                message: String::from_utf8_lossy(&message).into_owned(),
-            })),
-        ),
-        NativeCommand::Request { .. } => return Ok(None),
-    }))
-}
-
-/// Turns a worker's error reply into an error.
-fn into_result(service: &str, body: Body) -> Result<Body> {
-    match body.as_slice() {
-        [marker, message] if marker.as_ref() == crate::ERROR_REPLY_MARKER => Err(Error::Service {
-            service: service.into(),
-            message: String::from_utf8_lossy(message).into_owned(),
-        }),
-        _ => Ok(body),
-    }
 }

@@ -73,6 +73,30 @@ pub enum Error {
         /// The operating system's error.
         error: std::io::Error,
     },
+    /// A thread of the library panicked.
+    #[error("the {0} thread panicked")]
+    Panicked(String),
+    /// A part of the library stopped while it was still needed (its thread ended).
+    #[error("{0} stopped unexpectedly")]
+    Stopped(&'static str),
+    /// A file could not be read or written.
+    #[error("{what} {}: {error}", path.display())]
+    File {
+        /// What was being done, such as "reading the key file".
+        what: &'static str,
+        /// Which file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
+    /// An operating-system call failed.
+    #[error("{what}: {error}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The operating system's error.
+        error: std::io::Error,
+    },
     /// The durable store could not be opened (in use, damaged, unreadable).
     #[error("durable store: {0}")]
     StoreOpen(scale0_store::OpenError),

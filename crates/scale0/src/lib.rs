@@ -31,7 +31,7 @@ pub use bus::{
     DEFAULT_MAX_SUBSCRIPTION_BYTES, Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig,
     NodeUpdate, SwarmConfig, SwarmReport, run_swarm,
 };
-pub use client::{Client, ClientConfig, PipelineSummary, Reply};
+pub use client::{Client, ClientConfig, ManySummary, Reply};
 pub use error::{Error, Result};
 pub use latency::Latencies;
 pub use limits::{fd_limits, raise_fd_limit};
@@ -48,6 +48,4 @@ pub use worker::{Handler, HandlerError, Progress, Worker, WorkerConfig, WorkerSu
 
 pub use scale0_proto as proto;
 
-/// First frame of an error reply from a scale0 worker whose handler failed; the second
-/// frame is a human-readable message. Documented in `docs/protocol.md`.
-pub const ERROR_REPLY_MARKER: &[u8] = b"scale0.error";
+pub use scale0_proto::client::ERROR_REPLY_MARKER;

@@ -40,9 +40,10 @@ impl MetricsServer {
         let listener = TcpListener::bind(addr).map_err(|e| {
             Error::InvalidConfig(format!("binding the metrics endpoint {addr}: {e}"))
         })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Error::InvalidConfig(format!("reading the metrics address: {e}")))?;
+        let bound = listener.local_addr().map_err(|e| Error::Io {
+            what: "reading the metrics address",
+            error: e,
+        })?;
         Ok(Self {
             listener: Some(listener),
             addr: bound,

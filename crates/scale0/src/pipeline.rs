@@ -9,7 +9,9 @@ use crate::shutdown::Shutdown;
 use crate::sockets::{self, ConnectionCounter, pipeline_socket};
 use crate::task::{Task, TaskOutcome};
 use bytes::Bytes;
+use scale0_proto as proto;
 use scale0_proto::pipeline::{Job, MAX_CAPACITY, MAX_ID_BYTES, Report, Status};
+use scale0_proto::task_worker::{self, TaskWorker as TaskSession};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -120,18 +122,6 @@ pub struct TaskWorker {
     name: Bytes,
 }
 
-struct SlotJob {
-    seq: u64,
-    timeout: Option<Duration>,
-    payload: Bytes,
-}
-
-struct RunningJob {
-    source: usize,
-    /// The framed job's id; `None` for a one-frame job.
-    key: Option<Bytes>,
-}
-
 impl TaskWorker {
     /// Checks the settings.
     pub fn new(config: TaskWorkerConfig) -> Result<Self> {
@@ -240,7 +230,7 @@ impl TaskWorker {
             .context(|| "creating the results pipe".into())?;
         done.bind(&done_addr)
             .context(|| format!("binding {done_addr}"))?;
-        let (job_tx, job_rx) = mpsc::channel::<SlotJob>();
+        let (job_tx, job_rx) = mpsc::channel::<task_worker::Run>();
         let job_rx = Arc::new(Mutex::new(job_rx));
         for i in 0..config.capacity {
             let rx = Arc::clone(&job_rx);
@@ -261,24 +251,26 @@ impl TaskWorker {
                 })?;
         }
 
-        let mut summary = TaskWorkerSummary::default();
-        let mut running: HashMap<u64, RunningJob> = HashMap::new();
-        let mut said_hello = vec![false; config.sources.len()];
-        let mut outbox: VecDeque<(usize, Vec<Bytes>)> = VecDeque::new();
-        let interval = Duration::from_millis(config.interval_ms);
-        let mut next_beat = Instant::now() + interval;
-        let mut seq = 0u64;
-        let mut turn = 0usize;
-        let capacity = config.capacity as usize;
-        debug!(worker = %self.name(), capacity, sources = config.sources.len(), "pipeline worker running");
-
-        let send = |outbox: &mut VecDeque<(usize, Vec<Bytes>)>, sink: usize, frames: Vec<Bytes>| {
-            outbox.push_back((sink, frames));
+        let mut session = TaskSession::new(task_worker::Config {
+            name: self.name.clone(),
+            capacity: config.capacity,
+            interval_ms: config.interval_ms,
+            plain_timeout_ms: config.plain_timeout_ms,
+            sink_of,
+        });
+        let epoch = Instant::now();
+        let now = || {
+            let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            proto::Instant::from_millis(ms)
         };
+        let mut outbox: VecDeque<task_worker::Transmit> = VecDeque::new();
+        let mut turn = 0usize;
+        debug!(worker = %self.name(), capacity = config.capacity, sources = config.sources.len(), "pipeline worker running");
+
         while !shutdown.is_triggered() {
             // Deliver reports in order; a sink that cannot take more holds the rest.
-            while let Some((sink, frames)) = outbox.front() {
-                match sockets::send(&pushes[*sink], frames) {
+            while let Some(t) = outbox.front() {
+                match sockets::send(&pushes[t.sink], &t.frames) {
                     Ok(()) => {
                         outbox.pop_front();
                     }
@@ -286,13 +278,14 @@ impl TaskWorker {
                     Err(e) => return Err(e).context(|| "sending a report".into()),
                 }
             }
-            let free = capacity.saturating_sub(running.len());
-            let take_jobs = free > 0 && outbox.len() < 10_000;
+            let take_jobs = session.has_room() && outbox.len() < MAX_OUTBOX;
             let wait_ms = if outbox.is_empty() {
-                next_beat
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(u128::from(Shutdown::CHECK_INTERVAL_MS))
+                session
+                    .poll_timeout()
+                    .map_or(u64::MAX, |t| {
+                        t.as_millis().saturating_sub(now().as_millis())
+                    })
+                    .min(Shutdown::CHECK_INTERVAL_MS)
             } else {
                 10
             };
@@ -305,55 +298,14 @@ impl TaskWorker {
                     .context(|| "polling the worker's sockets".into())?;
             }
             while let Some(frames) = sockets::try_recv(&done)? {
-                let Some(job) = frames
-                    .first()
-                    .and_then(|f| <[u8; 8]>::try_from(&f[..]).ok())
-                    .and_then(|s| running.remove(&u64::from_le_bytes(s)))
-                else {
-                    continue;
-                };
-                let status = frames
-                    .get(1)
-                    .and_then(|f| f.first())
-                    .copied()
-                    .unwrap_or(b'f');
-                let output = frames.get(2).cloned().unwrap_or_default();
-                let status = match status {
-                    b'o' => Status::Ok,
-                    b't' => Status::Timeout,
-                    b'u' => Status::Unrunnable,
-                    _ => Status::Failed,
-                };
-                match status {
-                    Status::Ok => summary.ok += 1,
-                    Status::Failed | Status::Unrunnable => summary.failed += 1,
-                    Status::Timeout => summary.timed_out += 1,
+                if let Some((seq, status, output)) = slot_result(&frames) {
+                    session.handle_done(seq, status, output);
                 }
-                let sink = sink_of[job.source];
-                let report = match job.key {
-                    Some(id) => Report::Result {
-                        worker: self.name.clone(),
-                        id,
-                        status,
-                        output,
-                    },
-                    None => {
-                        if status != Status::Ok {
-                            warn!(status = status.label(), reason = %String::from_utf8_lossy(&output), "a one-frame job failed; its sink gets an empty result");
-                        }
-                        Report::Plain(if status == Status::Ok {
-                            output
-                        } else {
-                            Bytes::new()
-                        })
-                    }
-                };
-                send(&mut outbox, sink, report.encode());
             }
             // Take jobs while slots are free, turn by turn across the sources.
             let n = pulls.len();
             let mut idle_rounds = 0;
-            while running.len() < capacity && idle_rounds < n && outbox.len() < 10_000 {
+            while session.has_room() && idle_rounds < n && outbox.len() < MAX_OUTBOX {
                 let source = turn % n;
                 turn = turn.wrapping_add(1);
                 let Some(frames) = sockets::try_recv(&pulls[source])? else {
@@ -361,89 +313,54 @@ impl TaskWorker {
                     continue;
                 };
                 idle_rounds = 0;
-                let (key, timeout_ms, payload) = match Job::decode(&frames) {
-                    Ok(Job::Framed {
-                        id,
-                        timeout_ms,
-                        payload,
-                    }) => (Some(id), timeout_ms, payload),
-                    Ok(Job::Plain(payload)) => (None, config.plain_timeout_ms, payload),
-                    Err(e) => {
-                        summary.malformed += 1;
-                        warn!(error = %e, "not a job: dropped");
-                        continue;
-                    }
-                };
-                let sink = sink_of[source];
-                if let Some(id) = &key {
-                    // Framed jobs mean a scale0 sink: it gets heartbeats from now on.
-                    if !said_hello[source] {
-                        said_hello[source] = true;
-                        let hello = self.alive(&running, source);
-                        send(&mut outbox, sink, hello.encode());
-                    }
-                    let start = Report::Start {
-                        worker: self.name.clone(),
-                        id: id.clone(),
-                    };
-                    send(&mut outbox, sink, start.encode());
+                if let Err(e) = session.handle_job(now(), source, &frames) {
+                    warn!(error = %e, "not a job: dropped");
                 }
-                seq += 1;
-                summary.jobs += 1;
-                running.insert(seq, RunningJob { source, key });
-                let job = SlotJob {
-                    seq,
-                    timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
-                    payload,
-                };
-                if job_tx.send(job).is_err() {
-                    return Err(Error::InvalidConfig("the worker's slots stopped".into()));
+                while let Some(run) = session.poll_run() {
+                    if job_tx.send(run).is_err() {
+                        return Err(Error::Stopped("the worker's job slots"));
+                    }
                 }
+                outbox.extend(std::iter::from_fn(|| session.poll_transmit()));
             }
-            if Instant::now() >= next_beat {
-                next_beat = Instant::now() + interval;
-                for (source, hello) in said_hello.iter().enumerate() {
-                    if *hello {
-                        let beat = self.alive(&running, source);
-                        send(&mut outbox, sink_of[source], beat.encode());
-                    }
-                }
-            }
+            session.handle_timeout(now());
+            outbox.extend(std::iter::from_fn(|| session.poll_transmit()));
         }
         // Leaving: no more jobs from here; results of running jobs are not waited for
         // (the map sends them again elsewhere).
-        for (source, hello) in said_hello.iter().enumerate() {
-            if *hello {
-                let bye = Report::Bye {
-                    worker: self.name.clone(),
-                };
-                let _ = sockets::send(&pushes[sink_of[source]], &bye.encode());
-            }
+        session.leave();
+        outbox.extend(std::iter::from_fn(|| session.poll_transmit()));
+        for t in outbox {
+            let _ = sockets::send(&pushes[t.sink], &t.frames);
         }
-        for (sink, frames) in outbox {
-            let _ = sockets::send(&pushes[sink], &frames);
-        }
-        debug!(worker = %self.name(), jobs = summary.jobs, "pipeline worker stopped");
-        Ok(summary)
+        let c = session.counters();
+        debug!(worker = %self.name(), jobs = c.jobs, "pipeline worker stopped");
+        Ok(TaskWorkerSummary {
+            jobs: c.jobs,
+            ok: c.ok,
+            failed: c.failed,
+            timed_out: c.timed_out,
+            malformed: c.malformed,
+        })
     }
+}
 
-    fn alive(&self, running: &HashMap<u64, RunningJob>, source: usize) -> Report {
-        Report::Alive {
-            worker: self.name.clone(),
-            capacity: self.config.capacity,
-            interval_ms: self.config.interval_ms,
-            running: running
-                .values()
-                .filter(|j| j.source == source)
-                .filter_map(|j| j.key.clone())
-                .collect(),
-        }
-    }
+/// Reports queued for the sinks beyond which the worker takes no more jobs.
+const MAX_OUTBOX: usize = 10_000;
+
+/// A slot's `[seq, status, output]` on the worker's inproc results pipe.
+fn slot_result(frames: &[Bytes]) -> Option<(u64, Status, Bytes)> {
+    let [seq, status, output] = frames else {
+        return None;
+    };
+    let seq = u64::from_le_bytes(<[u8; 8]>::try_from(&seq[..]).ok()?);
+    let status = Status::parse(status).ok()?;
+    Some((seq, status, output.clone()))
 }
 
 /// One slot: runs jobs one at a time and hands back `[seq, status, output]`.
 fn slot(
-    rx: &Mutex<mpsc::Receiver<SlotJob>>,
+    rx: &Mutex<mpsc::Receiver<task_worker::Run>>,
     task: &dyn Task,
     cancel: &Shutdown,
     back: &zmq::Socket,
@@ -457,13 +374,17 @@ fn slot(
             }
         };
         let outcome = task.run(&job.payload, job.timeout, cancel);
-        let (status, output): (&[u8], Bytes) = match outcome {
-            TaskOutcome::Ok(out) => (b"ok", out),
-            TaskOutcome::Failed(why) => (b"failed", Bytes::from(why)),
-            TaskOutcome::TimedOut => (b"timeout", Bytes::new()),
-            TaskOutcome::Unrunnable(why) => (b"unrunnable", Bytes::from(why)),
+        let (status, output) = match outcome {
+            TaskOutcome::Ok(out) => (Status::Ok, out),
+            TaskOutcome::Failed(why) => (Status::Failed, Bytes::from(why)),
+            TaskOutcome::TimedOut => (Status::Timeout, Bytes::new()),
+            TaskOutcome::Unrunnable(why) => (Status::Unrunnable, Bytes::from(why)),
         };
-        let frames = [&job.seq.to_le_bytes()[..], status, &output[..]];
+        let frames = [
+            &job.seq.to_le_bytes()[..],
+            status.label().as_bytes(),
+            &output[..],
+        ];
         if sockets::retry_eintr(|| back.send_multipart(frames, 0)).is_err() {
             return;
         }

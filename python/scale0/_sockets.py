@@ -1,0 +1,143 @@
+"""Socket set-up shared by the client and the worker: the zmq module (plain or gevent's),
+DEALERs with our options, the handshake monitor, and a thread-safe wake-up."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .keys import Curve
+
+log = logging.getLogger("scale0")
+
+#: The handshake events that say why a broker will not talk to us.
+REFUSALS: dict[int, str] = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (protocol or mechanism mismatch:"
+    " is one side using CURVE and the other not?)",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the broker refused our key (CURVE: is it in its"
+    " --curve-allow list?)",
+}
+MONITORED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+)
+
+
+def zmq_module(green: bool | None) -> Any:
+    """`zmq`, or `zmq.green` when asked to or (with `green=None`) when gevent has patched
+    the standard library."""
+    if green is None:
+        monkey = sys.modules.get("gevent.monkey")
+        green = bool(monkey is not None and monkey.is_module_patched("socket"))
+    if green:
+        import zmq.green as green_zmq
+
+        return green_zmq
+    return zmq
+
+
+def endpoint_list(endpoints: str | Sequence[str]) -> list[str]:
+    """One endpoint or several, as a non-empty list."""
+    out = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    if not out:
+        raise ValueError("at least one endpoint is needed")
+    return out
+
+
+def dealer(
+    ctx: Any,
+    endpoints: Sequence[str],
+    *,
+    identity: bytes | None,
+    curve: Curve | None,
+    max_message_bytes: int,
+) -> Any:
+    """A DEALER connected to every endpoint: no linger, no HWM (the callers bound what is
+    in flight), frames above `max_message_bytes` cut the connection (ZMQ_MAXMSGSIZE)."""
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        if identity is not None:
+            sock.setsockopt(zmq.ROUTING_ID, identity)
+        if curve is not None:
+            curve.apply(sock)
+        for ep in endpoints:
+            sock.connect(ep)
+    except Exception:
+        sock.close(0)
+        raise
+    return sock
+
+
+def read_refusals(monitor: Any, current: str | None) -> str | None:
+    """Reads every pending event of a handshake monitor; returns why the last handshake
+    failed, or None when the last one succeeded."""
+    while True:
+        try:
+            event = recv_monitor_message(monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return current
+        except (ValueError, zmq.ZMQError) as e:
+            log.warning("unreadable socket monitor event: %s", e)
+            return current
+        kind = event.get("event")
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            current = None
+        elif kind in REFUSALS:
+            where = event.get("endpoint", b"")
+            text = where.decode(errors="replace") if isinstance(where, bytes) else str(where)
+            current = f"{text}: {REFUSALS[kind]}"
+
+
+class Wake:
+    """A wake-up for a socket loop that any thread (or a signal handler) may ring: a
+    socket pair, not a ZeroMQ socket, since a ZeroMQ socket must have one owner. The loop
+    polls `fd`; a ring is at most one byte in flight."""
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self.pending = False
+        #: The file descriptor a poller watches.
+        self.fd = self._r.fileno()
+
+    def ring(self) -> None:
+        """Wakes the loop (cheap when a ring is already pending)."""
+        if self.pending:
+            return
+        self.pending = True
+        try:
+            self._w.send(b"\x01")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full of rings already
+        except OSError:
+            pass  # closed: the loop has ended
+
+    def clear(self) -> None:
+        """Called by the loop before it looks at its inputs."""
+        self.pending = False
+        try:
+            while self._r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Closes both ends."""
+        self._r.close()
+        self._w.close()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The Python package's checks: ruff, mypy --strict and pytest against the real scale0
+# binary (SCALE0_BIN, default target/debug/scale0, which `cargo test` builds first).
+# Installs pytest, ruff, mypy, gevent and the package itself (`pip install ./python`)
+# into the venv scripts/test.sh uses, creating it the same way when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/pyenv
+if ! "$venv/bin/python" -c 'import zmq' >/dev/null 2>&1; then
+  echo "scripts/test-python.sh: creating $venv" >&2
+  mkdir -p target
+  python3 -m venv "$venv" || {
+    echo "scripts/test-python.sh: 'python3 -m venv' failed; on Debian install python3-venv" >&2
+    exit 1
+  }
+fi
+py="$venv/bin/python"
+pip=("$py" -m pip install --quiet --disable-pip-version-check)
+if ! "$py" -c 'import zmq, pytest, gevent, mypy, ruff' >/dev/null 2>&1; then
+  echo "scripts/test-python.sh: installing pyzmq, pytest, ruff, mypy and gevent into $venv" >&2
+  "${pip[@]}" 'pyzmq>=26,<28' pytest ruff mypy gevent
+fi
+# The package as a user installs it (not the source tree on sys.path).
+"${pip[@]}" --no-deps --force-reinstall ./python
+rm -rf python/build python/scale0.egg-info
+
+export SCALE0_BIN="${SCALE0_BIN:-$PWD/target/debug/scale0}"
+echo "== python: ruff"
+"$py" -m ruff check python
+"$py" -m ruff format --check python
+echo "== python: mypy --strict"
+(cd python && "../$py" -m mypy --strict scale0 tests)
+echo "== python: pytest (SCALE0_BIN=$SCALE0_BIN)"
+# pytest itself, not `python -m pytest`, which would put the source tree on sys.path.
+(cd python && "../$venv/bin/pytest" -q tests)
