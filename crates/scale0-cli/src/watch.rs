@@ -1,7 +1,7 @@
 //! `scale0 watch`: print a broker's events.
 
 use anyhow::Result;
-use bytes::Bytes;
+use scale0_proto::broker::Event;
 use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,23 +17,18 @@ pub(crate) struct Args {
     json: bool,
 }
 
-fn line(frames: &[Bytes], as_json: bool) -> String {
-    let text = |i: usize| {
-        frames
-            .get(i)
-            .map(|f| String::from_utf8_lossy(f).into_owned())
-            .unwrap_or_default()
-    };
-    let topic = text(0);
-    let kind = topic.strip_prefix("s0ev.").unwrap_or(&topic);
+fn line(event: &Event, as_json: bool) -> String {
+    let service = event.service().to_string();
+    let worker = event.worker().map(ToString::to_string).unwrap_or_default();
+    let detail = event.detail();
     if as_json {
-        return json!({"event": kind, "service": text(1), "worker": text(2), "detail": text(3)})
+        return json!({"event": event.kind(), "service": service, "worker": worker, "detail": detail})
             .to_string();
     }
-    let mut line = format!("{kind} service={}", text(1));
-    for (key, i) in [("worker", 2), ("detail", 3)] {
-        if !text(i).is_empty() {
-            line.push_str(&format!(" {key}={}", text(i)));
+    let mut line = format!("{} service={service}", event.kind());
+    for (key, value) in [("worker", worker), ("detail", detail)] {
+        if !value.is_empty() {
+            line.push_str(&format!(" {key}={value}"));
         }
     }
     line
@@ -41,9 +36,9 @@ fn line(frames: &[Bytes], as_json: bool) -> String {
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    scale0::watch_events(&args.connect, &scale0::Shutdown::new(), |frames| {
+    scale0::watch_events(&args.connect, &scale0::Shutdown::new(), |event| {
         // Keep going while stdout takes the lines.
-        writeln!(out, "{}", line(frames, args.json))
+        writeln!(out, "{}", line(event, args.json))
             .and_then(|()| out.flush())
             .is_ok()
     })?;

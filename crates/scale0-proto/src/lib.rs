@@ -24,6 +24,7 @@ pub mod testkit;
 mod time;
 mod timers;
 pub mod worker;
+pub mod zap;
 
 pub use mdp::{Body, DecodeError, Frames, PeerId, ServiceName};
 

@@ -2,12 +2,13 @@
 //! meaning, so `cargo test` replays exactly what the fuzzer ran.
 #![doc(hidden)]
 
-use crate::broker::{Broker, Config};
+use crate::broker::{Broker, Config, Event};
 use crate::journal::{Entry, MemoryStore, Store};
 use crate::mdp::{self, Frames, Message};
 use crate::membership::Heartbeat;
 use crate::queue::{self, Dest, Queue};
 use crate::time::Instant;
+use crate::zap;
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -34,9 +35,19 @@ pub fn split_frames(data: &[u8]) -> Frames {
 }
 
 /// Fuzz target `decode`: any frames through every decoder (MDP and native messages,
-/// heartbeats, stored journal entries); encoding what decoded must decode to the same value.
+/// heartbeats, stored journal entries, broker events, ZAP requests and replies); encoding
+/// what decoded must decode to the same value.
 pub fn decode(data: &[u8]) {
     let frames = split_frames(data);
+    if let Ok(event) = Event::decode(&frames) {
+        assert_eq!(Event::decode(&event.encode()), Ok(event));
+    }
+    if let Ok(request) = zap::Request::decode(&frames) {
+        assert_eq!(zap::Request::decode(&request.encode()), Ok(request));
+    }
+    if let Ok(reply) = zap::Reply::decode(&frames) {
+        assert_eq!(zap::Reply::decode(&reply.encode()), Ok(reply));
+    }
     if let Ok(hb) = Heartbeat::decode(&frames) {
         assert_eq!(Heartbeat::decode(&hb.encode()), Ok(hb));
     }

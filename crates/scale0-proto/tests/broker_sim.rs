@@ -960,8 +960,9 @@ fn the_number_of_services_is_bounded() {
 
 mod native {
     use super::*;
-    use scale0_proto::broker::FailReason;
+    use scale0_proto::broker::{Drained, FailReason};
     use scale0_proto::mdp::{ClientKind, NativeCommand, RequestId, Status};
+    use std::time::Duration;
 
     fn id(s: &str) -> RequestId {
         RequestId::new(b(s)).unwrap()
@@ -1215,7 +1216,7 @@ mod native {
         assert_eq!(to(&mut sim, "c"), [accepted("held"), accepted("queued")]);
         assert_eq!(sim.broker.outstanding(), 2);
 
-        sim.broker.begin_drain();
+        sim.broker.begin_drain(sim.now, Duration::from_secs(60));
         send(&mut sim, "c", "late", "svc", None);
         assert_eq!(
             to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
@@ -1243,7 +1244,7 @@ mod native {
         send(&mut sim, "c", "held", "svc", None);
         send(&mut sim, "c", "queued", "svc", None);
         sim.sent();
-        sim.broker.begin_drain();
+        sim.broker.begin_drain(sim.now, Duration::from_secs(60));
         sim.broker.abandon(sim.now);
         let mut statuses: Vec<_> = to(&mut sim, "c")
             .iter()
@@ -1267,6 +1268,66 @@ mod native {
             to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
             [Some(Status::ShuttingDown)]
         );
+    }
+
+    #[test]
+    fn a_drain_ends_exactly_at_its_grace_deadline_with_the_count_left_unanswered() {
+        let mut sim = Sim::new();
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "held", "svc", None);
+        send(&mut sim, "c", "queued", "svc", None);
+        sim.advance_to(300);
+        sim.sent();
+        sim.broker.begin_drain(sim.now, Duration::from_millis(2500));
+        assert_eq!(sim.broker.drained(), None);
+        assert_eq!(sim.broker.unanswered(), 2);
+        sim.advance_to(2799);
+        assert_eq!(sim.broker.drained(), None);
+        assert!(to(&mut sim, "c").is_empty());
+        assert_eq!(sim.broker.poll_timeout(), Instant::from_millis(2800));
+        sim.advance_to(2800);
+        assert_eq!(
+            sim.broker.drained(),
+            Some(Drained::GraceOver { unanswered: 2 })
+        );
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::ShuttingDown), Some(Status::ShuttingDown)]
+        );
+        assert_eq!(sim.broker.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_drain_ends_at_once_when_the_last_request_is_answered() {
+        let mut sim = Sim::new();
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "held", "svc", None);
+        sim.sent();
+        sim.broker.begin_drain(sim.now, Duration::from_secs(60));
+        assert_eq!(sim.broker.drained(), None);
+        sim.advance_to(100);
+        sim.reply("w", "c", "done");
+        assert_eq!(sim.broker.drained(), Some(Drained::Answered));
+        assert_eq!(to(&mut sim, "c"), [fin("held", "done")]);
+        // The grace deadline passing later changes nothing.
+        sim.advance_to(61_000);
+        assert_eq!(sim.broker.drained(), Some(Drained::Answered));
+    }
+
+    #[test]
+    fn a_durable_broker_s_drain_does_not_wait_for_queued_requests() {
+        let config = Sim::new().broker.config().clone();
+        let (broker, _) = Broker::durable(config, Instant::ZERO, Vec::new(), 1);
+        let mut sim = Sim {
+            broker,
+            now: Instant::ZERO,
+        };
+        send(&mut sim, "c", "queued", "svc", None);
+        assert_eq!(sim.broker.outstanding(), 1);
+        assert_eq!(sim.broker.unanswered(), 0);
+        sim.broker.begin_drain(sim.now, Duration::from_secs(60));
+        assert_eq!(sim.broker.drained(), Some(Drained::Answered));
+        assert_eq!(sim.broker.outstanding(), 1, "it stays in the journal");
     }
 
     #[test]

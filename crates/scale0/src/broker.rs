@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// How often the metrics snapshot is rendered.
 const METRICS_EVERY: Duration = Duration::from_millis(500);
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Messages handled between two commits of a durable broker: bounds the latency one
 /// batch adds, while a busy broker still shares each sync among many requests.
@@ -302,7 +302,6 @@ impl Broker {
             }
         };
         info!(endpoints = %self.endpoints.join(" "), durable = log.is_some(), "broker running");
-        let mut drain_until: Option<std::time::Instant> = None;
         let started = std::time::Instant::now();
         let mut next_metrics = started;
         if let Some(m) = &mut self.metrics {
@@ -319,42 +318,35 @@ impl Broker {
                 m.publish(render_metrics(&core, started.elapsed()));
                 next_metrics = std::time::Instant::now() + METRICS_EVERY;
             }
-            if drain_until.is_some() || shutdown.is_triggered() {
-                // What a stopping broker still waits for: a durable one's queue is on disk.
-                let waiting = if log.is_some() {
-                    core.busy_workers()
-                } else {
-                    core.outstanding()
-                };
-                match drain_until {
-                    None => {
-                        if self.config.grace_ms == 0 || waiting == 0 {
-                            break;
-                        }
-                        core.begin_drain();
-                        info!(
-                            outstanding = waiting,
-                            grace_ms = self.config.grace_ms,
-                            "stopping: new requests refused, accepted ones still served"
-                        );
-                        drain_until = Some(
-                            std::time::Instant::now() + Duration::from_millis(self.config.grace_ms),
-                        );
-                    }
-                    Some(_) if waiting == 0 => {
-                        info!("every accepted request answered");
-                        break;
-                    }
-                    Some(until) if std::time::Instant::now() >= until => {
-                        warn!(
-                            outstanding = waiting,
-                            "grace period over; stopping with requests unanswered"
-                        );
-                        core.abandon(clock.now());
-                        self.flush(&mut core, clock);
-                        break;
-                    }
-                    Some(_) => {}
+            if shutdown.is_triggered() && !core.is_draining() {
+                if self.config.grace_ms == 0 {
+                    break;
+                }
+                let grace = Duration::from_millis(self.config.grace_ms);
+                core.begin_drain(clock.now(), grace);
+                // Nothing to wait for: stop at once, as without a grace period.
+                if core.drained().is_some() {
+                    break;
+                }
+                info!(
+                    outstanding = core.unanswered(),
+                    grace_ms = self.config.grace_ms,
+                    "stopping: new requests refused, accepted ones still served"
+                );
+            }
+            match core.drained() {
+                None => {}
+                Some(core::Drained::Answered) => {
+                    info!("every accepted request answered");
+                    break;
+                }
+                Some(core::Drained::GraceOver { unanswered }) => {
+                    warn!(
+                        outstanding = unanswered,
+                        "grace period over; stopping with requests unanswered"
+                    );
+                    self.flush(&mut core, clock);
+                    break;
                 }
             }
             let now = clock.now();
@@ -365,7 +357,7 @@ impl Broker {
             if let Some(p) = &self.events {
                 while let Some(e) = core.poll_event() {
                     // A slow subscriber misses events past its HWM, as with any PUB.
-                    let _ = sockets::send(p, &event_frames(&e));
+                    let _ = sockets::send(p, &e.encode());
                 }
             }
             // One message per round; a message already there is taken without a system
@@ -465,56 +457,18 @@ impl Broker {
     }
 }
 
-/// `[topic, service, worker, detail]`, all text: see docs/protocol.md.
-fn event_frames(e: &core::Event) -> scale0_proto::Frames {
-    use core::Event;
-    // PeerId displays as hex.
-    let hex = |p: &PeerId| Bytes::from(p.to_string());
-    let (topic, service, worker, detail): (&'static str, _, Bytes, Bytes) = match e {
-        Event::WorkerReady { service, worker } => {
-            ("s0ev.worker.ready", service, hex(worker), Bytes::new())
-        }
-        Event::WorkerGone {
-            service,
-            worker,
-            why,
-        } => (
-            "s0ev.worker.gone",
-            service,
-            hex(worker),
-            Bytes::from_static(why.label().as_bytes()),
-        ),
-        Event::ServiceUp { service } => ("s0ev.service.up", service, Bytes::new(), Bytes::new()),
-        Event::ServiceDown { service } => {
-            ("s0ev.service.down", service, Bytes::new(), Bytes::new())
-        }
-        Event::Redelivered { service, attempts } => (
-            "s0ev.request.redelivered",
-            service,
-            Bytes::new(),
-            Bytes::from(attempts.to_string()),
-        ),
-    };
-    vec![
-        Bytes::from_static(topic.as_bytes()),
-        service.as_bytes().clone(),
-        worker,
-        detail,
-    ]
-}
-
-/// Listens to brokers' event endpoints (their `events`) until `shutdown`, handing each
-/// event to `on_event` as `[topic, service, worker, detail]`.
+/// Listens to brokers' event endpoints (their `events`) until `shutdown` or until
+/// `on_event` returns false, handing it each event; what is not an event is skipped.
 pub fn watch_events(
     endpoints: &[String],
     shutdown: &Shutdown,
-    mut on_event: impl FnMut(&[Bytes]) -> bool,
+    mut on_event: impl FnMut(&core::Event) -> bool,
 ) -> Result<()> {
     let sub = sockets::context()
         .socket(zmq::SUB)
         .context(|| "creating the SUB socket".into())?;
     sub.set_linger(0).context(|| "setting LINGER".into())?;
-    sub.set_subscribe(b"s0ev.")
+    sub.set_subscribe(core::EVENT_TOPIC_PREFIX.as_bytes())
         .context(|| "subscribing".into())?;
     for e in endpoints {
         sockets::connect(&sub, e)?;
@@ -522,8 +476,11 @@ pub fn watch_events(
     while !shutdown.is_triggered() {
         sockets::poll_in(&sub, 100).context(|| "polling for events".into())?;
         while let Some(frames) = sockets::try_recv(&sub)? {
-            if !on_event(&frames) {
-                return Ok(());
+            match core::Event::decode(&frames) {
+                Ok(event) if !on_event(&event) => return Ok(()),
+                Ok(_) => {}
+                // A newer broker's kind of event, say.
+                Err(e) => debug!(error = %e, "skipped a message that is not an event"),
             }
         }
     }

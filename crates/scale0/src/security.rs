@@ -13,15 +13,14 @@
 //! bare 40-character Z85 line is read as a public key too.
 
 use crate::error::{Error, Result, ZmqContext};
+use bytes::Bytes;
+use scale0_proto::zap::{self, DecodeError, Mechanism, Reply, Status};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use tracing::{info, warn};
-
-/// Where libzmq sends ZAP requests, in each context.
-const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 
 /// How often the handler thread looks at its stop flag, in milliseconds.
 const ZAP_POLL_MS: i64 = 100;
@@ -424,8 +423,8 @@ impl ZapHandler {
             .context(|| "creating the ZAP handler's socket".into())?;
         socket.set_linger(0).context(|| "setting LINGER".into())?;
         socket
-            .bind(ZAP_ENDPOINT)
-            .context(|| format!("binding {ZAP_ENDPOINT}"))?;
+            .bind(zap::ENDPOINT)
+            .context(|| format!("binding {}", zap::ENDPOINT))?;
         // Refusals by the allowlist are logged by `answer`, with the key.
         let monitors = watched
             .iter()
@@ -540,43 +539,57 @@ impl Quiet {
 }
 
 /// The reply to one ZAP request (RFC 27): `200` with the key's name as User-Id for an
-/// allowed CURVE key, `400` for anything else.
+/// allowed CURVE key, `400` for anything else, `500` for what is not a request.
 fn answer(request: &[Vec<u8>], allow: &Allowlist, quiet: &mut Quiet) -> Vec<Vec<u8>> {
-    let frame = |i: usize| request.get(i).map_or(&[][..], Vec::as_slice);
-    let (version, id, address, mechanism) = (frame(0), frame(1), frame(3), frame(5));
-    let address = String::from_utf8_lossy(address);
-    let reply = |code: &str, text: &str, user: &str| {
-        vec![
-            b"1.0".to_vec(),
-            id.to_vec(),
-            code.as_bytes().to_vec(),
-            text.as_bytes().to_vec(),
-            user.as_bytes().to_vec(),
-            Vec::new(),
-        ]
+    let frames: Vec<Bytes> = request.iter().map(|f| Bytes::copy_from_slice(f)).collect();
+    let reply = match zap::Request::decode(&frames) {
+        Ok(request) => authenticate(&request, allow, quiet),
+        Err(e @ (DecodeError::UnsupportedVersion | DecodeError::MissingFrame)) => {
+            warn!(error = %e, "refused a connection: malformed ZAP request");
+            let text = "unsupported ZAP version";
+            Reply::new(zap::request_id(&frames), Status::InternalError, text)
+        }
+        Err(e) => {
+            let id = zap::request_id(&frames);
+            if e == DecodeError::BadCredentials("CURVE") {
+                quiet.log(REFUSED_KEY, || {
+                    warn!("refused a connection: a CURVE key that is not 32 bytes");
+                });
+                Reply::new(id, Status::AuthFailure, "key not allowed")
+            } else {
+                quiet.log(REFUSED_MECHANISM, || {
+                    warn!(error = %e, "refused a connection: CURVE required");
+                });
+                Reply::new(id, Status::AuthFailure, "CURVE required")
+            }
+        }
     };
-    if version != b"1.0" {
-        warn!(%address, "refused a connection: malformed ZAP request");
-        return reply("500", "unsupported ZAP version", "");
-    }
-    if mechanism != b"CURVE" {
+    reply.encode().into_iter().map(Vec::from).collect()
+}
+
+/// The answer to a well-formed request: only an allowed CURVE key gets in.
+fn authenticate(request: &zap::Request, allow: &Allowlist, quiet: &mut Quiet) -> Reply {
+    let address = String::from_utf8_lossy(&request.address);
+    let id = request.id.clone();
+    let Mechanism::Curve { public_key } = request.mechanism else {
         quiet.log(REFUSED_MECHANISM, || {
-            warn!(%address, mechanism = %String::from_utf8_lossy(mechanism), "refused a connection: CURVE required");
+            warn!(%address, mechanism = request.mechanism.name(), "refused a connection: CURVE required");
         });
-        return reply("400", "CURVE required", "");
-    }
-    let key = <[u8; 32]>::try_from(frame(6)).ok().map(PublicKey);
-    match key.as_ref().and_then(|k| allow.name(k).map(|n| (k, n))) {
-        Some((_, name)) => {
+        return Reply::new(id, Status::AuthFailure, "CURVE required");
+    };
+    let key = PublicKey(public_key);
+    match allow.name(&key) {
+        Some(name) => {
             info!(%address, key = name, "client authenticated");
-            reply("200", "OK", name)
+            let mut reply = Reply::new(id, Status::Success, "OK");
+            reply.user_id = Bytes::from(name.to_string());
+            reply
         }
         None => {
-            let z85 = key.map(|k| k.z85()).unwrap_or_default();
             quiet.log(REFUSED_KEY, || {
-                warn!(%address, key = %z85, "refused a connection: key not in the allowlist");
+                warn!(%address, key = %key.z85(), "refused a connection: key not in the allowlist");
             });
-            reply("400", "key not allowed", "")
+            Reply::new(id, Status::AuthFailure, "key not allowed")
         }
     }
 }
