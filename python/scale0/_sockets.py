@@ -132,8 +132,10 @@ class Wake:
             pass  # closed: the loop has ended
 
     def clear(self) -> None:
-        """Called by the loop before it looks at its inputs."""
-        self.pending = False
+        """Called by the loop before it looks at its inputs. The pipe is drained before
+        `pending` drops: the other way round, a ring between the two would leave
+        `pending` set with its byte already read, and the next ring would be skipped
+        while the loop sleeps."""
         try:
             while self._r.recv(4096):
                 pass
@@ -141,6 +143,7 @@ class Wake:
             pass
         except OSError:
             pass
+        self.pending = False
 
     def close(self) -> None:
         """Closes both ends."""
