@@ -129,7 +129,7 @@ def test_a_silent_broker_makes_the_worker_reconnect(
         reconnect_max=0.1,
     ).start(lambda body: body)
     try:
-        peers = set()
+        peers: set[bytes] = set()
         end = time.monotonic() + 10
         while len(peers) < 3 and time.monotonic() < end:
             peer, *msg = recv(sock)
