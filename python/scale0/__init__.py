@@ -5,6 +5,7 @@ partial replies) to a `scale0 broker`; `Worker` serves a Python function as an M
 worker; `scale0.aio.Client` is the client for asyncio. See docs/protocol.md for the wire.
 """
 
+from .bus import Node
 from .client import Client
 from .errors import (
     AttemptsExhausted,
@@ -34,6 +35,7 @@ __all__ = [
     "Forbidden",
     "Map",
     "NoWorker",
+    "Node",
     "QueueFull",
     "Refused",
     "Scale0Error",

@@ -708,6 +708,9 @@ class _Worker:
     started: set[bytes] = field(default_factory=set)
 
 
+# How long after a connection closed the jobs sent meanwhile are still suspect.
+_SETTLE_S = 0.05
+
 _KEY = re.compile(rb"([0-9a-f]{16})\.([0-9]{1,20})\.([0-9]{1,10})")
 
 
@@ -752,6 +755,8 @@ class _MapCore:
         self.next_emit = 0
         self.stats = MapStats()
         self._malformed = _Quiet()
+        #: When to send again what is still unstarted after a connection closed.
+        self.settle_at: float | None = None
 
     def push_job(self, payload: bytes) -> int:
         index = self.next_index
@@ -776,6 +781,10 @@ class _MapCore:
             if self.zombies == 0:
                 self.presumed_dead.clear()
             self._resend_unstarted(now, "a connection closed")
+            # The jobs socket may still send into the closed connection for a moment
+            # (libzmq counts it closed before its socket stops using it): jobs sent until
+            # then are lost too, so a second look follows.
+            self.settle_at = now + _SETTLE_S
         self.connections = connections
 
     def _credit(self) -> int:
@@ -1031,6 +1040,8 @@ class _MapCore:
     def poll_timeout(self) -> float | None:
         """When `handle_timeout` is next due, if ever."""
         times = [self._worker_deadline(w) for w in self.workers.values()]
+        if self.settle_at is not None:
+            times.append(self.settle_at)
         for i in self.flight:
             d = self._job_deadline(self.jobs[i])
             if d is not None:
@@ -1039,6 +1050,9 @@ class _MapCore:
 
     def handle_timeout(self, now: float) -> None:
         """Expires silent workers and overdue jobs."""
+        if self.settle_at is not None and now >= self.settle_at:
+            self.settle_at = None
+            self._resend_unstarted(now, "a connection closed a moment ago")
         for name in [n for n, w in self.workers.items() if self._worker_deadline(w) <= now]:
             w = self.workers.pop(name)
             log.info("worker %s silent: presumed dead", _text(name))
