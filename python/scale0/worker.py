@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, Callable, TypeVar
 
 import zmq
 
@@ -45,7 +45,8 @@ def _reply(value: Any) -> list[bytes]:
 
 
 class Worker:
-    """A worker of `service` on the broker at `endpoint`, serving a Python function.
+    """A worker of `service` on the broker at `endpoint` (one endpoint: run a Worker per
+    broker to serve several), serving a Python function.
 
     The function gets the request's frames as positional `bytes` arguments and returns the
     reply: `bytes` or `str` (one frame), a sequence of them (several frames) or None (an
@@ -80,7 +81,7 @@ class Worker:
 
     def __init__(
         self,
-        endpoint: str | Sequence[str],
+        endpoint: str,
         service: str,
         capacity: int = 1,
         *,
@@ -95,7 +96,12 @@ class Worker:
         green: bool | None = None,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        self.endpoints = _sockets.endpoint_list(endpoint)
+        if not isinstance(endpoint, str):
+            # One DEALER to several brokers would send READY to one and heartbeats to
+            # each in turn: run one Worker per broker instead.
+            raise TypeError("a Worker serves one broker endpoint (a str)")
+        #: The broker's endpoint.
+        self.endpoint = endpoint
         name = service.encode()
         if not 1 <= len(name) <= 255 or service.startswith("mmi."):
             raise ValueError(f"a service name is 1 to 255 bytes and not mmi.*: {service!r}")
@@ -280,7 +286,7 @@ class Worker:
                 ):
                     sock = _sockets.dealer(
                         ctx,
-                        self.endpoints,
+                        [self.endpoint],
                         identity=None,
                         curve=self._curve,
                         max_message_bytes=self._max_message_bytes,
@@ -361,7 +367,3 @@ class Worker:
                 n,
                 [f[:32] for f in message[:6]],
             )
-
-
-#: For typing: what `_reply` accepts.
-Reply = Union[bytes, str, Sequence[Union[bytes, str]], None]

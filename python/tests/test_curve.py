@@ -3,6 +3,7 @@ services gets Forbidden, an unknown key is Refused."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from conftest import Spawn, binary, broker_on
 
 import scale0
+import scale0.aio
 
 
 def keygen(name: str, where: Path) -> None:
@@ -67,6 +69,17 @@ def test_curve_client_and_worker(spawn: Spawn, tmp_path: Path) -> None:
             c.request("secret", b"abc")
         with scale0.Client(b.endpoint, timeout=0.5) as c, pytest.raises(scale0.Refused):
             c.request("secret", b"plaintext")
+
+        async def aio() -> None:
+            async with scale0.aio.Client(
+                b.endpoint, curve_server_key=server_key, curve_key=allowed / "client.key_secret"
+            ) as c:
+                assert await c.request("secret", b"xyz") == [b"zyx"]
+            async with scale0.aio.Client(b.endpoint, timeout=0.5) as c:
+                with pytest.raises(scale0.Refused):
+                    await c.request("secret", b"plaintext")
+
+        asyncio.run(aio())
     finally:
         w.stop(timeout=10)
 
