@@ -350,7 +350,9 @@ class Worker:
                         self._malformed(message, "unexpected command")
         finally:
             if sock is not None:
-                sock.close(0)
+                # Linger a little: the last replies and the DISCONNECT just queued must
+                # reach the broker before the process exits.
+                sock.close(linger=1000)
             pool.shutdown(wait=False)
             self._wake = None
             wake.close()
