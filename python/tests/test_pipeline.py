@@ -15,13 +15,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from conftest import Proc, Spawn, binary, eventually
 
 import scale0
-from scale0.pipeline import JobFailed, Map, Source, Unrunnable, work
+from scale0.pipeline import JobFailed, Map, Source, Unrunnable, _MapCore, work
 
 LOOPBACK = "tcp://127.0.0.1:*"
 PACKAGE_DIR = str(Path(scale0.__file__).resolve().parent.parent)
@@ -115,6 +115,28 @@ def test_a_python_worker_serves_a_rust_vent_and_sink(
     assert events == [{"event": "worker_joined", "worker": "py-vent-worker", "capacity": 1}]
     assert sorted(r["output"] for r in results) == sorted(f"V{i}" for i in range(20))
     assert {(r["status"], r["worker"]) for r in results} == {("ok", "py-vent-worker")}
+
+
+def test_a_python_worker_answers_plain_jobs_with_plain_results(
+    spawn: Spawn, python_workers: StartWorker, tmp_path: Path
+) -> None:
+    (tmp_path / "jobs").write_text("".join(f"p{i}\n" for i in range(10)))
+    sink = spawn(binary(), "sink", "--bind", LOOPBACK, "--expect", "10", "--json", listens=1)
+    vent = spawn(
+        binary(),
+        "vent",
+        "--plain",
+        "--bind",
+        LOOPBACK,
+        "--input",
+        str(tmp_path / "jobs"),
+        listens=1,
+    )
+    python_workers(Source(vent.endpoint, sink.endpoint), bytes.upper)
+    got = [json.loads(line) for line in lines_of(sink, 10)]
+    # The Guide's framing: one frame each way, no hello, no ids.
+    assert sorted(g["output"] for g in got) == sorted(f"P{i}" for i in range(10))
+    assert all(set(g) == {"output"} for g in got), got
 
 
 def test_rust_workers_run_a_python_map(spawn: Spawn) -> None:
@@ -297,3 +319,92 @@ def test_the_ten_participants_example_runs_small() -> None:
     )
     assert done.returncode == 0, done.stderr + done.stdout
     assert "40 jobs: 40 ok, 0 failed" in done.stdout, done.stdout
+
+
+def core(**kw: Any) -> _MapCore:
+    settings: dict[str, Any] = {
+        "timeout_ms": 1000,
+        "max_attempts": 2,
+        "prefetch": 1,
+        "liveness": 3,
+        "dispatch_timeout_ms": 5000,
+        "ordered": True,
+        "run": 0xABC,
+    }
+    settings.update(kw)
+    return _MapCore(**settings)
+
+
+def dispatch_all(c: _MapCore, now: float) -> list[list[bytes]]:
+    out = []
+    while (d := c.poll_dispatch(now)) is not None:
+        out.append(d[1])
+    return out
+
+
+def test_the_map_core_in_virtual_time() -> None:
+    c = core()
+    for i in range(6):
+        c.push_job(b"j%d" % i)
+    c.close_input()
+    assert dispatch_all(c, 0.0) == [], "no connection, no credit"
+    c.set_connections(0.0, 1)
+    (first,) = dispatch_all(c, 0.0)  # one job to a stranger, to make it say hello
+    assert first == [b"s0job", b"0000000000000abc.0.1", b"1000", b"j0"]
+    c.handle_report(0.1, [b"s0alive", b"w", b"2", b"100"])
+    c.handle_report(0.1, [b"s0start", b"w", b"0000000000000abc.0.1"])
+    sent = dispatch_all(c, 0.1)
+    assert [f[1] for f in sent] == [b"0000000000000abc.1.1", b"0000000000000abc.2.1"]
+    # A result out of order is held until the jobs before it are done.
+    c.handle_report(0.2, [b"s0start", b"w", b"0000000000000abc.1.1"])
+    c.handle_report(0.2, [b"s0res", b"w", b"0000000000000abc.1.1", b"ok", b"one"])
+    assert c.poll_finished() is None
+    c.handle_report(0.2, [b"s0res", b"w", b"0000000000000abc.0.1", b"ok", b"zero"])
+    assert [(r.index, r.output) for r in iter(c.poll_finished, None)] == [(0, b"zero"), (1, b"one")]
+    # A second result for a finished job is late; bad reports are counted, never fatal.
+    c.handle_report(0.2, [b"s0res", b"w", b"0000000000000abc.0.1", b"ok", b"again"])
+    for bad in ([b"s0res", b"w"], [b"s0alive", b"w", b"0", b"1"], [b"nope", b"x"], []):
+        c.handle_report(0.2, bad)
+    assert (c.stats.late_results, c.stats.malformed) == (1, 4)
+    # A started job missing from a later heartbeat lost its result: sent again.
+    c.handle_report(0.3, [b"s0start", b"w", b"0000000000000abc.2.1"])
+    c.handle_report(0.4, [b"s0alive", b"w", b"2", b"100"])
+    assert c.stats.retried == 1 and c.jobs[2].phase == "queued"
+    # The worker falls silent: what it had started is sent again after liveness intervals.
+    again = dispatch_all(c, 0.4)
+    assert b"0000000000000abc.2.2" in [f[1] for f in again]
+    c.handle_report(0.4, [b"s0start", b"w", b"0000000000000abc.2.2"])
+    assert c.poll_timeout() == pytest.approx(0.7)
+    c.handle_timeout(0.7)
+    assert c.stats.workers_lost == 1 and not c.workers
+    # Job 2 has used both its attempts (a lost result and a dead worker): it failed.
+    assert 2 in c.finished and c.finished[2].error == "its worker died"
+    # An unstarted job waits at most the dispatch timeout, at no cost in attempts.
+    c.set_connections(0.7, 1)
+    late = dispatch_all(c, 0.7)
+    assert late, "the connection still counts as a stranger"
+    c.handle_timeout(0.7 + 5.0)
+    assert all(c.jobs[i].failures == 0 for i in c.jobs if i not in (2,))
+
+
+def test_the_map_core_times_out_a_started_job_and_fails_unrunnable_ones() -> None:
+    c = core(timeout_ms=200, max_attempts=3)
+    c.push_job(b"slow")
+    c.push_job(b"never")
+    c.close_input()
+    c.set_connections(0.0, 1)
+    c.handle_report(0.0, [b"s0alive", b"w", b"4", b"100"])
+    dispatch_all(c, 0.0)
+    c.handle_report(0.0, [b"s0start", b"w", b"0000000000000abc.0.1"])
+    c.handle_report(0.0, [b"s0start", b"w", b"0000000000000abc.1.1"])
+    c.handle_report(0.0, [b"s0res", b"w", b"0000000000000abc.1.1", b"unrunnable", b"no such"])
+    # The worker's own timeout report is lost: the map gives up at timeout + 2 intervals.
+    c.handle_report(0.3, [b"s0alive", b"w", b"4", b"100", b"0000000000000abc.0.1"])
+    assert c.poll_timeout() == pytest.approx(0.4)
+    c.handle_timeout(0.4)
+    assert c.jobs[0].failures == 1 and c.stats.retried == 1
+    assert c.finished[1].error == "no such" and c.finished[1].attempts == 1
+    # A result of the superseded send still counts if it is a success.
+    c.handle_report(0.5, [b"s0res", b"w", b"0000000000000abc.0.1", b"ok", b"late but fine"])
+    assert [r.output for r in iter(c.poll_finished, None)] == [b"late but fine", b""]
+    assert c.is_done()
