@@ -8,56 +8,61 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The core's defaults, which the flags show: stated once, in the core.
+fn core() -> scale0::proto::broker::Config {
+    scale0::proto::broker::Config::default()
+}
+
 /// Flags of `scale0 broker`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Endpoint to bind; repeat for several. `:*` picks a free port.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://*:5555")]
+    #[arg(long, value_name = "ENDPOINT", default_value = scale0::endpoints::BROKER)]
     bind: Vec<String>,
     /// Interval between heartbeats to workers, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", default_value_t = core().heartbeat_interval_ms, value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat_interval_ms: u64,
     /// Heartbeat intervals an idle worker may stay silent before it is expired.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = core().heartbeat_liveness, value_parser = clap::value_parser!(u32).range(1..))]
     heartbeat_liveness: u32,
     /// Largest message accepted, in bytes over all frames; larger ones are dropped.
     #[arg(long, value_name = "BYTES", default_value_t = scale0::proto::DEFAULT_MAX_MESSAGE_BYTES, value_parser = crate::limits::parse_max_message_bytes)]
     max_message_bytes: usize,
     /// Times a request may be handed to a worker before it fails (when workers holding
     /// it die or overrun its deadline).
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = core().max_attempts, value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: u32,
     /// Longest a worker may hold one request, in milliseconds; then it is disconnected
     /// and the request goes to another worker.
-    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", default_value_t = core().request_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: u64,
     /// A per-service request deadline, as NAME=MS; repeat for several services.
     #[arg(long, value_name = "NAME=MS", value_parser = parse_service_timeout)]
     service_timeout: Vec<(ServiceName, u64)>,
     /// Requests that may wait in one service's queue; further ones are refused.
-    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = core().max_queue_depth as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_queue_depth: u64,
     /// Longest a request waits for a service that has no worker, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    #[arg(long, value_name = "MS", default_value_t = core().unknown_service_wait_ms)]
     unknown_service_wait_ms: u64,
     /// Services tracked at once; requests and workers for more are refused.
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = core().max_services as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_services: u64,
     /// How long the answer of a native request is kept for retries of the same id, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    #[arg(long, value_name = "MS", default_value_t = core().dedupe_window_ms)]
     dedupe_window_ms: u64,
     /// Answers kept for retries at most.
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[arg(long, value_name = "N", default_value_t = core().max_dedupe_entries as u64)]
     max_dedupe_entries: u64,
     /// Bytes of answers kept for retries at most.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = core().max_dedupe_bytes as u64)]
     max_dedupe_bytes: u64,
     /// Durable mode: keep the request log in DIR. Accepted requests are on disk before
     /// they are acknowledged and are served again after a restart; Titanic (RFC 9) is on.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Size at which a log segment is closed and a new one started, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
+    #[arg(long, value_name = "BYTES", default_value_t = BrokerConfig::default().store.segment_bytes, value_parser = clap::value_parser!(u64).range(4096..))]
     segment_bytes: u64,
     /// Open a request log damaged in the middle by skipping the damaged records (each
     /// skip is logged); without it such a log stops the broker at start-up.
@@ -68,18 +73,18 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ENDPOINT")]
     events: Vec<String>,
     /// Titanic requests stored at once, pending or answered and not yet closed.
-    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = core().max_titanic_requests as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_titanic_requests: u64,
     /// On SIGTERM or SIGINT, how long to keep serving the requests already accepted
     /// (new ones are refused with `shutting_down`) before exiting, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(long, value_name = "MS", default_value_t = BrokerConfig::default().grace_ms)]
     grace_ms: u64,
     /// How long the broker keeps checking for its next message before it sleeps, in
     /// microseconds (0 never). Spinning through the short gaps of a busy conversation
     /// saves the wake-up, tens of microseconds on a virtual machine. After 8 fruitless
     /// spins in a row it spins before only one sleep in 64: sparse traffic costs next to
     /// no CPU.
-    #[arg(long, value_name = "US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=scale0::MAX_SPIN_US))]
+    #[arg(long, value_name = "US", default_value_t = BrokerConfig::default().spin_us, value_parser = clap::value_parser!(u64).range(0..=scale0::MAX_SPIN_US))]
     spin_us: u64,
     /// Serve Prometheus metrics over HTTP at HOST:PORT/metrics (port 0 picks one; the
     /// address is printed as a `listening http://...` line).

@@ -2,6 +2,7 @@
 
 use crate::broker::print_listening;
 use anyhow::Result;
+use scale0::endpoints;
 use scale0::proto::membership::{Event, Heartbeat, Membership};
 use scale0::{Forwarder, ForwarderConfig, Node, NodeConfig, NodeUpdate, Shutdown};
 use serde_json::json;
@@ -9,14 +10,19 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// The core's membership defaults, which the flags show.
+fn membership() -> scale0::proto::membership::Config {
+    scale0::proto::membership::Config::default()
+}
+
 /// Flags of `scale0 forwarder`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ForwarderArgs {
     /// XSUB endpoint that nodes publish to; repeat for several.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://*:5561")]
+    #[arg(long, value_name = "ENDPOINT", default_value = endpoints::FORWARDER_IN)]
     frontend: Vec<String>,
     /// XPUB endpoint that nodes listen to; repeat for several.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://*:5562")]
+    #[arg(long, value_name = "ENDPOINT", default_value = endpoints::FORWARDER_OUT)]
     backend: Vec<String>,
     /// Print the traffic counts every MS milliseconds on stdout.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -73,16 +79,16 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "ENDPOINT")]
     subscribe: Vec<String>,
     /// Heartbeat interval in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", default_value_t = NodeConfig::new(None).interval_ms, value_parser = clap::value_parser!(u64).range(1..))]
     interval_ms: u64,
     /// Silent intervals (the member's own) before a member is suspect.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = membership().suspect_after, value_parser = clap::value_parser!(u32).range(1..))]
     suspect_after: u32,
     /// Silent intervals before a member is dead.
-    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = membership().dead_after, value_parser = clap::value_parser!(u32).range(1..))]
     dead_after: u32,
     /// Members tracked at most.
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[arg(long, value_name = "N", default_value_t = membership().max_members)]
     max_members: usize,
     /// A name carried in heartbeats (default: the host name and shard).
     #[arg(long)]
@@ -201,8 +207,9 @@ pub(crate) fn node(args: NodeArgs) -> Result<ExitCode> {
         config.publish = args.publish;
         config.subscribe = args.subscribe;
         for host in &args.forwarder {
-            config.publish.push(format!("tcp://{host}:5561"));
-            config.subscribe.push(format!("tcp://{host}:5562"));
+            let port = endpoints::FORWARDER_PORT;
+            config.publish.push(format!("tcp://{host}:{port}"));
+            config.subscribe.push(format!("tcp://{host}:{}", port + 1));
         }
     }
     config.interval_ms = args.interval_ms;
@@ -247,19 +254,19 @@ pub(crate) struct SwarmArgs {
     #[arg(long, default_value_t = 0)]
     first_shard: u32,
     /// The forwarder's XSUB endpoint.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://localhost:5561")]
+    #[arg(long, value_name = "ENDPOINT", default_value = endpoints::FORWARDER_IN_CONNECT)]
     publish: String,
     /// The forwarder's XPUB endpoint.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://localhost:5562")]
+    #[arg(long, value_name = "ENDPOINT", default_value = endpoints::FORWARDER_OUT_CONNECT)]
     subscribe: String,
     /// Heartbeat interval of every node, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", default_value_t = NodeConfig::new(None).interval_ms, value_parser = clap::value_parser!(u64).range(1..))]
     interval_ms: u64,
     /// Silent intervals before a member is suspect.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = membership().suspect_after, value_parser = clap::value_parser!(u32).range(1..))]
     suspect_after: u32,
     /// Silent intervals before a member is dead.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = membership().dead_after, value_parser = clap::value_parser!(u32).range(1..))]
     dead_after: u32,
     /// How long to measure once every node knows every other, in ms.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]

@@ -3,7 +3,8 @@
 use crate::handlers;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use scale0::proto::pipeline::{Finished, MapConfig, Outcome, Status};
+use scale0::proto::pipeline::{Finished, MAX_INTERVAL_MS, MapConfig, Outcome, Status};
+use scale0::proto::task_worker;
 use scale0::{
     CommandTask, MapProgress, Pool, PoolConfig, Sink, SinkConfig, SinkItem, Source, Task,
     TaskWorker, TaskWorkerConfig, Vent, VentConfig,
@@ -183,7 +184,7 @@ pub(crate) struct WorkArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535))]
     capacity: Option<u32>,
     /// Heartbeat interval towards sinks, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    #[arg(long, value_name = "MS", default_value_t = task_worker::Config::DEFAULT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(1..=MAX_INTERVAL_MS))]
     interval_ms: u64,
     /// Limit for one-frame jobs, which carry none, in milliseconds (0: none).
     #[arg(long, value_name = "MS", default_value_t = 0)]
@@ -242,7 +243,7 @@ pub(crate) fn work(args: WorkArgs) -> Result<ExitCode> {
 #[derive(Debug, clap::Args)]
 pub(crate) struct VentArgs {
     /// Endpoint workers connect to (repeatable).
-    #[arg(long, value_name = "ENDPOINT", default_values_t = [scale0::DEFAULT_VENT.to_string()])]
+    #[arg(long, value_name = "ENDPOINT", default_values_t = [scale0::endpoints::VENT.to_string()])]
     bind: Vec<String>,
     /// Read jobs from this file instead of stdin.
     #[arg(long, value_name = "FILE")]
@@ -253,14 +254,14 @@ pub(crate) struct VentArgs {
     #[arg(long)]
     plain: bool,
     /// Per-job limit carried in each framed job, in milliseconds (0: none).
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    #[arg(long, value_name = "MS", default_value_t = VentConfig::default().job_timeout_ms)]
     timeout_ms: u64,
     /// Wait for this many workers before sending, so the first to connect does not get
     /// every job.
     #[arg(long, value_name = "N", default_value_t = 1)]
     workers: usize,
     /// Jobs libzmq may queue per worker.
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = VentConfig::default().socket_hwm, value_parser = clap::value_parser!(i32).range(1..))]
     hwm: i32,
     /// After the last job, how long queued jobs get to reach workers, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
@@ -303,7 +304,7 @@ pub(crate) fn vent(args: VentArgs) -> Result<ExitCode> {
 #[derive(Debug, clap::Args)]
 pub(crate) struct SinkArgs {
     /// Endpoint workers push results to (repeatable).
-    #[arg(long, value_name = "ENDPOINT", default_values_t = [scale0::DEFAULT_SINK.to_string()])]
+    #[arg(long, value_name = "ENDPOINT", default_values_t = [scale0::endpoints::SINK.to_string()])]
     bind: Vec<String>,
     /// Exit after this many results (framed or one-frame).
     #[arg(long, value_name = "N")]
@@ -470,25 +471,25 @@ pub(crate) struct MapArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     local: u32,
     /// Endpoint workers pull jobs from (repeatable).
-    #[arg(long, value_name = "ENDPOINT", default_values_t = [scale0::DEFAULT_VENT.to_string()])]
+    #[arg(long, value_name = "ENDPOINT", default_values_t = [scale0::endpoints::VENT.to_string()])]
     vent: Vec<String>,
     /// Endpoint workers push results to (repeatable).
-    #[arg(long, value_name = "ENDPOINT", default_values_t = [scale0::DEFAULT_SINK.to_string()])]
+    #[arg(long, value_name = "ENDPOINT", default_values_t = [scale0::endpoints::SINK.to_string()])]
     sink: Vec<String>,
     /// Longest a job may run once started, in milliseconds (0: no limit).
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    #[arg(long, value_name = "MS", default_value_t = MapConfig::default().job_timeout_ms)]
     timeout_ms: u64,
     /// Runs after the first for a job that failed, timed out or lost its worker.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    #[arg(long, value_name = "N", default_value_t = MapConfig::default().max_attempts - 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
     retries: u32,
     /// Jobs sent to each worker beyond those it runs at once.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = MapConfig::default().prefetch)]
     prefetch: u32,
     /// Heartbeats a worker may miss before its jobs are sent elsewhere.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = MapConfig::default().liveness, value_parser = clap::value_parser!(u32).range(1..))]
     liveness: u32,
     /// Longest a sent job may wait to be started before it is sent again, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", default_value_t = MapConfig::default().dispatch_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
     dispatch_timeout_ms: u64,
     /// Write results as they finish instead of in input order.
     #[arg(long)]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The broker to ask.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://localhost:5555")]
+    #[arg(long, value_name = "ENDPOINT", default_value = scale0::endpoints::BROKER_CONNECT)]
     connect: String,
     /// The service to ask (`mmi.service` asks the broker whether a service exists).
     #[arg(long, value_name = "NAME")]
@@ -27,10 +27,10 @@ pub(crate) struct Args {
     #[arg(long, value_name = "K", default_value_t = 1, requires = "count", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     in_flight: u32,
     /// How long to wait for a reply, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", default_value_t = scale0::proto::client::Config::DEFAULT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
     /// Times a request is re-sent (same id: it never runs twice) after a timeout.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(long, value_name = "N", default_value_t = scale0::proto::client::Config::DEFAULT_RETRIES)]
     retries: u32,
     #[command(flatten)]
     limit: crate::limits::MessageLimit,

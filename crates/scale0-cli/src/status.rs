@@ -10,13 +10,13 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The broker's endpoint.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://localhost:5555")]
+    #[arg(long, value_name = "ENDPOINT", default_value = scale0::endpoints::BROKER_CONNECT)]
     connect: String,
     /// Print the broker's JSON document as it is.
     #[arg(long)]
     json: bool,
     /// How long to wait for the broker, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", default_value_t = scale0::proto::client::Config::DEFAULT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
     #[command(flatten)]
     curve: crate::curve::ClientArgs,

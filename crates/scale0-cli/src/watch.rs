@@ -10,7 +10,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The broker's events endpoint (its `--events`); repeat for several brokers.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://localhost:5563")]
+    #[arg(long, value_name = "ENDPOINT", default_value = scale0::endpoints::EVENTS_CONNECT)]
     connect: Vec<String>,
     /// Print JSON lines.
     #[arg(long)]

@@ -12,7 +12,7 @@ use std::thread;
 #[command(group(ArgGroup::new("handler").required(true).args(["echo", "sha1", "sleep_ms", "command"])))]
 pub(crate) struct Args {
     /// The broker to serve.
-    #[arg(long, value_name = "ENDPOINT", default_value = "tcp://localhost:5555")]
+    #[arg(long, value_name = "ENDPOINT", default_value = scale0::endpoints::BROKER_CONNECT)]
     connect: String,
     /// The service to offer (1 to 255 bytes, not `mmi.*`).
     #[arg(long, value_name = "NAME")]
@@ -38,10 +38,10 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     capacity: u32,
     /// Interval between heartbeats to the broker, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", default_value_t = scale0::proto::DEFAULT_HEARTBEAT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat_interval_ms: u64,
     /// Heartbeat intervals of broker silence before reconnecting.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = scale0::proto::DEFAULT_HEARTBEAT_LIVENESS, value_parser = clap::value_parser!(u32).range(1..))]
     heartbeat_liveness: u32,
     /// Run the handler on the socket thread: faster for handlers of microseconds (such as
     /// --echo or --sha1), but nothing heartbeats while it runs, so it must finish well
@@ -50,7 +50,7 @@ pub(crate) struct Args {
     inline: bool,
     /// On SIGTERM or SIGINT, how long a worker busy with a request goes on to send its
     /// reply before it disconnects, in milliseconds (0: at once; the broker re-sends it).
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(long, value_name = "MS", default_value_t = scale0::DEFAULT_GRACE_MS)]
     grace_ms: u64,
     #[command(flatten)]
     limit: crate::limits::MessageLimit,

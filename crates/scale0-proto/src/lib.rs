@@ -28,6 +28,12 @@ pub mod zap;
 
 pub use mdp::{Body, DecodeError, Frames, PeerId, ServiceName};
 
+/// How often Majordomo peers heartbeat unless configured otherwise: the reference
+/// implementations' 2500 ms, so the Guide's programs and ours agree out of the box.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 2500;
+/// Heartbeat intervals of silence after which a Majordomo peer is presumed dead, unless
+/// configured otherwise (the reference implementations' 3).
+pub const DEFAULT_HEARTBEAT_LIVENESS: u32 = 3;
 /// The largest message a server reads unless configured otherwise: 16 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// The smallest message bound a server accepts: every command of every protocol, with

@@ -33,14 +33,20 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults matching the broker's (2500 ms × 3), reconnecting after 100 ms to 5 s.
+    /// The first pause before reconnecting, unless configured.
+    pub const DEFAULT_RECONNECT_INITIAL_MS: u64 = 100;
+    /// The longest pause between reconnects, unless configured.
+    pub const DEFAULT_RECONNECT_MAX_MS: u64 = 5000;
+
+    /// Defaults matching the broker's ([`crate::DEFAULT_HEARTBEAT_INTERVAL_MS`] ×
+    /// [`crate::DEFAULT_HEARTBEAT_LIVENESS`]), reconnecting after 100 ms to 5 s.
     pub fn new(service: ServiceName) -> Self {
         Self {
             service,
-            heartbeat_interval_ms: 2500,
-            heartbeat_liveness: 3,
-            reconnect_initial_ms: 100,
-            reconnect_max_ms: 5000,
+            heartbeat_interval_ms: crate::DEFAULT_HEARTBEAT_INTERVAL_MS,
+            heartbeat_liveness: crate::DEFAULT_HEARTBEAT_LIVENESS,
+            reconnect_initial_ms: Self::DEFAULT_RECONNECT_INITIAL_MS,
+            reconnect_max_ms: Self::DEFAULT_RECONNECT_MAX_MS,
             version: Version::V2,
             capacity: 1,
         }

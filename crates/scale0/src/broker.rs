@@ -49,7 +49,8 @@ pub struct BrokerConfig {
     pub events: Vec<String>,
     /// On shutdown, how long to keep serving the requests already accepted (new ones are
     /// refused with `shutting_down`) before stopping; 0 stops at once. A durable broker
-    /// waits only for requests held by workers: queued ones stay in its log.
+    /// waits only for requests held by workers: queued ones stay in its log. Default
+    /// [`DEFAULT_GRACE_MS`].
     pub grace_ms: u64,
     /// `HOST:PORT` of an HTTP endpoint serving Prometheus metrics at `/metrics`; port 0
     /// picks a free one (read it back with [`Broker::metrics_endpoint`]).
@@ -69,16 +70,19 @@ pub struct BrokerConfig {
 /// Upper bound of [`BrokerConfig::spin_us`]: past this, spinning only burns CPU.
 pub const MAX_SPIN_US: u64 = 10_000;
 
+/// How long a stopping broker serves the requests it accepted, unless configured.
+pub const DEFAULT_GRACE_MS: u64 = 5000;
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            bind: vec!["tcp://*:5555".into()],
+            bind: vec![crate::endpoints::BROKER.into()],
             core: core::Config::default(),
             socket_hwm: 100_000,
             data_dir: None,
             store: LogOptions::default(),
             events: Vec::new(),
-            grace_ms: 0,
+            grace_ms: DEFAULT_GRACE_MS,
             metrics: None,
             curve: None,
             spin_us: 100,

@@ -40,8 +40,8 @@ pub const DEFAULT_MAX_SUBSCRIPTION_BYTES: usize = 1024;
 impl Default for ForwarderConfig {
     fn default() -> Self {
         Self {
-            frontend: vec!["tcp://*:5561".into()],
-            backend: vec!["tcp://*:5562".into()],
+            frontend: vec![crate::endpoints::FORWARDER_IN.into()],
+            backend: vec![crate::endpoints::FORWARDER_OUT.into()],
             socket_hwm: 100_000,
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             max_subscription_bytes: DEFAULT_MAX_SUBSCRIPTION_BYTES,
@@ -205,8 +205,8 @@ impl NodeConfig {
     pub fn new(shard: Option<u32>) -> Self {
         Self {
             shard,
-            publish: vec!["tcp://localhost:5561".into()],
-            subscribe: vec!["tcp://localhost:5562".into()],
+            publish: vec![crate::endpoints::FORWARDER_IN_CONNECT.into()],
+            subscribe: vec![crate::endpoints::FORWARDER_OUT_CONNECT.into()],
             interval_ms: 100,
             name: String::new(),
             role: String::new(),

@@ -11,6 +11,7 @@ mod broker;
 mod bus;
 mod client;
 mod clock;
+pub mod endpoints;
 mod error;
 mod ids;
 mod latency;
@@ -25,7 +26,7 @@ pub mod sockets;
 mod task;
 mod worker;
 
-pub use broker::{Broker, BrokerConfig, MAX_SPIN_US, watch_events};
+pub use broker::{Broker, BrokerConfig, DEFAULT_GRACE_MS, MAX_SPIN_US, watch_events};
 pub use bus::{
     DEFAULT_MAX_SUBSCRIPTION_BYTES, Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig,
     NodeUpdate,
@@ -35,8 +36,8 @@ pub use error::{Error, Result, ZmqContext};
 pub use latency::Latencies;
 pub use limits::{fd_limits, raise_fd_limit};
 pub use pipeline::{
-    DEFAULT_SINK, DEFAULT_VENT, Sink, SinkConfig, SinkItem, SinkSummary, Source, TaskWorker,
-    TaskWorkerConfig, TaskWorkerSummary, Vent, VentConfig,
+    Sink, SinkConfig, SinkItem, SinkSummary, Source, TaskWorker, TaskWorkerConfig,
+    TaskWorkerSummary, Vent, VentConfig,
 };
 pub use pool::{MapProgress, MapSummary, Pool, PoolConfig};
 pub use queue::{Queue, QueueConfig, QueueEndpoints};

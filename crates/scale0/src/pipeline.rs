@@ -3,6 +3,7 @@
 //! [`scale0_proto::pipeline`] and `docs/protocol.md`.
 
 use crate::clock::Clock;
+use crate::endpoints;
 use crate::error::{Error, Result, ZmqContext};
 use crate::ids::random_u64;
 use crate::security::{self, CurveClient, CurveServer, ZapHandler};
@@ -18,11 +19,6 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 use tracing::{debug, info, warn};
-
-/// The Guide's ventilator port, where workers pull jobs.
-pub const DEFAULT_VENT: &str = "tcp://*:5557";
-/// The Guide's sink port, where workers push results.
-pub const DEFAULT_SINK: &str = "tcp://*:5558";
 
 // ---------------------------------------------------------------------------------------
 // The worker.
@@ -55,7 +51,7 @@ impl Source {
                 let port: u16 = port.parse().map_err(|_| bad())?;
                 (name, port)
             }
-            _ => (rest, 5557),
+            _ => (rest, endpoints::VENT_PORT),
         };
         let sink = port.checked_add(1).ok_or_else(bad)?;
         Ok(Self {
@@ -91,7 +87,7 @@ impl TaskWorkerConfig {
         Self {
             sources: vec![source],
             capacity: 1,
-            interval_ms: 1000,
+            interval_ms: task_worker::Config::DEFAULT_INTERVAL_MS,
             plain_timeout_ms: 0,
             name: None,
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
@@ -368,7 +364,10 @@ fn slot(
         let (status, output) = match outcome {
             TaskOutcome::Ok(out) => (Status::Ok, out),
             TaskOutcome::Failed(why) => (Status::Failed, Bytes::from(why)),
-            TaskOutcome::TimedOut => (Status::Timeout, Bytes::new()),
+            TaskOutcome::TimedOut => {
+                let ms = job.timeout.map_or(0, |t| t.as_millis());
+                (Status::Timeout, Bytes::from(format!("timed out after {ms} ms")))
+            }
             TaskOutcome::Unrunnable(why) => (Status::Unrunnable, Bytes::from(why)),
         };
         let frames = [
@@ -406,7 +405,7 @@ pub struct VentConfig {
 impl Default for VentConfig {
     fn default() -> Self {
         Self {
-            bind: vec![DEFAULT_VENT.into()],
+            bind: vec![endpoints::VENT.into()],
             plain: false,
             job_timeout_ms: 0,
             socket_hwm: 10,
@@ -578,7 +577,7 @@ pub struct SinkConfig {
 impl Default for SinkConfig {
     fn default() -> Self {
         Self {
-            bind: vec![DEFAULT_SINK.into()],
+            bind: vec![endpoints::SINK.into()],
             socket_hwm: 100_000,
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,

@@ -4,9 +4,7 @@
 use crate::clock::Clock;
 use crate::error::{Error, Result, ZmqContext};
 use crate::ids::random_u64;
-use crate::pipeline::{
-    DEFAULT_SINK, DEFAULT_VENT, Source, TaskWorker, TaskWorkerConfig, TaskWorkerSummary,
-};
+use crate::pipeline::{Source, TaskWorker, TaskWorkerConfig, TaskWorkerSummary};
 use crate::security::{self, CurveClient, CurveServer, KeyPair, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets::{self, ConnectionCounter, local_endpoint, pipeline_socket};
@@ -40,8 +38,8 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            vent: vec![DEFAULT_VENT.into()],
-            sink: vec![DEFAULT_SINK.into()],
+            vent: vec![crate::endpoints::VENT.into()],
+            sink: vec![crate::endpoints::SINK.into()],
             map: MapConfig::default(),
             progress_every: Duration::from_millis(200),
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,

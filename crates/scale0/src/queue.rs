@@ -30,9 +30,9 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            frontend: vec!["tcp://*:5559".into()],
-            backend: vec!["tcp://*:5560".into()],
-            workers: vec!["tcp://*:5556".into()],
+            frontend: vec![crate::endpoints::QUEUE_FRONTEND.into()],
+            backend: vec![crate::endpoints::QUEUE_BACKEND.into()],
+            workers: vec![crate::endpoints::QUEUE_WORKERS.into()],
             core: core::Config::default(),
             socket_hwm: 100_000,
             curve: None,

@@ -42,8 +42,9 @@ pub struct WorkerConfig {
     pub inline: bool,
     /// On shutdown, how long a worker busy with a request goes on to send its reply
     /// before it says DISCONNECT; 0 stops at once (the broker sends the request to
-    /// another worker). With a grace period the worker has a ZeroMQ context of its own,
-    /// so that its last reply and its goodbye leave before the process exits.
+    /// another worker). With a grace period the worker has a ZeroMQ context of its own
+    /// (unless its broker is inproc), so that its last reply and its goodbye leave before
+    /// the process exits. Default [`crate::DEFAULT_GRACE_MS`].
     pub grace_ms: u64,
     /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
     /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
@@ -64,13 +65,13 @@ impl WorkerConfig {
         Self {
             connect: connect.into(),
             service: service.into(),
-            heartbeat_interval_ms: 2500,
-            heartbeat_liveness: 3,
-            reconnect_initial_ms: 100,
-            reconnect_max_ms: 5000,
+            heartbeat_interval_ms: scale0_proto::DEFAULT_HEARTBEAT_INTERVAL_MS,
+            heartbeat_liveness: scale0_proto::DEFAULT_HEARTBEAT_LIVENESS,
+            reconnect_initial_ms: scale0_proto::worker::Config::DEFAULT_RECONNECT_INITIAL_MS,
+            reconnect_max_ms: scale0_proto::worker::Config::DEFAULT_RECONNECT_MAX_MS,
             version: Version::V2,
             inline: false,
-            grace_ms: 0,
+            grace_ms: crate::DEFAULT_GRACE_MS,
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
             capacity: 1,
@@ -193,7 +194,8 @@ impl Worker {
     /// Serves requests with `handler` until `shutdown` is triggered.
     pub fn run(self, handler: impl Handler, shutdown: &Shutdown) -> Result<WorkerSummary> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let own_ctx = self.config.grace_ms > 0;
+        // An inproc broker lives in the shared context, so such a worker stays in it.
+        let own_ctx = self.config.grace_ms > 0 && !self.config.connect.starts_with("inproc://");
         let ctx = if own_ctx {
             zmq::Context::new()
         } else {

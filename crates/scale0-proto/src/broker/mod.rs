@@ -87,8 +87,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 2500,
-            heartbeat_liveness: 3,
+            heartbeat_interval_ms: crate::DEFAULT_HEARTBEAT_INTERVAL_MS,
+            heartbeat_liveness: crate::DEFAULT_HEARTBEAT_LIVENESS,
             max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
             max_attempts: 3,
             request_timeout_ms: 60_000,
