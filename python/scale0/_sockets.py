@@ -16,6 +16,9 @@ from .keys import Curve
 
 log = logging.getLogger("scale0")
 
+#: gevent's socket class, once `zmq_module` has loaded it.
+_green_type: Any = None
+
 #: The handshake events that say why a broker will not talk to us.
 REFUSALS: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
@@ -39,8 +42,10 @@ def zmq_module(green: bool | None) -> Any:
         monkey = sys.modules.get("gevent.monkey")
         green = bool(monkey is not None and monkey.is_module_patched("socket"))
     if green:
+        global _green_type
         import zmq.green as green_zmq
 
+        _green_type = green_zmq.Socket
         return green_zmq
     return zmq
 
@@ -127,8 +132,10 @@ class Wake:
             pass  # closed: the loop has ended
 
     def clear(self) -> None:
-        """Called by the loop before it looks at its inputs."""
-        self.pending = False
+        """Called by the loop before it looks at its inputs. The pipe is drained before
+        `pending` drops: the other way round, a ring between the two would leave
+        `pending` set with its byte already read, and the next ring would be skipped
+        while the loop sleeps."""
         try:
             while self._r.recv(4096):
                 pass
@@ -136,8 +143,37 @@ class Wake:
             pass
         except OSError:
             pass
+        self.pending = False
 
     def close(self) -> None:
         """Closes both ends."""
         self._r.close()
         self._w.close()
+
+
+# pyzmq's send_multipart and recv_multipart combine IntFlag values for every frame, which
+# costs more than the sends themselves; these do the same with plain ints.
+_SEND_MORE = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def send_frames(sock: Any, frames: list[bytes]) -> None:
+    """Sends a multipart message without blocking (raises `zmq.Again` when it would)."""
+    if _green_type is not None and isinstance(sock, _green_type):
+        # gevent's socket re-arms its events after each frame unless sent as a whole.
+        sock.send_multipart(frames, zmq.NOBLOCK)
+        return
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        sock.send(f, _SEND_MORE if i < last else _NOBLOCK)
+
+
+def recv_frames(sock: Any) -> list[bytes]:
+    """Receives a multipart message without blocking (raises `zmq.Again` with none)."""
+    if _green_type is not None and isinstance(sock, _green_type):
+        return sock.recv_multipart(zmq.NOBLOCK)  # type: ignore[no-any-return]
+    parts: list[bytes] = [sock.recv(_NOBLOCK)]
+    while sock.get(_RCVMORE):
+        parts.append(sock.recv(_NOBLOCK))
+    return parts

@@ -383,7 +383,7 @@ class Client:
                 if sock in events:
                     for _ in range(READ_BATCH):
                         try:
-                            message = sock.recv_multipart(zmq.NOBLOCK)
+                            message = _sockets.recv_frames(sock)
                         except zmq.Again:
                             break
                         session.handle_message(message, time.monotonic())
@@ -426,6 +426,6 @@ class Client:
     @staticmethod
     def _transmit(sock: Any, message: list[bytes]) -> None:
         try:
-            sock.send_multipart(message, zmq.NOBLOCK)
+            _sockets.send_frames(sock, message)
         except zmq.Again:
             log.debug("send would block; the retry timer will re-send")

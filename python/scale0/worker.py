@@ -246,7 +246,7 @@ class Worker:
 
         def send(*frames: bytes) -> None:
             try:
-                sock.send_multipart([_wire.MDPW02, *frames], zmq.NOBLOCK)
+                _sockets.send_frames(sock, [_wire.MDPW02, *frames])
             except zmq.Again:
                 log.warning("send to the broker would block; dropped")
 
@@ -315,7 +315,7 @@ class Worker:
                     continue
                 while sock is not None:
                     try:
-                        message = sock.recv_multipart(zmq.NOBLOCK)
+                        message = _sockets.recv_frames(sock)
                     except zmq.Again:
                         break
                     now = time.monotonic()

@@ -4,6 +4,7 @@ reconnects, SIGTERM and kill -9."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import threading
@@ -14,6 +15,7 @@ import pytest
 from conftest import Proc, Spawn, broker_on, eventually, python_worker, wait_for_service
 
 import scale0
+from scale0 import _sockets
 
 
 def status(endpoint: str) -> dict[str, object]:
@@ -217,3 +219,49 @@ def test_a_worker_killed_holding_requests_loses_none(spawn: Spawn, broker: Proc)
         assert c.stats["duplicates"] == 0
         totals = status(broker.endpoint)["totals"]
         assert totals["redeliveries"] == 3  # type: ignore[index]
+
+
+def test_a_ring_during_the_drain_is_not_lost() -> None:
+    # Regression: Wake.clear once dropped `pending` before draining its pipe, so a ring
+    # landing during the drain left `pending` set with its byte read: every later ring
+    # was skipped while the loop slept (a reply waited for the next heartbeat).
+    wake = _sockets.Wake()
+    real = wake._r
+
+    class RingsDuringRecv:
+        rang = False
+
+        def recv(self, n: int) -> bytes:
+            if not self.rang:
+                self.rang = True
+                wake.ring()  # another thread, while this one is in the system call
+            return real.recv(n)
+
+        def close(self) -> None:
+            real.close()
+
+    wake.ring()
+    wake._r = RingsDuringRecv()  # type: ignore[assignment]
+    wake.clear()
+    wake.ring()  # must reach the pipe, or the loop sleeps through it
+    assert select.select([wake.fd], [], [], 0)[0] == [wake.fd]
+    wake.close()
+
+
+def test_no_wake_up_is_lost_between_the_threads(broker: Proc) -> None:
+    # Regression: the loop's wake-up once cleared its flag before draining its pipe, so a
+    # ring in between was lost and a reply waited for the next heartbeat (here 30 s).
+    # With retries=0 and a 2 s timeout any such stall fails the run.
+    w = scale0.Worker(broker.endpoint, "quick", capacity=4, heartbeat_interval=30).start(
+        lambda body: body
+    )
+    try:
+        wait_for_service(broker.endpoint, "quick")
+        with scale0.Client(broker.endpoint, timeout=2, retries=0) as c:
+            for _ in range(3):
+                n = sum(1 for _ in c.map("quick", (b"%d" % i for i in range(1000)), in_flight=3))
+                assert n == 1000
+            for i in range(300):
+                assert c.request("quick", b"%d" % i) == [b"%d" % i]
+    finally:
+        w.stop(timeout=10)

@@ -4,7 +4,7 @@
 
 use anyhow::{Result, bail};
 use scale0::Task;
-use scale0::bench::{self, Measurement};
+use scale0_bench::scenarios::{self as bench, Measurement};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,12 +131,14 @@ struct Case {
 }
 
 impl Case {
-    fn run(&self, args: &Args) -> scale0::Result<Measurement> {
-        match self.scenario {
+    fn run(&self, args: &Args) -> anyhow::Result<Measurement> {
+        if self.scenario == Scenario::Broker && args.processes {
+            return processes::broker(args, self);
+        }
+        Ok(match self.scenario {
             Scenario::PushPull => bench::push_pull(self.count, self.size),
             Scenario::PubSub => bench::pub_sub(self.count, self.size, args.pub_sub_hwm),
             Scenario::Direct => bench::direct(self.clients, self.in_flight, self.count, self.size),
-            Scenario::Broker if args.processes => processes::broker(args, self),
             Scenario::Broker => bench::broker(&bench::BrokerCase {
                 connect: args.connect.clone(),
                 inline: !args.handler_thread,
@@ -160,7 +162,7 @@ impl Case {
                 });
                 bench::map(self.workers, self.count, self.size, args.prefetch, task)
             }
-        }
+        }?)
     }
 
     fn label(&self) -> String {
@@ -427,8 +429,8 @@ fn print_table(results: &[Result_]) {
 mod processes {
     use super::{Args, Case};
     use bytes::Bytes;
-    use scale0::bench::Measurement;
     use scale0::{Client, ClientConfig};
+    use scale0_bench::Measurement;
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Child, Command, ExitCode, Stdio};
     use std::time::Duration;
@@ -486,24 +488,24 @@ mod processes {
         }
     }
 
-    fn scale0() -> scale0::Result<Command> {
-        let exe = std::env::current_exe()
-            .map_err(|e| scale0::Error::InvalidConfig(format!("finding this binary: {e}")))?;
+    fn scale0() -> anyhow::Result<Command> {
+        let exe =
+            std::env::current_exe().map_err(|e| anyhow::anyhow!("finding this binary: {e}"))?;
         let mut c = Command::new(exe);
         c.env("RUST_LOG", "warn").stdin(Stdio::null());
         Ok(c)
     }
 
-    fn spawn(cmd: &mut Command, what: &str) -> scale0::Result<Child> {
+    fn spawn(cmd: &mut Command, what: &str) -> anyhow::Result<Child> {
         cmd.spawn()
-            .map_err(|e| scale0::Error::InvalidConfig(format!("starting {what}: {e}")))
+            .map_err(|e| anyhow::anyhow!("starting {what}: {e}"))
     }
 
-    fn bad(what: String) -> scale0::Error {
-        scale0::Error::InvalidConfig(what)
+    fn bad(what: String) -> anyhow::Error {
+        anyhow::Error::msg(what)
     }
 
-    pub(crate) fn broker(args: &Args, case: &Case) -> scale0::Result<Measurement> {
+    pub(crate) fn broker(args: &Args, case: &Case) -> anyhow::Result<Measurement> {
         let mut children = Children(Vec::new());
         let endpoint = match &args.connect {
             Some(e) => e.clone(),

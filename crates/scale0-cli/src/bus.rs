@@ -289,7 +289,7 @@ fn quantiles(v: &[u64]) -> String {
 }
 
 pub(crate) fn swarm(args: SwarmArgs) -> Result<ExitCode> {
-    let config = scale0::SwarmConfig {
+    let config = scale0_bench::SwarmConfig {
         first_shard: args.first_shard,
         nodes: args.nodes,
         publish: args.publish,
@@ -303,7 +303,7 @@ pub(crate) fn swarm(args: SwarmArgs) -> Result<ExitCode> {
         measure_ms: args.measure_ms,
         kill_after_ms: args.kill_after_ms,
     };
-    let r = scale0::run_swarm(&config, &Shutdown::new())?;
+    let r = scale0_bench::run_swarm(&config, &Shutdown::new())?;
     let lost = r.expected.saturating_sub(r.received);
     println!(
         "nodes {}  converged {} ms  heartbeats sent {}  deliveries {} of {} ({:.3}% lost)",

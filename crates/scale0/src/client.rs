@@ -2,13 +2,14 @@
 //! ids, so many requests fly on one DEALER and replies come back in any order; explicit
 //! error statuses; retries with the same id, which the broker never executes twice.
 
+use crate::clock::Clock;
 use crate::error::{Error, Result, ZmqContext};
 use crate::latency::Latencies;
 use crate::security::{self, CurveClient, HandshakeWatch};
 use crate::sockets;
 use bytes::Bytes;
 use scale0_proto::client::{self, Event, Outcome};
-use scale0_proto::{self as proto, Body, ServiceName};
+use scale0_proto::{Body, ServiceName};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -117,8 +118,8 @@ pub struct Client {
     /// answers a known id from its memory. Tagged with the caller's index and the time
     /// of the first send.
     session: client::Session<(usize, Instant)>,
-    /// The origin of the session's clock.
-    epoch: Instant,
+    /// The session's clock.
+    clock: Clock,
     /// Why the broker refused our handshake, if it did.
     handshakes: Option<HandshakeWatch>,
     /// Calls to `recv_until`, which reads `handshakes` every so often.
@@ -152,7 +153,7 @@ impl Client {
             config,
             socket,
             identity,
-            epoch: Instant::now(),
+            clock: Clock::new(),
             handshakes,
             waits: 0,
         })
@@ -227,12 +228,6 @@ impl Client {
         Ok((socket, watch))
     }
 
-    /// The session's clock: milliseconds since the client connected.
-    fn now(&self) -> proto::Instant {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        proto::Instant::from_millis(ms)
-    }
-
     /// Sends what the session has queued.
     fn flush(&mut self) -> Result<()> {
         while let Some(frames) = self.session.poll_transmit() {
@@ -246,16 +241,15 @@ impl Client {
         let Some(due) = self.session.poll_timeout() else {
             return Ok(());
         };
-        let deadline = self.epoch + Duration::from_millis(due.as_millis());
-        match self.recv_until(deadline)? {
+        match self.recv_until(self.clock.instant(due))? {
             Some(frames) => {
-                let now = self.now();
+                let now = self.clock.now();
                 if let Err(e) = self.session.handle_message(now, frames) {
                     debug!(error = %e, "dropped a malformed message from the broker");
                 }
             }
             None => {
-                let now = self.now();
+                let now = self.clock.now();
                 self.session.handle_timeout(now);
             }
         }
@@ -279,7 +273,7 @@ impl Client {
         let name = service_name(service)?;
         // Whatever a run cut short by an error left behind.
         self.session.cancel_all();
-        let now = self.now();
+        let now = self.clock.now();
         let id = self.session.request(now, name, body, (0, Instant::now()));
         loop {
             self.flush()?;
@@ -333,7 +327,7 @@ impl Client {
                     exhausted = true;
                     break;
                 };
-                let now = self.now();
+                let now = self.clock.now();
                 self.session
                     .request(now, name.clone(), body, (index, Instant::now()));
                 summary.sent += 1;

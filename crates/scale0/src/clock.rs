@@ -4,15 +4,28 @@ use scale0_proto::Instant;
 
 /// Milliseconds since this clock was made, as the core's time.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock(std::time::Instant);
+pub struct Clock(std::time::Instant);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Clock {
-    pub(crate) fn new() -> Self {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
         Self(std::time::Instant::now())
     }
 
-    pub(crate) fn now(self) -> Instant {
+    /// The core's time now.
+    pub fn now(self) -> Instant {
         Instant::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The real instant of the core's `at`.
+    pub(crate) fn instant(self, at: Instant) -> std::time::Instant {
+        self.0 + std::time::Duration::from_millis(at.as_millis())
     }
 
     /// Milliseconds to wait for `deadline`, capped so shutdown is noticed in time.

@@ -125,7 +125,8 @@ impl From<scale0_store::OpenError> for Error {
 /// Result with the library's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) trait ZmqContext<T> {
+/// Turns a libzmq error into an [`Error`] that names what was being done.
+pub trait ZmqContext<T> {
     /// Names the operation that failed.
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;
 }

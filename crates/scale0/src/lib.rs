@@ -7,7 +7,6 @@
 //! threads and `zmq::poll` loops, one owner per socket.
 
 mod accepts;
-pub mod bench;
 mod broker;
 mod bus;
 mod client;
@@ -22,17 +21,17 @@ mod pool;
 mod queue;
 mod security;
 mod shutdown;
-mod sockets;
+pub mod sockets;
 mod task;
 mod worker;
 
 pub use broker::{Broker, BrokerConfig, MAX_SPIN_US, watch_events};
 pub use bus::{
     DEFAULT_MAX_SUBSCRIPTION_BYTES, Forwarder, ForwarderConfig, ForwarderStats, Node, NodeConfig,
-    NodeUpdate, SwarmConfig, SwarmReport, run_swarm,
+    NodeUpdate,
 };
 pub use client::{Client, ClientConfig, ManySummary, Reply};
-pub use error::{Error, Result};
+pub use error::{Error, Result, ZmqContext};
 pub use latency::Latencies;
 pub use limits::{fd_limits, raise_fd_limit};
 pub use pipeline::{

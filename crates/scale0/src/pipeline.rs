@@ -2,6 +2,7 @@
 //! sink ([`Sink`]). The parallel map is in `pool.rs`. Frames are in
 //! [`scale0_proto::pipeline`] and `docs/protocol.md`.
 
+use crate::clock::Clock;
 use crate::error::{Error, Result, ZmqContext};
 use crate::ids::random_u64;
 use crate::security::{self, CurveClient, CurveServer, ZapHandler};
@@ -9,14 +10,13 @@ use crate::shutdown::Shutdown;
 use crate::sockets::{self, ConnectionCounter, pipeline_socket};
 use crate::task::{Task, TaskOutcome};
 use bytes::Bytes;
-use scale0_proto as proto;
 use scale0_proto::pipeline::{Job, MAX_CAPACITY, MAX_ID_BYTES, Report, Status};
 use scale0_proto::task_worker::{self, TaskWorker as TaskSession};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{debug, info, warn};
 
 /// The Guide's ventilator port, where workers pull jobs.
@@ -258,11 +258,7 @@ impl TaskWorker {
             plain_timeout_ms: config.plain_timeout_ms,
             sink_of,
         });
-        let epoch = Instant::now();
-        let now = || {
-            let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-            proto::Instant::from_millis(ms)
-        };
+        let clock = Clock::new();
         let mut outbox: VecDeque<task_worker::Transmit> = VecDeque::new();
         let mut turn = 0usize;
         debug!(worker = %self.name(), capacity = config.capacity, sources = config.sources.len(), "pipeline worker running");
@@ -280,12 +276,7 @@ impl TaskWorker {
             }
             let take_jobs = session.has_room() && outbox.len() < MAX_OUTBOX;
             let wait_ms = if outbox.is_empty() {
-                session
-                    .poll_timeout()
-                    .map_or(u64::MAX, |t| {
-                        t.as_millis().saturating_sub(now().as_millis())
-                    })
-                    .min(Shutdown::CHECK_INTERVAL_MS)
+                clock.wait_ms(session.poll_timeout())
             } else {
                 10
             };
@@ -294,7 +285,7 @@ impl TaskWorker {
                 if take_jobs {
                     items.extend(pulls.iter().map(|p| p.as_poll_item(zmq::POLLIN)));
                 }
-                sockets::poll(&mut items, i64::try_from(wait_ms).unwrap_or(100))
+                sockets::poll(&mut items, wait_ms)
                     .context(|| "polling the worker's sockets".into())?;
             }
             while let Some(frames) = sockets::try_recv(&done)? {
@@ -313,7 +304,7 @@ impl TaskWorker {
                     continue;
                 };
                 idle_rounds = 0;
-                if let Err(e) = session.handle_job(now(), source, &frames) {
+                if let Err(e) = session.handle_job(clock.now(), source, &frames) {
                     warn!(error = %e, "not a job: dropped");
                 }
                 while let Some(run) = session.poll_run() {
@@ -323,7 +314,7 @@ impl TaskWorker {
                 }
                 outbox.extend(std::iter::from_fn(|| session.poll_transmit()));
             }
-            session.handle_timeout(now());
+            session.handle_timeout(clock.now());
             outbox.extend(std::iter::from_fn(|| session.poll_transmit()));
         }
         // Leaving: no more jobs from here; results of running jobs are not waited for

@@ -1,5 +1,6 @@
 //! The few socket chores every loop shares: one process-wide context, multipart
-//! receive into `Bytes`, multipart send.
+//! receive into `Bytes`, multipart send, EINTR-proof polls, connection counts. Public for
+//! programs that drive libzmq beside scale0 (the benchmarks' baselines).
 
 use crate::error::{Error, Result, ZmqContext};
 use crate::security::{HANDSHAKE_FAILURES, HandshakeLog};
@@ -7,8 +8,10 @@ use bytes::Bytes;
 use scale0_proto::Frames;
 use std::sync::OnceLock;
 
+pub use crate::clock::Clock;
+
 /// The process-wide ZeroMQ context; `inproc` endpoints only connect within one.
-pub(crate) fn context() -> zmq::Context {
+pub fn context() -> zmq::Context {
     static CONTEXT: OnceLock<zmq::Context> = OnceLock::new();
     CONTEXT.get_or_init(zmq::Context::new).clone()
 }
@@ -69,7 +72,7 @@ pub(crate) fn monitor_event(frame: &[u8]) -> Option<(u16, u32)> {
 /// peer disconnecting while the socket closes, say) would stall every socket of the
 /// context for good. The `zmq` crate cannot pass the NULL endpoint that means "stop", so
 /// this starts a replacement monitor that reports nothing: starting one stops the old.
-pub(crate) fn stop_monitor(socket: &zmq::Socket) {
+pub fn stop_monitor(socket: &zmq::Socket) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static STOPPED: AtomicU64 = AtomicU64::new(0);
     let addr = format!(
@@ -84,7 +87,7 @@ pub(crate) fn stop_monitor(socket: &zmq::Socket) {
 /// `zmq::poll` for loops that must survive signals: a poll interrupted by one (SIGTERM
 /// arriving on this thread, say) reports nothing ready instead of failing, and the loop
 /// goes round again, where it notices the shutdown the signal asked for.
-pub(crate) fn poll(
+pub fn poll(
     items: &mut [zmq::PollItem<'_>],
     timeout_ms: i64,
 ) -> std::result::Result<i32, zmq::Error> {
@@ -115,7 +118,7 @@ pub(crate) fn retry_eintr<T>(
 }
 
 /// Receives one whole multipart message without blocking; `Ok(None)` when none is ready.
-pub(crate) fn try_recv(socket: &zmq::Socket) -> Result<Option<Frames>> {
+pub fn try_recv(socket: &zmq::Socket) -> Result<Option<Frames>> {
     match socket.recv_multipart(zmq::DONTWAIT) {
         Ok(parts) => Ok(Some(parts.into_iter().map(Bytes::from).collect())),
         Err(zmq::Error::EAGAIN) => Ok(None),
@@ -131,7 +134,7 @@ pub(crate) fn try_recv(socket: &zmq::Socket) -> Result<Option<Frames>> {
 /// sleeps in one `poll`, where `zmq_poll` makes three or four system calls each time
 /// and a non-blocking receive that finds nothing makes one more. Measured in the broker
 /// (BENCHMARKS.md, "System calls per request").
-pub(crate) fn recv_timeout(socket: &zmq::Socket, timeout_ms: i64) -> Result<Option<Frames>> {
+pub fn recv_timeout(socket: &zmq::Socket, timeout_ms: i64) -> Result<Option<Frames>> {
     Ok(recv_msgs(socket, timeout_ms, false)?.map(|(frames, _)| frames))
 }
 
@@ -244,7 +247,7 @@ fn recv_msgs(
 }
 
 /// Sends a multipart message without blocking.
-pub(crate) fn send(socket: &zmq::Socket, frames: &Frames) -> std::result::Result<(), zmq::Error> {
+pub fn send(socket: &zmq::Socket, frames: &Frames) -> std::result::Result<(), zmq::Error> {
     socket.send_multipart(frames.iter().map(|f| &f[..]), zmq::DONTWAIT)
 }
 
@@ -268,7 +271,7 @@ pub(crate) fn check_endpoint(endpoint: &str) -> Result<()> {
 }
 
 /// Connects `socket` to `endpoint`.
-pub(crate) fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<()> {
+pub fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<()> {
     check_endpoint(endpoint)?;
     socket
         .connect(endpoint)
@@ -276,7 +279,7 @@ pub(crate) fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<()> {
 }
 
 /// Binds `endpoint` and returns the endpoint actually bound (the real port for `:*`).
-pub(crate) fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String> {
+pub fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<String> {
     check_endpoint(endpoint)?;
     socket
         .bind(endpoint)
@@ -297,7 +300,7 @@ const KEEPALIVE_CNT: i32 = 3;
 
 /// A socket of `kind` that drops what is unsent when closed (no linger) and queues `hwm`
 /// messages each way; `what` names it in errors.
-pub(crate) fn plain_socket(
+pub fn plain_socket(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
     hwm: i32,
@@ -313,7 +316,7 @@ pub(crate) fn plain_socket(
 }
 
 /// A PUSH or PULL socket for a pipeline stage: [`plain_socket`] with TCP keepalive.
-pub(crate) fn pipeline_socket(
+pub fn pipeline_socket(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
     hwm: i32,
@@ -335,15 +338,23 @@ pub(crate) fn pipeline_socket(
 /// With CURVE, the same monitor reports the handshakes that failed (a socket has one
 /// monitor), and the counter logs them; a refused peer is counted while it is connected,
 /// until its handshake fails.
-pub(crate) struct ConnectionCounter {
+pub struct ConnectionCounter {
     monitor: zmq::Socket,
     count: i64,
     handshakes: Option<HandshakeLog>,
 }
 
+impl std::fmt::Debug for ConnectionCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionCounter")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ConnectionCounter {
     /// `ctx` must be the socket's own: the monitor is an `inproc` endpoint.
-    pub(crate) fn watch(
+    pub fn watch(
         ctx: &zmq::Context,
         socket: &zmq::Socket,
         what: &str,
@@ -362,12 +373,12 @@ impl ConnectionCounter {
         })
     }
 
-    pub(crate) fn poll_item(&self) -> zmq::PollItem<'_> {
+    pub fn poll_item(&self) -> zmq::PollItem<'_> {
         self.monitor.as_poll_item(zmq::POLLIN)
     }
 
     /// Reads pending events; returns the new count if it changed.
-    pub(crate) fn update(&mut self) -> Result<Option<usize>> {
+    pub fn update(&mut self) -> Result<Option<usize>> {
         let before = self.count;
         while let Some(event) = try_recv(&self.monitor)? {
             // Event frame: u16 event id, u32 value (then a frame with the endpoint).
@@ -386,13 +397,13 @@ impl ConnectionCounter {
         Ok((self.count != before).then(|| usize::try_from(self.count).unwrap_or(0)))
     }
 
-    pub(crate) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         usize::try_from(self.count).unwrap_or(0)
     }
 }
 
 /// `tcp://*:5557` as a local peer would connect to it: `tcp://127.0.0.1:5557`.
-pub(crate) fn local_endpoint(bound: &str) -> String {
+pub fn local_endpoint(bound: &str) -> String {
     for any in ["tcp://*:", "tcp://0.0.0.0:"] {
         if let Some(port) = bound.strip_prefix(any) {
             return format!("tcp://127.0.0.1:{port}");

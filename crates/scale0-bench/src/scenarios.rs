@@ -6,13 +6,13 @@
 //! Throughput clocks start at the first message the receiving end sees (as libzmq's own
 //! `local_thr` does), so connection set-up is not measured.
 
-use crate::error::{Error, Result, ZmqContext};
-use crate::sockets::{ConnectionCounter, pipeline_socket};
-use crate::{
-    Allowlist, Broker, BrokerConfig, Client, ClientConfig, CurveClient, CurveServer, KeyPair, Pool,
-    PoolConfig, Shutdown, Task, Worker, WorkerConfig, sockets,
-};
+use crate::{BenchError as Error, Result};
 use bytes::Bytes;
+use scale0::sockets::{self, ConnectionCounter, pipeline_socket};
+use scale0::{
+    Allowlist, Broker, BrokerConfig, Client, ClientConfig, CurveClient, CurveServer, KeyPair,
+    Latencies, Pool, PoolConfig, Shutdown, Task, Worker, WorkerConfig, ZmqContext,
+};
 use scale0_proto::pipeline::{MapConfig, Outcome};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +33,7 @@ pub struct Measurement {
     /// From the first message received to the last.
     pub elapsed: Duration,
     /// Round trips, when the scenario has them.
-    pub latencies: crate::Latencies,
+    pub latencies: Latencies,
 }
 
 impl Measurement {
@@ -54,12 +54,11 @@ impl Measurement {
 }
 
 fn socket(ctx: &zmq::Context, kind: zmq::SocketType, hwm: i32) -> Result<zmq::Socket> {
-    sockets::plain_socket(ctx, kind, hwm, "benchmark")
+    Ok(sockets::plain_socket(ctx, kind, hwm, "benchmark")?)
 }
 
 fn join<T>(h: thread::JoinHandle<Result<T>>, what: &str) -> Result<T> {
-    h.join()
-        .map_err(|_| Error::InvalidConfig(format!("the {what} thread panicked")))?
+    h.join().map_err(|_| Error::Panicked(what.to_string()))?
 }
 
 fn spawn<T: Send + 'static>(
@@ -69,7 +68,10 @@ fn spawn<T: Send + 'static>(
     thread::Builder::new()
         .name(name.into())
         .spawn(f)
-        .map_err(|e| Error::InvalidConfig(format!("starting the {name} thread: {e}")))
+        .map_err(|error| Error::Spawn {
+            name: name.to_string(),
+            error,
+        })
 }
 
 /// Receives up to `n` messages, the clock starting at the first; stops early after
@@ -94,7 +96,7 @@ fn receive(pull: &zmq::Socket, n: u64, skip_empty: bool) -> Result<Measurement> 
             match pull.recv(&mut msg, zmq::DONTWAIT) {
                 Ok(()) => {}
                 Err(zmq::Error::EAGAIN) => break,
-                Err(e) => return Err(e).context(|| "receiving".into()),
+                Err(e) => Err(e).context(|| "receiving".into())?,
             }
             if skip_empty && msg.is_empty() {
                 continue;
@@ -112,7 +114,7 @@ fn receive(pull: &zmq::Socket, n: u64, skip_empty: bool) -> Result<Measurement> 
         messages: got,
         lost: n - got,
         elapsed: started.map_or(Duration::ZERO, |s| last - s),
-        latencies: crate::Latencies::default(),
+        latencies: Latencies::default(),
     })
 }
 
@@ -157,7 +159,7 @@ pub fn pub_sub(messages: u64, size: usize, hwm: i32) -> Result<Measurement> {
             let deadline = Instant::now() + QUIET * 5;
             while !heard.load(Ordering::Acquire) {
                 if Instant::now() > deadline {
-                    return Err(Error::InvalidConfig("the subscriber never heard".into()));
+                    return Err(Error::Failed("the subscriber never heard".into()));
                 }
                 publisher.send(&b""[..], 0).context(|| "sending".into())?;
                 thread::sleep(Duration::from_millis(1));
@@ -214,7 +216,7 @@ pub fn raw_pipeline(workers: u32, messages: u64, size: usize) -> Result<Measurem
     let deadline = Instant::now() + QUIET * 5;
     while connections.count() < workers as usize {
         if Instant::now() > deadline {
-            return Err(Error::InvalidConfig("raw workers did not connect".into()));
+            return Err(Error::Failed("raw workers did not connect".into()));
         }
         let mut items = [connections.poll_item()];
         sockets::poll(&mut items, 100).context(|| "polling".into())?;
@@ -274,7 +276,7 @@ pub fn direct(clients: u32, in_flight: u32, requests: u64, size: usize) -> Resul
                     dealer
                         .send(&seq.to_le_bytes()[..], zmq::SNDMORE)
                         .context(|| "sending".into())?;
-                    dealer.send(&payload[..], 0).context(|| "sending".into())
+                    Ok(dealer.send(&payload[..], 0).context(|| "sending".into())?)
                 },
                 || {
                     let frames = dealer.recv_multipart(0).context(|| "receiving".into())?;
@@ -282,7 +284,7 @@ pub fn direct(clients: u32, in_flight: u32, requests: u64, size: usize) -> Resul
                         .first()
                         .and_then(|f| <[u8; 8]>::try_from(&f[..]).ok())
                         .map(u64::from_le_bytes)
-                        .ok_or_else(|| Error::InvalidConfig("a reply without its number".into()))?;
+                        .ok_or_else(|| Error::Failed("a reply without its number".into()))?;
                     Ok(seq)
                 },
             )
@@ -312,7 +314,7 @@ fn client_loop(
 ) -> Result<Measurement> {
     let window = u64::from(in_flight.max(1));
     let mut sent_at = vec![Instant::now(); usize::try_from(window).unwrap_or(1)];
-    let mut latencies = crate::Latencies::default();
+    let mut latencies = Latencies::default();
     let started = Instant::now();
     let mut sent = 0u64;
     let mut done = 0u64;
@@ -413,7 +415,7 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
     };
     let (endpoint, broker_thread) = match connect {
         Some(_) if curve => {
-            return Err(Error::InvalidConfig(
+            return Err(Error::Failed(
                 "the CURVE benchmark starts its own broker (its keys are made for the run)".into(),
             ));
         }
@@ -429,13 +431,13 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
                 .endpoints()
                 .first()
                 .cloned()
-                .ok_or_else(|| Error::InvalidConfig("the broker bound nothing".into()))?;
+                .ok_or_else(|| Error::Failed("the broker bound nothing".into()))?;
             let stop = stop.clone();
-            let t = spawn("broker", move || broker.run(&stop).map(|_| ()))?;
+            let t = spawn("broker", move || Ok(broker.run(&stop).map(|_| ())?))?;
             (endpoint, Some(t))
         }
     };
-    let service = format!("bench.echo.{}", crate::ids::random_u64());
+    let service = format!("bench.echo.{}", fastrand::u64(..));
     let mut worker_threads = Vec::new();
     for i in 0..workers {
         let mut config = WorkerConfig::new(endpoint.clone(), service.clone());
@@ -445,7 +447,9 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
         let worker = Worker::new(config)?;
         let stop = stop.clone();
         worker_threads.push(spawn(&format!("bench-worker-{i}"), move || {
-            worker.run(Ok::<_, crate::HandlerError>, &stop).map(|_| ())
+            Ok(worker
+                .run(Ok::<_, scale0::HandlerError>, &stop)
+                .map(|_| ())?)
         })?);
     }
     let payload = Bytes::from(vec![b'x'; size]);
@@ -522,6 +526,6 @@ pub fn map(
         messages: ok,
         lost: jobs - ok,
         elapsed: summary.elapsed,
-        latencies: crate::Latencies::default(),
+        latencies: Latencies::default(),
     })
 }
