@@ -63,9 +63,9 @@ pub fn decode(data: &[u8]) {
 }
 
 /// Fuzz target `broker_events`: the input is a script of events for one broker —
-/// messages from a handful of peers, clock steps, timeouts and unroutable sends, and for
-/// the durable broker journal commits, crashes and recoveries (the first crash turns the
-/// broker durable) — after which the broker's invariants must hold.
+/// messages from a handful of peers, clock steps, timeouts and unroutable sends, the start
+/// of a drain, and for the durable broker journal commits, crashes and recoveries (the
+/// first crash turns the broker durable) — after which the broker's invariants must hold.
 pub fn broker_events(data: &[u8]) {
     let config = Config {
         heartbeat_interval_ms: 100,
@@ -91,7 +91,7 @@ pub fn broker_events(data: &[u8]) {
         let [kind, a, b] = *op else { break };
         let peer = Bytes::from_static(peers[usize::from(a) % peers.len()]);
         let service = Bytes::from_static(services[usize::from(b) % services.len()]);
-        let frames: Frames = match kind % 21 {
+        let frames: Frames = match kind % 22 {
             0 => vec![
                 peer,
                 Bytes::new(),
@@ -241,6 +241,10 @@ pub fn broker_events(data: &[u8]) {
             ],
             // libzmq's notice that the peer's connection ended (ROUTER_NOTIFY).
             19 => vec![peer, Bytes::new()],
+            21 => {
+                broker.begin_drain(now, Duration::from_millis(u64::from(a) * 4));
+                continue;
+            }
             16 => {
                 // Group commit: every op so far made durable.
                 while let Some(op) = broker.poll_journal() {

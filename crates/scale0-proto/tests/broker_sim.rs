@@ -1298,6 +1298,24 @@ mod native {
     }
 
     #[test]
+    fn a_service_left_without_workers_or_requests_by_the_grace_s_end_is_forgotten() {
+        let mut sim = Sim::new();
+        send(&mut sim, "c", "nobody serves it", "absent", None);
+        sim.sent();
+        sim.broker.begin_drain(sim.now, Duration::from_millis(100));
+        sim.advance_to(100);
+        assert_eq!(
+            sim.broker.drained(),
+            Some(Drained::GraceOver { unanswered: 1 })
+        );
+        assert_eq!(
+            to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
+            [Some(Status::ShuttingDown)]
+        );
+        assert!(sim.broker.services().is_empty());
+    }
+
+    #[test]
     fn a_drain_ends_at_once_when_the_last_request_is_answered() {
         let mut sim = Sim::new();
         sim.ready("w", "svc");

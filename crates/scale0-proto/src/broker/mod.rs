@@ -383,6 +383,7 @@ impl Broker {
         for w in self.workers.values_mut() {
             ended.extend(w.held.drain(..).map(|h| (w.service.clone(), h.request)));
         }
+        let mut emptied = BTreeSet::new();
         for (service, request) in ended {
             self.finish(
                 now,
@@ -390,6 +391,13 @@ impl Broker {
                 &request,
                 Outcome::Fail(FailReason::ShuttingDown),
             );
+            emptied.insert(service);
+        }
+        // Their queues are empty now: no wait to time, and a service without workers is
+        // forgotten, as always.
+        for service in &emptied {
+            self.arm_waiting(service);
+            self.forget_if_unused(service);
         }
     }
 
