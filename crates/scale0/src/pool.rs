@@ -319,6 +319,12 @@ impl Pool {
                 debug!(connections = n, "workers connected");
                 core.set_connections(clock.now(), n);
                 blocked = false;
+                // Reading EVENTS makes the socket take in its pending commands, a closed
+                // connection's end among them, so the jobs sent next avoid it (the core
+                // still sends again what goes out before the socket has seen it).
+                self.push
+                    .get_events()
+                    .context(|| "reading the jobs socket's events".into())?;
             }
             while let Some(frames) = sockets::try_recv(&self.pull)? {
                 core.handle_report(clock.now(), &frames);
