@@ -6,6 +6,8 @@
 //! ports) and then run until a [`Shutdown`] is triggered. The API is synchronous:
 //! threads and `zmq::poll` loops, one owner per socket.
 
+#![warn(missing_docs)]
+
 mod accepts;
 mod broker;
 mod bus;
