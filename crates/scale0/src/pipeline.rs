@@ -366,7 +366,10 @@ fn slot(
             TaskOutcome::Failed(why) => (Status::Failed, Bytes::from(why)),
             TaskOutcome::TimedOut => {
                 let ms = job.timeout.map_or(0, |t| t.as_millis());
-                (Status::Timeout, Bytes::from(format!("timed out after {ms} ms")))
+                (
+                    Status::Timeout,
+                    Bytes::from(format!("timed out after {ms} ms")),
+                )
             }
             TaskOutcome::Unrunnable(why) => (Status::Unrunnable, Bytes::from(why)),
         };
