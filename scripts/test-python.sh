@@ -21,8 +21,17 @@ if ! "$py" -c 'import zmq, pytest, gevent, mypy, ruff' >/dev/null 2>&1; then
   echo "scripts/test-python.sh: installing pyzmq, pytest, ruff, mypy and gevent into $venv" >&2
   "${pip[@]}" 'pyzmq>=26,<28' pytest ruff mypy gevent
 fi
-# The package as a user installs it (not the source tree on sys.path).
-"${pip[@]}" --no-deps --force-reinstall ./python
+# The package as a user installs it (not the source tree on sys.path). With a recent
+# enough setuptools in the venv, build with it (no download of a build environment).
+isolation=()
+# (setuptools before 70.1 builds wheels only with the `wheel` package beside it.)
+probe='import importlib.util as u, setuptools as s, sys
+v = tuple(int(x) for x in s.__version__.split(".")[:2])
+sys.exit(not (v >= (61, 0) and (v >= (70, 1) or u.find_spec("wheel"))))'
+if "$py" -c "$probe" >/dev/null 2>&1; then
+  isolation=(--no-build-isolation)
+fi
+"${pip[@]}" --no-deps --force-reinstall "${isolation[@]}" ./python
 rm -rf python/build python/scale0.egg-info
 
 export SCALE0_BIN="${SCALE0_BIN:-$PWD/target/debug/scale0}"

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use scale0::sockets::{self, ConnectionCounter, pipeline_socket};
 use scale0::{
     Allowlist, Broker, BrokerConfig, Client, ClientConfig, CurveClient, CurveServer, KeyPair,
-    Latencies, Pool, PoolConfig, Shutdown, Task, Worker, WorkerConfig, ZmqContext,
+    Latencies, Map, MapConfig, Shutdown, Task, Worker, WorkerConfig, ZmqContext,
 };
-use scale0_proto::pipeline::{MapConfig, Outcome};
+use scale0_proto::pipeline::{self, Outcome};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -498,21 +498,21 @@ pub fn map(
     prefetch: u32,
     task: Option<Arc<dyn Task>>,
 ) -> Result<Measurement> {
-    let mut pool = Pool::bind(PoolConfig {
+    let mut map = Map::bind(MapConfig {
         vent: vec![LOOPBACK.into()],
         sink: vec![LOOPBACK.into()],
-        map: MapConfig {
+        core: pipeline::MapConfig {
             prefetch,
-            ..MapConfig::default()
+            ..pipeline::MapConfig::default()
         },
-        ..PoolConfig::default()
+        ..MapConfig::default()
     })?;
     let echo: Arc<dyn Task> =
         task.unwrap_or_else(|| Arc::new(|p: &[u8]| Ok(Bytes::copy_from_slice(p))));
-    pool.spawn_local(workers, echo)?;
+    map.spawn_local(workers, echo)?;
     let payload = Bytes::from(vec![b'x'; size]);
     let mut ok = 0u64;
-    let summary = pool.map(
+    let summary = map.run(
         (0..jobs).map(|_| payload.clone()),
         &Shutdown::new(),
         |f| {

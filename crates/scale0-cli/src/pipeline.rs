@@ -3,11 +3,11 @@
 use crate::handlers;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use scale0::proto::pipeline::{Finished, MAX_INTERVAL_MS, MapConfig, Outcome, Status};
+use scale0::proto::pipeline::{self, Finished, MAX_INTERVAL_MS, Outcome, Status};
 use scale0::proto::task_worker;
 use scale0::{
-    CommandTask, MapProgress, Pool, PoolConfig, Sink, SinkConfig, SinkItem, Source, Task,
-    TaskWorker, TaskWorkerConfig, Vent, VentConfig,
+    CommandTask, Map, MapConfig, MapProgress, Sink, SinkConfig, SinkItem, Source, Task, TaskWorker,
+    TaskWorkerConfig, Vent, VentConfig,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::ExitCode;
@@ -477,19 +477,19 @@ pub(crate) struct MapArgs {
     #[arg(long, value_name = "ENDPOINT", default_values_t = [scale0::endpoints::SINK.to_string()])]
     sink: Vec<String>,
     /// Longest a job may run once started, in milliseconds (0: no limit).
-    #[arg(long, value_name = "MS", default_value_t = MapConfig::default().job_timeout_ms)]
+    #[arg(long, value_name = "MS", default_value_t = pipeline::MapConfig::default().job_timeout_ms)]
     timeout_ms: u64,
     /// Runs after the first for a job that failed, timed out or lost its worker.
-    #[arg(long, value_name = "N", default_value_t = MapConfig::default().max_attempts - 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    #[arg(long, value_name = "N", default_value_t = pipeline::MapConfig::default().max_attempts - 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
     retries: u32,
     /// Jobs sent to each worker beyond those it runs at once.
-    #[arg(long, value_name = "N", default_value_t = MapConfig::default().prefetch)]
+    #[arg(long, value_name = "N", default_value_t = pipeline::MapConfig::default().prefetch)]
     prefetch: u32,
     /// Heartbeats a worker may miss before its jobs are sent elsewhere.
-    #[arg(long, value_name = "N", default_value_t = MapConfig::default().liveness, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = pipeline::MapConfig::default().liveness, value_parser = clap::value_parser!(u32).range(1..))]
     liveness: u32,
     /// Longest a sent job may wait to be started before it is sent again, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = MapConfig::default().dispatch_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", default_value_t = pipeline::MapConfig::default().dispatch_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
     dispatch_timeout_ms: u64,
     /// Write results as they finish instead of in input order.
     #[arg(long)]
@@ -521,10 +521,10 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
     };
     let separator = args.framing.separator();
     let jobs = read_jobs(args.input.as_deref(), separator)?;
-    let mut pool = Pool::bind(PoolConfig {
+    let mut map = Map::bind(MapConfig {
         vent: args.vent.clone(),
         sink: args.sink.clone(),
-        map: MapConfig {
+        core: pipeline::MapConfig {
             job_timeout_ms: args.timeout_ms,
             max_attempts: args.retries + 1,
             prefetch: args.prefetch,
@@ -534,14 +534,14 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
         },
         max_message_bytes: args.limit.max_message_bytes,
         curve: args.curve.load()?,
-        ..PoolConfig::default()
+        ..MapConfig::default()
     })?;
     // Listening lines go to stderr: stdout carries only results, in order.
-    for e in pool.vent_endpoints().iter().chain(pool.sink_endpoints()) {
+    for e in map.vent_endpoints().iter().chain(map.sink_endpoints()) {
         eprintln!("listening {e}");
     }
     if let Some(task) = task {
-        pool.spawn_local(args.local, task)?;
+        map.spawn_local(args.local, task)?;
     }
     // Drawn on stderr only when it is a terminal (indicatif hides it otherwise).
     let bar = if args.no_progress {
@@ -554,7 +554,7 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
     let mut failures: Vec<Finished> = Vec::new();
     let mut write_error: Option<std::io::Error> = None;
     let json = args.json;
-    let summary = pool.map_channel(
+    let summary = map.run_channel(
         jobs,
         &crate::stop_on_signals()?,
         |f| {

@@ -5,6 +5,7 @@
 //! the caller passes in. No sockets, no clock, no files — which is what lets the
 //! broker be tested with virtual time and fuzzed.
 
+#![warn(missing_docs)]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)

@@ -17,6 +17,7 @@
 
 use crate::mdp::Frames;
 use crate::time::Instant;
+use crate::timers::Timers;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -471,6 +472,21 @@ pub struct Dispatch {
     pub frames: Frames,
 }
 
+/// How long after a jobs connection closes the map still doubts the jobs it sent: libzmq
+/// may route a send into the closing connection until the socket has taken in its end.
+const SETTLE_MS: u64 = 50;
+
+/// What the map waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Timer {
+    /// A worker's silence; checked against its last message when it comes round.
+    Worker(Bytes),
+    /// A sent job's start, or a started job's timeout.
+    Job(u64),
+    /// The end of the doubt after a connection closed.
+    Settle,
+}
+
 /// The parallel map: jobs in, dispatches out, reports in, finished jobs out.
 #[derive(Debug)]
 pub struct Map {
@@ -479,9 +495,11 @@ pub struct Map {
     run: u64,
     jobs: HashMap<u64, JobState>,
     queue: VecDeque<u64>,
-    /// Jobs sent or started, the only ones with deadlines: timers scan these, never the
-    /// whole input.
+    /// Jobs sent or started.
     flight: BTreeSet<u64>,
+    timers: Timers<Timer>,
+    /// When the latest jobs connection closed, while that is in doubt.
+    closed_at: Option<Instant>,
     /// Sent, not started.
     unstarted: usize,
     /// Sent or started.
@@ -509,6 +527,8 @@ impl Map {
             jobs: HashMap::new(),
             queue: VecDeque::new(),
             flight: BTreeSet::new(),
+            timers: Timers::default(),
+            closed_at: None,
             unstarted: 0,
             in_flight: 0,
             workers: HashMap::new(),
@@ -583,7 +603,11 @@ impl Map {
             if self.zombies == 0 {
                 self.presumed_dead.clear();
             }
-            self.resend_unstarted(now, "a connection closed");
+            self.resend_unstarted(now, None, "a connection closed");
+            // Jobs sent from now until the socket has seen the close may go the same way.
+            self.closed_at = Some(now);
+            self.timers
+                .set(Timer::Settle, now + Duration::from_millis(SETTLE_MS));
         }
         self.connections = connections;
     }
@@ -643,6 +667,10 @@ impl Map {
         self.unstarted += 1;
         self.in_flight += 1;
         self.flight.insert(index);
+        self.timers.set(
+            Timer::Job(index),
+            now + Duration::from_millis(self.config.dispatch_timeout_ms),
+        );
         self.counters.sent += 1;
         let frames = Job::Framed {
             id: key,
@@ -663,6 +691,7 @@ impl Map {
             self.unstarted -= 1;
             self.in_flight -= 1;
             self.flight.remove(&index);
+            self.timers.cancel(&Timer::Job(index));
             self.counters.sent = self.counters.sent.saturating_sub(1);
             self.queue.push_front(index);
         }
@@ -697,7 +726,7 @@ impl Map {
                     info!(worker = %String::from_utf8_lossy(&worker), "worker left");
                     self.orphan(now, w, "its worker left");
                 }
-                self.resend_unstarted(now, "a worker left");
+                self.resend_unstarted(now, None, "a worker left");
             }
             Report::Plain(_) => {
                 self.counters.malformed += 1;
@@ -710,6 +739,7 @@ impl Map {
         if !self.workers.contains_key(worker) && self.presumed_dead.remove(worker) {
             self.zombies = self.zombies.saturating_sub(1);
         }
+        let liveness = u64::from(self.config.liveness.max(1));
         let w = self.workers.entry(worker.clone()).or_insert_with(|| {
             info!(worker = %String::from_utf8_lossy(worker), capacity, "worker joined");
             WorkerState {
@@ -722,6 +752,10 @@ impl Map {
         w.capacity = capacity;
         w.interval_ms = interval_ms;
         w.last_seen = now;
+        // No later than its deadline: a shorter interval brings it forward, and a later
+        // deadline is found when this one comes round.
+        let deadline = w.last_seen + Duration::from_millis(w.interval_ms * liveness);
+        self.timers.set_by(Timer::Worker(worker.clone()), deadline);
     }
 
     fn alive(
@@ -774,6 +808,11 @@ impl Map {
         };
         job.last_worker = Some(worker.clone());
         self.unstarted -= 1;
+        let deadline = self.jobs.get(&index).and_then(|j| self.job_deadline(j));
+        match deadline {
+            Some(at) => self.timers.set(Timer::Job(index), at),
+            None => self.timers.cancel(&Timer::Job(index)),
+        }
         match self.workers.get_mut(&worker) {
             Some(w) => {
                 w.started.insert(key);
@@ -842,6 +881,7 @@ impl Map {
             return;
         };
         self.flight.remove(&index);
+        self.timers.cancel(&Timer::Job(index));
         match std::mem::replace(&mut job.phase, Phase::Queued) {
             Phase::Queued => {
                 self.queue.retain(|i| *i != index);
@@ -890,6 +930,7 @@ impl Map {
             return;
         };
         self.flight.remove(&index);
+        self.timers.cancel(&Timer::Job(index));
         match outcome {
             Outcome::Done(_) => self.counters.done += 1,
             Outcome::Failed(_) => self.counters.failed += 1,
@@ -907,15 +948,17 @@ impl Map {
         );
     }
 
-    /// Sent jobs not started yet may be in a buffer that went away: send them again.
-    fn resend_unstarted(&mut self, now: Instant, why: &str) {
+    /// Sent jobs not started yet (those sent `since` then, if given) may be in a buffer
+    /// that went away: send them again.
+    fn resend_unstarted(&mut self, now: Instant, since: Option<Instant>, why: &str) {
+        let from = since.unwrap_or(Instant::ZERO);
         let sent: Vec<u64> = self
             .flight
             .iter()
             .filter(|i| {
-                self.jobs
-                    .get(i)
-                    .is_some_and(|j| matches!(j.phase, Phase::Sent { at, .. } if at <= now))
+                self.jobs.get(i).is_some_and(
+                    |j| matches!(j.phase, Phase::Sent { at, .. } if at <= now && at >= from),
+                )
             })
             .copied()
             .collect();
@@ -962,57 +1005,74 @@ impl Map {
 
     /// When [`Map::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let workers = self.workers.values().map(|w| self.worker_deadline(w));
-        let jobs = self
-            .flight
-            .iter()
-            .filter_map(|i| self.jobs.get(i))
-            .filter_map(|j| self.job_deadline(j));
-        workers.chain(jobs).min()
+        self.timers.next()
     }
 
-    /// Expires silent workers and overdue jobs.
+    /// Expires silent workers and overdue jobs, and ends the doubt after a close.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let dead: Vec<Bytes> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| self.worker_deadline(w) <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for name in dead {
-            if let Some(w) = self.workers.remove(&name) {
-                info!(worker = %String::from_utf8_lossy(&name), "worker silent: presumed dead");
-                self.counters.workers_lost += 1;
-                self.zombies += 1;
-                // Bounded: cleared when every zombie's connection has closed.
-                if self.presumed_dead.len() < 10_000 {
-                    self.presumed_dead.insert(name.clone());
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Worker(name) => self.check_worker(now, name),
+                Timer::Job(index) => self.check_job(now, index),
+                Timer::Settle => {
+                    if let Some(since) = self.closed_at.take() {
+                        self.resend_unstarted(now, Some(since), "sent as a connection closed");
+                    }
                 }
-                self.orphan(now, w, "its worker died");
-                self.resend_unstarted(now, "a worker died");
             }
         }
-        let overdue: Vec<(u64, Bytes, bool)> = self
-            .flight
-            .iter()
-            .filter_map(|i| self.jobs.get(i).map(|j| (i, j)))
-            .filter(|(_, j)| self.job_deadline(j).is_some_and(|d| d <= now))
-            .filter_map(|(i, j)| match &j.phase {
-                Phase::Sent { key, .. } => Some((*i, key.clone(), false)),
-                Phase::Started { key, .. } => Some((*i, key.clone(), true)),
-                Phase::Queued => None,
-            })
-            .collect();
-        for (index, key, started) in overdue {
-            if started {
-                let why = format!("timed out after {} ms", self.config.job_timeout_ms);
-                self.attempt_failed(now, index, &key, why);
-            } else {
-                // Never started: not the job's fault, so no attempt is used.
+    }
+
+    /// A worker's timer came round: dead if silent for its liveness, else checked again
+    /// at its deadline.
+    fn check_worker(&mut self, now: Instant, name: Bytes) {
+        let Some(deadline) = self.workers.get(&name).map(|w| self.worker_deadline(w)) else {
+            return;
+        };
+        if deadline > now {
+            self.timers.set(Timer::Worker(name), deadline);
+            return;
+        }
+        let Some(w) = self.workers.remove(&name) else {
+            return;
+        };
+        info!(worker = %String::from_utf8_lossy(&name), "worker silent: presumed dead");
+        self.counters.workers_lost += 1;
+        self.zombies += 1;
+        // Bounded: cleared when every zombie's connection has closed.
+        if self.presumed_dead.len() < 10_000 {
+            self.presumed_dead.insert(name);
+        }
+        self.orphan(now, w, "its worker died");
+        self.resend_unstarted(now, None, "a worker died");
+    }
+
+    /// A job's timer came round: a sent job never started goes back to the queue (no
+    /// attempt used: not the job's fault); a started one has failed this attempt.
+    fn check_job(&mut self, now: Instant, index: u64) {
+        let Some(job) = self.jobs.get(&index) else {
+            return;
+        };
+        match self.job_deadline(job) {
+            None => return,
+            Some(at) if at > now => {
+                self.timers.set(Timer::Job(index), at);
+                return;
+            }
+            Some(_) => {}
+        }
+        match &job.phase {
+            Phase::Sent { .. } => {
                 self.leave_flight(index);
                 self.counters.retried += 1;
                 self.queue.push_front(index);
             }
+            Phase::Started { key, .. } => {
+                let key = key.clone();
+                let why = format!("timed out after {} ms", self.config.job_timeout_ms);
+                self.attempt_failed(now, index, &key, why);
+            }
+            Phase::Queued => {}
         }
     }
 
@@ -1044,6 +1104,75 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    fn dispatched(map: &mut Map, now: Instant) -> Vec<u64> {
+        std::iter::from_fn(|| map.poll_dispatch(now))
+            .map(|d| d.index)
+            .collect()
+    }
+
+    #[test]
+    fn a_job_sent_as_a_connection_closes_is_sent_again_once_the_close_has_settled() {
+        let mut map = Map::new(MapConfig::default(), 7);
+        for n in 0..3 {
+            map.push_job(b(&n.to_string()));
+        }
+        map.close_input();
+        map.set_connections(at(0), 2);
+        assert_eq!(
+            dispatched(&mut map, at(0)),
+            vec![0, 1],
+            "one job per stranger"
+        );
+        // One connection closes: what was sent before is sent again at once.
+        map.set_connections(at(10), 1);
+        assert_eq!(dispatched(&mut map, at(10)), vec![0]);
+        // Sent before the socket has taken the close in: it may have gone the same way.
+        assert_eq!(map.poll_timeout(), Some(at(10 + SETTLE_MS)));
+        map.handle_timeout(at(10 + SETTLE_MS - 1));
+        assert!(dispatched(&mut map, at(59)).is_empty());
+        map.set_connections(at(20), 2);
+        map.handle_timeout(at(10 + SETTLE_MS));
+        assert_eq!(dispatched(&mut map, at(60)), vec![0, 1]);
+        // A job sent after the doubt is over stays where it went.
+        map.set_connections(at(70), 3);
+        assert_eq!(dispatched(&mut map, at(70)), vec![2]);
+        map.handle_timeout(at(200));
+        assert!(dispatched(&mut map, at(200)).is_empty());
+        assert_eq!(map.counters().retried, 3);
+    }
+
+    #[test]
+    fn a_silent_worker_expires_at_its_own_deadline_however_often_it_spoke_before() {
+        let config = MapConfig {
+            liveness: 3,
+            ..MapConfig::default()
+        };
+        let mut map = Map::new(config, 7);
+        map.set_connections(at(0), 1);
+        let alive = Report::Alive {
+            worker: b("w"),
+            capacity: 1,
+            interval_ms: 100,
+            running: vec![],
+        }
+        .encode();
+        for ms in [0, 100, 200, 250] {
+            map.handle_report(at(ms), &alive);
+        }
+        // Armed at its first deadline (300) and found alive then: moved to 250 + 300.
+        map.handle_timeout(at(300));
+        assert_eq!(map.workers().0, 1);
+        assert_eq!(map.poll_timeout(), Some(at(550)));
+        map.handle_timeout(at(549));
+        assert_eq!(map.workers().0, 1);
+        map.handle_timeout(at(550));
+        assert_eq!((map.workers().0, map.counters().workers_lost), (0, 1));
     }
 
     #[test]

@@ -83,6 +83,20 @@ pub struct Transmit {
     pub frames: Frames,
 }
 
+impl Transmit {
+    /// The peer a ROUTER sends it to (its first frame), for reporting it unroutable.
+    pub fn peer(&self) -> Option<PeerId> {
+        self.frames
+            .first()
+            .and_then(|id| PeerId::new(id.clone()).ok())
+    }
+
+    /// The tag of a request to a server, for reporting that no server took it.
+    pub fn tag(&self) -> Option<u64> {
+        self.frames.first().and_then(|f| parse_tag(f))
+    }
+}
+
 /// Why the queue dropped something.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Drop {

@@ -8,7 +8,6 @@ use crate::security::{self, CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use bytes::Bytes;
-use scale0_proto::PeerId;
 use scale0_proto::broker::{self as core, Counters};
 use scale0_store::{LogOptions, LogStore, Store};
 use std::path::PathBuf;
@@ -450,8 +449,7 @@ impl Broker {
             match sockets::send(&self.socket, &t.frames) {
                 Ok(()) => {}
                 Err(zmq::Error::EHOSTUNREACH | zmq::Error::EAGAIN) => {
-                    if let Some(peer) = t.frames.first().and_then(|id| PeerId::new(id.clone()).ok())
-                    {
+                    if let Some(peer) = t.peer() {
                         core.handle_unroutable(clock.now(), &peer);
                     }
                 }

@@ -6,6 +6,8 @@
 //! ports) and then run until a [`Shutdown`] is triggered. The API is synchronous:
 //! threads and `zmq::poll` loops, one owner per socket.
 
+#![warn(missing_docs)]
+
 mod accepts;
 mod broker;
 mod bus;
@@ -16,9 +18,9 @@ mod error;
 mod ids;
 mod latency;
 mod limits;
+mod map;
 mod metrics;
 mod pipeline;
-mod pool;
 mod queue;
 mod security;
 mod shutdown;
@@ -35,11 +37,11 @@ pub use client::{Client, ClientConfig, ManySummary, Reply};
 pub use error::{Error, Result, ZmqContext};
 pub use latency::Latencies;
 pub use limits::{fd_limits, raise_fd_limit};
+pub use map::{Map, MapConfig, MapProgress, MapSummary};
 pub use pipeline::{
     Sink, SinkConfig, SinkItem, SinkSummary, Source, TaskWorker, TaskWorkerConfig,
     TaskWorkerSummary, Vent, VentConfig,
 };
-pub use pool::{MapProgress, MapSummary, Pool, PoolConfig};
 pub use queue::{Queue, QueueConfig, QueueEndpoints};
 pub use security::{Allowlist, CurveClient, CurveServer, KeyPair, PublicKey};
 pub use shutdown::Shutdown;

@@ -6,7 +6,6 @@ use crate::error::{Result, ZmqContext};
 use crate::security::{self, CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets::{self, ConnectionCounter};
-use scale0_proto::PeerId;
 use scale0_proto::queue::{self as core, Counters, Dest};
 use tracing::{debug, info};
 
@@ -209,13 +208,12 @@ impl Queue {
                 Ok(()) => {}
                 Err(zmq::Error::EAGAIN) if t.dest == Dest::Servers => {
                     // No server pipe could take it after all: it waits again.
-                    if let Some(tag) = t.frames.first().and_then(|f| core::parse_tag(f)) {
+                    if let Some(tag) = t.tag() {
                         core.server_send_failed(clock.now(), tag);
                     }
                 }
                 Err(zmq::Error::EHOSTUNREACH | zmq::Error::EAGAIN) if t.dest == Dest::Workers => {
-                    if let Some(peer) = t.frames.first().and_then(|id| PeerId::new(id.clone()).ok())
-                    {
+                    if let Some(peer) = t.peer() {
                         core.handle_unroutable_worker(clock.now(), &peer);
                     }
                 }

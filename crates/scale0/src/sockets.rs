@@ -373,6 +373,7 @@ impl ConnectionCounter {
         })
     }
 
+    /// Readable when connection events wait: poll it beside the counted socket.
     pub fn poll_item(&self) -> zmq::PollItem<'_> {
         self.monitor.as_poll_item(zmq::POLLIN)
     }
@@ -397,6 +398,7 @@ impl ConnectionCounter {
         Ok((self.count != before).then(|| usize::try_from(self.count).unwrap_or(0)))
     }
 
+    /// Connections open now.
     pub fn count(&self) -> usize {
         usize::try_from(self.count).unwrap_or(0)
     }

@@ -140,6 +140,15 @@ pub struct Transmit {
     pub frames: Frames,
 }
 
+impl Transmit {
+    /// The peer it is routed to, for reporting it unroutable.
+    pub fn peer(&self) -> Option<PeerId> {
+        self.frames
+            .first()
+            .and_then(|id| PeerId::new(id.clone()).ok())
+    }
+}
+
 /// Who asked, and in which protocol the answer must go back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Origin {

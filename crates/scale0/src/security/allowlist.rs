@@ -18,8 +18,10 @@ impl Allowlist {
     pub fn load(path: &Path) -> Result<Self> {
         let mut list = Self::default();
         if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|e| {
-                Error::InvalidConfig(format!("reading the key directory {}: {e}", path.display()))
+            let entries = std::fs::read_dir(path).map_err(|error| Error::File {
+                what: "reading the key directory",
+                path: path.to_path_buf(),
+                error,
             })?;
             let mut files: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))

@@ -137,8 +137,11 @@ fn bare_key(text: &str) -> Option<[u8; 32]> {
 }
 
 pub(super) fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| Error::InvalidConfig(format!("reading the key file {}: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(|error| Error::File {
+        what: "reading the key file",
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 pub(super) fn bad_file(path: &Path, why: &str) -> Error {
@@ -153,9 +156,17 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<()> {
         .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| Error::InvalidConfig(format!("writing {}: {e}", path.display())))?;
+        .map_err(|error| written(path, error))?;
     file.write_all(text.as_bytes())
-        .map_err(|e| Error::InvalidConfig(format!("writing {}: {e}", path.display())))
+        .map_err(|error| written(path, error))
+}
+
+fn written(path: &Path, error: std::io::Error) -> Error {
+    Error::File {
+        what: "writing",
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 #[cfg(test)]

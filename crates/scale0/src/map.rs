@@ -10,37 +10,37 @@ use crate::shutdown::Shutdown;
 use crate::sockets::{self, ConnectionCounter, local_endpoint, pipeline_socket};
 use crate::task::Task;
 use bytes::Bytes;
-use scale0_proto::pipeline::{Finished, Map, MapConfig, MapCounters};
+use scale0_proto::pipeline::{self, Finished, MapCounters};
 use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
-/// Where a pool listens and how its map behaves.
+/// Where a map listens and how it behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolConfig {
+pub struct MapConfig {
     /// Endpoints workers pull jobs from (the Guide's ventilator port).
     pub vent: Vec<String>,
     /// Endpoints workers push reports to (the Guide's sink port).
     pub sink: Vec<String>,
-    /// Timeouts, retries, prefetch, ordering.
-    pub map: MapConfig,
+    /// Timeouts, retries, prefetch, ordering: the core's settings.
+    pub core: pipeline::MapConfig,
     /// How often progress is reported.
     pub progress_every: Duration,
     /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
     /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE).
     pub max_message_bytes: usize,
     /// CURVE on both sockets, with the workers' keys allowed. Local workers get a key
-    /// pair of their own, allowed for this pool only.
+    /// pair of their own, allowed for this map only.
     pub curve: Option<CurveServer>,
 }
 
-impl Default for PoolConfig {
+impl Default for MapConfig {
     fn default() -> Self {
         Self {
             vent: vec![crate::endpoints::VENT.into()],
             sink: vec![crate::endpoints::SINK.into()],
-            map: MapConfig::default(),
+            core: pipeline::MapConfig::default(),
             progress_every: Duration::from_millis(200),
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
@@ -76,24 +76,24 @@ pub struct MapSummary {
     pub complete: bool,
 }
 
-/// A pool of workers reached through a ventilator and a sink: `map` distributes jobs to
-/// every connected worker and collects one outcome per job.
-pub struct Pool {
+/// The parallel map (`scale0 map`): workers reached through a ventilator and a sink;
+/// [`Map::run`] distributes jobs to every connected worker and collects one outcome per job.
+pub struct Map {
     push: zmq::Socket,
     pull: zmq::Socket,
     connections: ConnectionCounter,
     vent: Vec<String>,
     sink: Vec<String>,
-    config: PoolConfig,
+    config: MapConfig,
     local: Vec<JoinHandle<Result<TaskWorkerSummary>>>,
     local_stop: Shutdown,
     local_curve: Option<CurveClient>,
     zap: Option<ZapHandler>,
 }
 
-impl std::fmt::Debug for Pool {
+impl std::fmt::Debug for Map {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
+        f.debug_struct("Map")
             .field("vent", &self.vent)
             .field("sink", &self.sink)
             .field("local_workers", &self.local.len())
@@ -113,15 +113,15 @@ enum Input<'a> {
 /// Jobs read ahead of dispatch; beyond this the input waits.
 const READ_AHEAD: usize = 4096;
 
-impl Pool {
+impl Map {
     /// Binds the two sockets.
-    pub fn bind(config: PoolConfig) -> Result<Self> {
+    pub fn bind(config: MapConfig) -> Result<Self> {
         if config.vent.is_empty() || config.sink.is_empty() {
             return Err(Error::InvalidConfig(
-                "a pool needs a ventilator and a sink endpoint".into(),
+                "a map needs a ventilator and a sink endpoint".into(),
             ));
         }
-        if config.map.max_attempts == 0 {
+        if config.core.max_attempts == 0 {
             return Err(Error::InvalidConfig(
                 "a job needs at least one attempt".into(),
             ));
@@ -193,7 +193,7 @@ impl Pool {
     }
 
     /// Starts `n` workers in this process, each running one job at a time with `task`,
-    /// connected over loopback like any other worker. They stop when the pool is dropped.
+    /// connected over loopback like any other worker. They stop when the map is dropped.
     pub fn spawn_local(&mut self, n: u32, task: Arc<dyn Task>) -> Result<()> {
         let source = Source {
             jobs: local_endpoint(&self.vent[0]),
@@ -223,10 +223,10 @@ impl Pool {
         Ok(())
     }
 
-    /// Runs every job of `jobs` (an iterator that does not block) on the pool's workers.
+    /// Runs every job of `jobs` (an iterator that does not block) on the map's workers.
     /// `finished` gets each job's outcome once, in input order unless the config says
     /// otherwise; `progress` gets totals every `progress_every`.
-    pub fn map<I>(
+    pub fn run<I>(
         &mut self,
         jobs: I,
         shutdown: &Shutdown,
@@ -237,22 +237,22 @@ impl Pool {
         I: IntoIterator<Item = Bytes>,
     {
         let input = Input::Iter(Box::new(jobs.into_iter()));
-        self.run(input, shutdown, finished, progress)
+        self.drive(input, shutdown, finished, progress)
     }
 
-    /// As [`Pool::map`], with jobs arriving on a channel (read from stdin by another
+    /// As [`Map::run`], with jobs arriving on a channel (read from stdin by another
     /// thread, say); the input ends when every sender is dropped.
-    pub fn map_channel(
+    pub fn run_channel(
         &mut self,
         jobs: mpsc::Receiver<Bytes>,
         shutdown: &Shutdown,
         finished: impl FnMut(Finished),
         progress: impl FnMut(&MapProgress),
     ) -> Result<MapSummary> {
-        self.run(Input::Channel(jobs), shutdown, finished, progress)
+        self.drive(Input::Channel(jobs), shutdown, finished, progress)
     }
 
-    fn run(
+    fn drive(
         &mut self,
         mut input: Input<'_>,
         shutdown: &Shutdown,
@@ -261,7 +261,7 @@ impl Pool {
     ) -> Result<MapSummary> {
         let clock = Clock::new();
         let started = Instant::now();
-        let mut core = Map::new(self.config.map.clone(), random_u64());
+        let mut core = pipeline::Map::new(self.config.core.clone(), random_u64());
         core.set_connections(clock.now(), self.connections.count());
         let every = self.config.progress_every;
         let mut next_progress = started + every;
@@ -319,6 +319,12 @@ impl Pool {
                 debug!(connections = n, "workers connected");
                 core.set_connections(clock.now(), n);
                 blocked = false;
+                // Reading EVENTS makes the socket take in its pending commands, a closed
+                // connection's end among them, so the jobs sent next avoid it (the core
+                // still sends again what goes out before the socket has seen it).
+                self.push
+                    .get_events()
+                    .context(|| "reading the jobs socket's events".into())?;
             }
             while let Some(frames) = sockets::try_recv(&self.pull)? {
                 core.handle_report(clock.now(), &frames);
@@ -345,7 +351,7 @@ impl Pool {
 }
 
 /// Reads jobs ahead of dispatch; true while a channel is open but had nothing.
-fn read_input(input: &mut Input<'_>, core: &mut Map) -> bool {
+fn read_input(input: &mut Input<'_>, core: &mut pipeline::Map) -> bool {
     while core.queued() < READ_AHEAD {
         let next = match input {
             Input::Iter(it) => it.next(),
@@ -370,7 +376,7 @@ fn read_input(input: &mut Input<'_>, core: &mut Map) -> bool {
     false
 }
 
-fn snapshot(core: &Map, input: &Input<'_>, started: Instant) -> MapProgress {
+fn snapshot(core: &pipeline::Map, input: &Input<'_>, started: Instant) -> MapProgress {
     let (workers, capacity) = core.workers();
     MapProgress {
         counters: core.counters().clone(),
@@ -382,7 +388,7 @@ fn snapshot(core: &Map, input: &Input<'_>, started: Instant) -> MapProgress {
     }
 }
 
-impl Drop for Pool {
+impl Drop for Map {
     fn drop(&mut self) {
         sockets::stop_monitor(&self.push);
         self.local_stop.trigger();

@@ -1,17 +1,17 @@
-//! The Rust API of the parallel map: a pool with in-process workers and one connected
+//! The Rust API of the parallel map: a Map with in-process workers and one connected
 //! from outside, on loopback.
 
 use bytes::Bytes;
-use scale0::proto::pipeline::{MapConfig, Outcome};
-use scale0::{Pool, PoolConfig, Shutdown, Source, Task, TaskWorker, TaskWorkerConfig};
+use scale0::proto::pipeline::{self, Outcome};
+use scale0::{Map, MapConfig, Shutdown, Source, Task, TaskWorker, TaskWorkerConfig};
 use std::sync::Arc;
 
-fn loopback(map: MapConfig) -> PoolConfig {
-    PoolConfig {
+fn loopback(core: pipeline::MapConfig) -> MapConfig {
+    MapConfig {
         vent: vec!["tcp://127.0.0.1:*".into()],
         sink: vec!["tcp://127.0.0.1:*".into()],
-        map,
-        ..PoolConfig::default()
+        core,
+        ..MapConfig::default()
     }
 }
 
@@ -24,13 +24,13 @@ fn shout(payload: &[u8]) -> Result<Bytes, String> {
 
 #[test]
 fn map_runs_every_job_once_in_order_with_failures_reported() {
-    let mut pool = Pool::bind(loopback(MapConfig::default())).unwrap();
+    let mut map = Map::bind(loopback(pipeline::MapConfig::default())).unwrap();
     let task: Arc<dyn Task> = Arc::new(shout);
-    pool.spawn_local(3, Arc::clone(&task)).unwrap();
+    map.spawn_local(3, Arc::clone(&task)).unwrap();
     // One more worker, connected by address as another host's would be.
     let source = Source {
-        jobs: pool.vent_endpoints()[0].clone(),
-        results: pool.sink_endpoints()[0].clone(),
+        jobs: map.vent_endpoints()[0].clone(),
+        results: map.sink_endpoints()[0].clone(),
     };
     let mut config = TaskWorkerConfig::new(source);
     config.capacity = 4;
@@ -50,8 +50,8 @@ fn map_runs_every_job_once_in_order_with_failures_reported() {
         .collect();
     let mut seen = Vec::new();
     let mut progress_calls = 0;
-    let summary = pool
-        .map(
+    let summary = map
+        .run(
             jobs.clone(),
             &Shutdown::new(),
             |f| seen.push(f),
