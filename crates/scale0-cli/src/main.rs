@@ -36,7 +36,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the Majordomo broker (MDP/0.1 with MMI) on a ROUTER socket.
+    /// Run the Majordomo broker (MDP/0.1 and 0.2, with MMI) on a ROUTER socket.
     Broker(broker::Args),
     /// Serve a service: run a built-in handler or a command for each request.
     Worker(worker::Args),

@@ -1,4 +1,5 @@
-//! The real `scale0` binary against pyzmq peers written from RFC 7, each its own process.
+//! The real `scale0` binary against pyzmq peers written from RFC 7 and RFC 18, each its own
+//! process.
 
 mod common;
 

@@ -21,6 +21,7 @@ pub mod membership;
 pub mod pipeline;
 pub mod queue;
 pub mod task_worker;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod time;
 mod timers;

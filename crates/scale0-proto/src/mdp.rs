@@ -1,8 +1,9 @@
-//! Majordomo Protocol MDP/0.1 (ZeroMQ RFC 7) frames: typed values in, frames out.
+//! Majordomo frames, MDP/0.1 (ZeroMQ RFC 7) and MDP/0.2 (RFC 18) in both of its framings,
+//! and the scale0 native client protocol (`docs/protocol.md`): typed values in, frames out.
 //!
 //! Frames are decoded here, once, at the edge; the rest of the core only sees
-//! [`Message`], [`ClientMessage`] and [`WorkerCommand`]. Every shape that RFC 7 does not
-//! allow is a [`DecodeError`], never a panic.
+//! [`Message`], [`ClientMessage`] and [`WorkerCommand`]. Every shape those specifications
+//! do not allow is a [`DecodeError`], never a panic.
 
 use bytes::Bytes;
 use std::fmt;
@@ -24,7 +25,7 @@ pub const MAX_SERVICE_NAME_BYTES: usize = 255;
 /// The longest peer address accepted, in bytes (the limit of a libzmq routing id).
 pub const MAX_PEER_ID_BYTES: usize = 255;
 
-/// Why a multipart message is not valid MDP/0.1.
+/// Why a multipart message is not a valid Majordomo (MDP/0.1 or 0.2) or native message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum DecodeError {
     /// No routing-id frame, or an empty or over-long one.
@@ -33,7 +34,8 @@ pub enum DecodeError {
     /// The frame before the header is missing or not empty.
     #[error("missing empty delimiter frame")]
     NoDelimiter,
-    /// The header frame is missing or is neither `MDPC01` nor `MDPW01`.
+    /// The header frame is missing or is none of `MDPC01`, `MDPW01`, `MDPC02`, `MDPW02`
+    /// and `S0C1`.
     #[error("unknown protocol header")]
     UnknownHeader,
     /// A required frame is absent.
@@ -42,7 +44,8 @@ pub enum DecodeError {
     /// More frames than the command allows.
     #[error("extra frames")]
     ExtraFrames,
-    /// The worker command frame is not one byte between 0x01 and 0x05.
+    /// The command frame is not one byte naming a command of its protocol and version
+    /// (for workers 0x01 to 0x05 in MDP/0.1, 0x01 to 0x06 in MDP/0.2).
     #[error("unknown worker command")]
     UnknownCommand,
     /// A service name that is empty or longer than [`MAX_SERVICE_NAME_BYTES`].

@@ -1,5 +1,6 @@
 //! Shared drivers for fuzzing and corpus replay: one definition of each fuzz target's
-//! meaning, so `cargo test` replays exactly what the fuzzer ran.
+//! meaning, so `cargo test` replays exactly what the fuzzer ran. Built only for tests and
+//! fuzzing (the `testkit` feature), never as part of the public core.
 #![doc(hidden)]
 
 use crate::broker::{Broker, Config, Event};

@@ -1,4 +1,5 @@
-//! An MDP/0.1 worker's side of the conversation as a sans-IO state machine.
+//! A Majordomo worker's side of the conversation (MDP/0.1 or MDP/0.2, as configured) as a
+//! sans-IO state machine.
 //!
 //! It decides when to (re)connect, registers with READY, heartbeats the broker (also
 //! while the handler is busy, so a long request is not mistaken for a dead worker),

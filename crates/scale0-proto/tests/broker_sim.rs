@@ -1,144 +1,31 @@
 //! The broker state machine under virtual time: dispatch order, queueing, heartbeats,
 //! expiry, re-registration and bad input, with every timing bound checked exactly.
 
+mod sim;
+
 use bytes::Bytes;
-use scale0_proto::broker::{Broker, Config, DropReason};
-use scale0_proto::mdp::{self, ClientMessage, Message, WorkerCommand};
-use scale0_proto::{DecodeError, Frames, Instant, PeerId, ServiceName};
+use scale0_proto::broker::{Config, DropReason};
+use scale0_proto::mdp::{ClientMessage, Message, WorkerCommand};
+use scale0_proto::{DecodeError, Frames, Instant, PeerId};
+use sim::{BrokerSim as Sim, bytes, peer, svc};
 
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn peer(s: &str) -> PeerId {
-    PeerId::new(b(s)).unwrap()
-}
-
-fn svc(s: &str) -> ServiceName {
-    ServiceName::new(b(s)).unwrap()
-}
-
-/// A broker, a virtual clock, and what the broker sent, decoded.
-struct Sim {
-    broker: Broker,
-    now: Instant,
+fn config() -> Config {
+    Config {
+        heartbeat_interval_ms: 1000,
+        heartbeat_liveness: 3,
+        max_message_bytes: 1024,
+        ..Config::default()
+    }
 }
 
 impl Sim {
     fn new() -> Self {
-        Self::with(Config {
-            heartbeat_interval_ms: 1000,
-            heartbeat_liveness: 3,
-            max_message_bytes: 1024,
-            ..Config::default()
-        })
-    }
-
-    fn with(config: Config) -> Self {
-        Self {
-            broker: Broker::new(config, Instant::ZERO),
-            now: Instant::ZERO,
-        }
-    }
-
-    fn raw(&mut self, from: &str, mut frames: Frames) {
-        frames.insert(0, b(from));
-        self.broker.handle_message(self.now, frames);
-    }
-
-    fn request(&mut self, client: &str, service: &str, body: &str) {
-        let m = Message::Client(ClientMessage {
-            service: svc(service),
-            body: vec![b(body)],
-        });
-        self.broker
-            .handle_message(self.now, m.encode_to(&peer(client)));
-    }
-
-    fn worker(&mut self, worker: &str, cmd: WorkerCommand) {
-        self.broker
-            .handle_message(self.now, Message::Worker(cmd).encode_to(&peer(worker)));
-    }
-
-    fn ready(&mut self, worker: &str, service: &str) {
-        self.worker(
-            worker,
-            WorkerCommand::Ready {
-                service: svc(service),
-                capacity: 1,
-            },
-        );
-    }
-
-    fn reply(&mut self, worker: &str, client: &str, body: &str) {
-        self.worker(
-            worker,
-            WorkerCommand::Reply {
-                client: peer(client),
-                body: vec![b(body)],
-            },
-        );
-    }
-
-    /// Moves the clock to `ms`, firing every timeout on the way at its exact time.
-    fn advance_to(&mut self, ms: u64) {
-        let target = Instant::from_millis(ms);
-        loop {
-            let t = self.broker.poll_timeout();
-            if t > target {
-                break;
-            }
-            self.now = self.now.max(t);
-            self.broker.handle_timeout(self.now);
-        }
-        self.now = target;
-    }
-
-    /// Like `advance_to`, while the `alive` workers heartbeat every 500 ms.
-    fn advance_with(&mut self, ms: u64, alive: &[&str]) {
-        while self.now.as_millis() + 500 < ms {
-            let next = self.now.as_millis() + 500;
-            self.advance_to(next);
-            for worker in alive {
-                self.worker(worker, WorkerCommand::Heartbeat);
-            }
-        }
-        self.advance_to(ms);
-    }
-
-    /// Everything sent since the last call, as (destination, message).
-    fn sent(&mut self) -> Vec<(String, Message)> {
-        let mut out = Vec::new();
-        while let Some(t) = self.broker.poll_transmit() {
-            let (to, rest) = mdp::split_routing_id(t.frames).unwrap();
-            let to = String::from_utf8(to.as_bytes().to_vec()).unwrap();
-            out.push((to, Message::decode(rest).unwrap()));
-        }
-        out
-    }
-
-    /// The (worker, body) of each REQUEST sent since the last call; other messages are
-    /// ignored.
-    fn dispatched(&mut self) -> Vec<(String, String)> {
-        self.sent()
-            .into_iter()
-            .filter_map(|(to, m)| match m {
-                Message::Worker(WorkerCommand::Request { body, .. }) => {
-                    Some((to, String::from_utf8(body[0].to_vec()).unwrap()))
-                }
-                _ => None,
-            })
-            .collect()
+        Self::with(config())
     }
 
     fn mmi_service(&mut self, name: &str) -> String {
         self.sent();
-        let m = Message::Client(ClientMessage {
-            service: svc("mmi.service"),
-            body: vec![b(name)],
-        });
-        self.broker
-            .handle_message(self.now, m.encode_to(&peer("mmi-client")));
+        self.request("mmi-client", "mmi.service", name);
         match self.sent().pop() {
             Some((to, Message::Client(m))) => {
                 assert_eq!(to, "mmi-client");
@@ -201,7 +88,7 @@ fn requests_wait_for_a_worker_and_replies_echo_the_service() {
             "c1".into(),
             Message::Client(ClientMessage {
                 service: svc("echo"),
-                body: vec![b("one")]
+                body: vec![bytes("one")]
             })
         )
     );
@@ -403,9 +290,9 @@ fn mmi_answers_200_404_and_501() {
     sim.sent();
     let m = Message::Client(ClientMessage {
         service: svc("mmi.unknown"),
-        body: vec![b("x")],
+        body: vec![bytes("x")],
     });
-    sim.broker.handle_message(sim.now, m.encode_to(&peer("c")));
+    sim.send("c", m);
     let sent = sim.sent();
     assert_eq!(
         sent,
@@ -413,7 +300,7 @@ fn mmi_answers_200_404_and_501() {
             "c".into(),
             Message::Client(ClientMessage {
                 service: svc("mmi.unknown"),
-                body: vec![b("501")]
+                body: vec![bytes("501")]
             })
         )]
     );
@@ -427,39 +314,51 @@ fn malformed_input_is_dropped_counted_and_harmless() {
     sim.sent();
     let bad: Vec<(Frames, DropReason)> = vec![
         (
-            vec![b("x")],
+            vec![bytes("x")],
             DropReason::Malformed(DecodeError::UnknownHeader),
         ),
         (
-            vec![b("MDPC01"), b("echo")],
+            vec![bytes("MDPC01"), bytes("echo")],
             DropReason::Malformed(DecodeError::NoDelimiter),
         ),
         (
-            vec![b(""), b("MDPX01")],
+            vec![bytes(""), bytes("MDPX01")],
             DropReason::Malformed(DecodeError::UnknownHeader),
         ),
         (
-            vec![b(""), b("MDPC01")],
+            vec![bytes(""), bytes("MDPC01")],
             DropReason::Malformed(DecodeError::MissingFrame),
         ),
         (
-            vec![b(""), b("MDPC01"), b("")],
+            vec![bytes(""), bytes("MDPC01"), bytes("")],
             DropReason::Malformed(DecodeError::BadServiceName),
         ),
         (
-            vec![b(""), b("MDPW01"), b("\x09")],
+            vec![bytes(""), bytes("MDPW01"), bytes("\x09")],
             DropReason::Malformed(DecodeError::UnknownCommand),
         ),
         (
-            vec![b(""), b("MDPW01"), b("\x04"), b("extra")],
+            vec![bytes(""), bytes("MDPW01"), bytes("\x04"), bytes("extra")],
             DropReason::Malformed(DecodeError::ExtraFrames),
         ),
         (
-            vec![b(""), b("MDPW01"), b("\x02"), b("c"), b(""), b("x")],
+            vec![
+                bytes(""),
+                bytes("MDPW01"),
+                bytes("\x02"),
+                bytes("c"),
+                bytes(""),
+                bytes("x"),
+            ],
             DropReason::WrongDirection,
         ),
         (
-            vec![b(""), b("MDPC01"), b("echo"), Bytes::from(vec![0u8; 2000])],
+            vec![
+                bytes(""),
+                bytes("MDPC01"),
+                bytes("echo"),
+                Bytes::from(vec![0u8; 2000]),
+            ],
             DropReason::TooLarge,
         ),
     ];
@@ -521,15 +420,6 @@ fn a_worker_heartbeating_on_time_never_expires_over_a_long_run() {
 }
 
 // ---- Redelivery, deadlines and bounds ----
-
-fn config() -> Config {
-    Config {
-        heartbeat_interval_ms: 1000,
-        heartbeat_liveness: 3,
-        max_message_bytes: 1024,
-        ..Config::default()
-    }
-}
 
 #[test]
 fn a_busy_worker_that_cannot_heartbeat_is_bounded_by_the_request_deadline() {
@@ -855,13 +745,6 @@ fn a_worker_whose_connection_ends_is_removed_and_its_request_goes_to_another_at_
     assert_eq!(sim.broker.worker_count(), 1);
 }
 
-/// Every message the broker sent since the last call, as raw frames.
-fn raw_sent(sim: &mut Sim) -> Vec<Vec<Bytes>> {
-    std::iter::from_fn(|| sim.broker.poll_transmit())
-        .map(|t| t.frames)
-        .collect()
-}
-
 fn frames(parts: &[&[u8]]) -> Vec<Bytes> {
     parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
 }
@@ -873,14 +756,14 @@ fn both_framings_of_mdp2_are_served_each_peer_in_its_own() {
     sim.raw("mw", frames(&[b"", b"MDPW02", &[1], b"svc"]));
     sim.raw("mc", frames(&[b"", b"MDPC02", &[2], b"svc", b"hello"]));
     assert_eq!(
-        raw_sent(&mut sim),
+        sim.raw_sent(),
         [frames(&[b"mw", b"", b"MDPW02", &[2], b"mc", b"", b"hello"])],
         "the REQUEST in the worker's framing"
     );
     sim.raw("mw", frames(&[b"", b"MDPW02", &[3], b"mc", b"", b"half"]));
     sim.raw("mw", frames(&[b"", b"MDPW02", &[4], b"mc", b"", b"done"]));
     assert_eq!(
-        raw_sent(&mut sim),
+        sim.raw_sent(),
         [
             frames(&[b"mc", b"", b"MDPC02", &[3], b"half"]),
             frames(&[b"mc", b"", b"MDPC02", &[4], b"done"]),
@@ -889,11 +772,11 @@ fn both_framings_of_mdp2_are_served_each_peer_in_its_own() {
     );
     // An RFC 18 client of the same worker is answered as RFC 18 says.
     sim.raw("rc", frames(&[b"MDPC02", &[1], b"svc", b"x"]));
-    assert_eq!(raw_sent(&mut sim).len(), 1);
+    assert_eq!(sim.raw_sent().len(), 1);
     sim.raw("mw", frames(&[b"", b"MDPW02", &[3], b"rc", b"", b"h"]));
     sim.raw("mw", frames(&[b"", b"MDPW02", &[4], b"rc", b"", b"y"]));
     assert_eq!(
-        raw_sent(&mut sim),
+        sim.raw_sent(),
         [
             frames(&[b"rc", b"MDPC02", &[2], b"svc", b"h"]),
             frames(&[b"rc", b"MDPC02", &[3], b"svc", b"y"]),
@@ -903,12 +786,12 @@ fn both_framings_of_mdp2_are_served_each_peer_in_its_own() {
     sim.raw("rw", frames(&[b"MDPW02", &[1], b"other"]));
     sim.raw("mc", frames(&[b"", b"MDPC02", &[2], b"other", b"q"]));
     assert_eq!(
-        raw_sent(&mut sim),
+        sim.raw_sent(),
         [frames(&[b"rw", b"MDPW02", &[2], b"mc", b"", b"q"])]
     );
     sim.raw("rw", frames(&[b"MDPW02", &[4], b"mc", b"", b"a"]));
     assert_eq!(
-        raw_sent(&mut sim),
+        sim.raw_sent(),
         [frames(&[b"mc", b"", b"MDPC02", &[4], b"a"])]
     );
     // MMI, heartbeats and DISCONNECT in the delimited framing too.
@@ -917,18 +800,18 @@ fn both_framings_of_mdp2_are_served_each_peer_in_its_own() {
         frames(&[b"", b"MDPC02", &[2], b"mmi.service", b"svc"]),
     );
     assert_eq!(
-        raw_sent(&mut sim),
+        sim.raw_sent(),
         [frames(&[b"mc", b"", b"MDPC02", &[4], b"200"])]
     );
     sim.advance_to(1_000);
-    let beats = raw_sent(&mut sim);
+    let beats = sim.raw_sent();
     assert!(
         beats.contains(&frames(&[b"mw", b"", b"MDPW02", &[5]])),
         "{beats:?}"
     );
     sim.raw("mw", frames(&[b"", b"MDPW02", &[1], b"svc"]));
     assert_eq!(
-        raw_sent(&mut sim),
+        sim.raw_sent(),
         [frames(&[b"mw", b"", b"MDPW02", &[6]])],
         "a second READY is out of turn"
     );
@@ -961,46 +844,18 @@ fn the_number_of_services_is_bounded() {
 mod native {
     use super::*;
     use scale0_proto::broker::{Drained, FailReason};
-    use scale0_proto::mdp::{ClientKind, NativeCommand, RequestId, Status};
+    use scale0_proto::mdp::{ClientKind, NativeCommand, Status};
+    use sim::{accepted, fin, id, native_request, native_to};
     use std::time::Duration;
 
-    fn id(s: &str) -> RequestId {
-        RequestId::new(b(s)).unwrap()
-    }
-
+    /// A native request from `client` whose body is its id.
     fn send(sim: &mut Sim, client: &str, rid: &str, service: &str, deadline_ms: Option<u64>) {
-        let m = Message::Native(NativeCommand::Request {
-            id: id(rid),
-            service: svc(service),
-            deadline_ms,
-            ack: true,
-            body: vec![b(rid)],
-        });
-        sim.broker
-            .handle_message(sim.now, m.encode_to(&peer(client)));
+        sim.send(client, native_request(rid, service, deadline_ms, rid));
     }
 
     /// Native messages sent to `client` since the last call.
     fn to(sim: &mut Sim, client: &str) -> Vec<NativeCommand> {
-        sim.sent()
-            .into_iter()
-            .filter(|(t, _)| t == client)
-            .filter_map(|(_, m)| match m {
-                Message::Native(cmd) => Some(cmd),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn accepted(rid: &str) -> NativeCommand {
-        NativeCommand::Accepted { id: id(rid) }
-    }
-
-    fn fin(rid: &str, body: &str) -> NativeCommand {
-        NativeCommand::Final {
-            id: id(rid),
-            body: vec![b(body)],
-        }
+        native_to(&sim.sent(), client)
     }
 
     fn status_of(cmd: &NativeCommand) -> Option<Status> {
@@ -1034,18 +889,18 @@ mod native {
         sim.raw(
             "c",
             vec![
-                b("S0C1"),
+                bytes("S0C1"),
                 Bytes::from_static(&[1]),
-                b("r"),
+                bytes("r"),
                 bad.clone(),
-                b(""),
-                b("x"),
+                bytes(""),
+                bytes("x"),
             ],
         );
         let out = to(&mut sim, "c");
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(status_of(&out[0]), Some(Status::BadRequest));
-        sim.raw("m", vec![b(""), b("MDPC01"), bad, b("x")]);
+        sim.raw("m", vec![bytes(""), bytes("MDPC01"), bad, bytes("x")]);
         assert!(sim.broker.services().is_empty(), "nothing was queued");
         assert_eq!(
             sim.broker
@@ -1078,9 +933,9 @@ mod native {
                 service: svc("svc"),
                 deadline_ms: None,
                 ack: false,
-                body: vec![b(rid)],
+                body: vec![bytes(rid)],
             });
-            sim.broker.handle_message(sim.now, m.encode_to(&peer("c")));
+            sim.send("c", m);
         };
         quiet(&mut sim, "a");
         quiet(&mut sim, "a");
@@ -1101,7 +956,7 @@ mod native {
             ack: false,
             body: vec![Bytes::from(vec![0u8; 1500])],
         });
-        sim.broker.handle_message(sim.now, m.encode_to(&peer("c")));
+        sim.send("c", m);
         let out = to(&mut sim, "c");
         assert!(
             out.iter().any(|c| status_of(c) == Some(Status::TooLarge)),
@@ -1187,14 +1042,22 @@ mod native {
             ack: true,
             body: vec![Bytes::from(vec![0u8; 300])],
         });
-        sim.broker
-            .handle_message(sim.now, big.encode_to(&peer("c")));
+        sim.send("c", big);
         assert_eq!(
             to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
             [Some(Status::TooLarge)]
         );
         // A malformed request whose id is readable is answered, not left hanging.
-        sim.raw("c", vec![b("S0C1"), b("\x01"), b("5"), b("svc"), b("soon")]);
+        sim.raw(
+            "c",
+            vec![
+                bytes("S0C1"),
+                bytes("\x01"),
+                bytes("5"),
+                bytes("svc"),
+                bytes("soon"),
+            ],
+        );
         assert_eq!(
             to(&mut sim, "c").iter().map(status_of).collect::<Vec<_>>(),
             [Some(Status::BadRequest)]
@@ -1334,12 +1197,7 @@ mod native {
 
     #[test]
     fn a_durable_broker_s_drain_does_not_wait_for_queued_requests() {
-        let config = Sim::new().broker.config().clone();
-        let (broker, _) = Broker::durable(config, Instant::ZERO, Vec::new(), 1);
-        let mut sim = Sim {
-            broker,
-            now: Instant::ZERO,
-        };
+        let mut sim = Sim::durable(config());
         send(&mut sim, "c", "queued", "svc", None);
         assert_eq!(sim.broker.outstanding(), 1);
         assert_eq!(sim.broker.unanswered(), 0);
@@ -1410,21 +1268,20 @@ mod native {
             service: svc("svc"),
             capacity: 1,
         });
-        sim.broker
-            .handle_message(sim.now, v2_ready.encode_to(&peer("w")));
+        sim.send("w", v2_ready);
         let partial = |sim: &mut Sim| {
             let m = Message::Worker2(WorkerCommand::Partial {
                 client: peer("ignored"),
-                body: vec![b("50%")],
+                body: vec![bytes("50%")],
             });
-            sim.broker.handle_message(sim.now, m.encode_to(&peer("w")));
+            sim.send("w", m);
         };
         let fin2 = |sim: &mut Sim| {
             let m = Message::Worker2(WorkerCommand::Reply {
                 client: peer("ignored"),
-                body: vec![b("done")],
+                body: vec![bytes("done")],
             });
-            sim.broker.handle_message(sim.now, m.encode_to(&peer("w")));
+            sim.send("w", m);
         };
         // Native client.
         send(&mut sim, "n", "1", "svc", None);
@@ -1442,7 +1299,7 @@ mod native {
             [
                 NativeCommand::Partial {
                     id: id("1"),
-                    body: vec![b("50%")]
+                    body: vec![bytes("50%")]
                 },
                 fin("1", "done")
             ]
@@ -1452,11 +1309,10 @@ mod native {
             ClientKind::Request,
             ClientMessage {
                 service: svc("svc"),
-                body: vec![b("x")],
+                body: vec![bytes("x")],
             },
         );
-        sim.broker
-            .handle_message(sim.now, req2.encode_to(&peer("v2")));
+        sim.send("v2", req2);
         sim.sent();
         partial(&mut sim);
         fin2(&mut sim);
@@ -1493,17 +1349,15 @@ mod native {
             service: svc("svc"),
             capacity: 1,
         });
-        sim.broker
-            .handle_message(sim.now, v2_ready.encode_to(&peer("new")));
+        sim.send("new", v2_ready);
         let req2 = Message::Client2(
             ClientKind::Request,
             ClientMessage {
                 service: svc("svc"),
-                body: vec![b("from-v2")],
+                body: vec![bytes("from-v2")],
             },
         );
-        sim.broker
-            .handle_message(sim.now, req2.encode_to(&peer("v2")));
+        sim.send("v2", req2);
         sim.request("v1", "svc", "from-v1");
         let sent = sim.sent();
         assert!(
@@ -1515,17 +1369,15 @@ mod native {
         sim.reply("old", "v2", "r1");
         let fin_v2 = Message::Worker2(WorkerCommand::Reply {
             client: peer("v1"),
-            body: vec![b("r2")],
+            body: vec![bytes("r2")],
         });
-        sim.broker
-            .handle_message(sim.now, fin_v2.encode_to(&peer("new")));
+        sim.send("new", fin_v2);
         let sent = sim.sent();
         assert!(matches!(&sent[0], (t, Message::Client2(ClientKind::Final, _)) if t == "v2"));
         assert!(matches!(&sent[1], (t, Message::Client(_)) if t == "v1"));
         // An MDP/0.2 worker's unexpected command gets an MDP/0.2 DISCONNECT.
         let hb = Message::Worker2(WorkerCommand::Heartbeat);
-        sim.broker
-            .handle_message(sim.now, hb.encode_to(&peer("stranger")));
+        sim.send("stranger", hb);
         assert_eq!(
             sim.sent(),
             [(
@@ -1544,9 +1396,9 @@ mod native {
             service: svc("mmi.service"),
             deadline_ms: None,
             ack: true,
-            body: vec![b("echo")],
+            body: vec![bytes("echo")],
         });
-        sim.broker.handle_message(sim.now, m.encode_to(&peer("c")));
+        sim.send("c", m);
         assert_eq!(to(&mut sim, "c"), [fin("q", "200")]);
     }
 
@@ -1626,7 +1478,8 @@ fn events_tell_an_observer_about_workers_services_and_redeliveries() {
 mod access {
     use super::*;
     use scale0_proto::broker::DropReason;
-    use scale0_proto::mdp::{NativeCommand, RequestId, Status};
+    use scale0_proto::mdp::{NativeCommand, Status};
+    use sim::native_request;
     use std::collections::{BTreeMap, BTreeSet};
 
     fn sim() -> Sim {
@@ -1640,20 +1493,7 @@ mod access {
     }
 
     fn native(sim: &mut Sim, user: Option<&str>, client: &str, rid: &str, service: &str) {
-        let m = Message::Native(NativeCommand::Request {
-            id: RequestId::new(b(rid)).unwrap(),
-            service: svc(service),
-            deadline_ms: None,
-            ack: true,
-            body: vec![b("x")],
-        });
-        sim.broker
-            .handle_message_from(sim.now, m.encode_to(&peer(client)), user);
-    }
-
-    fn from(sim: &mut Sim, user: Option<&str>, who: &str, m: Message) {
-        sim.broker
-            .handle_message_from(sim.now, m.encode_to(&peer(who)), user);
+        sim.send_from(user, client, native_request(rid, service, None, "x"));
     }
 
     fn ready(service: &str) -> Message {
@@ -1666,7 +1506,7 @@ mod access {
     #[test]
     fn a_key_allowed_one_service_is_refused_another() {
         let mut sim = sim();
-        from(&mut sim, Some("echo-worker"), "w", ready("echo"));
+        sim.send_from(Some("echo-worker"), "w", ready("echo"));
         native(&mut sim, Some("alice"), "c", "1", "echo");
         native(&mut sim, Some("alice"), "c", "2", "billing");
         let sent = sim.sent();
@@ -1697,12 +1537,12 @@ mod access {
     #[test]
     fn mdp_clients_are_dropped_and_workers_told_to_disconnect() {
         let mut sim = sim();
-        from(&mut sim, Some("echo-worker"), "w", ready("billing"));
+        sim.send_from(Some("echo-worker"), "w", ready("billing"));
         let m = Message::Client(ClientMessage {
             service: svc("billing"),
-            body: vec![b("x")],
+            body: vec![bytes("x")],
         });
-        from(&mut sim, Some("alice"), "c", m);
+        sim.send_from(Some("alice"), "c", m);
         let sent = sim.sent();
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert!(matches!(
@@ -1716,20 +1556,21 @@ mod access {
     #[test]
     fn unlisted_keys_anonymous_peers_and_mmi_are_open() {
         let mut sim = sim();
-        from(&mut sim, Some("bob"), "w", ready("billing"));
-        from(&mut sim, None, "w2", ready("billing"));
+        sim.send_from(Some("bob"), "w", ready("billing"));
+        sim.send_from(None, "w2", ready("billing"));
         native(&mut sim, Some("bob"), "c", "1", "billing");
         let mmi = Message::Client(ClientMessage {
             service: svc("mmi.service"),
-            body: vec![b("billing")],
+            body: vec![bytes("billing")],
         });
-        from(&mut sim, Some("alice"), "m", mmi);
+        sim.send_from(Some("alice"), "m", mmi);
         let sent = sim.sent();
         assert!(sent.iter().any(
             |(to, m)| to == "w" && matches!(m, Message::Worker(WorkerCommand::Request { .. }))
         ));
-        assert!(sent.iter().any(|(to, m)| to == "m"
-            && matches!(m, Message::Client(c) if c.body == [b("200")])));
+        assert!(sent.iter().any(
+            |(to, m)| to == "m" && matches!(m, Message::Client(c) if c.body == [bytes("200")])
+        ));
         assert_eq!(sim.broker.counters().dropped(DropReason::Forbidden), 0);
     }
 }
@@ -1737,16 +1578,6 @@ mod access {
 /// Workers that take several requests at once (READY with `capacity=N`).
 mod credit {
     use super::*;
-
-    fn ready_with(sim: &mut Sim, worker: &str, service: &str, capacity: u32) {
-        sim.worker(
-            worker,
-            WorkerCommand::Ready {
-                service: svc(service),
-                capacity,
-            },
-        );
-    }
 
     /// (worker, address to echo, body) of each REQUEST sent since the last call.
     fn handed(sim: &mut Sim) -> Vec<(String, PeerId, String)> {
@@ -1778,7 +1609,7 @@ mod credit {
             worker,
             WorkerCommand::Reply {
                 client: tag.clone(),
-                body: vec![b(body)],
+                body: vec![bytes(body)],
             },
         );
     }
@@ -1797,7 +1628,7 @@ mod credit {
     #[test]
     fn a_worker_gets_up_to_its_capacity_and_replies_in_any_order_find_their_clients() {
         let mut sim = Sim::new();
-        ready_with(&mut sim, "W", "echo", 3);
+        sim.ready_with("W", "echo", 3);
         for (client, body) in [("A", "a1"), ("A", "a2"), ("B", "b1"), ("C", "c1")] {
             sim.request(client, "echo", body);
         }
@@ -1817,9 +1648,10 @@ mod credit {
         // from, and the freed slot takes the waiting request at once.
         answer(&mut sim, "W", &got[1].1, "A2");
         let out = sim.sent();
-        assert!(out.iter().any(|(to, m)| to == "A"
-            && matches!(m, Message::Client(c) if c.body[0] == b("A2"))));
-        assert_eq!(requests_in(&out), [("W".to_string(), b("c1"))]);
+        assert!(out.iter().any(
+            |(to, m)| to == "A" && matches!(m, Message::Client(c) if c.body[0] == bytes("A2"))
+        ));
+        assert_eq!(requests_in(&out), [("W".to_string(), bytes("c1"))]);
         answer(&mut sim, "W", &got[2].1, "B1");
         answer(&mut sim, "W", &got[0].1, "A1");
         assert_eq!(
@@ -1833,8 +1665,8 @@ mod credit {
     #[test]
     fn workers_with_room_take_turns() {
         let mut sim = Sim::new();
-        ready_with(&mut sim, "W1", "echo", 2);
-        ready_with(&mut sim, "W2", "echo", 2);
+        sim.ready_with("W1", "echo", 2);
+        sim.ready_with("W2", "echo", 2);
         for i in 0..5 {
             sim.request("C", "echo", &format!("r{i}"));
         }
@@ -1852,12 +1684,12 @@ mod credit {
     #[test]
     fn a_dead_worker_s_requests_all_go_to_another_oldest_first() {
         let mut sim = Sim::new();
-        ready_with(&mut sim, "W1", "echo", 3);
+        sim.ready_with("W1", "echo", 3);
         for i in 0..3 {
             sim.request("C", "echo", &format!("r{i}"));
         }
         assert_eq!(handed(&mut sim).len(), 3);
-        ready_with(&mut sim, "W2", "echo", 1);
+        sim.ready_with("W2", "echo", 1);
         // W1 says goodbye holding three; W2 gets them one at a time, oldest first.
         sim.worker("W1", WorkerCommand::Disconnect);
         let mut order = Vec::new();
@@ -1885,13 +1717,13 @@ mod credit {
             request_timeout_ms: 5000,
             ..config()
         });
-        ready_with(&mut sim, "W1", "echo", 2);
+        sim.ready_with("W1", "echo", 2);
         sim.request("C", "echo", "slow");
         sim.advance_with(1000, &["W1"]);
         sim.request("C", "echo", "quick");
         let got = handed(&mut sim);
         assert_eq!(got.len(), 2);
-        ready_with(&mut sim, "W2", "echo", 2);
+        sim.ready_with("W2", "echo", 2);
         // The first request is due at 5000, the second at 6000.
         sim.advance_with(4999, &["W1", "W2"]);
         assert!(handed(&mut sim).is_empty());
@@ -1905,8 +1737,8 @@ mod credit {
         assert_eq!(
             requests_in(&out),
             [
-                ("W2".to_string(), b("slow")),
-                ("W2".to_string(), b("quick"))
+                ("W2".to_string(), bytes("slow")),
+                ("W2".to_string(), bytes("quick"))
             ]
         );
         assert_eq!(sim.broker.counters().request_timeouts, 1);
@@ -1915,7 +1747,7 @@ mod credit {
     #[test]
     fn a_reply_with_an_address_the_worker_was_not_given_disconnects_it() {
         let mut sim = Sim::new();
-        ready_with(&mut sim, "W", "echo", 2);
+        sim.ready_with("W", "echo", 2);
         sim.request("C", "echo", "r");
         let got = handed(&mut sim);
         answer(&mut sim, "W", &peer("C"), "forged");
@@ -1928,21 +1760,21 @@ mod credit {
         assert!(out.iter().any(|(to, m)| to == "W"
             && matches!(m, Message::Worker(WorkerCommand::Disconnect))));
         // The request it held waits for the next worker.
-        ready_with(&mut sim, "W2", "echo", 1);
+        sim.ready_with("W2", "echo", 1);
         assert_eq!(handed(&mut sim)[0].2, got[0].2);
     }
 
     #[test]
     fn capacity_shows_in_the_status_document() {
         let mut sim = Sim::new();
-        ready_with(&mut sim, "W", "echo", 4);
+        sim.ready_with("W", "echo", 4);
         sim.request("C", "echo", "r");
         handed(&mut sim);
         let m = Message::Client(ClientMessage {
             service: svc("mmi.status"),
             body: vec![],
         });
-        sim.broker.handle_message(sim.now, m.encode_to(&peer("S")));
+        sim.send("S", m);
         let doc = replies(&mut sim).pop().unwrap().1;
         assert!(doc.contains("\"held\":1,\"capacity\":4"), "{doc}");
         assert!(doc.contains("\"state\":\"busy\""), "{doc}");

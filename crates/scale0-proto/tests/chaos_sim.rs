@@ -8,39 +8,15 @@
 //! death, a lost reply or a broker restart may), and no worker is ever handed a second
 //! request while it works on one. `SCALE0_SIM_SEEDS=N` runs more seeds.
 
-use bytes::Bytes;
+mod sim;
+
 use scale0_proto::broker::{self, Broker};
 use scale0_proto::client::{self, Event, Outcome};
 use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, Version, WorkerCommand};
 use scale0_proto::worker::{self, Action, Session};
-use scale0_proto::{Frames, Instant, PeerId, ServiceName, testkit};
+use scale0_proto::{Frames, PeerId, testkit};
+use sim::{Rng, at, bytes, peer, svc};
 use std::collections::{HashMap, VecDeque};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn at(ms: u64) -> Instant {
-    Instant::from_millis(ms)
-}
-
-fn bytes(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
 
 struct SimWorker {
     session: Session,
@@ -75,7 +51,7 @@ impl SimWorker {
 
 impl SimWorker {
     fn id(&self) -> PeerId {
-        PeerId::new(bytes(&format!("{}.{}", self.name, self.generation))).unwrap()
+        peer(&format!("{}.{}", self.name, self.generation))
     }
 }
 
@@ -132,7 +108,7 @@ const SERVICE: &str = "svc";
 
 impl World {
     fn new(seed: u64) -> Self {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let broker_config = broker::Config {
             heartbeat_interval_ms: 100,
             heartbeat_liveness: 3,
@@ -174,7 +150,7 @@ impl World {
                 acknowledged: true,
             };
             w.clients.push(SimClient {
-                id: PeerId::new(bytes(&format!("\x01client{c}"))).unwrap(),
+                id: peer(&format!("\x01client{c}")),
                 session: client::Session::new(config),
                 to_send: to_send.into(),
                 requests: HashMap::new(),
@@ -186,7 +162,7 @@ impl World {
 
     fn spawn_worker(&mut self) {
         let n = self.workers.len();
-        let mut config = worker::Config::new(ServiceName::new(bytes(SERVICE)).unwrap());
+        let mut config = worker::Config::new(svc(SERVICE));
         config.heartbeat_interval_ms = 100;
         config.heartbeat_liveness = 3;
         config.reconnect_initial_ms = 10;
@@ -259,13 +235,7 @@ impl World {
                 self.workers[i].recent_replies.push((token, now));
                 self.workers[i].head_done = now + self.workers[i].work_ms;
             }
-            if self.workers[i]
-                .session
-                .poll_timeout()
-                .is_some_and(|t| t.as_millis() <= now)
-            {
-                self.workers[i].session.handle_timeout(at(now));
-            }
+            sim::fire_due(&mut self.workers[i].session, at(now));
             while let Some(a) = self.workers[i].session.poll_action() {
                 match a {
                     Action::Connect => self.workers[i].generation += 1,
@@ -318,7 +288,7 @@ impl World {
             let client = &mut self.clients[c];
             while client.to_send.front().is_some_and(|(t, _)| *t <= now) {
                 let (_, token) = client.to_send.pop_front().unwrap();
-                let service = ServiceName::new(bytes(SERVICE)).unwrap();
+                let service = svc(SERVICE);
                 let id =
                     client
                         .session
@@ -333,13 +303,7 @@ impl World {
                     "a request id was used twice"
                 );
             }
-            if client
-                .session
-                .poll_timeout()
-                .is_some_and(|t| t.as_millis() <= now)
-            {
-                client.session.handle_timeout(at(now));
-            }
+            sim::fire_due(&mut client.session, at(now));
             Self::client_events(client);
             let mut out = Vec::new();
             while let Some(frames) = client.session.poll_transmit() {
@@ -371,9 +335,7 @@ impl World {
     }
 
     fn step_broker(&mut self) {
-        if self.broker.poll_timeout().as_millis() <= self.now {
-            self.broker.handle_timeout(at(self.now));
-        }
+        sim::fire_due(&mut self.broker, at(self.now));
         self.flush_broker();
     }
 

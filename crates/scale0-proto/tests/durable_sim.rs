@@ -2,144 +2,29 @@
 //! leaves before the journal is committed, accepted requests survive restarts, stored
 //! replies never reach a stranger, and Titanic (RFC 9) keeps replies until closed.
 
+mod sim;
+
 use bytes::Bytes;
+use scale0_proto::Instant;
 use scale0_proto::broker::{Broker, Config, DropReason};
-use scale0_proto::journal::{MemoryStore, Store};
-use scale0_proto::mdp::{self, ClientMessage, Message, NativeCommand, RequestId, WorkerCommand};
-use scale0_proto::{Instant, PeerId, ServiceName};
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn peer(s: &str) -> PeerId {
-    PeerId::new(b(s)).unwrap()
-}
-
-fn svc(s: &str) -> ServiceName {
-    ServiceName::new(b(s)).unwrap()
-}
-
-fn text(b: &Bytes) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-struct Sim {
-    broker: Broker,
-    store: MemoryStore,
-    now: Instant,
-    runs: u64,
-    config: Config,
-}
+use scale0_proto::mdp::{self, ClientMessage, Message, WorkerCommand};
+use sim::{BrokerSim as Sim, accepted, bytes, fin, native_to, peer, svc, text};
 
 impl Sim {
     fn new() -> Self {
-        let config = Config {
+        Self::durable(Config {
             heartbeat_interval_ms: 1000,
             unknown_service_wait_ms: 5000,
             ..Config::default()
-        };
-        let mut store = MemoryStore::new();
-        let stored = store.load().unwrap();
-        let (broker, _) = Broker::durable(config.clone(), Instant::ZERO, stored, 1);
-        Self {
-            broker,
-            store,
-            now: Instant::ZERO,
-            runs: 1,
-            config,
-        }
-    }
-
-    /// The driver's group commit: every op so far, one commit.
-    fn sync(&mut self) {
-        let mut ops = 0;
-        while let Some(op) = self.broker.poll_journal() {
-            self.store.apply(&op).unwrap();
-            ops += 1;
-        }
-        if ops > 0 {
-            self.store.commit().unwrap();
-        }
-        self.broker.journal_synced();
-    }
-
-    /// `kill -9` and a restart on the same store.
-    fn crash(&mut self) -> scale0_proto::broker::Recovery {
-        self.store.crash();
-        self.runs += 1;
-        let stored = self.store.load().unwrap();
-        let (broker, recovery) = Broker::durable(self.config.clone(), self.now, stored, self.runs);
-        self.broker = broker;
-        recovery
-    }
-
-    fn sent(&mut self) -> Vec<(String, Message)> {
-        let mut out = Vec::new();
-        while let Some(t) = self.broker.poll_transmit() {
-            let (to, rest) = mdp::split_routing_id(t.frames).unwrap();
-            out.push((text(to.as_bytes()), Message::decode(rest).unwrap()));
-        }
-        out
-    }
-
-    fn native(&mut self, client: &str, rid: &str, service: &str, body: &str) {
-        let m = Message::Native(NativeCommand::Request {
-            id: RequestId::new(b(rid)).unwrap(),
-            service: svc(service),
-            deadline_ms: None,
-            ack: true,
-            body: vec![b(body)],
-        });
-        self.broker
-            .handle_message(self.now, m.encode_to(&peer(client)));
-    }
-
-    fn mdp(&mut self, client: &str, service: &str, body: &[&str]) {
-        let m = Message::Client(ClientMessage {
-            service: svc(service),
-            body: body.iter().map(|s| b(s)).collect(),
-        });
-        self.broker
-            .handle_message(self.now, m.encode_to(&peer(client)));
-    }
-
-    fn worker(&mut self, worker: &str, cmd: WorkerCommand) {
-        self.broker
-            .handle_message(self.now, Message::Worker(cmd).encode_to(&peer(worker)));
-    }
-
-    fn ready(&mut self, worker: &str, service: &str) {
-        self.worker(
-            worker,
-            WorkerCommand::Ready {
-                service: svc(service),
-                capacity: 1,
-            },
-        );
-    }
-
-    fn reply(&mut self, worker: &str, client: &str, body: &str) {
-        self.worker(
-            worker,
-            WorkerCommand::Reply {
-                client: peer(client),
-                body: vec![b(body)],
-            },
-        );
+        })
     }
 
     /// The bodies of the REQUESTs sent to `worker`, after a commit.
     fn dispatched_to(&mut self, worker: &str) -> Vec<String> {
         self.sync();
-        self.sent()
+        self.dispatched()
             .into_iter()
-            .filter_map(|(to, m)| match m {
-                Message::Worker(WorkerCommand::Request { body, .. }) if to == worker => {
-                    Some(text(&body[0]))
-                }
-                _ => None,
-            })
+            .filter_map(|(to, body)| (to == worker).then_some(body))
             .collect()
     }
 
@@ -163,41 +48,6 @@ impl Sim {
             .collect();
         assert_eq!(replies.len(), 1, "one reply to {service}");
         replies.into_iter().next().unwrap()
-    }
-
-    fn advance_to(&mut self, ms: u64) {
-        let target = Instant::from_millis(ms);
-        loop {
-            let t = self.broker.poll_timeout();
-            if t > target {
-                break;
-            }
-            self.now = self.now.max(t);
-            self.broker.handle_timeout(self.now);
-        }
-        self.now = target;
-    }
-}
-
-fn native_to(sent: &[(String, Message)], client: &str) -> Vec<NativeCommand> {
-    sent.iter()
-        .filter_map(|(to, m)| match m {
-            Message::Native(cmd) if to == client => Some(cmd.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn accepted(rid: &str) -> NativeCommand {
-    NativeCommand::Accepted {
-        id: RequestId::new(b(rid)).unwrap(),
-    }
-}
-
-fn fin(rid: &str, body: &str) -> NativeCommand {
-    NativeCommand::Final {
-        id: RequestId::new(b(rid)).unwrap(),
-        body: vec![b(body)],
     }
 }
 
@@ -425,7 +275,7 @@ fn mmi_knows_the_titanic_services_only_when_durable() {
     let mut plain = Broker::new(Config::default(), Instant::ZERO);
     let m = Message::Client(ClientMessage {
         service: svc("titanic.request"),
-        body: vec![b("echo"), b("x")],
+        body: vec![bytes("echo"), bytes("x")],
     });
     plain.handle_message(Instant::ZERO, m.encode_to(&peer("\x01c")));
     assert_eq!(
@@ -445,11 +295,10 @@ fn mdp2_titanic_clients_get_final_replies() {
         mdp::ClientKind::Request,
         ClientMessage {
             service: svc("titanic.request"),
-            body: vec![b("echo"), b("x")],
+            body: vec![bytes("echo"), bytes("x")],
         },
     );
-    sim.broker
-        .handle_message(sim.now, m.encode_to(&peer("\x01v2")));
+    sim.send("\x01v2", m);
     sim.sync();
     let sent = sim.sent();
     assert!(matches!(
@@ -467,7 +316,7 @@ fn a_departed_clients_request_leaves_the_journal_and_is_not_run_after_a_restart(
     sim.sync();
     assert!(!sim.store.is_empty());
     sim.broker
-        .handle_message(sim.now, vec![b(client), Bytes::new()]);
+        .handle_message(sim.now, vec![bytes(client), Bytes::new()]);
     sim.ready("w", "echo");
     assert_eq!(sim.dispatched_to("w"), Vec::<String>::new());
     assert_eq!(sim.broker.counters().abandoned, 1);

@@ -2,9 +2,12 @@
 //! at the configured multiples of a member's own interval, restarts told from conflicts,
 //! duplicates from several forwarders, lost heartbeats counted.
 
+mod sim;
+
 use bytes::Bytes;
 use scale0_proto::Instant;
 use scale0_proto::membership::{Config, Event, Heartbeat, HeartbeatError, Membership, State};
+use sim::at;
 
 /// A node of the simulated cluster: one incarnation of a shard.
 #[derive(Clone)]
@@ -51,16 +54,14 @@ impl Sim {
         let mut out = Vec::new();
         while self.now < to {
             self.now += 1;
-            let now = Instant::from_millis(self.now);
+            let now = at(self.now);
             for (i, n) in nodes.iter_mut().enumerate() {
                 if (self.now + i as u64).is_multiple_of(100) {
                     let hb = n.beat();
                     self.table.handle_heartbeat(now, hb);
                 }
             }
-            if self.table.poll_timeout().is_some_and(|t| t <= now) {
-                self.table.handle_timeout(now);
-            }
+            sim::fire_due(&mut self.table, now);
             while let Some(e) = self.table.poll_event() {
                 out.push((self.now, e));
             }
@@ -235,11 +236,11 @@ fn duplicates_from_two_forwarders_count_once_and_gaps_count_as_lost() {
     let mut t = Membership::new(Config::default());
     let mut n = Node::new(1, 1);
     let hb1 = n.beat();
-    t.handle_heartbeat(Instant::from_millis(0), hb1.clone());
-    t.handle_heartbeat(Instant::from_millis(1), hb1);
+    t.handle_heartbeat(at(0), hb1.clone());
+    t.handle_heartbeat(at(1), hb1);
     n.beat();
     n.beat();
-    t.handle_heartbeat(Instant::from_millis(300), n.beat());
+    t.handle_heartbeat(at(300), n.beat());
     let m = t.get(1).unwrap();
     assert_eq!(m.last.seq, 4);
     assert_eq!(m.lost, 2);

@@ -2,17 +2,16 @@
 //! (jobs round robin into per-connection buffers, a job starts when a slot frees, a start
 //! notice, heartbeats listing running jobs, the job's timeout enforced by the worker).
 
+mod sim;
+
 use bytes::Bytes;
 use proptest::prelude::*;
-use scale0_proto::Instant;
 use scale0_proto::pipeline::{Finished, Job, Map, MapConfig, Outcome, Report, Status};
+use scale0_proto::{Frames, Instant};
+use sim::{at, bytes};
 use std::collections::VecDeque;
 
 const LATENCY_MS: u64 = 1;
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
 
 /// What a job does, from its payload: `ms` runs that long and echoes; `fail` fails at
 /// once; `hang` runs until stopped.
@@ -57,8 +56,6 @@ struct SimWorker {
     lose_reports: bool,
 }
 
-type Frames = Vec<Bytes>;
-
 struct Sim {
     now: u64,
     map: Map,
@@ -74,7 +71,7 @@ impl Sim {
     fn new(config: MapConfig, jobs: &[&str]) -> Self {
         let mut map = Map::new(config, 0xfeed);
         for j in jobs {
-            map.push_job(b(j));
+            map.push_job(bytes(j));
         }
         map.close_input();
         Self {
@@ -95,7 +92,7 @@ impl Sim {
     fn add_worker(&mut self, capacity: u32) -> usize {
         let n = self.workers.len();
         self.workers.push(SimWorker {
-            name: b(&format!("w{n}")),
+            name: bytes(&format!("w{n}")),
             capacity,
             interval: 100,
             connected: true,
@@ -107,7 +104,7 @@ impl Sim {
             lose_reports: false,
         });
         let c = self.connections();
-        self.map.set_connections(Instant::from_millis(self.now), c);
+        self.map.set_connections(at(self.now), c);
         n
     }
 
@@ -119,7 +116,7 @@ impl Sim {
         worker.running.clear();
         worker.wire.clear();
         let c = self.connections();
-        self.map.set_connections(Instant::from_millis(self.now), c);
+        self.map.set_connections(at(self.now), c);
     }
 
     fn send(&mut self, w: usize, report: Report) {
@@ -132,10 +129,8 @@ impl Sim {
     }
 
     fn step(&mut self) {
-        let now = Instant::from_millis(self.now);
-        if self.map.poll_timeout().is_some_and(|t| t <= now) {
-            self.map.handle_timeout(now);
-        }
+        let now = at(self.now);
+        sim::fire_due(&mut self.map, now);
         // PUSH: round robin over connected peers.
         while self.connections() > 0 {
             let Some(d) = self.map.poll_dispatch(now) else {
@@ -310,7 +305,7 @@ fn every_job_is_emitted_once_in_input_order() {
     sim.run_until_done(60_000);
     assert_all_once_in_order(&sim, 200);
     for (f, input) in sim.out.iter().zip(&jobs) {
-        assert_eq!(f.outcome, Outcome::Done(b(input)));
+        assert_eq!(f.outcome, Outcome::Done(bytes(input)));
         assert_eq!(f.attempts, 1);
     }
     assert_eq!(sim.map.counters().retried, 0);
@@ -484,7 +479,7 @@ fn a_result_lost_on_the_way_is_noticed_at_the_next_heartbeat() {
 fn a_late_ok_from_a_superseded_send_counts_once() {
     let config = MapConfig::default();
     let mut map = Map::new(config, 7);
-    map.push_job(b("x"));
+    map.push_job(bytes("x"));
     map.close_input();
     map.set_connections(Instant::ZERO, 1);
     let first = map
@@ -494,11 +489,9 @@ fn a_late_ok_from_a_superseded_send_counts_once() {
         panic!("framed job expected");
     };
     // The connection drops before the job starts: sent again.
-    map.set_connections(Instant::from_millis(1), 0);
-    map.set_connections(Instant::from_millis(2), 1);
-    let second = map
-        .poll_dispatch(Instant::from_millis(2))
-        .expect("sent again");
+    map.set_connections(at(1), 0);
+    map.set_connections(at(2), 1);
+    let second = map.poll_dispatch(at(2)).expect("sent again");
     let Ok(Job::Framed { id: key2, .. }) = Job::decode(&second.frames) else {
         panic!("framed job expected");
     };
@@ -506,17 +499,17 @@ fn a_late_ok_from_a_superseded_send_counts_once() {
     // The first send did reach a worker after all and succeeds: it counts.
     let ok = |key: &Bytes, out: &str| {
         Report::Result {
-            worker: b("w"),
+            worker: bytes("w"),
             id: key.clone(),
             status: Status::Ok,
-            output: b(out),
+            output: bytes(out),
         }
         .encode()
     };
-    map.handle_report(Instant::from_millis(3), &ok(&key1, "first"));
-    map.handle_report(Instant::from_millis(4), &ok(&key2, "second"));
+    map.handle_report(at(3), &ok(&key1, "first"));
+    map.handle_report(at(4), &ok(&key2, "second"));
     let f = map.poll_finished().expect("finished");
-    assert_eq!(f.outcome, Outcome::Done(b("first")));
+    assert_eq!(f.outcome, Outcome::Done(bytes("first")));
     assert!(map.poll_finished().is_none());
     assert!(map.is_done());
     assert_eq!(map.counters().late_results, 1);
@@ -526,7 +519,7 @@ fn a_late_ok_from_a_superseded_send_counts_once() {
 #[test]
 fn a_report_from_another_run_is_not_taken_for_ours() {
     let mut map = Map::new(MapConfig::default(), 7);
-    map.push_job(b("x"));
+    map.push_job(bytes("x"));
     map.set_connections(Instant::ZERO, 1);
     let d = map.poll_dispatch(Instant::ZERO).expect("sent");
     let Ok(Job::Framed { id, .. }) = Job::decode(&d.frames) else {
@@ -534,12 +527,12 @@ fn a_report_from_another_run_is_not_taken_for_ours() {
     };
     let foreign = String::from_utf8_lossy(&id).replacen("0000000000000007", "0000000000000008", 1);
     let report = Report::Result {
-        worker: b("w"),
-        id: b(&foreign),
+        worker: bytes("w"),
+        id: bytes(&foreign),
         status: Status::Ok,
-        output: b("not ours"),
+        output: bytes("not ours"),
     };
-    map.handle_report(Instant::from_millis(1), &report.encode());
+    map.handle_report(at(1), &report.encode());
     assert!(map.poll_finished().is_none());
     assert_eq!(map.counters().late_results, 1);
 }
@@ -560,14 +553,14 @@ fn results_as_they_finish_when_unordered() {
 #[test]
 fn nothing_is_sent_without_a_connection() {
     let mut map = Map::new(MapConfig::default(), 1);
-    map.push_job(b("1"));
+    map.push_job(bytes("1"));
     assert!(map.poll_dispatch(Instant::ZERO).is_none());
     map.set_connections(Instant::ZERO, 1);
     let d = map
         .poll_dispatch(Instant::ZERO)
         .expect("one job for the stranger");
     // A stranger gets one job until it says hello.
-    map.push_job(b("2"));
+    map.push_job(bytes("2"));
     assert!(map.poll_dispatch(Instant::ZERO).is_none());
     map.undo_dispatch(d.index);
     assert_eq!(map.in_flight(), 0);
@@ -618,7 +611,7 @@ proptest! {
         prop_assert_eq!(indices, (0..jobs.len() as u64).collect::<Vec<_>>());
         for (f, input) in sim.out.iter().zip(&jobs) {
             match &f.outcome {
-                Outcome::Done(out) => prop_assert_eq!(out, &b(input)),
+                Outcome::Done(out) => prop_assert_eq!(out, &bytes(input)),
                 // Only a failing job fails, unless chaos took its every attempt.
                 Outcome::Failed(why) => prop_assert!(
                     input == "fail" || why.contains("died") || why.contains("lost"),

@@ -1,13 +1,12 @@
 //! The queue device under virtual time: REP servers by count, tagged requests, re-sends
 //! after the timeout with the first reply winning, Paranoid Pirate workers (RFC 6).
 
+mod sim;
+
 use bytes::Bytes;
 use scale0_proto::Instant;
 use scale0_proto::queue::{Config, Dest, Drop, PPP_HEARTBEAT, PPP_READY, Queue, Transmit};
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
+use sim::bytes;
 
 fn config() -> Config {
     Config {
@@ -36,7 +35,7 @@ impl Sim {
     /// A REQ client's request: routing id, empty delimiter, body.
     fn client(&mut self, id: &str, body: &str) {
         self.q
-            .handle_client(self.now, vec![b(id), Bytes::new(), b(body)]);
+            .handle_client(self.now, vec![bytes(id), Bytes::new(), bytes(body)]);
     }
 
     fn sent(&mut self) -> Vec<Transmit> {
@@ -44,16 +43,7 @@ impl Sim {
     }
 
     fn advance_to(&mut self, ms: u64) {
-        let target = Instant::from_millis(ms);
-        loop {
-            let t = self.q.poll_timeout();
-            if t > target {
-                break;
-            }
-            self.now = self.now.max(t);
-            self.q.handle_timeout(self.now);
-        }
-        self.now = target;
+        sim::advance(&mut self.q, &mut self.now, sim::at(ms));
     }
 }
 
@@ -93,11 +83,11 @@ fn requests_wait_for_servers_and_each_server_gets_one_at_a_time() {
     );
 
     sim.q
-        .handle_server(sim.now, vec![out[1].0.clone(), Bytes::new(), b("TWO")]);
+        .handle_server(sim.now, vec![out[1].0.clone(), Bytes::new(), bytes("TWO")]);
     let sent = sim.sent();
     assert_eq!(
         to_clients(&sent),
-        vec![vec![b("c2"), Bytes::new(), b("TWO")]]
+        vec![vec![bytes("c2"), Bytes::new(), bytes("TWO")]]
     );
     assert_eq!(
         to_servers(&sent)[0].1,
@@ -123,12 +113,12 @@ fn a_lost_request_is_sent_again_after_the_timeout_and_answered_once() {
     // The slow first server answers after all, then the second one.
     let tag = first[0].0.clone();
     sim.q
-        .handle_server(sim.now, vec![tag.clone(), Bytes::new(), b("A")]);
+        .handle_server(sim.now, vec![tag.clone(), Bytes::new(), bytes("A")]);
     sim.q
-        .handle_server(sim.now, vec![tag, Bytes::new(), b("B")]);
+        .handle_server(sim.now, vec![tag, Bytes::new(), bytes("B")]);
     assert_eq!(
         to_clients(&sim.sent()),
-        vec![vec![b("c1"), Bytes::new(), b("A")]]
+        vec![vec![bytes("c1"), Bytes::new(), bytes("A")]]
     );
     assert_eq!(sim.q.counters().dropped(Drop::LateReply), 1);
     assert_eq!(sim.q.counters().resent, 1);
@@ -149,16 +139,16 @@ fn a_request_is_dropped_after_its_attempts() {
 fn bad_and_excess_client_messages_are_dropped_and_counted() {
     let mut sim = Sim::new();
     sim.q
-        .handle_client(sim.now, vec![b("c"), b("no delimiter")]);
+        .handle_client(sim.now, vec![bytes("c"), bytes("no delimiter")]);
     sim.q
-        .handle_client(sim.now, vec![b("c"), b("envelope"), Bytes::new()]);
+        .handle_client(sim.now, vec![bytes("c"), bytes("envelope"), Bytes::new()]);
     assert_eq!(sim.q.counters().dropped(Drop::Malformed), 2);
     for i in 0..5 {
         sim.client("c", &i.to_string());
     }
     assert_eq!(sim.q.waiting(), 3);
     assert_eq!(sim.q.counters().dropped(Drop::QueueFull), 2);
-    sim.q.handle_server(sim.now, vec![b("junk")]);
+    sim.q.handle_server(sim.now, vec![bytes("junk")]);
     assert_eq!(sim.q.counters().dropped(Drop::BadReply), 1);
 }
 
@@ -169,23 +159,35 @@ fn an_envelope_of_several_frames_comes_back_whole() {
     // A client behind another ROUTER/DEALER hop: two addresses before the delimiter.
     sim.q.handle_client(
         sim.now,
-        vec![b("c"), b("hop"), Bytes::new(), b("x"), b("y")],
+        vec![
+            bytes("c"),
+            bytes("hop"),
+            Bytes::new(),
+            bytes("x"),
+            bytes("y"),
+        ],
     );
     let sent = sim.sent();
     let req = &sent[0].frames;
-    assert_eq!(&req[1..], &[Bytes::new(), b("x"), b("y")]);
+    assert_eq!(&req[1..], &[Bytes::new(), bytes("x"), bytes("y")]);
     sim.q.handle_server(
         sim.now,
-        vec![req[0].clone(), Bytes::new(), b("r1"), b("r2")],
+        vec![req[0].clone(), Bytes::new(), bytes("r1"), bytes("r2")],
     );
     assert_eq!(
         to_clients(&sim.sent()),
-        vec![vec![b("c"), b("hop"), Bytes::new(), b("r1"), b("r2")]]
+        vec![vec![
+            bytes("c"),
+            bytes("hop"),
+            Bytes::new(),
+            bytes("r1"),
+            bytes("r2")
+        ]]
     );
 }
 
 fn ppp(sim: &mut Sim, worker: &str, frames: &[Bytes]) {
-    let mut f = vec![b(worker)];
+    let mut f = vec![bytes(worker)];
     f.extend_from_slice(frames);
     sim.q.handle_worker(sim.now, f);
 }
@@ -199,12 +201,12 @@ fn paranoid_pirate_workers_are_served_first_and_heartbeated() {
     let sent = sim.sent();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].dest, Dest::Workers);
-    assert_eq!(sent[0].frames[0], b("w1"));
+    assert_eq!(sent[0].frames[0], bytes("w1"));
     let tag = sent[0].frames[1].clone();
-    ppp(&mut sim, "w1", &[tag, Bytes::new(), b("done")]);
+    ppp(&mut sim, "w1", &[tag, Bytes::new(), bytes("done")]);
     assert_eq!(
         to_clients(&sim.sent()),
-        vec![vec![b("c1"), Bytes::new(), b("done")]]
+        vec![vec![bytes("c1"), Bytes::new(), bytes("done")]]
     );
 
     sim.advance_to(100);
@@ -212,7 +214,7 @@ fn paranoid_pirate_workers_are_served_first_and_heartbeated() {
     assert_eq!(beats.len(), 1);
     assert_eq!(
         beats[0].frames,
-        vec![b("w1"), Bytes::from_static(PPP_HEARTBEAT)]
+        vec![bytes("w1"), Bytes::from_static(PPP_HEARTBEAT)]
     );
 }
 
@@ -243,8 +245,7 @@ fn heartbeats_keep_a_worker_and_an_unroutable_one_is_dropped() {
     assert_eq!(sim.q.workers(), 1);
     sim.client("c1", "job");
     sim.sent();
-    sim.q
-        .handle_unroutable_worker(sim.now, &scale0_proto::PeerId::new(b("w1")).unwrap());
+    sim.q.handle_unroutable_worker(sim.now, &sim::peer("w1"));
     assert_eq!(sim.q.workers(), 0);
     assert_eq!(sim.q.waiting(), 1, "its request waits for the next server");
 }
@@ -267,10 +268,14 @@ fn req_socket_workers_get_a_delimiter_and_no_heartbeats() {
         "no heartbeat would fit REQ's lockstep"
     );
     assert_eq!(sim.q.workers(), 1, "and no expiry for silence");
-    ppp(&mut sim, "w1", &[Bytes::new(), tag, Bytes::new(), b("ok")]);
+    ppp(
+        &mut sim,
+        "w1",
+        &[Bytes::new(), tag, Bytes::new(), bytes("ok")],
+    );
     assert_eq!(
         to_clients(&sim.sent()),
-        vec![vec![b("c1"), Bytes::new(), b("ok")]]
+        vec![vec![bytes("c1"), Bytes::new(), bytes("ok")]]
     );
 }
 
@@ -305,9 +310,13 @@ fn an_idle_worker_and_a_free_server_take_turns() {
         match t.dest {
             Dest::Servers => {
                 sim.q
-                    .handle_server(sim.now, vec![t.frames[0].clone(), Bytes::new(), b("r")]);
+                    .handle_server(sim.now, vec![t.frames[0].clone(), Bytes::new(), bytes("r")]);
             }
-            _ => ppp(&mut sim, "w1", &[t.frames[1].clone(), Bytes::new(), b("r")]),
+            _ => ppp(
+                &mut sim,
+                "w1",
+                &[t.frames[1].clone(), Bytes::new(), bytes("r")],
+            ),
         }
         sim.sent();
     }
@@ -318,7 +327,6 @@ fn an_idle_worker_and_a_free_server_take_turns() {
 mod script {
     use super::*;
     use proptest::prelude::*;
-    use scale0_proto::PeerId;
 
     #[derive(Clone, Debug)]
     enum Ev {
@@ -365,15 +373,15 @@ mod script {
             for e in events {
                 match e {
                     Ev::Client(n) => sim.client(&format!("c{}", n % 4), &format!("req{n}")),
-                    Ev::Bad(n) => sim.q.handle_client(sim.now, vec![b("c"), Bytes::from(vec![n])]),
+                    Ev::Bad(n) => sim.q.handle_client(sim.now, vec![bytes("c"), Bytes::from(vec![n])]),
                     Ev::Servers(n) => sim.q.servers_connected(sim.now, usize::from(n)),
                     Ev::ServerReply(n) if !to_servers.is_empty() => {
                         let tag = to_servers[usize::from(n) % to_servers.len()].clone();
-                        sim.q.handle_server(sim.now, vec![tag, Bytes::new(), b("r")]);
+                        sim.q.handle_server(sim.now, vec![tag, Bytes::new(), bytes("r")]);
                     }
                     Ev::ServerReply(_) => {}
                     Ev::WorkerReady(w, req) => {
-                        let mut f = vec![b(&format!("w{w}"))];
+                        let mut f = vec![bytes(&format!("w{w}"))];
                         if req {
                             f.push(Bytes::new());
                         }
@@ -382,21 +390,21 @@ mod script {
                     }
                     Ev::WorkerBeat(w) => sim.q.handle_worker(
                         sim.now,
-                        vec![b(&format!("w{w}")), Bytes::from_static(PPP_HEARTBEAT)],
+                        vec![bytes(&format!("w{w}")), Bytes::from_static(PPP_HEARTBEAT)],
                     ),
                     Ev::WorkerReply(w) => {
-                        let id = b(&format!("w{w}"));
+                        let id = bytes(&format!("w{w}"));
                         if let Some(sent) = to_workers.get(&id) {
                             let mut f = sent.clone();
                             let at = f.iter().position(Bytes::is_empty).unwrap();
                             f.truncate(at + 1);
-                            f.push(b("r"));
+                            f.push(bytes("r"));
                             sim.q.handle_worker(sim.now, f);
                         }
                     }
                     Ev::Unroutable(w) => sim
                         .q
-                        .handle_unroutable_worker(sim.now, &PeerId::new(b(&format!("w{w}"))).unwrap()),
+                        .handle_unroutable_worker(sim.now, &sim::peer(&format!("w{w}"))),
                     Ev::SendFailed(n) if !to_servers.is_empty() => {
                         let tag = &to_servers[usize::from(n) % to_servers.len()];
                         let tag = scale0_proto::queue::parse_tag(tag).unwrap();
@@ -459,10 +467,10 @@ fn a_held_request_whose_client_left_is_not_sent_again() {
     let mut sim = Sim::new();
     ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
     sim.q
-        .handle_client(sim.now, vec![generated(1), Bytes::new(), b("stale")]);
+        .handle_client(sim.now, vec![generated(1), Bytes::new(), bytes("stale")]);
     assert_eq!(
         sent_body(&mut sim),
-        Some(b("stale")),
+        Some(bytes("stale")),
         "w1 takes it, and stalls"
     );
     // The Lazy Pirate client times out: it closes its socket (libzmq tells the queue) and
@@ -470,13 +478,13 @@ fn a_held_request_whose_client_left_is_not_sent_again() {
     sim.q
         .handle_client(sim.now, vec![generated(1), Bytes::new()]);
     sim.q
-        .handle_client(sim.now, vec![generated(2), Bytes::new(), b("retry")]);
+        .handle_client(sim.now, vec![generated(2), Bytes::new(), bytes("retry")]);
     // At the request timeout w1 is given up; its request has nobody waiting for it.
     sim.advance_to(1000);
     ppp(&mut sim, "w2", &[Bytes::from_static(PPP_READY)]);
     assert_eq!(
         sent_body(&mut sim),
-        Some(b("retry")),
+        Some(bytes("retry")),
         "the retry, not the stale copy"
     );
     assert_eq!(sim.q.counters().dropped(Drop::Abandoned), 1);
@@ -487,20 +495,21 @@ fn a_held_request_whose_client_left_is_not_sent_again() {
 fn a_queued_request_whose_client_left_is_skipped() {
     let mut sim = Sim::new();
     sim.q
-        .handle_client(sim.now, vec![generated(1), Bytes::new(), b("stale")]);
+        .handle_client(sim.now, vec![generated(1), Bytes::new(), bytes("stale")]);
     sim.q
         .handle_client(sim.now, vec![generated(1), Bytes::new()]);
     sim.q
-        .handle_client(sim.now, vec![generated(2), Bytes::new(), b("retry")]);
+        .handle_client(sim.now, vec![generated(2), Bytes::new(), bytes("retry")]);
     ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
-    assert_eq!(sent_body(&mut sim), Some(b("retry")));
+    assert_eq!(sent_body(&mut sim), Some(bytes("retry")));
     assert_eq!(sim.q.counters().dropped(Drop::Abandoned), 1);
     // A client with an id of its own may come back with it: its requests stay.
     sim.q
-        .handle_client(sim.now, vec![b("own"), Bytes::new(), b("kept")]);
-    sim.q.handle_client(sim.now, vec![b("own"), Bytes::new()]);
+        .handle_client(sim.now, vec![bytes("own"), Bytes::new(), bytes("kept")]);
+    sim.q
+        .handle_client(sim.now, vec![bytes("own"), Bytes::new()]);
     ppp(&mut sim, "w2", &[Bytes::from_static(PPP_READY)]);
-    assert_eq!(sent_body(&mut sim), Some(b("kept")));
+    assert_eq!(sent_body(&mut sim), Some(bytes("kept")));
 }
 
 #[test]
@@ -508,12 +517,12 @@ fn a_worker_whose_connection_ends_loses_its_request_to_another_at_once() {
     let mut sim = Sim::new();
     ppp(&mut sim, "w1", &[Bytes::from_static(PPP_READY)]);
     sim.client("c1", "job");
-    assert_eq!(sim.sent()[0].frames[0], b("w1"));
+    assert_eq!(sim.sent()[0].frames[0], bytes("w1"));
     ppp(&mut sim, "w2", &[Bytes::from_static(PPP_READY)]);
     // libzmq's notice that w1's connection ended (ROUTER_NOTIFY): no waiting for silence.
     ppp(&mut sim, "w1", &[Bytes::new()]);
     let sent = sim.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0].frames[0], b("w2"));
+    assert_eq!(sent[0].frames[0], bytes("w2"));
     assert_eq!(sim.q.workers(), 1);
 }

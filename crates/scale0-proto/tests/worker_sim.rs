@@ -1,15 +1,14 @@
 //! The worker session under virtual time, alone and wired to a real broker state
 //! machine through an in-memory network.
 
+mod sim;
+
 use bytes::Bytes;
+use scale0_proto::PeerId;
 use scale0_proto::broker::{self, Broker};
 use scale0_proto::mdp::{self, ClientMessage, Message, Version, WorkerCommand};
 use scale0_proto::worker::{Action, Config, Session};
-use scale0_proto::{Instant, PeerId, ServiceName};
-
-fn svc(s: &str) -> ServiceName {
-    ServiceName::new(Bytes::copy_from_slice(s.as_bytes())).unwrap()
-}
+use sim::{Timers, at, peer, svc};
 
 fn config() -> Config {
     Config {
@@ -21,10 +20,6 @@ fn config() -> Config {
         version: Version::V1,
         capacity: 1,
     }
-}
-
-fn at(ms: u64) -> Instant {
-    Instant::from_millis(ms)
 }
 
 fn actions(s: &mut Session) -> Vec<Action> {
@@ -48,7 +43,7 @@ fn from_broker(cmd: WorkerCommand) -> Vec<Bytes> {
 
 fn request(client: &str) -> Vec<Bytes> {
     from_broker(WorkerCommand::Request {
-        client: PeerId::new(Bytes::copy_from_slice(client.as_bytes())).unwrap(),
+        client: peer(client),
         body: vec![Bytes::from_static(b"job")],
     })
 }
@@ -180,8 +175,7 @@ impl Net {
     }
 
     fn id(&self, i: usize) -> PeerId {
-        let name = format!("{}.{}", self.workers[i].1, self.generation[i]);
-        PeerId::new(Bytes::from(name.into_bytes())).unwrap()
+        peer(&format!("{}.{}", self.workers[i].1, self.generation[i]))
     }
 
     /// Runs until `until`, stepping to each next timeout and moving every message.
@@ -191,8 +185,8 @@ impl Net {
             let next = self
                 .workers
                 .iter()
-                .filter_map(|(s, _)| s.poll_timeout())
-                .chain([self.broker.poll_timeout()])
+                .filter_map(|(s, _)| s.next_timeout())
+                .chain(self.broker.next_timeout())
                 .min()
                 .unwrap();
             if next.as_millis() > until {
@@ -201,9 +195,7 @@ impl Net {
             self.now = self.now.max(next.as_millis());
             self.broker.handle_timeout(at(self.now));
             for (s, _) in &mut self.workers {
-                if s.poll_timeout().is_some_and(|t| t.as_millis() <= self.now) {
-                    s.handle_timeout(at(self.now));
-                }
+                sim::fire_due(s, at(self.now));
             }
         }
         self.now = until;

@@ -158,7 +158,7 @@ pub struct WorkerSummary {
     pub counters: core::Counters,
 }
 
-/// An MDP/0.1 worker.
+/// A Majordomo worker: MDP/0.2 by default, MDP/0.1 on request ([`WorkerConfig::version`]).
 #[derive(Debug)]
 pub struct Worker {
     config: WorkerConfig,

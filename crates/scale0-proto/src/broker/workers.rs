@@ -341,8 +341,8 @@ impl Broker {
                 self.drop_message(DropReason::WrongDirection, 0);
             }
             unexpected => {
-                // RFC 7: a worker that says something out of turn is told to DISCONNECT;
-                // a worker that lost its broker re-registers this way.
+                // RFC 7 and RFC 18: a worker that says something out of turn is told to
+                // DISCONNECT; a worker that lost its broker re-registers this way.
                 debug!(worker = %peer, command = unexpected.name(), known, "unexpected worker command");
                 self.counters.disconnects_sent += 1;
                 if known {
