@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .keys import Curve
+from .keys import Curve, KeySpec
 
 log = logging.getLogger("scale0")
 
@@ -58,6 +58,16 @@ def endpoint_list(endpoints: str | Sequence[str]) -> list[str]:
     return out
 
 
+def curve(server_key: KeySpec | None, key: KeySpec | None) -> Curve | None:
+    """The CURVE keys of a connecting side's `curve_server_key` and `curve_key` options:
+    both or neither."""
+    if (server_key is None) != (key is None):
+        raise ValueError("CURVE needs both curve_server_key and curve_key")
+    if server_key is None or key is None:
+        return None
+    return Curve.load(server_key, key)
+
+
 def dealer(
     ctx: Any,
     endpoints: Sequence[str],
@@ -97,13 +107,20 @@ def read_refusals(monitor: Any, current: str | None) -> str | None:
         except (ValueError, zmq.ZMQError) as e:
             log.warning("unreadable socket monitor event: %s", e)
             return current
-        kind = event.get("event")
-        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            current = None
-        elif kind in REFUSALS:
-            where = event.get("endpoint", b"")
-            text = where.decode(errors="replace") if isinstance(where, bytes) else str(where)
-            current = f"{text}: {REFUSALS[kind]}"
+        current = refusal(event, current)
+
+
+def refusal(event: Mapping[str, Any], current: str | None) -> str | None:
+    """Why the last handshake failed after a handshake monitor's `event`, or None when it
+    succeeded; `current` for any other event."""
+    kind = event.get("event")
+    if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return None
+    if kind in REFUSALS:
+        where = event.get("endpoint", b"")
+        text = where.decode(errors="replace") if isinstance(where, bytes) else str(where)
+        return f"{text}: {REFUSALS[kind]}"
+    return current
 
 
 class Wake:

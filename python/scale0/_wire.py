@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import Union
@@ -62,3 +63,15 @@ def routing_id() -> bytes:
     raw = bytearray(os.urandom(16))
     raw[0] = max(raw[0], 1)
     return bytes(raw)
+
+
+def log_dropped(log: logging.Logger, count: int, why: str, message: list[bytes]) -> None:
+    """Logs the `count`th message from the broker dropped as malformed, when `count` is
+    the 1st, 2nd, 4th, 8th...: seen, but never a flood of lines."""
+    if count & (count - 1) == 0:
+        log.warning(
+            "dropped a message from the broker (%s; %d so far): %r",
+            why,
+            count,
+            [f[:32] for f in message[:6]],
+        )
