@@ -3,7 +3,9 @@ DEALERs with our options, the handshake monitor, and a thread-safe wake-up."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -121,6 +123,27 @@ def refusal(event: Mapping[str, Any], current: str | None) -> str | None:
         text = where.decode(errors="replace") if isinstance(where, bytes) else str(where)
         return f"{text}: {REFUSALS[kind]}"
     return current
+
+
+_inproc_ids = itertools.count()
+
+
+def inproc(kind: str) -> str:
+    """A fresh in-process address of this process: `inproc://scale0-KIND-PID-N`."""
+    return f"inproc://scale0-{kind}-{os.getpid()}-{next(_inproc_ids)}"
+
+
+def send_control(ctx: Any, address: str, frames: list[bytes]) -> None:
+    """Sends one message to a loop's control socket at `address` on a PUSH of the
+    caller's own for this one message (a socket is never shared across threads),
+    lingering up to a second."""
+    s = ctx.socket(zmq.PUSH)
+    s.setsockopt(zmq.LINGER, 1000)
+    s.connect(address)
+    try:
+        s.send_multipart(frames)
+    finally:
+        s.close()
 
 
 class Wake:
