@@ -34,15 +34,15 @@ ERROR_MARKER = b"scale0.error"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def frame(value: Frame) -> bytes:
-    """One frame as bytes."""
+def frame(value: Frame, what: str = "a frame") -> bytes:
+    """One frame as bytes (`what` names it in the error for anything else)."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
-    raise TypeError(f"a frame is bytes or str, not {type(value).__name__}")
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
 
 
 def frames(values: Iterable[Frame]) -> list[bytes]:
@@ -65,10 +65,15 @@ def routing_id() -> bytes:
     return bytes(raw)
 
 
+def sparse(count: int) -> bool:
+    """Whether the `count`th of something is logged: the 1st, 2nd, 4th, 8th..."""
+    return count & (count - 1) == 0
+
+
 def log_dropped(log: logging.Logger, count: int, why: str, message: list[bytes]) -> None:
     """Logs the `count`th message from the broker dropped as malformed, when `count` is
     the 1st, 2nd, 4th, 8th...: seen, but never a flood of lines."""
-    if count & (count - 1) == 0:
+    if sparse(count):
         log.warning(
             "dropped a message from the broker (%s; %d so far): %r",
             why,

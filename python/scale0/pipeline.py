@@ -130,16 +130,6 @@ def _local(bound: str) -> str:
     return bound
 
 
-def _as_bytes(value: object, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
-
-
 class _Quiet:
     """Logs the 1st, 2nd, 4th, 8th... occurrence: seen, but never a flood of lines."""
 
@@ -148,7 +138,7 @@ class _Quiet:
 
     def __call__(self, message: str, *args: object) -> None:
         self.count += 1
-        if self.count & (self.count - 1) == 0:
+        if _wire.sparse(self.count):
             log.warning(message + " (%d so far)", *args, self.count)
 
 
@@ -330,7 +320,7 @@ class _Slots:
         if out is None:
             return b"ok", b""
         try:
-            return b"ok", _as_bytes(out, "a job function's result")
+            return b"ok", _wire.frame(out, "a job function's result")
         except TypeError as e:
             return b"failed", str(e).encode()
 
@@ -1286,7 +1276,7 @@ class Map:
         try:
             send([b"begin", run.token])
             for job in jobs:
-                if not send([b"job", run.token, _as_bytes(job, "a job")]):
+                if not send([b"job", run.token, _wire.frame(job, "a job")]):
                     return
         except Exception as e:  # noqa: BLE001 (handed to the caller, raised there)
             run.input_error = e

@@ -37,10 +37,8 @@ _NOTHING = object()
 def _reply(value: Any) -> list[bytes]:
     if value is None:
         return []
-    if isinstance(value, (bytes, bytearray, memoryview, str)):
-        return [_wire.frame(value)]
-    if isinstance(value, Sequence):
-        return _wire.frames(value)
+    if isinstance(value, Sequence):  # bytes and str too: one frame
+        return _wire.body(value)
     raise TypeError(f"a reply is bytes, str, a sequence of them or None, not {type(value)}")
 
 
