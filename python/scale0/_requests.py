@@ -15,7 +15,7 @@ from . import _sockets, _wire
 from ._session import Call, Session, Sink
 from ._wire import Body
 from .errors import Scale0Error
-from .keys import KeySpec
+from .keys import Curve
 
 #: How a request ended: its final reply, or its error.
 Outcome = tuple[Union[list[bytes], None], Union[Scale0Error, None]]
@@ -139,18 +139,17 @@ class Replies:
 
 
 class ClientBase:
-    """The options, routing id, CURVE keys and protocol session of a client, and the
-    making of its calls and its DEALER; `scale0.Client` and `scale0.aio.Client` add the
-    loop that drives them."""
+    """The options, routing id and protocol session of a client, and the making of its
+    calls and its DEALER; `scale0.Client` and `scale0.aio.Client` add the loop that drives
+    them (and set `_curve` from their CURVE options)."""
+
+    _curve: Curve | None
 
     def __init__(
         self,
         endpoints: str | Sequence[str],
-        *,
         timeout: float,
         retries: int,
-        curve_server_key: KeySpec | None,
-        curve_key: KeySpec | None,
         acknowledged: bool,
         max_message_bytes: int,
     ) -> None:
@@ -161,7 +160,6 @@ class ClientBase:
         self.retries = retries
         #: This client's routing id, kept across reconnects so retries match.
         self.identity = _wire.routing_id()
-        self._curve = _sockets.curve(curve_server_key, curve_key)
         self._max_message_bytes = max_message_bytes
         self._session = Session(acknowledged=acknowledged, endpoints=", ".join(self.endpoints))
 

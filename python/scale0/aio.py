@@ -50,15 +50,8 @@ class Client(ClientBase):
         max_message_bytes: int = _wire.DEFAULT_MAX_MESSAGE_BYTES,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
-        super().__init__(
-            endpoints,
-            timeout=timeout,
-            retries=retries,
-            curve_server_key=curve_server_key,
-            curve_key=curve_key,
-            acknowledged=acknowledged,
-            max_message_bytes=max_message_bytes,
-        )
+        super().__init__(endpoints, timeout, retries, acknowledged, max_message_bytes)
+        self._curve = _sockets.curve(curve_server_key, curve_key)
         self._own_context = context is None
         self._ctx: Any = zmq.asyncio.Context() if context is None else context
         self._sock: Any = None

@@ -67,15 +67,8 @@ class Client(ClientBase):
         green: bool | None = None,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        super().__init__(
-            endpoints,
-            timeout=timeout,
-            retries=retries,
-            curve_server_key=curve_server_key,
-            curve_key=curve_key,
-            acknowledged=acknowledged,
-            max_message_bytes=max_message_bytes,
-        )
+        super().__init__(endpoints, timeout, retries, acknowledged, max_message_bytes)
+        self._curve = _sockets.curve(curve_server_key, curve_key)
         self._zmq = _sockets.zmq_module(green)
         self._own_context = context is None
         self._ctx: Any = self._zmq.Context() if context is None else context
