@@ -698,8 +698,8 @@ impl Map {
     }
 
     /// Takes in one message from the sink socket.
-    pub fn handle_report(&mut self, now: Instant, frames: &[Bytes]) {
-        let report = match Report::decode(frames) {
+    pub fn handle_report(&mut self, now: Instant, frames: Frames) {
+        let report = match Report::decode(&frames) {
             Ok(r) => r,
             Err(e) => {
                 self.counters.malformed += 1;
@@ -1163,7 +1163,7 @@ mod tests {
         }
         .encode();
         for ms in [0, 100, 200, 250] {
-            map.handle_report(at(ms), &alive);
+            map.handle_report(at(ms), alive.clone());
         }
         // Armed at its first deadline (300) and found alive then: moved to 250 + 300.
         map.handle_timeout(at(300));

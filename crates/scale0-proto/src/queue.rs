@@ -307,11 +307,12 @@ impl Queue {
     }
 
     /// When [`Queue::handle_timeout`] must next be called.
-    pub fn poll_timeout(&self) -> Instant {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         [self.timers.next(), self.servers_retry_at]
             .into_iter()
             .flatten()
             .fold(self.next_heartbeat, Instant::min)
+            .into()
     }
 
     /// A message from a client on the frontend ROUTER, routing id first.

@@ -140,12 +140,12 @@ impl TaskWorker {
         &mut self,
         now: Instant,
         source: usize,
-        frames: &[Bytes],
+        frames: Frames,
     ) -> Result<(), PipeError> {
         let Some(&sink) = self.config.sink_of.get(source) else {
             return Ok(());
         };
-        let (id, timeout_ms, payload) = match Job::decode(frames) {
+        let (id, timeout_ms, payload) = match Job::decode(&frames) {
             Ok(Job::Framed {
                 id,
                 timeout_ms,
@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn a_framed_job_brings_a_hello_a_start_then_its_result() {
         let mut w = worker(2, vec![0]);
-        w.handle_job(at(0), 0, &framed(b"j1", 50)).unwrap();
+        w.handle_job(at(0), 0, framed(b"j1", 50)).unwrap();
         let run = w.poll_run().unwrap();
         assert_eq!(run.timeout, Some(Duration::from_millis(50)));
         let name = Bytes::from_static(b"w1");
@@ -364,8 +364,8 @@ mod tests {
     fn heartbeats_go_every_interval_listing_what_is_held_for_that_source() {
         let mut w = worker(4, vec![0, 1]);
         assert_eq!(w.poll_timeout(), None, "no heartbeats before a framed job");
-        w.handle_job(at(10), 1, &framed(b"a", 0)).unwrap();
-        w.handle_job(at(20), 0, &[Bytes::from_static(b"plain")])
+        w.handle_job(at(10), 1, framed(b"a", 0)).unwrap();
+        w.handle_job(at(20), 0, vec![Bytes::from_static(b"plain")])
             .unwrap();
         reports(&mut w);
         assert_eq!(w.poll_timeout(), Some(at(110)));
@@ -384,7 +384,7 @@ mod tests {
     fn capacity_bounds_what_it_takes_and_leaving_says_bye() {
         let mut w = worker(1, vec![0]);
         assert!(w.has_room());
-        w.handle_job(at(0), 0, &framed(b"a", 0)).unwrap();
+        w.handle_job(at(0), 0, framed(b"a", 0)).unwrap();
         assert!(!w.has_room());
         let seq = w.poll_run().unwrap().seq;
         w.handle_done(seq, Status::Timeout, Bytes::new());
@@ -408,13 +408,14 @@ mod tests {
     #[test]
     fn a_failed_plain_job_gets_an_empty_result_and_garbage_is_counted() {
         let mut w = worker(1, vec![0]);
-        w.handle_job(at(0), 0, &[Bytes::from_static(b"p")]).unwrap();
+        w.handle_job(at(0), 0, vec![Bytes::from_static(b"p")])
+            .unwrap();
         let seq = w.poll_run().unwrap().seq;
         w.handle_done(seq, Status::Failed, Bytes::from_static(b"why"));
         assert_eq!(reports(&mut w), vec![(0, Report::Plain(Bytes::new()))]);
         let junk = [Bytes::from_static(b"x"), Bytes::from_static(b"y")];
-        assert!(w.handle_job(at(0), 0, &junk).is_err());
-        assert!(w.handle_job(at(0), 0, &[]).is_err());
+        assert!(w.handle_job(at(0), 0, junk.to_vec()).is_err());
+        assert!(w.handle_job(at(0), 0, vec![]).is_err());
         assert_eq!(w.counters().malformed, 2);
         assert!(w.poll_run().is_none());
     }

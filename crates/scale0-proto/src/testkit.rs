@@ -148,7 +148,7 @@ pub fn broker_events(data: &[u8]) {
                 frames
             }
             8 => {
-                now = broker.poll_timeout();
+                now = broker.poll_timeout().unwrap_or(now);
                 broker.handle_timeout(now);
                 continue;
             }
@@ -410,7 +410,7 @@ pub fn queue_events(data: &[u8]) {
             }
             _ => {
                 now = now + Duration::from_millis(u64::from(arg) * 4);
-                if q.poll_timeout() <= now {
+                if q.poll_timeout().is_some_and(|t| t <= now) {
                     q.handle_timeout(now);
                 }
             }
@@ -529,11 +529,11 @@ pub fn map_events(data: &[u8]) {
                     interval_ms: 50,
                     running,
                 };
-                map.handle_report(now, &beat.encode());
+                map.handle_report(now, beat.encode());
             }
             5 => {
                 if let Some((id, _)) = pick(&sent) {
-                    map.handle_report(now, &Report::Start { worker, id }.encode());
+                    map.handle_report(now, Report::Start { worker, id }.encode());
                 }
             }
             6 | 7 => {
@@ -549,11 +549,11 @@ pub fn map_events(data: &[u8]) {
                         status,
                         output,
                     };
-                    map.handle_report(now, &report.encode());
+                    map.handle_report(now, report.encode());
                 }
             }
-            8 => map.handle_report(now, &Report::Bye { worker }.encode()),
-            9 => map.handle_report(now, &split_frames(&[b's', b'0', arg, 0xff, 0x00, arg])),
+            8 => map.handle_report(now, Report::Bye { worker }.encode()),
+            9 => map.handle_report(now, split_frames(&[b's', b'0', arg, 0xff, 0x00, arg])),
             10 => map.close_input(),
             _ => {
                 now = now + Duration::from_millis(u64::from(arg) * 4);
@@ -580,12 +580,12 @@ pub fn map_events(data: &[u8]) {
             interval_ms: 50,
             running: Vec::new(),
         };
-        map.handle_report(now, &hello.encode());
+        map.handle_report(now, hello.encode());
         while let Some(d) = map.poll_dispatch(now) {
             let (id, payload) = (d.frames[1].clone(), d.frames[3].clone());
             map.handle_report(
                 now,
-                &Report::Start {
+                Report::Start {
                     worker: healer.clone(),
                     id: id.clone(),
                 }
@@ -597,7 +597,7 @@ pub fn map_events(data: &[u8]) {
                 status: Status::Ok,
                 output: output_of(&payload),
             };
-            map.handle_report(now, &result.encode());
+            map.handle_report(now, result.encode());
         }
         now = now + Duration::from_millis(50);
         if map.poll_timeout().is_some_and(|t| t <= now) {

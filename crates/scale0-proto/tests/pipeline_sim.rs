@@ -159,7 +159,7 @@ impl Sim {
                 .is_some_and(|(at, _)| *at <= self.now)
             {
                 if let Some((_, frames)) = self.workers[w].wire.pop_front() {
-                    self.map.handle_report(now, &frames);
+                    self.map.handle_report(now, frames);
                 }
             }
         }
@@ -506,8 +506,8 @@ fn a_late_ok_from_a_superseded_send_counts_once() {
         }
         .encode()
     };
-    map.handle_report(at(3), &ok(&key1, "first"));
-    map.handle_report(at(4), &ok(&key2, "second"));
+    map.handle_report(at(3), ok(&key1, "first"));
+    map.handle_report(at(4), ok(&key2, "second"));
     let f = map.poll_finished().expect("finished");
     assert_eq!(f.outcome, Outcome::Done(bytes("first")));
     assert!(map.poll_finished().is_none());
@@ -532,7 +532,7 @@ fn a_report_from_another_run_is_not_taken_for_ours() {
         status: Status::Ok,
         output: bytes("not ours"),
     };
-    map.handle_report(at(1), &report.encode());
+    map.handle_report(at(1), report.encode());
     assert!(map.poll_finished().is_none());
     assert_eq!(map.counters().late_results, 1);
 }

@@ -353,7 +353,7 @@ impl Broker {
                 }
             }
             let now = clock.now();
-            if core.poll_timeout() <= now {
+            if core.poll_timeout().is_some_and(|t| t <= now) {
                 core.handle_timeout(now);
                 self.flush(&mut core, clock);
             }
@@ -370,7 +370,7 @@ impl Broker {
             let wait = if uncommitted > 0 || unflushed > 0 {
                 0
             } else {
-                clock.wait_ms(Some(core.poll_timeout()))
+                clock.wait_ms(core.poll_timeout())
             };
             let received = receiver.recv(&self.socket, wait)?.map(|(frames, user)| {
                 core.handle_message_from(clock.now(), frames, user.as_deref());

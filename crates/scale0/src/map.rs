@@ -327,7 +327,7 @@ impl Map {
                     .context(|| "reading the jobs socket's events".into())?;
             }
             while let Some(frames) = sockets::try_recv(&self.pull)? {
-                core.handle_report(clock.now(), &frames);
+                core.handle_report(clock.now(), frames);
             }
             let now = clock.now();
             if core.poll_timeout().is_some_and(|t| t <= now) {

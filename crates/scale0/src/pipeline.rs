@@ -300,7 +300,7 @@ impl TaskWorker {
                     continue;
                 };
                 idle_rounds = 0;
-                if let Err(e) = session.handle_job(clock.now(), source, &frames) {
+                if let Err(e) = session.handle_job(clock.now(), source, frames) {
                     warn!(error = %e, "not a job: dropped");
                 }
                 while let Some(run) = session.poll_run() {

@@ -165,7 +165,7 @@ impl Queue {
             "queue running"
         );
         while !shutdown.is_triggered() {
-            let wait = clock.wait_ms(Some(core.poll_timeout()));
+            let wait = clock.wait_ms(core.poll_timeout());
             let mut items = [
                 self.frontend.as_poll_item(zmq::POLLIN),
                 self.backend.as_poll_item(zmq::POLLIN),
@@ -188,7 +188,7 @@ impl Queue {
                 self.flush(&mut core, clock);
             }
             let now = clock.now();
-            if core.poll_timeout() <= now {
+            if core.poll_timeout().is_some_and(|t| t <= now) {
                 core.handle_timeout(now);
             }
             self.flush(&mut core, clock);

@@ -445,13 +445,15 @@ impl Broker {
         self.transmits.push_back((needs, t));
     }
 
-    /// When [`Broker::handle_timeout`] must next be called.
-    pub fn poll_timeout(&self) -> Instant {
+    /// When [`Broker::handle_timeout`] must next be called: always some time, since the
+    /// broker heartbeats its workers.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let client = self.client_deadlines.peek().map(|Reverse((t, ..))| *t);
         [self.timers.next(), client]
             .into_iter()
             .flatten()
             .fold(self.next_heartbeat, Instant::min)
+            .into()
     }
 
     /// One multipart message received on the ROUTER, routing id first.

@@ -49,7 +49,7 @@ pub(crate) trait Timers {
 
 impl Timers for Broker {
     fn next_timeout(&self) -> Option<Instant> {
-        Some(self.poll_timeout())
+        self.poll_timeout()
     }
     fn fire(&mut self, now: Instant) {
         self.handle_timeout(now);
@@ -58,7 +58,7 @@ impl Timers for Broker {
 
 impl Timers for Queue {
     fn next_timeout(&self) -> Option<Instant> {
-        Some(self.poll_timeout())
+        self.poll_timeout()
     }
     fn fire(&mut self, now: Instant) {
         self.handle_timeout(now);
