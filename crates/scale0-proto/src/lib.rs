@@ -30,6 +30,23 @@ pub mod zap;
 
 pub use mdp::{Body, DecodeError, Frames, PeerId, ServiceName};
 
+/// A message a state machine wants sent: on which of its sockets (`()` for a machine with
+/// one) and the whole multipart message, a ROUTER's routing id first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit<D = ()> {
+    /// Which socket.
+    pub dest: D,
+    /// The frames, in order.
+    pub frames: Frames,
+}
+
+impl<D> Transmit<D> {
+    /// The peer a ROUTER sends it to (its first frame), for reporting it unroutable.
+    pub fn peer(&self) -> Option<PeerId> {
+        mdp::routing_id(&self.frames)
+    }
+}
+
 /// How often Majordomo peers heartbeat unless configured otherwise: the reference
 /// implementations' 2500 ms, so the Guide's programs and ours agree out of the box.
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 2500;

@@ -74,21 +74,10 @@ pub enum Dest {
     Workers,
 }
 
-/// One message for the driver to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    /// The socket.
-    pub dest: Dest,
-    /// The whole multipart message.
-    pub frames: Frames,
-}
+/// One message for the driver to send, on the socket `dest` names.
+pub type Transmit = crate::Transmit<Dest>;
 
 impl Transmit {
-    /// The peer a ROUTER sends it to (its first frame), for reporting it unroutable.
-    pub fn peer(&self) -> Option<PeerId> {
-        crate::mdp::routing_id(&self.frames)
-    }
-
     /// The tag of a request to a server, for reporting that no server took it.
     pub fn tag(&self) -> Option<u64> {
         self.frames.first().and_then(|f| parse_tag(f))

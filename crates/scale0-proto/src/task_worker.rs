@@ -47,14 +47,8 @@ pub struct Run {
     pub payload: Bytes,
 }
 
-/// A report for a sink.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    /// Which sink, by the index [`Config::sink_of`] gives.
-    pub sink: usize,
-    /// The message.
-    pub frames: Frames,
-}
+/// A report for a sink: `dest` is the sink's index, as [`Config::sink_of`] gives it.
+pub type Transmit = crate::Transmit<usize>;
 
 /// What the worker did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -276,7 +270,7 @@ impl TaskWorker {
 
     fn push(&mut self, sink: usize, report: &Report) {
         self.transmits.push_back(Transmit {
-            sink,
+            dest: sink,
             frames: report.encode(),
         });
     }
@@ -311,7 +305,7 @@ mod tests {
 
     fn reports(w: &mut TaskWorker) -> Vec<(usize, Report)> {
         std::iter::from_fn(|| w.poll_transmit())
-            .map(|t| (t.sink, Report::decode(&t.frames).unwrap()))
+            .map(|t| (t.dest, Report::decode(&t.frames).unwrap()))
             .collect()
     }
 

@@ -262,7 +262,7 @@ impl TaskWorker {
         while !shutdown.is_triggered() {
             // Deliver reports in order; a sink that cannot take more holds the rest.
             while let Some(t) = outbox.front() {
-                match sockets::send(&pushes[t.sink], &t.frames) {
+                match sockets::send(&pushes[t.dest], &t.frames) {
                     Ok(()) => {
                         outbox.pop_front();
                     }
@@ -318,7 +318,7 @@ impl TaskWorker {
         session.leave();
         outbox.extend(std::iter::from_fn(|| session.poll_transmit()));
         for t in outbox {
-            let _ = sockets::send(&pushes[t.sink], &t.frames);
+            let _ = sockets::send(&pushes[t.dest], &t.frames);
         }
         let c = session.counters();
         debug!(worker = %self.name(), jobs = c.jobs, "pipeline worker stopped");

@@ -30,6 +30,7 @@ impl Broker {
                 body: vec![code],
             };
             self.push(Transmit {
+                dest: (),
                 frames: mdp_reply(version, ClientKind::Final, reply).encode_to(&client),
             });
             return;
@@ -41,6 +42,7 @@ impl Broker {
                 body,
             };
             self.push(Transmit {
+                dest: (),
                 frames: mdp_reply(version, ClientKind::Final, reply).encode_to(&client),
             });
             return;
@@ -161,6 +163,7 @@ impl Broker {
                 // Queue the acknowledgement ahead of anything the dispatch produced for
                 // this client, so ACCEPTED always precedes FINAL.
                 let ack = Transmit {
+                    dest: (),
                     frames: Message::Native(NativeCommand::Accepted { id }).encode_to(&client),
                 };
                 let first_new = self.transmits.len();
@@ -199,6 +202,7 @@ impl Broker {
 
     fn send_native(&mut self, client: &PeerId, cmd: NativeCommand) {
         self.push(Transmit {
+            dest: (),
             frames: Message::Native(cmd).encode_to(client),
         });
     }
@@ -257,6 +261,7 @@ impl Broker {
                             body,
                         };
                         self.push(Transmit {
+                            dest: (),
                             frames: mdp_reply(*version, ClientKind::Final, reply)
                                 .encode_to(&request.client),
                         });

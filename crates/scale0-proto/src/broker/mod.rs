@@ -133,19 +133,8 @@ impl Config {
     }
 }
 
-/// One message for the driver to send on the ROUTER: `frames[0]` is the routing id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    /// The complete multipart message, routing id first.
-    pub frames: Frames,
-}
-
-impl Transmit {
-    /// The peer it is routed to, for reporting it unroutable.
-    pub fn peer(&self) -> Option<PeerId> {
-        crate::mdp::routing_id(&self.frames)
-    }
-}
+/// A message for the broker's ROUTER, routing id first.
+pub use crate::Transmit;
 
 /// Who asked, and in which protocol the answer must go back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -635,6 +624,7 @@ fn to_worker(peer: &PeerId, version: Version, cmd: WorkerCommand) -> Transmit {
         Version::V2Delimited => Message::Worker2Delimited(cmd),
     };
     Transmit {
+        dest: (),
         frames: m.encode_to(peer),
     }
 }

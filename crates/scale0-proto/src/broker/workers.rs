@@ -387,7 +387,7 @@ impl Broker {
             Origin::Titanic { .. } => return,
         };
         self.counters.partials += 1;
-        self.push(Transmit { frames });
+        self.push(Transmit { dest: (), frames });
     }
 
     /// Whether `peer` holds the request that `address` (echoed in a reply) names.
