@@ -13,6 +13,7 @@ use scale0_proto::membership::Membership;
 use scale0_proto::pipeline::Map;
 use scale0_proto::queue::Queue;
 use scale0_proto::{Frames, Instant, PeerId, ServiceName, client, worker};
+use std::convert::identity;
 
 /// `ms` milliseconds on the virtual clock.
 pub(crate) fn at(ms: u64) -> Instant {
@@ -47,58 +48,29 @@ pub(crate) trait Timers {
     fn fire(&mut self, now: Instant);
 }
 
-impl Timers for Broker {
-    fn next_timeout(&self) -> Option<Instant> {
-        Some(self.poll_timeout())
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
+/// Implements [`Timers`] through each machine's own `poll_timeout` / `handle_timeout`,
+/// its `poll_timeout` made an `Option` by `$wrap`: the broker's and the queue's return a
+/// bare `Instant` (they always have a next tick), the others' an `Option` already.
+macro_rules! timers {
+    ($(impl[$($g:ident),*] $machine:ty: $wrap:path;)*) => {$(
+        impl<$($g),*> Timers for $machine {
+            fn next_timeout(&self) -> Option<Instant> {
+                $wrap(self.poll_timeout())
+            }
+            fn fire(&mut self, now: Instant) {
+                self.handle_timeout(now);
+            }
+        }
+    )*};
 }
 
-impl Timers for Queue {
-    fn next_timeout(&self) -> Option<Instant> {
-        Some(self.poll_timeout())
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-impl Timers for Map {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-impl Timers for Membership {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-impl Timers for worker::Session {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-impl<T> Timers for client::Session<T> {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
+timers! {
+    impl[] Broker: Some;
+    impl[] Queue: Some;
+    impl[] Map: identity;
+    impl[] Membership: identity;
+    impl[] worker::Session: identity;
+    impl[T] client::Session<T>: identity;
 }
 
 /// Moves `now` to `to`, firing every deadline on the way at its exact instant.
