@@ -215,13 +215,17 @@ class Session:
 
     def _malformed(self, message: list[bytes], why: str) -> None:
         self.malformed += 1
-        if self.malformed & (self.malformed - 1) == 0:  # 1st, 2nd, 4th, 8th...
-            log.warning(
-                "dropped a message from the broker (%s; %d so far): %r",
-                why,
-                self.malformed,
-                [f[:32] for f in message[:6]],
-            )
+        _wire.log_dropped(log, self.malformed, why, message)
+
+    def silent_for(self, now: float, opened: float) -> float | None:
+        """How long nothing has been heard on the connection opened at `opened`, when that
+        is a whole attempt of a request in flight (time for a fresh connection with the
+        same routing id: the broker hands the id over and still knows our requests by
+        it); None otherwise."""
+        quiet = now - max(self.last_heard, opened)
+        if self.calls and quiet >= min(c.timeout for c in self.calls.values()):
+            return quiet
+        return None
 
     def fail_all(self, error: Scale0Error) -> None:
         """Ends every request in flight with `error` (the client is closing)."""

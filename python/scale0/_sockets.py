@@ -3,16 +3,18 @@ DEALERs with our options, the handshake monitor, and a thread-safe wake-up."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .keys import Curve
+from .keys import Curve, KeySpec
 
 log = logging.getLogger("scale0")
 
@@ -58,6 +60,16 @@ def endpoint_list(endpoints: str | Sequence[str]) -> list[str]:
     return out
 
 
+def curve(server_key: KeySpec | None, key: KeySpec | None) -> Curve | None:
+    """The CURVE keys of a connecting side's `curve_server_key` and `curve_key` options:
+    both or neither."""
+    if (server_key is None) != (key is None):
+        raise ValueError("CURVE needs both curve_server_key and curve_key")
+    if server_key is None or key is None:
+        return None
+    return Curve.load(server_key, key)
+
+
 def dealer(
     ctx: Any,
     endpoints: Sequence[str],
@@ -97,13 +109,41 @@ def read_refusals(monitor: Any, current: str | None) -> str | None:
         except (ValueError, zmq.ZMQError) as e:
             log.warning("unreadable socket monitor event: %s", e)
             return current
-        kind = event.get("event")
-        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            current = None
-        elif kind in REFUSALS:
-            where = event.get("endpoint", b"")
-            text = where.decode(errors="replace") if isinstance(where, bytes) else str(where)
-            current = f"{text}: {REFUSALS[kind]}"
+        current = refusal(event, current)
+
+
+def refusal(event: Mapping[str, Any], current: str | None) -> str | None:
+    """Why the last handshake failed after a handshake monitor's `event`, or None when it
+    succeeded; `current` for any other event."""
+    kind = event.get("event")
+    if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return None
+    if kind in REFUSALS:
+        where = event.get("endpoint", b"")
+        text = where.decode(errors="replace") if isinstance(where, bytes) else str(where)
+        return f"{text}: {REFUSALS[kind]}"
+    return current
+
+
+_inproc_ids = itertools.count()
+
+
+def inproc(kind: str) -> str:
+    """A fresh in-process address of this process: `inproc://scale0-KIND-PID-N`."""
+    return f"inproc://scale0-{kind}-{os.getpid()}-{next(_inproc_ids)}"
+
+
+def send_control(ctx: Any, address: str, frames: list[bytes]) -> None:
+    """Sends one message to a loop's control socket at `address` on a PUSH of the
+    caller's own for this one message (a socket is never shared across threads),
+    lingering up to a second."""
+    s = ctx.socket(zmq.PUSH)
+    s.setsockopt(zmq.LINGER, 1000)
+    s.connect(address)
+    try:
+        s.send_multipart(frames)
+    finally:
+        s.close()
 
 
 class Wake:

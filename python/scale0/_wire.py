@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import Union
@@ -33,15 +34,15 @@ ERROR_MARKER = b"scale0.error"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def frame(value: Frame) -> bytes:
-    """One frame as bytes."""
+def frame(value: Frame, what: str = "a frame") -> bytes:
+    """One frame as bytes (`what` names it in the error for anything else)."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
-    raise TypeError(f"a frame is bytes or str, not {type(value).__name__}")
+    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
 
 
 def frames(values: Iterable[Frame]) -> list[bytes]:
@@ -62,3 +63,20 @@ def routing_id() -> bytes:
     raw = bytearray(os.urandom(16))
     raw[0] = max(raw[0], 1)
     return bytes(raw)
+
+
+def sparse(count: int) -> bool:
+    """Whether the `count`th of something is logged: the 1st, 2nd, 4th, 8th..."""
+    return count & (count - 1) == 0
+
+
+def log_dropped(log: logging.Logger, count: int, why: str, message: list[bytes]) -> None:
+    """Logs the `count`th message from the broker dropped as malformed, when `count` is
+    the 1st, 2nd, 4th, 8th...: seen, but never a flood of lines."""
+    if sparse(count):
+        log.warning(
+            "dropped a message from the broker (%s; %d so far): %r",
+            why,
+            count,
+            [f[:32] for f in message[:6]],
+        )

@@ -13,58 +13,24 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from . import _sockets, _wire
-from ._session import Call, Session
+from . import _requests, _sockets, _wire
+from ._requests import ClientBase, FutureSink, Item, QueueSink, Replies, shut
+from ._session import Call
 from ._wire import Body, Frame
-from .errors import Scale0Error
-from .keys import Curve, KeySpec
+from .keys import KeySpec
 
 log = logging.getLogger("scale0.aio")
 
 __all__ = ["Client"]
 
-_Outcome = tuple[Union[list[bytes], None], Union[Scale0Error, None]]
 
-
-class _FutureSink:
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future[list[bytes]]) -> None:
-        self.future = future
-
-    def partial(self, body: list[bytes]) -> None:
-        pass
-
-    def done(self, body: list[bytes] | None, error: Scale0Error | None) -> None:
-        if self.future.done():
-            return  # cancelled by its caller
-        if error is not None:
-            self.future.set_exception(error)
-        else:
-            self.future.set_result(body if body is not None else [])
-
-
-class _QueueSink:
-    __slots__ = ("index", "queue")
-
-    def __init__(self, q: asyncio.Queue[tuple[int, bool, _Outcome]], index: int) -> None:
-        self.queue = q
-        self.index = index
-
-    def partial(self, body: list[bytes]) -> None:
-        self.queue.put_nowait((self.index, False, (body, None)))
-
-    def done(self, body: list[bytes] | None, error: Scale0Error | None) -> None:
-        self.queue.put_nowait((self.index, True, (body, error)))
-
-
-class Client:
+class Client(ClientBase):
     """A client of a scale0 broker for asyncio: the same protocol, options and errors as
     `scale0.Client` (see there), with coroutines.
 
@@ -84,22 +50,17 @@ class Client:
         max_message_bytes: int = _wire.DEFAULT_MAX_MESSAGE_BYTES,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
-        self.endpoints = _sockets.endpoint_list(endpoints)
-        #: Seconds one attempt waits for an answer, unless a call says otherwise.
-        self.timeout = timeout
-        #: Re-sends after a timeout, unless a call says otherwise.
-        self.retries = retries
-        #: This client's routing id, kept across reconnects so retries match.
-        self.identity = _wire.routing_id()
-        self._curve: Curve | None = None
-        if (curve_server_key is None) != (curve_key is None):
-            raise ValueError("CURVE needs both curve_server_key and curve_key")
-        if curve_server_key is not None and curve_key is not None:
-            self._curve = Curve.load(curve_server_key, curve_key)
-        self._max_message_bytes = max_message_bytes
+        super().__init__(
+            endpoints,
+            timeout=timeout,
+            retries=retries,
+            curve_server_key=curve_server_key,
+            curve_key=curve_key,
+            acknowledged=acknowledged,
+            max_message_bytes=max_message_bytes,
+        )
         self._own_context = context is None
         self._ctx: Any = zmq.asyncio.Context() if context is None else context
-        self._session = Session(acknowledged=acknowledged, endpoints=", ".join(self.endpoints))
         self._sock: Any = None
         self._monitor: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,17 +75,6 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """Counters: requests in flight, re-sends, duplicate answers, malformed messages."""
-        s = self._session
-        return {
-            "in_flight": len(s.calls),
-            "retries": s.retries,
-            "duplicates": s.duplicates,
-            "malformed": s.malformed,
-        }
-
     async def close(self) -> None:
         """Closes the socket; requests still in flight fail with `Scale0Error`."""
         if self._closed:
@@ -134,7 +84,7 @@ class Client:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._session.fail_all(Scale0Error("the client is closed"))
+        self._session.fail_all(_requests.closed())
         self._shut()
         if self._own_context:
             self._ctx.term()
@@ -142,14 +92,7 @@ class Client:
     # -- the socket -------------------------------------------------------------------
 
     def _open(self) -> None:
-        self._sock = _sockets.dealer(
-            self._ctx,
-            self.endpoints,
-            identity=self.identity,
-            curve=self._curve,
-            max_message_bytes=self._max_message_bytes,
-        )
-        self._monitor = self._sock.get_monitor_socket(_sockets.MONITORED)
+        self._sock, self._monitor = self._dealer(self._ctx)
         self._opened = time.monotonic()
         self._tasks = [
             asyncio.ensure_future(self._read()),
@@ -159,10 +102,7 @@ class Client:
     def _shut(self) -> None:
         if self._sock is None:
             return
-        with contextlib.suppress(zmq.ZMQError):
-            self._sock.disable_monitor()
-        self._monitor.close(0)
-        self._sock.close(0)
+        shut(self._sock, self._monitor)
         self._sock = self._monitor = None
 
     async def _reopen(self) -> None:
@@ -175,7 +115,7 @@ class Client:
 
     def _ensure_open(self) -> None:
         if self._closed:
-            raise Scale0Error("the client is closed")
+            raise _requests.closed()
         if self._sock is None:
             self._kick = asyncio.Event()
             self._open()
@@ -194,13 +134,7 @@ class Client:
             except (ValueError, zmq.ZMQError) as e:
                 log.warning("unreadable socket monitor event: %s", e)
                 continue
-            kind = event.get("event")
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._session.refusal = None
-            elif kind in _sockets.REFUSALS:
-                where = event.get("endpoint", b"")
-                text = where.decode(errors="replace") if isinstance(where, bytes) else str(where)
-                self._session.refusal = f"{text}: {_sockets.REFUSALS[kind]}"
+            self._session.refusal = _sockets.refusal(event, self._session.refusal)
 
     async def _timers(self) -> None:
         assert self._kick is not None
@@ -215,8 +149,8 @@ class Client:
             resend = session.handle_timeout(now)
             if not resend:
                 continue
-            quiet = now - max(session.last_heard, self._opened)
-            if quiet >= min(c.timeout for c in session.calls.values()):
+            quiet = session.silent_for(now, self._opened)
+            if quiet is not None:
                 log.debug("no answer from the broker for %.1f s; reconnecting", quiet)
                 await self._reopen()
             for message in resend:
@@ -239,24 +173,6 @@ class Client:
         assert self._kick is not None
         self._kick.set()  # a new call's timer may be the earliest
 
-    def _call(
-        self,
-        service: str,
-        body: list[bytes],
-        sink: Any,
-        timeout: float | None,
-        retries: int | None,
-        deadline: float | None,
-    ) -> Call:
-        return self._session.new_call(
-            service,
-            body,
-            timeout=self.timeout if timeout is None else timeout,
-            retries=self.retries if retries is None else retries,
-            deadline=deadline,
-            sink=sink,
-        )
-
     # -- the API ----------------------------------------------------------------------
 
     def submit(
@@ -270,7 +186,7 @@ class Client:
         """Sends a request now and returns a future of its reply frames (or of the
         exception for its status). Call it from the client's event loop."""
         fut: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        sink = _FutureSink(fut)
+        sink = FutureSink(fut)
         self._start([self._call(service, _wire.frames(frames), sink, timeout, retries, deadline)])
         return fut
 
@@ -317,14 +233,12 @@ class Client:
         retries: int | None,
         deadline: float | None,
     ) -> AsyncIterator[tuple[list[bytes], bool]]:
-        q: asyncio.Queue[tuple[int, bool, _Outcome]] = asyncio.Queue()
-        sink = _QueueSink(q, 0)
+        q: asyncio.Queue[Item] = asyncio.Queue()
+        sink = QueueSink(q, 0)
         self._start([self._call(service, _wire.frames(frames), sink, timeout, retries, deadline)])
         while True:
-            _, is_final, (body, error) = await q.get()
-            if error is not None:
-                raise error
-            yield (body or []), is_final
+            part, is_final = _requests.streamed(await q.get())
+            yield part, is_final
             if is_final:
                 return
 
@@ -340,41 +254,20 @@ class Client:
         deadline: float | None = None,
     ) -> AsyncIterator[list[bytes]]:
         """Like `scale0.Client.map`, as an async iterator."""
-        in_flight = max(1, in_flight)
-        q: asyncio.Queue[tuple[int, bool, _Outcome]] = asyncio.Queue()
-        source = iter(bodies)
-        sent = yielded = 0
-        exhausted = False
-        ready: dict[int, _Outcome] = {}
+        replies = Replies(bodies, in_flight, ordered)
+        q: asyncio.Queue[Item] = asyncio.Queue()
         while True:
-            batch: list[Call] = []
-            while not exhausted and sent - yielded < in_flight:
-                try:
-                    item = next(source)
-                except StopIteration:
-                    exhausted = True
-                    break
-                sink = _QueueSink(q, sent)
-                batch.append(
-                    self._call(service, _wire.body(item), sink, timeout, retries, deadline)
-                )
-                sent += 1
+            batch = [
+                self._call(service, body, QueueSink(q, i), timeout, retries, deadline)
+                for i, body in replies.more()
+            ]
             if batch:
                 self._start(batch)
-            if yielded == sent:
+            if replies.finished:
                 return
-            want = yielded if ordered else None
-            while (want is None and not ready) or (want is not None and want not in ready):
-                index, is_final, outcome = await q.get()
-                if is_final:
-                    ready[index] = outcome
-            if want is None:
-                want = next(iter(ready))
-            body, error = ready.pop(want)
-            yielded += 1
-            if error is not None:
-                raise error
-            yield body or []
+            while replies.waiting():
+                replies.arrive(await q.get())
+            yield replies.next()
 
 
 def _log_send_failure(fut: asyncio.Future[Any]) -> None:

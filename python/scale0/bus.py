@@ -16,9 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import itertools
 import logging
-import os
 import socket
 import threading
 import time
@@ -27,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
+
+from . import _sockets, _wire
 
 __all__ = [
     "CONFLICT",
@@ -61,9 +61,6 @@ _VERSION = b"1"
 _MAX_TEXT_BYTES = 255
 _MAX_INTERVAL_MS = 3_600_000
 _MAX_SHARD = 2**32 - 1
-_DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-_counter = itertools.count()
 
 
 class _NotHeartbeat(ValueError):
@@ -357,7 +354,7 @@ class Node:
         address: str = "",
         on_event: Callable[[Event], None] | None = None,
         max_events: int = 10_000,
-        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = _wire.DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if shard is not None and not 0 <= shard <= _MAX_SHARD:
             raise ValueError(f"a shard is 0 to {_MAX_SHARD}")
@@ -396,7 +393,7 @@ class Node:
         #: Events dropped because nobody read them and `max_events` were waiting.
         self.events_dropped = 0
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self._control = f"inproc://scale0-node-{os.getpid()}-{next(_counter)}"
+        self._control = _sockets.inproc("node")
         ready: collections.deque[BaseException | None] = collections.deque()
         started = threading.Event()
         self._thread = threading.Thread(
@@ -470,11 +467,7 @@ class Node:
             self._closed = True
             self._changed.notify_all()
         if self._thread.is_alive():
-            s = self._ctx.socket(zmq.PUSH)
-            s.setsockopt(zmq.LINGER, 1000)
-            s.connect(self._control)
-            s.send(b"close")
-            s.close()
+            _sockets.send_control(self._ctx, self._control, [b"close"])
             self._thread.join()
         self._ctx.term()
 

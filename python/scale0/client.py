@@ -7,66 +7,29 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import logging
 import math
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import zmq
 
-from . import _sockets, _wire
-from ._session import Call, Session
+from . import _requests, _sockets, _wire
+from ._requests import ClientBase, FutureSink, Item, QueueSink, Replies, shut
+from ._session import Call
 from ._wire import Body, Frame
-from .errors import Scale0Error
-from .keys import Curve, KeySpec
+from .keys import KeySpec
 
 log = logging.getLogger("scale0.client")
 
 #: Messages read per wake before the loop looks at its timers and callers again.
 READ_BATCH = 256
 
-_Outcome = tuple[Union[list[bytes], None], Union[Scale0Error, None]]
 
-
-class _FutureSink:
-    """Delivers a request's end to a `concurrent.futures.Future`."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: concurrent.futures.Future[list[bytes]]) -> None:
-        self.future = future
-
-    def partial(self, body: list[bytes]) -> None:
-        pass
-
-    def done(self, body: list[bytes] | None, error: Scale0Error | None) -> None:
-        if error is not None:
-            self.future.set_exception(error)
-        else:
-            self.future.set_result(body if body is not None else [])
-
-
-class _QueueSink:
-    """Delivers partials and the end of a request to a queue, tagged with an index."""
-
-    __slots__ = ("index", "queue")
-
-    def __init__(self, q: queue.SimpleQueue[tuple[int, bool, _Outcome]], index: int) -> None:
-        self.queue = q
-        self.index = index
-
-    def partial(self, body: list[bytes]) -> None:
-        self.queue.put((self.index, False, (body, None)))
-
-    def done(self, body: list[bytes] | None, error: Scale0Error | None) -> None:
-        self.queue.put((self.index, True, (body, error)))
-
-
-class Client:
+class Client(ClientBase):
     """A client of a scale0 broker speaking the native protocol: many requests in flight
     on one connection, each retried with the same id (the broker runs it once), answered
     with its reply frames or an exception per broker status.
@@ -104,23 +67,18 @@ class Client:
         green: bool | None = None,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        self.endpoints = _sockets.endpoint_list(endpoints)
-        #: Seconds one attempt waits for an answer, unless a call says otherwise.
-        self.timeout = timeout
-        #: Re-sends after a timeout, unless a call says otherwise.
-        self.retries = retries
-        #: This client's routing id, kept across reconnects so retries match.
-        self.identity = _wire.routing_id()
-        self._curve: Curve | None = None
-        if (curve_server_key is None) != (curve_key is None):
-            raise ValueError("CURVE needs both curve_server_key and curve_key")
-        if curve_server_key is not None and curve_key is not None:
-            self._curve = Curve.load(curve_server_key, curve_key)
-        self._max_message_bytes = max_message_bytes
+        super().__init__(
+            endpoints,
+            timeout=timeout,
+            retries=retries,
+            curve_server_key=curve_server_key,
+            curve_key=curve_key,
+            acknowledged=acknowledged,
+            max_message_bytes=max_message_bytes,
+        )
         self._zmq = _sockets.zmq_module(green)
         self._own_context = context is None
         self._ctx: Any = self._zmq.Context() if context is None else context
-        self._session = Session(acknowledged=acknowledged, endpoints=", ".join(self.endpoints))
         self._commands: collections.deque[Call | None] = collections.deque()
         self._wake = _sockets.Wake()
         self._closed = False
@@ -152,39 +110,9 @@ class Client:
         if self._thread is not threading.current_thread():
             self._thread.join()
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """Counters: requests in flight, re-sends, duplicate answers dropped, malformed
-        messages dropped."""
-        s = self._session
-        return {
-            "in_flight": len(s.calls),
-            "retries": s.retries,
-            "duplicates": s.duplicates,
-            "malformed": s.malformed,
-        }
-
-    def _call(
-        self,
-        service: str,
-        body: list[bytes],
-        sink: Any,
-        timeout: float | None,
-        retries: int | None,
-        deadline: float | None,
-    ) -> Call:
-        return self._session.new_call(
-            service,
-            body,
-            timeout=self.timeout if timeout is None else timeout,
-            retries=self.retries if retries is None else retries,
-            deadline=deadline,
-            sink=sink,
-        )
-
     def _send(self, calls: Iterable[Call]) -> None:
         if self._closed:
-            raise Scale0Error("the client is closed")
+            raise _requests.closed()
         self._commands.extend(calls)
         self._wake.ring()
 
@@ -201,13 +129,8 @@ class Client:
         them short. `deadline` is seconds from now that the broker may take (`math.inf`:
         none; the default is every attempt's time together)."""
         fut: concurrent.futures.Future[list[bytes]] = concurrent.futures.Future()
-        self._send(
-            [
-                self._call(
-                    service, _wire.frames(frames), _FutureSink(fut), timeout, retries, deadline
-                )
-            ]
-        )
+        sink = FutureSink(fut)
+        self._send([self._call(service, _wire.frames(frames), sink, timeout, retries, deadline)])
         return fut
 
     def request(
@@ -256,19 +179,12 @@ class Client:
         retries: int | None,
         deadline: float | None,
     ) -> Iterator[tuple[list[bytes], bool]]:
-        q: queue.SimpleQueue[tuple[int, bool, _Outcome]] = queue.SimpleQueue()
-        self._send(
-            [
-                self._call(
-                    service, _wire.frames(frames), _QueueSink(q, 0), timeout, retries, deadline
-                )
-            ]
-        )
+        q: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        sink = QueueSink(q, 0)
+        self._send([self._call(service, _wire.frames(frames), sink, timeout, retries, deadline)])
         while True:
-            _, is_final, (body, error) = q.get()
-            if error is not None:
-                raise error
-            yield (body or []), is_final
+            part, is_final = _requests.streamed(q.get())
+            yield part, is_final
             if is_final:
                 return
 
@@ -288,69 +204,26 @@ class Client:
         `bodies` (`ordered=True`, like `Executor.map`) or as they come. A request that fails
         raises its exception from the iterator at its place. Unlike `Executor.map`, bodies
         are read lazily, `in_flight` ahead of the reply being yielded."""
-        in_flight = max(1, in_flight)
-        q: queue.SimpleQueue[tuple[int, bool, _Outcome]] = queue.SimpleQueue()
-        source = iter(bodies)
-        sent = 0
-        yielded = 0
-        exhausted = False
-        ready: dict[int, _Outcome] = {}
+        replies = Replies(bodies, in_flight, ordered)
+        q: queue.SimpleQueue[Item] = queue.SimpleQueue()
         while True:
-            batch: list[Call] = []
-            while not exhausted and sent - yielded < in_flight:
-                try:
-                    item = next(source)
-                except StopIteration:
-                    exhausted = True
-                    break
-                batch.append(
-                    self._call(
-                        service, _wire.body(item), _QueueSink(q, sent), timeout, retries, deadline
-                    )
-                )
-                sent += 1
+            batch = [
+                self._call(service, body, QueueSink(q, i), timeout, retries, deadline)
+                for i, body in replies.more()
+            ]
             if batch:
                 self._send(batch)
-            if yielded == sent:
+            if replies.finished:
                 return
-            want = yielded if ordered else None
-            while (want is None and not ready) or (want is not None and want not in ready):
-                index, is_final, outcome = q.get()
-                if is_final:
-                    ready[index] = outcome
-            if want is None:
-                want = next(iter(ready))
-            body, error = ready.pop(want)
-            yielded += 1
-            if error is not None:
-                raise error
-            yield body or []
+            while replies.waiting():
+                replies.arrive(q.get())
+            yield replies.next()
 
     # -- the socket's side: everything below runs on the client's own thread -----------
 
-    def _open(self) -> tuple[Any, Any]:
-        sock = _sockets.dealer(
-            self._ctx,
-            self.endpoints,
-            identity=self.identity,
-            curve=self._curve,
-            max_message_bytes=self._max_message_bytes,
-        )
-        # Also without CURVE: a plaintext client of a CURVE broker learns why it hears
-        # nothing.
-        monitor = sock.get_monitor_socket(_sockets.MONITORED)
-        return sock, monitor
-
-    @staticmethod
-    def _shut(sock: Any, monitor: Any) -> None:
-        with contextlib.suppress(zmq.ZMQError):
-            sock.disable_monitor()
-        monitor.close(0)
-        sock.close(0)
-
     def _run(self) -> None:
         try:
-            sock, monitor = self._open()
+            sock, monitor = self._dealer(self._ctx)
         except Exception as e:  # noqa: BLE001 (raised again in the constructor's caller)
             self._startup_error = e
             self._started.set()
@@ -392,16 +265,13 @@ class Client:
                 now = time.monotonic()
                 resend = session.handle_timeout(now)
                 if resend:
-                    quiet = now - max(session.last_heard, opened)
-                    if quiet >= min(c.timeout for c in session.calls.values()):
-                        # Nothing heard for a whole attempt: a fresh connection with the
-                        # same routing id (the broker hands the id over and still knows
-                        # our requests by it).
+                    quiet = session.silent_for(now, opened)
+                    if quiet is not None:
                         log.debug("no answer from the broker for %.1f s; reconnecting", quiet)
                         poller.unregister(sock)
                         poller.unregister(monitor)
-                        self._shut(sock, monitor)
-                        sock, monitor = self._open()
+                        shut(sock, monitor)
+                        sock, monitor = self._dealer(self._ctx)
                         poller.register(sock, zmq.POLLIN)
                         poller.register(monitor, zmq.POLLIN)
                         opened = now
@@ -411,14 +281,14 @@ class Client:
             log.exception("the scale0 client's thread failed")
         finally:
             self._closed = True
-            session.fail_all(Scale0Error("the client is closed"))
+            session.fail_all(_requests.closed())
             while self._commands:
                 call = self._commands.popleft()
                 if call is not None:
                     fut = getattr(call.sink, "future", None)
                     if fut is None or fut.set_running_or_notify_cancel():
-                        call.sink.done(None, Scale0Error("the client is closed"))
-            self._shut(sock, monitor)
+                        call.sink.done(None, _requests.closed())
+            shut(sock, monitor)
             self._wake.close()
             if self._own_context:
                 self._ctx.term()

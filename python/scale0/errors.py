@@ -27,12 +27,24 @@ class ServiceError(Scale0Error):
     """The worker's handler failed: its reply was the two frames `scale0.error`, message."""
 
 
+#: Every documented status word and its exception class (each class below enters itself).
+STATUSES: dict[str, type[BrokerError]] = {}
+
+
 class BrokerError(Scale0Error):
     """The broker ended the request with an explicit status (an ERROR of the native
     protocol). Each documented status has its own subclass; an unknown one is this class."""
 
     #: The status word this class stands for (`queue_full`, ...); the base has none.
     STATUS: str = ""
+
+    def __init_subclass__(cls, *, status: str = "", **kwargs: object) -> None:
+        # `class QueueFull(BrokerError, status="queue_full")` is the class of that status
+        # word in `STATUSES`; a subclass without one keeps its base's.
+        super().__init_subclass__(**kwargs)
+        if status:
+            cls.STATUS = status
+            STATUSES[status] = cls
 
     def __init__(self, message: str, *, service: str | None = None, status: str = "") -> None:
         super().__init__(message, service=service)
@@ -44,76 +56,41 @@ class BrokerError(Scale0Error):
         return f"{self.status}{where}: {self.message}"
 
 
-class QueueFull(BrokerError):
+class QueueFull(BrokerError, status="queue_full"):
     """`queue_full`: the service's queue holds `max_queue_depth` requests."""
 
-    STATUS = "queue_full"
 
-
-class NoWorker(BrokerError):
+class NoWorker(BrokerError, status="no_worker"):
     """`no_worker`: no worker for the service appeared within `unknown_service_wait_ms`."""
 
-    STATUS = "no_worker"
 
-
-class TooManyServices(BrokerError):
+class TooManyServices(BrokerError, status="too_many_services"):
     """`too_many_services`: the broker already tracks `max_services` services."""
 
-    STATUS = "too_many_services"
 
-
-class TooLarge(BrokerError):
+class TooLarge(BrokerError, status="too_large"):
     """`too_large`: the request is over the broker's `max_message_bytes`."""
 
-    STATUS = "too_large"
 
-
-class DeadlineExceeded(BrokerError):
+class DeadlineExceeded(BrokerError, status="deadline_exceeded"):
     """`deadline_exceeded`: the request's own deadline passed before a reply."""
 
-    STATUS = "deadline_exceeded"
 
-
-class AttemptsExhausted(BrokerError):
+class AttemptsExhausted(BrokerError, status="attempts_exhausted"):
     """`attempts_exhausted`: `max_attempts` workers died or overran the deadline holding it."""
 
-    STATUS = "attempts_exhausted"
 
-
-class BadRequest(BrokerError):
+class BadRequest(BrokerError, status="bad_request"):
     """`bad_request`: the broker read a malformed request (a bug in the sender)."""
 
-    STATUS = "bad_request"
 
-
-class ShuttingDown(BrokerError):
+class ShuttingDown(BrokerError, status="shutting_down"):
     """`shutting_down`: the broker is stopping and takes no new requests, or its grace
     period ended before a worker answered this one."""
 
-    STATUS = "shutting_down"
 
-
-class Forbidden(BrokerError):
+class Forbidden(BrokerError, status="forbidden"):
     """`forbidden`: under CURVE, this client's key may not use the service."""
-
-    STATUS = "forbidden"
-
-
-#: Every documented status word and its exception class.
-STATUSES: dict[str, type[BrokerError]] = {
-    cls.STATUS: cls
-    for cls in (
-        QueueFull,
-        NoWorker,
-        TooManyServices,
-        TooLarge,
-        DeadlineExceeded,
-        AttemptsExhausted,
-        BadRequest,
-        ShuttingDown,
-        Forbidden,
-    )
-}
 
 
 def from_status(status: str, message: str, service: str | None = None) -> BrokerError:

@@ -32,6 +32,7 @@ from typing import Any, Callable, NamedTuple, Union
 import zmq
 import zmq.utils.monitor
 
+from . import _sockets, _wire
 from .errors import Scale0Error
 
 __all__ = [
@@ -65,7 +66,6 @@ _MAX_ID_BYTES = 255
 _MAX_CAPACITY = 65_535
 _MAX_INTERVAL_MS = 3_600_000
 _MAX_TIMEOUT_MS = 2**32 - 1
-_DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # TCP keepalive, so a peer whose machine vanished is noticed by the kernel.
 _KEEPALIVE_IDLE_S = 30
 _KEEPALIVE_INTVL_S = 10
@@ -130,16 +130,6 @@ def _local(bound: str) -> str:
     return bound
 
 
-def _as_bytes(value: object, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
-
-
 class _Quiet:
     """Logs the 1st, 2nd, 4th, 8th... occurrence: seen, but never a flood of lines."""
 
@@ -148,7 +138,7 @@ class _Quiet:
 
     def __call__(self, message: str, *args: object) -> None:
         self.count += 1
-        if self.count & (self.count - 1) == 0:
+        if _wire.sparse(self.count):
             log.warning(message + " (%d so far)", *args, self.count)
 
 
@@ -330,7 +320,7 @@ class _Slots:
         if out is None:
             return b"ok", b""
         try:
-            return b"ok", _as_bytes(out, "a job function's result")
+            return b"ok", _wire.frame(out, "a job function's result")
         except TypeError as e:
             return b"failed", str(e).encode()
 
@@ -392,7 +382,7 @@ class _TaskWorker:
                 push = _pipeline_socket(ctx, zmq.PUSH, 100_000)
                 push.connect(e)
                 pushes.append(push)
-            addr = f"inproc://scale0-work-{os.getpid()}-{next(_counter)}"
+            addr = _sockets.inproc("work")
             done = slot_ctx.socket(zmq.PULL)
             done.setsockopt(zmq.LINGER, 0)
             done.bind(addr)
@@ -571,7 +561,7 @@ def work(
     interval_ms: int = 1000,
     name: str | None = None,
     plain_timeout_ms: int = 0,
-    max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+    max_message_bytes: int = _wire.DEFAULT_MAX_MESSAGE_BYTES,
     stop: threading.Event | None = None,
 ) -> WorkSummary:
     """Runs `fn` on the jobs of one or more maps or ventilators until `stop` is set, then
@@ -1135,7 +1125,7 @@ class Map:
         liveness: int = 3,
         dispatch_timeout_ms: int = 60_000,
         ordered: bool = True,
-        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = _wire.DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         vents = [vent] if isinstance(vent, str) else list(vent)
         sinks = [sink] if isinstance(sink, str) else list(sink)
@@ -1155,7 +1145,7 @@ class Map:
         }
         self._max_message_bytes = max_message_bytes
         self._ctx: zmq.Context[Any] = zmq.Context()
-        self._control = f"inproc://scale0-map-{os.getpid()}-{next(_counter)}"
+        self._control = _sockets.inproc("map")
         self._lock = threading.Lock()
         self._run: _Run | None = None
         self._stats = MapStats()
@@ -1262,14 +1252,7 @@ class Map:
             return self._run
 
     def _send_control(self, frames: list[bytes]) -> None:
-        # A socket of the caller's own for this one message: never shared across threads.
-        s = self._ctx.socket(zmq.PUSH)
-        s.setsockopt(zmq.LINGER, 1000)
-        s.connect(self._control)
-        try:
-            s.send_multipart(frames)
-        finally:
-            s.close()
+        _sockets.send_control(self._ctx, self._control, frames)
 
     def _feed(self, run: _Run, jobs: Iterable[bytes | str]) -> None:
         """The input thread: reads the iterable into the map's pipe, as the map needs it."""
@@ -1293,7 +1276,7 @@ class Map:
         try:
             send([b"begin", run.token])
             for job in jobs:
-                if not send([b"job", run.token, _as_bytes(job, "a job")]):
+                if not send([b"job", run.token, _wire.frame(job, "a job")]):
                     return
         except Exception as e:  # noqa: BLE001 (handed to the caller, raised there)
             run.input_error = e

@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 import zmq
 
 from . import _sockets, _wire
-from .keys import Curve, KeySpec
+from .keys import KeySpec
 
 log = logging.getLogger("scale0.worker")
 
@@ -37,10 +37,8 @@ _NOTHING = object()
 def _reply(value: Any) -> list[bytes]:
     if value is None:
         return []
-    if isinstance(value, (bytes, bytearray, memoryview, str)):
-        return [_wire.frame(value)]
-    if isinstance(value, Sequence):
-        return _wire.frames(value)
+    if isinstance(value, Sequence):  # bytes and str too: one frame
+        return _wire.body(value)
     raise TypeError(f"a reply is bytes, str, a sequence of them or None, not {type(value)}")
 
 
@@ -116,11 +114,7 @@ class Worker:
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
         self.grace = grace
-        self._curve: Curve | None = None
-        if (curve_server_key is None) != (curve_key is None):
-            raise ValueError("CURVE needs both curve_server_key and curve_key")
-        if curve_server_key is not None and curve_key is not None:
-            self._curve = Curve.load(curve_server_key, curve_key)
+        self._curve = _sockets.curve(curve_server_key, curve_key)
         self._max_message_bytes = max_message_bytes
         self._zmq = _sockets.zmq_module(green)
         self._context = context
@@ -361,11 +355,4 @@ class Worker:
 
     def _malformed(self, message: list[bytes], why: str) -> None:
         self.stats["malformed"] += 1
-        n = self.stats["malformed"]
-        if n & (n - 1) == 0:
-            log.warning(
-                "dropped a message from the broker (%s; %d so far): %r",
-                why,
-                n,
-                [f[:32] for f in message[:6]],
-            )
+        _wire.log_dropped(log, self.stats["malformed"], why, message)

@@ -151,6 +151,13 @@ def wait_for_service(endpoint: str, service: str, timeout: float = STARTUP_S) ->
     pytest.fail(f"no worker for {service} within {timeout} s")
 
 
+def served(spawn: Spawn, endpoint: str, service: str, *args: str) -> Proc:
+    """`rust_worker`, once the broker has it for `service`."""
+    worker = rust_worker(spawn, endpoint, service, *args)
+    wait_for_service(endpoint, service)
+    return worker
+
+
 def eventually(check: Callable[[], bool], timeout: float = STARTUP_S, what: str = "") -> None:
     """Polls `check` until it holds or the deadline passes."""
     end = time.monotonic() + timeout

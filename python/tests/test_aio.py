@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from conftest import Proc, Spawn, broker_on, rust_worker, wait_for_service
+from conftest import Proc, Spawn, broker_on, served, wait_for_service
 
 import scale0
 import scale0.aio
@@ -17,8 +17,7 @@ def run(coro: object) -> object:
 
 
 def test_request_submit_map_and_stream(spawn: Spawn, broker: Proc) -> None:
-    rust_worker(spawn, broker.endpoint, "echo", "--echo", "--capacity", "8")
-    wait_for_service(broker.endpoint, "echo")
+    served(spawn, broker.endpoint, "echo", "--echo", "--capacity", "8")
 
     def count(n: bytes) -> Iterator[str]:
         yield from (str(i) for i in range(int(n)))

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import Proc, Spawn, broker_on, rust_worker, wait_for_service
+from conftest import Proc, Spawn, broker_on, rust_worker, served, wait_for_service
 
 import scale0
 
@@ -111,8 +111,7 @@ def test_closing_fails_what_is_in_flight() -> None:
 def test_several_endpoints_spread_requests_over_brokers(spawn: Spawn) -> None:
     b1, b2 = broker_on(spawn), broker_on(spawn)
     for b in (b1, b2):
-        rust_worker(spawn, b.endpoint, "echo")
-        wait_for_service(b.endpoint, "echo")
+        served(spawn, b.endpoint, "echo")
     with scale0.Client([b1.endpoint, b2.endpoint]) as c:
         assert list(c.map("echo", [str(i) for i in range(40)])) == [
             [str(i).encode()] for i in range(40)

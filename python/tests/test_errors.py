@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import zmq
-from conftest import Spawn, broker_on, eventually, rust_worker, wait_for_service
+from conftest import Spawn, broker_on, eventually, served
 
 import scale0
 from scale0._session import Session
@@ -52,16 +52,14 @@ def test_no_worker(spawn: Spawn) -> None:
 
 def test_too_many_services(spawn: Spawn) -> None:
     b = broker_on(spawn, "--max-services", "1")
-    rust_worker(spawn, b.endpoint, "one")
-    wait_for_service(b.endpoint, "one")
+    served(spawn, b.endpoint, "one")
     with scale0.Client(b.endpoint) as c, pytest.raises(scale0.TooManyServices):
         c.request("two", b"x")
 
 
 def test_too_large(spawn: Spawn) -> None:
     b = broker_on(spawn, "--max-message-bytes", "1024")
-    rust_worker(spawn, b.endpoint, "echo")
-    wait_for_service(b.endpoint, "echo")
+    served(spawn, b.endpoint, "echo")
     with scale0.Client(b.endpoint) as c:
         assert c.request("echo", b"x" * 100) == [b"x" * 100]
         with pytest.raises(scale0.TooLarge):
@@ -70,8 +68,7 @@ def test_too_large(spawn: Spawn) -> None:
 
 def test_deadline_exceeded(spawn: Spawn) -> None:
     b = broker_on(spawn)
-    rust_worker(spawn, b.endpoint, "slow", "--sleep-ms", "2000")
-    wait_for_service(b.endpoint, "slow")
+    served(spawn, b.endpoint, "slow", "--sleep-ms", "2000")
     with scale0.Client(b.endpoint, timeout=5) as c:
         with pytest.raises(scale0.DeadlineExceeded):
             c.request("slow", b"x", deadline=0)  # passed on arrival: no worker sees it
@@ -82,16 +79,14 @@ def test_deadline_exceeded(spawn: Spawn) -> None:
 def test_attempts_exhausted(spawn: Spawn) -> None:
     # Every worker overruns the broker's request deadline; after one attempt it fails.
     b = broker_on(spawn, "--request-timeout-ms", "100", "--max-attempts", "1")
-    rust_worker(spawn, b.endpoint, "slow", "--sleep-ms", "1000")
-    wait_for_service(b.endpoint, "slow")
+    served(spawn, b.endpoint, "slow", "--sleep-ms", "1000")
     with scale0.Client(b.endpoint, timeout=5) as c, pytest.raises(scale0.AttemptsExhausted):
         c.request("slow", b"x")
 
 
 def test_shutting_down(spawn: Spawn) -> None:
     b = broker_on(spawn, "--grace-ms", "3000")
-    rust_worker(spawn, b.endpoint, "slow", "--sleep-ms", "700")
-    wait_for_service(b.endpoint, "slow")
+    served(spawn, b.endpoint, "slow", "--sleep-ms", "700")
     with scale0.Client(b.endpoint, timeout=5) as c:
         held = c.submit("slow", b"held")
         probe = scale0.Client(b.endpoint)
@@ -150,8 +145,7 @@ def test_bad_request_from_a_raw_malformed_request(spawn: Spawn) -> None:
 
 def test_a_handler_failure_is_a_service_error(spawn: Spawn) -> None:
     b = broker_on(spawn)
-    rust_worker(spawn, b.endpoint, "fails", "--", "sh", "-c", "echo oops >&2; exit 3")
-    wait_for_service(b.endpoint, "fails")
+    served(spawn, b.endpoint, "fails", "--", "sh", "-c", "echo oops >&2; exit 3")
     with scale0.Client(b.endpoint) as c, pytest.raises(scale0.ServiceError) as e:
         c.request("fails", b"x")
     assert "oops" in str(e.value)

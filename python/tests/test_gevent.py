@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Proc, Spawn, rust_worker, wait_for_service
+from conftest import Proc, Spawn, served
 
 
 def test_the_client_cooperates_under_gevent(spawn: Spawn, broker: Proc) -> None:
-    rust_worker(spawn, broker.endpoint, "slow", "--sleep-ms", "200", "--concurrency", "20")
-    wait_for_service(broker.endpoint, "slow")
+    served(spawn, broker.endpoint, "slow", "--sleep-ms", "200", "--concurrency", "20")
     script = Path(__file__).with_name("gevent_main.py")
     done = subprocess.run(
         [sys.executable, str(script), broker.endpoint],

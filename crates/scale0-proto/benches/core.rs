@@ -116,5 +116,34 @@ fn dispatch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, dispatch);
+/// One native request's way through the client session: sent, answered, ended.
+fn client_session(c: &mut Criterion) {
+    use scale0_proto::client::{Config as ClientConfig, Event, Session};
+    let mut g = c.benchmark_group("client");
+    g.throughput(Throughput::Elements(1));
+    let body = Bytes::from(vec![b'x'; 128]);
+    g.bench_function("request_answered", |b| {
+        let mut s = Session::new(ClientConfig::default());
+        let mut now = 0;
+        b.iter(|| {
+            now += 1;
+            let at = Instant::from_millis(now);
+            let id = s.request(at, service(), vec![body.clone()], ());
+            let sent = s.poll_transmit().unwrap();
+            black_box(&sent);
+            let answer = Message::Native(NativeCommand::Final {
+                id,
+                body: vec![body.clone()],
+            })
+            .encode();
+            s.handle_message(at, answer).unwrap();
+            let Some(Event::Done { .. }) = s.poll_event() else {
+                panic!("no end")
+            };
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, dispatch, client_session);
 criterion_main!(benches);

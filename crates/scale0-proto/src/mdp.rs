@@ -862,6 +862,11 @@ pub fn native_request_id(frames: &[Bytes]) -> Option<RequestId> {
     }
 }
 
+/// The routing id a ROUTER message starts with, if its first frame is a valid one.
+pub fn routing_id(frames: &[Bytes]) -> Option<PeerId> {
+    frames.first().and_then(|id| PeerId::new(id.clone()).ok())
+}
+
 /// Splits a message received on a ROUTER into the sender's routing id and the rest.
 pub fn split_routing_id(mut frames: Frames) -> Result<(PeerId, Frames), DecodeError> {
     if frames.is_empty() {

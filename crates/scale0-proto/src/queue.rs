@@ -86,9 +86,7 @@ pub struct Transmit {
 impl Transmit {
     /// The peer a ROUTER sends it to (its first frame), for reporting it unroutable.
     pub fn peer(&self) -> Option<PeerId> {
-        self.frames
-            .first()
-            .and_then(|id| PeerId::new(id.clone()).ok())
+        crate::mdp::routing_id(&self.frames)
     }
 
     /// The tag of a request to a server, for reporting that no server took it.

@@ -120,6 +120,21 @@ pub struct Session {
     /// Stopping: requests still arriving (a worker with credit gets more while it
     /// finishes) are not started.
     stopping: bool,
+    /// When a draining worker stops waiting for the requests in hand.
+    drain_until: Option<Instant>,
+}
+
+/// How a drain ended (see [`Session::begin_drain`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Every request in hand was answered.
+    Answered,
+    /// The grace period ran out with this many requests in hand; the broker sends them
+    /// elsewhere once the worker says DISCONNECT.
+    GraceOver {
+        /// Requests still in hand.
+        unanswered: usize,
+    },
 }
 
 impl Session {
@@ -134,6 +149,7 @@ impl Session {
             backoff,
             counters: Counters::default(),
             stopping: false,
+            drain_until: None,
         }
     }
 
@@ -164,7 +180,11 @@ impl Session {
             State::Connected {
                 broker_expiry,
                 next_heartbeat,
-            } => Some(broker_expiry.min(next_heartbeat)),
+            } => Some(
+                self.drain_until
+                    .map_or(broker_expiry, |d| d.min(broker_expiry))
+                    .min(next_heartbeat),
+            ),
             // A request from the old connection is still running: reconnecting now would
             // register a worker that cannot take work, so wait for the handler.
             State::Disconnected { .. } if self.is_busy() => None,
@@ -294,6 +314,32 @@ impl Session {
         self.stopping = true;
     }
 
+    /// Stops taking requests and gives those in hand until `now + grace` to be answered;
+    /// [`Session::drained`] says when to say goodbye.
+    pub fn begin_drain(&mut self, now: Instant, grace: Duration) {
+        self.stopping = true;
+        self.drain_until.get_or_insert(now + grace);
+    }
+
+    /// Whether [`Session::begin_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.drain_until.is_some()
+    }
+
+    /// Whether a drain is over at `now`; `None` while requests in hand still have time.
+    pub fn drained(&self, now: Instant) -> Option<Drained> {
+        let until = self.drain_until?;
+        if !self.is_busy() {
+            Some(Drained::Answered)
+        } else if now >= until {
+            Some(Drained::GraceOver {
+                unanswered: self.busy.len(),
+            })
+        } else {
+            None
+        }
+    }
+
     /// Says goodbye to the broker, for a clean shutdown.
     pub fn shutdown(&mut self) {
         if self.is_connected() {
@@ -339,5 +385,66 @@ impl Session {
             Version::V2Delimited => Message::Worker2Delimited(cmd),
         };
         self.actions.push_back(Action::Send(m.encode()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mdp::WorkerCommand;
+    use bytes::Bytes;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    fn connected() -> Session {
+        let service = ServiceName::new(Bytes::from_static(b"echo")).unwrap();
+        let mut s = Session::new(Config::new(service), at(0));
+        s.handle_timeout(at(0));
+        while s.poll_action().is_some() {}
+        s
+    }
+
+    fn request(s: &mut Session, now: u64) {
+        let client = PeerId::new(Bytes::from_static(b"c1")).unwrap();
+        let frames = Message::Worker2(WorkerCommand::Request {
+            client,
+            body: vec![Bytes::from_static(b"job")],
+        })
+        .encode();
+        s.handle_message(at(now), frames).unwrap();
+        while s.poll_action().is_some() {}
+    }
+
+    #[test]
+    fn a_drain_waits_for_the_request_in_hand_until_its_grace_ends() {
+        let mut s = connected();
+        request(&mut s, 10);
+        s.begin_drain(at(100), Duration::from_millis(500));
+        assert_eq!(s.drained(at(599)), None);
+        assert!(s.poll_timeout().is_some_and(|t| t <= at(600)));
+        assert_eq!(
+            s.drained(at(600)),
+            Some(Drained::GraceOver { unanswered: 1 })
+        );
+        // A later call does not move the deadline.
+        s.begin_drain(at(700), Duration::from_millis(500));
+        assert_eq!(
+            s.drained(at(700)),
+            Some(Drained::GraceOver { unanswered: 1 })
+        );
+    }
+
+    #[test]
+    fn a_drain_ends_with_the_last_answer_and_takes_no_new_request() {
+        let mut s = connected();
+        request(&mut s, 10);
+        s.begin_drain(at(100), Duration::from_millis(500));
+        request(&mut s, 150);
+        assert_eq!(s.drained(at(200)), None);
+        s.reply(at(200), vec![Bytes::from_static(b"done")]);
+        assert_eq!(s.drained(at(200)), Some(Drained::Answered));
+        assert_eq!(s.counters().over_capacity, 0);
     }
 }

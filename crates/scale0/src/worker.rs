@@ -9,7 +9,7 @@ use crate::shutdown::Shutdown;
 use crate::sockets;
 use bytes::Bytes;
 use scale0_proto::mdp::Version;
-use scale0_proto::worker::{self as core, Action, Session};
+use scale0_proto::worker::{self as core, Action, Drained, Session};
 use scale0_proto::{Body, ServiceName};
 use std::cell::RefCell;
 use std::fmt;
@@ -298,7 +298,6 @@ impl Worker {
         shutdown: &Shutdown,
     ) -> Result<()> {
         let grace = std::time::Duration::from_millis(self.config.grace_ms);
-        let mut stop_by: Option<std::time::Instant> = None;
         loop {
             let now = clock.now();
             if session.poll_timeout().is_some_and(|t| t <= now) {
@@ -309,22 +308,23 @@ impl Worker {
                 // The requests in hand are finished within the grace period; any the
                 // broker still sends (a worker with credit has room) are not started, and
                 // go elsewhere once this worker says DISCONNECT.
-                session.stop_taking();
-                if !session.is_busy() || grace.is_zero() {
-                    break;
-                }
-                let by = *stop_by.get_or_insert_with(|| {
+                if !session.is_draining() && session.is_busy() && !grace.is_zero() {
                     info!(
                         grace_ms = self.config.grace_ms,
-                        "stopping once the request in hand is answered"
+                        "stopping once the requests in hand are answered"
                     );
-                    std::time::Instant::now() + grace
-                });
-                if std::time::Instant::now() >= by {
-                    warn!(
-                        "grace period over with a request in hand; the broker will send it elsewhere"
-                    );
-                    break;
+                }
+                session.begin_drain(now, grace);
+                match session.drained(clock.now()) {
+                    Some(Drained::Answered) => break,
+                    Some(Drained::GraceOver { unanswered }) => {
+                        warn!(
+                            unanswered,
+                            "grace period over with requests in hand; the broker will send them elsewhere"
+                        );
+                        break;
+                    }
+                    None => {}
                 }
             }
             let to_handler = &handler.pipe;

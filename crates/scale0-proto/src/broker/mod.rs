@@ -143,9 +143,7 @@ pub struct Transmit {
 impl Transmit {
     /// The peer it is routed to, for reporting it unroutable.
     pub fn peer(&self) -> Option<PeerId> {
-        self.frames
-            .first()
-            .and_then(|id| PeerId::new(id.clone()).ok())
+        crate::mdp::routing_id(&self.frames)
     }
 }
 
