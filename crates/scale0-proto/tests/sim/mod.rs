@@ -47,58 +47,27 @@ pub(crate) trait Timers {
     fn fire(&mut self, now: Instant);
 }
 
-impl Timers for Broker {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
+/// Implements [`Timers`] through each machine's own `poll_timeout` / `handle_timeout`.
+macro_rules! timers {
+    ($(impl[$($g:ident),*] $machine:ty;)*) => {$(
+        impl<$($g),*> Timers for $machine {
+            fn next_timeout(&self) -> Option<Instant> {
+                self.poll_timeout()
+            }
+            fn fire(&mut self, now: Instant) {
+                self.handle_timeout(now);
+            }
+        }
+    )*};
 }
 
-impl Timers for Queue {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-impl Timers for Map {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-impl Timers for Membership {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-impl Timers for worker::Session {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-impl<T> Timers for client::Session<T> {
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
+timers! {
+    impl[] Broker;
+    impl[] Queue;
+    impl[] Map;
+    impl[] Membership;
+    impl[] worker::Session;
+    impl[T] client::Session<T>;
 }
 
 /// Moves `now` to `to`, firing every deadline on the way at its exact instant.
