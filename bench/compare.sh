@@ -2,27 +2,55 @@
 # Request/reply through the scale0 broker, side by side with libzmq alone (DEALER/ROUTER
 # echo, no broker) and with NATS (Debian's nats-server on loopback, request-reply over a
 # queue group, driven by async-nats), on the same sizes, clients, workers and in-flight
-# counts, in one run. Installs nats-server if it is missing (apt-get, as root or via sudo).
+# counts, in one run, in two shapes:
 #
-#   bench/compare.sh [REPEAT] [WORKERS] [CAPACITY]   (defaults 5, 2 and 16; medians are reported)
+#   threads    every part a thread of one process: `scale0 bench direct broker`, and
+#              compare-nats with its workers and clients tasks of one process (nats-server
+#              is a process of its own either way);
+#   processes  the deployed shape: the broker a process of its own and every worker and
+#              every client a process of its own (`scale0 bench broker --processes`:
+#              `scale0 broker`, `scale0 worker --echo --inline`, native-client processes),
+#              libzmq alone as one ROUTER echo process and a DEALER process per client
+#              (bench/compare's compare-zmq), NATS with a process per worker and per client
+#              (compare-nats --processes).
 #
-# CAPACITY is what each scale0 worker may hold at once (`scale0 worker --capacity`): NATS
-# pushes requests to queue-group members without waiting for replies, and so does a scale0
-# broker up to a worker's capacity. 1 measures plain Majordomo, one request per worker.
+# The broker runs twice in each shape: with plain MDP/0.1-style workers (capacity 1, one
+# request at a time) and with credit workers (capacity CAPACITY): NATS pushes requests to
+# queue-group members without waiting for replies, and so does a scale0 broker up to a
+# worker's capacity. Installs nats-server if it is missing (apt-get, as root or via sudo).
+#
+#   bench/compare.sh [REPEAT] [WORKERS] [CAPACITY]   (defaults 5, 4 and 16; medians reported)
+#
+# Environment (defaults in brackets; the default run is 4 clients × 64 in flight × 4
+# workers at 128 B, about 4 minutes on a 2-core machine):
+#   SIZES          body sizes, comma-separated [128]
+#   CLIENTS        pipelining clients [4]
+#   IN_FLIGHT      requests each client keeps outstanding [64]
+#   REQUESTS       requests per pipelined run [100000]
+#   SYNC_REQUESTS  round trips per synchronous run (one client, one in flight) [10000]
+#   SHAPES         which shapes, in order ["threads processes"]
+#   NO_BUILD       set to 1 to run the binaries already in target/ and bench/compare/target/
+#                  instead of building first (the main build takes in whatever crates/ holds)
+# The JSON lines go to $OUT if set (else a temporary file), then bench/ratios.py reads them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeat=${1:-5}
-workers=${2:-2}
+workers=${2:-4}
 capacity=${3:-16}
-common=(--size 16,128,1024 --clients 2 --workers "$workers" --in-flight 64
-        --requests 100000 --sync-requests 10000 --repeat "$repeat")
+common=(--size "${SIZES:-128}" --clients "${CLIENTS:-4}" --workers "$workers"
+        --in-flight "${IN_FLIGHT:-64}" --requests "${REQUESTS:-100000}"
+        --sync-requests "${SYNC_REQUESTS:-10000}" --repeat "$repeat")
+capacities=(1)
+[ "$capacity" = 1 ] || capacities+=("$capacity")
 
 if ! command -v nats-server >/dev/null; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
     $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
 fi
-cargo build --release -q -p scale0-cli
-cargo build --release -q --manifest-path bench/compare/Cargo.toml
+if [ "${NO_BUILD:-0}" != 1 ]; then
+    cargo build --release -q -p scale0-cli
+    cargo build --release -q --manifest-path bench/compare/Cargo.toml
+fi
 
 port=$((20000 + RANDOM % 20000))
 nats-server -a 127.0.0.1 -p "$port" >/dev/null 2>&1 &
@@ -33,8 +61,30 @@ for _ in $(seq 100); do
     sleep 0.05
 done
 
-out=$(mktemp)
-echo "nats-server $(nats-server --version 2>&1 | head -1) on 127.0.0.1:$port; $(nproc) cores" >&2
-RUST_LOG=warn target/release/scale0 bench direct broker --json --worker-capacity "$capacity" "${common[@]}" | tee -a "$out" >&2
-bench/compare/target/release/compare-nats --url "nats://127.0.0.1:$port" "${common[@]}" | tee -a "$out" >&2
+out=${OUT:-$(mktemp)}
+: >"$out"
+# scale0 bench's lines carry neither shape nor capacity: add them.
+tag() { sed -u "s/^{/{\"shape\":\"$1\",\"worker_capacity\":$2,/" | tee -a "$out" >&2; }
+scale0=target/release/scale0
+echo "nats-server $(nats-server --version 2>&1 | head -1) on 127.0.0.1:$port; $(nproc) cores;" \
+     "scale0 $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ' (crates/ modified)')" >&2
+for shape in ${SHAPES:-threads processes}; do
+    case $shape in
+    threads)
+        RUST_LOG=warn $scale0 bench direct --json "${common[@]}" | tag threads null
+        for cap in "${capacities[@]}"; do
+            RUST_LOG=warn $scale0 bench broker --json --worker-capacity "$cap" "${common[@]}" | tag threads "$cap"
+        done
+        bench/compare/target/release/compare-nats --url "nats://127.0.0.1:$port" "${common[@]}" | tee -a "$out" >&2
+        ;;
+    processes)
+        bench/compare/target/release/compare-zmq "${common[@]}" | tee -a "$out" >&2
+        for cap in "${capacities[@]}"; do
+            RUST_LOG=warn $scale0 bench broker --processes --json --worker-capacity "$cap" "${common[@]}" | tag processes "$cap"
+        done
+        bench/compare/target/release/compare-nats --processes --url "nats://127.0.0.1:$port" "${common[@]}" | tee -a "$out" >&2
+        ;;
+    *) echo "unknown shape $shape (threads, processes)" >&2; exit 2 ;;
+    esac
+done
 python3 bench/ratios.py "$out"

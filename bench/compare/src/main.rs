@@ -2,11 +2,26 @@
 //! W echo workers in one queue group, each on its own connection; C clients, each on its
 //! own connection, keeping K requests in flight; synchronous round trips timed one by one.
 //! Prints one JSON object per case, in the shape of `scale0 bench --json`.
+//!
+//! By default every worker and client is a task of this one process (shape "threads", as
+//! `scale0 bench broker` runs); with `--processes` every worker and every client is a
+//! process of its own (this binary, started with a hidden `--role`), as `scale0 bench
+//! broker --processes` runs them: the deployed shape, with nats-server the broker.
 
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
+use scale0_compare::{
+    Children, Error, Run, client_line, exit_with_parent, report, run_clients, split,
+    start_part, this_binary,
+};
 use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Worker,
+    Client,
+}
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -27,21 +42,15 @@ struct Args {
     in_flight: u32,
     #[arg(long, default_value_t = 3)]
     repeat: u32,
-}
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-struct Run {
-    rate: f64,
-    latencies: Vec<u64>,
-}
-
-fn quantile(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[rank] as f64 / 1000.0
+    /// Every worker and every client a process of its own.
+    #[arg(long)]
+    processes: bool,
+    /// What this process is, when the parent started it (hidden).
+    #[arg(long, value_enum, hide = true)]
+    role: Option<Role>,
+    /// The subject a worker serves or a client requests (hidden).
+    #[arg(long, hide = true)]
+    subject: Option<String>,
 }
 
 /// Starts `n` echo workers in a queue group on `subject`; they stop with the runtime.
@@ -112,9 +121,83 @@ async fn run_case(
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
     let args = Args::parse();
+    let rt = || tokio::runtime::Runtime::new();
+    match args.role {
+        Some(Role::Worker) => rt()?.block_on(worker_process(&args)),
+        Some(Role::Client) => rt()?.block_on(client_process(&args)),
+        None if args.processes => processes(&args),
+        None => rt()?.block_on(threads(&args)),
+    }
+}
+
+/// One worker process: serves the subject until its parent goes.
+async fn worker_process(args: &Args) -> Result<(), Error> {
+    exit_with_parent();
+    let subject = args.subject.as_deref().ok_or("--subject")?;
+    let _workers = workers(&args.url, subject, 1).await?;
+    println!("ready");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// One client process: `--requests` with `--in-flight` outstanding on one connection,
+/// after one request not measured; prints what it measured as one JSON line.
+async fn client_process(args: &Args) -> Result<(), Error> {
+    let subject = args.subject.as_deref().ok_or("--subject")?;
+    let size = args.size.first().copied().unwrap_or(128);
+    let started = Instant::now();
+    let run = run_case(args, subject, 1, args.in_flight, args.requests, size).await?;
+    let elapsed = if run.rate > 0.0 {
+        Duration::from_secs_f64(run.latencies.len() as f64 / run.rate)
+    } else {
+        started.elapsed()
+    };
+    println!("{}", client_line(run.latencies.len() as u64, elapsed, &run.latencies));
+    Ok(())
+}
+
+/// The cases with a process per worker and per client.
+fn processes(args: &Args) -> Result<(), Error> {
+    for &size in &args.size {
+        let mut cases = vec![("sync", 1u32, 1u32, 1u32, args.sync_requests)];
+        for &w in &args.workers {
+            cases.push(("pipelined", w, args.clients, args.in_flight, args.requests));
+        }
+        for (mode, w, clients, in_flight, requests) in cases {
+            let subject = format!("bench.echo.{}.{size}.{mode}.{w}", std::process::id());
+            let mut parts = Children::default();
+            for _ in 0..w {
+                let mut c = this_binary()?;
+                c.args(["--role", "worker", "--url", &args.url, "--subject", &subject]);
+                start_part(&mut c, &mut parts)?;
+            }
+            let mut runs = Vec::new();
+            for _ in 0..args.repeat {
+                let mut cmds = Vec::new();
+                for n in split(requests, clients) {
+                    let mut c = this_binary()?;
+                    c.args(["--role", "client", "--url", &args.url, "--subject", &subject])
+                        .args(["--size", &size.to_string()])
+                        .args(["--requests", &n.to_string()])
+                        .args(["--in-flight", &in_flight.to_string()]);
+                    cmds.push(c);
+                }
+                runs.push(run_clients(cmds)?);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let v = report(
+                "nats", "processes", mode, size, requests, Some(w), clients, in_flight, runs,
+            );
+            println!("{v}");
+        }
+    }
+    Ok(())
+}
+
+/// The cases with every worker and client a task of this process.
+async fn threads(args: &Args) -> Result<(), Error> {
     for &size in &args.size {
         let mut cases = vec![("sync", 1u32, 1u32, 1u32, args.sync_requests)];
         for &w in &args.workers {
@@ -125,33 +208,13 @@ async fn main() -> Result<(), Error> {
             let _workers = workers(&args.url, &subject, w).await?;
             let mut runs = Vec::new();
             for _ in 0..args.repeat {
-                runs.push(run_case(&args, &subject, clients, in_flight, requests, size).await?);
+                runs.push(run_case(args, &subject, clients, in_flight, requests, size).await?);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
-            rates.sort_by(f64::total_cmp);
-            let median_rate = rates[rates.len() / 2];
-            // Latency of the run with the median p50.
-            runs.sort_by(|a, b| quantile(&a.latencies, 0.5).total_cmp(&quantile(&b.latencies, 0.5)));
-            let mid = &runs[runs.len() / 2].latencies;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "scenario": "nats",
-                    "mode": mode,
-                    "size": size,
-                    "count": requests,
-                    "workers": w,
-                    "clients": clients,
-                    "in_flight": in_flight,
-                    "rate_median": median_rate.round(),
-                    "rates": rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
-                    "lost": 0,
-                    "p50_us": quantile(mid, 0.5).round(),
-                    "p99_us": quantile(mid, 0.99).round(),
-                    "p999_us": quantile(mid, 0.999).round(),
-                })
+            let v = report(
+                "nats", "threads", mode, size, requests, Some(w), clients, in_flight, runs,
             );
+            println!("{v}");
         }
     }
     Ok(())
