@@ -52,10 +52,15 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
     cargo build --release -q --manifest-path bench/compare/Cargo.toml
 fi
 
+# The run uses copies of the binaries, so a build in the shared target directory while it
+# runs (someone else's) cannot swap one out between cases.
+bin=$(mktemp -d)
+cp target/release/scale0 bench/compare/target/release/compare-zmq \
+   bench/compare/target/release/compare-nats "$bin"/
 port=$((20000 + RANDOM % 20000))
 nats-server -a 127.0.0.1 -p "$port" >/dev/null 2>&1 &
 nats=$!
-trap 'kill $nats 2>/dev/null || true' EXIT
+trap 'kill $nats 2>/dev/null || true; rm -rf "$bin"' EXIT
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.05
@@ -65,7 +70,7 @@ out=${OUT:-$(mktemp)}
 : >"$out"
 # scale0 bench's lines carry neither shape nor capacity: add them.
 tag() { sed -u "s/^{/{\"shape\":\"$1\",\"worker_capacity\":$2,/" | tee -a "$out" >&2; }
-scale0=target/release/scale0
+scale0=$bin/scale0
 echo "nats-server $(nats-server --version 2>&1 | head -1) on 127.0.0.1:$port; $(nproc) cores;" \
      "scale0 $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ' (crates/ modified)')" >&2
 for shape in ${SHAPES:-threads processes}; do
@@ -75,14 +80,14 @@ for shape in ${SHAPES:-threads processes}; do
         for cap in "${capacities[@]}"; do
             RUST_LOG=warn $scale0 bench broker --json --worker-capacity "$cap" "${common[@]}" | tag threads "$cap"
         done
-        bench/compare/target/release/compare-nats --url "nats://127.0.0.1:$port" "${common[@]}" | tee -a "$out" >&2
+        "$bin"/compare-nats --url "nats://127.0.0.1:$port" "${common[@]}" | tee -a "$out" >&2
         ;;
     processes)
-        bench/compare/target/release/compare-zmq "${common[@]}" | tee -a "$out" >&2
+        "$bin"/compare-zmq "${common[@]}" | tee -a "$out" >&2
         for cap in "${capacities[@]}"; do
             RUST_LOG=warn $scale0 bench broker --processes --json --worker-capacity "$cap" "${common[@]}" | tag processes "$cap"
         done
-        bench/compare/target/release/compare-nats --processes --url "nats://127.0.0.1:$port" "${common[@]}" | tee -a "$out" >&2
+        "$bin"/compare-nats --processes --url "nats://127.0.0.1:$port" "${common[@]}" | tee -a "$out" >&2
         ;;
     *) echo "unknown shape $shape (threads, processes)" >&2; exit 2 ;;
     esac
