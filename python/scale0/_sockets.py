@@ -1,5 +1,6 @@
-"""Socket set-up shared by the client and the worker: the zmq module (plain or gevent's),
-DEALERs with our options, the handshake monitor, and a thread-safe wake-up."""
+"""Socket set-up shared by the clients, the worker, the map and the bus: the zmq module
+(plain or gevent's), CURVE options, DEALERs with our options, the handshake monitor, a
+thread-safe wake-up, and the control sockets of background loops."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -144,6 +146,15 @@ def send_control(ctx: Any, address: str, frames: list[bytes]) -> None:
         s.send_multipart(frames)
     finally:
         s.close()
+
+
+def close_loop(ctx: Any, thread: threading.Thread, control: str) -> None:
+    """Tells a background thread's loop `close` on its control socket at `control`
+    (unless it has ended already), waits for it, and terminates the context."""
+    if thread.is_alive():
+        send_control(ctx, control, [b"close"])
+        thread.join()
+    ctx.term()
 
 
 class Wake:

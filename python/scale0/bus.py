@@ -466,10 +466,7 @@ class Node:
                 return
             self._closed = True
             self._changed.notify_all()
-        if self._thread.is_alive():
-            _sockets.send_control(self._ctx, self._control, [b"close"])
-            self._thread.join()
-        self._ctx.term()
+        _sockets.close_loop(self._ctx, self._thread, self._control)
 
     def __enter__(self) -> Node:
         return self

@@ -1230,10 +1230,7 @@ class Map:
             self._closed = True
             if self._run is not None:
                 self._run.abort.set()
-        if self._thread.is_alive():
-            self._send_control([b"close"])
-            self._thread.join()
-        self._ctx.term()
+        _sockets.close_loop(self._ctx, self._thread, self._control)
 
     def __enter__(self) -> Map:
         return self
