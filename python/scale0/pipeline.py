@@ -325,29 +325,19 @@ class _Slots:
             return b"failed", str(e).encode()
 
 
+@dataclass
 class _TaskWorker:
     """The socket loop of `work`; every socket here belongs to the thread that calls
     `run`, except each slot's pipe, which its slot thread owns."""
 
-    def __init__(
-        self,
-        *,
-        sources: list[Source],
-        fn: JobFunction,
-        capacity: int,
-        interval_ms: int,
-        name: bytes,
-        plain_timeout_ms: int,
-        max_message_bytes: int,
-    ) -> None:
-        self.sources = sources
-        self.fn = fn
-        self.capacity = capacity
-        self.interval_ms = interval_ms
-        self.name = name
-        self.plain_timeout_ms = plain_timeout_ms
-        self.max_message_bytes = max_message_bytes
-        self.summary = WorkSummary()
+    sources: list[Source]
+    fn: JobFunction
+    capacity: int
+    interval_ms: int
+    name: bytes
+    plain_timeout_ms: int
+    max_message_bytes: int
+    summary: WorkSummary = field(default_factory=WorkSummary)
 
     def _alive(self, running: dict[int, _Running], source: int) -> list[bytes]:
         ids = [r.key for r in running.values() if r.source == source and r.key is not None]
