@@ -4,7 +4,6 @@ Python workers in a Python `Map`, timeouts, retries, and workers killed -9 holdi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
