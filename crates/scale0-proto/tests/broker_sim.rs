@@ -1780,3 +1780,20 @@ mod credit {
         assert!(doc.contains("\"state\":\"busy\""), "{doc}");
     }
 }
+
+#[test]
+fn a_request_for_a_worker_holding_nothing_asks_to_be_sent_at_once() {
+    let mut sim = Sim::new();
+    sim.ready_with("credit", "echo", 4);
+    sim.request("c", "echo", "r1");
+    assert!(
+        sim.broker.wants_flush(),
+        "the worker waits on it: no reason to hold it for a burst"
+    );
+    sim.raw_sent();
+    assert!(!sim.broker.wants_flush(), "sent: nothing urgent left");
+    // The worker holds r1 now: a second request adds to its queue, which is not urgent.
+    sim.request("c", "echo", "r2");
+    assert!(!sim.broker.wants_flush());
+    assert_eq!(sim.dispatched(), [w("credit", "r2")]);
+}

@@ -365,8 +365,9 @@ impl Broker {
             }
             // One message per round; a message already there is taken without a system
             // call. What the messages produce is sent once nothing more is waiting (or
-            // after SEND_BATCH of them), and in durable mode what depends on the journal
-            // is held until a commit: one sync for everything that arrived together.
+            // after SEND_BATCH of them, or at once when a worker with nothing in hand
+            // waits on it), and in durable mode what depends on the journal is held until
+            // a commit: one sync for everything that arrived together.
             let wait = if uncommitted > 0 || unflushed > 0 {
                 0
             } else {
@@ -376,7 +377,7 @@ impl Broker {
                 core.handle_message_from(clock.now(), frames, user.as_deref());
             });
             unflushed += usize::from(received.is_some());
-            if received.is_none() || unflushed >= SEND_BATCH {
+            if received.is_none() || unflushed >= SEND_BATCH || core.wants_flush() {
                 self.flush(&mut core, clock);
                 unflushed = 0;
             }

@@ -248,6 +248,9 @@ pub struct Broker {
     drain: Drain,
     /// The last tag given to a request sent to a worker of capacity above 1.
     last_tag: u64,
+    /// A request is queued for a worker that holds nothing: it waits on it, so the
+    /// driver should send now rather than at the end of its burst.
+    urgent: bool,
     counters: Counters,
 }
 
@@ -272,6 +275,7 @@ impl Broker {
             started: now,
             drain: Drain::Serving,
             last_tag: 0,
+            urgent: false,
             counters: Counters::default(),
         }
     }
@@ -423,8 +427,19 @@ impl Broker {
         let durable = self.journal.as_ref().map_or(u64::MAX, |j| j.durable);
         match self.transmits.front() {
             Some((needs, _)) if *needs <= durable => self.transmits.pop_front().map(|(_, t)| t),
-            _ => None,
+            _ => {
+                self.urgent = false;
+                None
+            }
         }
+    }
+
+    /// Whether a worker with nothing in hand waits on a queued request: a driver that
+    /// sends in bursts should send now. A plain worker (one request at a time) is idle
+    /// from its reply to its next request, so holding that request back for a burst
+    /// costs it the burst's time on every cycle.
+    pub fn wants_flush(&self) -> bool {
+        self.urgent
     }
 
     /// Queues a message; in a durable broker it leaves only once every journal op

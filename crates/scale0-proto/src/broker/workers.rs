@@ -492,6 +492,7 @@ impl Broker {
             if !w.is_busy() {
                 w.since = now;
                 w.busy_heartbeats = 0;
+                self.urgent = true;
             }
             w.held.push(Held {
                 tag,
