@@ -136,5 +136,14 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     if wrong > 0 || summary.errors + summary.rejected > 0 || summary.timed_out > 0 {
         bail!("the demo did not get every reply right");
     }
+    // The same traffic with libzmq alone (one DEALER, a ROUTER that echoes, no broker and
+    // no work), in this process now: the ceiling, so the figure above reads as a ratio.
+    let direct =
+        scale0_bench::scenarios::direct(1, args.in_flight, args.requests, args.body_bytes)?;
+    println!(
+        "libzmq alone, same process, same requests (DEALER -> ROUTER echo, no broker): {:.0} req/s; scale0 did {:.2}x of it",
+        direct.rate(),
+        summary.rate() / direct.rate().max(1e-9),
+    );
     Ok(ExitCode::SUCCESS)
 }

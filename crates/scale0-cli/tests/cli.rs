@@ -233,6 +233,11 @@ fn the_demo_balances_tens_of_thousands_of_requests_over_its_workers() {
         s.contains("ok 20000  wrong 0  errors 0  timed out 0"),
         "{s}"
     );
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("libzmq alone") && l.contains("req/s; scale0 did")),
+        "the yardstick line: {s}"
+    );
     let per_worker: Vec<u64> = s
         .lines()
         .filter(|l| l.starts_with("worker"))
