@@ -2,19 +2,12 @@
 # The Python package's checks: ruff, mypy --strict and pytest against the real scale0
 # binary (SCALE0_BIN, default target/debug/scale0, which `cargo test` builds first).
 # Installs pytest, ruff, mypy, gevent and the package itself (`pip install ./python`)
-# into the venv scripts/test.sh uses, creating it the same way when it is missing.
+# into the venv scripts/test.sh uses (scripts/venv.sh), creating it when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=target/pyenv
-if ! "$venv/bin/python" -c 'import zmq' >/dev/null 2>&1; then
-  echo "scripts/test-python.sh: creating $venv" >&2
-  mkdir -p target
-  python3 -m venv "$venv" || {
-    echo "scripts/test-python.sh: 'python3 -m venv' failed; on Debian install python3-venv" >&2
-    exit 1
-  }
-fi
+. scripts/venv.sh
+ensure_venv scripts/test-python.sh
 py="$venv/bin/python"
 pip=("$py" -m pip install --quiet --disable-pip-version-check)
 if ! "$py" -c 'import zmq, pytest, gevent, mypy, ruff' >/dev/null 2>&1; then

@@ -5,14 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=target/pyenv
+. scripts/venv.sh
+ensure_venv scripts/test.sh
 if ! "$venv/bin/python" -c 'import zmq, majortomo' >/dev/null 2>&1; then
   echo "scripts/test.sh: installing pyzmq and majortomo into $venv" >&2
-  mkdir -p target
-  python3 -m venv "$venv" || {
-    echo "scripts/test.sh: 'python3 -m venv' failed; on Debian install python3-venv" >&2
-    exit 1
-  }
   # majortomo (MDP/0.2 from PyPI, a peer nobody here wrote) imports six without declaring it.
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyzmq>=26,<28' \
     'majortomo==0.2.0' six
