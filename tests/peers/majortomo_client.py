@@ -38,17 +38,8 @@ import time
 from typing import List, Optional
 
 import zmq
+from loopback import loopback
 from majortomo import Client, error
-
-LOOPBACK_PREFIXES = ("tcp://127.0.0.1:", "tcp://localhost:", "tcp://[::1]:", "ipc://")
-
-
-def loopback(endpoint: str) -> str:
-    """Accepts loopback endpoints only: test peers never reach beyond this host."""
-    if not endpoint.startswith(LOOPBACK_PREFIXES):
-        raise argparse.ArgumentTypeError("endpoint must be on loopback: %r" % endpoint)
-    return endpoint
-
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -34,20 +34,11 @@ from types import FrameType
 from typing import List, Optional
 
 import zmq
+from loopback import loopback
 from majortomo import Worker, error
-
-LOOPBACK_PREFIXES = ("tcp://127.0.0.1:", "tcp://localhost:", "tcp://[::1]:", "ipc://")
-
 
 class Lifetime(Exception):
     """Raised from the alarm or SIGTERM handler to end the worker wherever it waits."""
-
-
-def loopback(endpoint: str) -> str:
-    """Accepts loopback endpoints only: test peers never reach beyond this host."""
-    if not endpoint.startswith(LOOPBACK_PREFIXES):
-        raise argparse.ArgumentTypeError("endpoint must be on loopback: %r" % endpoint)
-    return endpoint
 
 
 def parse_args() -> argparse.Namespace:
