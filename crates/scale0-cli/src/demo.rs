@@ -24,6 +24,10 @@ pub(crate) struct Args {
     /// Size of each request body, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 128)]
     body_bytes: usize,
+    /// Requests the broker may send each worker before it replies (`scale0 worker
+    /// --capacity`).
+    #[arg(long, value_name = "N", default_value_t = scale0::proto::worker::Config::DEFAULT_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    capacity: u32,
 }
 
 const SERVICE: &str = "sha1";
@@ -55,7 +59,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     for i in 0..args.workers {
         let count = Arc::new(AtomicU64::new(0));
         counts.push(Arc::clone(&count));
-        let worker = Worker::new(WorkerConfig::new(endpoint.clone(), SERVICE))?;
+        let mut config = WorkerConfig::new(endpoint.clone(), SERVICE);
+        config.capacity = args.capacity;
+        let worker = Worker::new(config)?;
         let shutdown = shutdown.clone();
         workers.push(
             thread::Builder::new()

@@ -33,10 +33,16 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
     /// Requests the broker may send each worker before it replies; they are handled one
-    /// after another. Above 1 a fast handler never waits for its next request (scale0
-    /// brokers only: it adds a `capacity=N` frame to READY).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// after another. Above 1 a fast handler never waits for its next request; a scale0
+    /// broker sends a worker more than one only when all its service's workers hold
+    /// something. It adds a `capacity=N` frame to READY (other brokers ignore it).
+    #[arg(long, value_name = "N", default_value_t = scale0::proto::worker::Config::DEFAULT_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=1024))]
     capacity: u32,
+    /// The Majordomo dialect to speak: `0.2` (RFC 18), `0.1` (RFC 7), or `0.2-delimited`
+    /// (MDP/0.2 with an empty first frame, as majortomo's and zeromq/majordomo's brokers
+    /// expect).
+    #[arg(long, value_name = "VERSION", value_enum, default_value_t = Mdp::V2)]
+    mdp: Mdp,
     /// Interval between heartbeats to the broker, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = scale0::proto::DEFAULT_HEARTBEAT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat_interval_ms: u64,
@@ -58,8 +64,30 @@ pub(crate) struct Args {
     curve: crate::curve::ClientArgs,
 }
 
+/// A Majordomo dialect, as `--mdp` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mdp {
+    #[value(name = "0.1")]
+    V1,
+    #[value(name = "0.2")]
+    V2,
+    #[value(name = "0.2-delimited")]
+    V2Delimited,
+}
+
+impl From<Mdp> for scale0::proto::mdp::Version {
+    fn from(m: Mdp) -> Self {
+        match m {
+            Mdp::V1 => Self::V1,
+            Mdp::V2 => Self::V2,
+            Mdp::V2Delimited => Self::V2Delimited,
+        }
+    }
+}
+
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let mut config = WorkerConfig::new(args.connect.clone(), args.service.clone());
+    config.version = args.mdp.into();
     config.heartbeat_interval_ms = args.heartbeat_interval_ms;
     config.heartbeat_liveness = args.heartbeat_liveness;
     config.inline = args.inline;

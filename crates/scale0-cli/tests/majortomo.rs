@@ -157,3 +157,19 @@ fn a_majortomo_client_is_served_by_scale0_worker_and_asks_mmi() {
     });
     assert_eq!(String::from_utf8_lossy(&mmi.stdout).trim(), "404");
 }
+
+#[test]
+fn scale0_workers_on_their_defaults_serve_through_majortomo_s_own_broker() {
+    // Our workers' READY carries a credit frame by default (capacity 8); a Majordomo
+    // broker that does not know it must still register them and hand them requests one
+    // at a time.
+    let (_broker, out) = spawn_lines("majortomo broker", majortomo("majortomo_broker.py"));
+    let endpoint = out.listening(1).remove(0);
+    // majortomo frames MDP/0.2 with an empty first frame.
+    let _w1 = echo_worker(&endpoint, "echo", &["--mdp", "0.2-delimited"]);
+    let _w2 = echo_worker(&endpoint, "echo", &["--mdp", "0.2-delimited"]);
+    let (ok, lines) = mt_client(&endpoint, &["--service", "echo", "--count", "20"]);
+    assert!(ok, "{lines:?}");
+    let expected: Vec<Vec<String>> = (0..20).map(|i| vec![format!("r{i}")]).collect();
+    assert_eq!(bodies(&lines, false), expected);
+}

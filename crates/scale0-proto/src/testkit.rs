@@ -292,6 +292,10 @@ pub fn check_invariants(broker: &Broker) {
         "stored answers are bounded"
     );
     assert!(broker.busy_workers() <= broker.worker_count());
+    assert!(
+        broker.dispatch_lists_bounded(),
+        "dispatch lists hold each free worker once and few stale entries"
+    );
     let workers: usize = services.iter().map(|s| s.workers).sum();
     assert_eq!(
         workers,

@@ -27,9 +27,9 @@ pub struct Config {
     pub reconnect_max_ms: u64,
     /// The Majordomo version to speak; MDP/0.2 can send partial replies.
     pub version: Version,
-    /// Requests the broker may send before a reply (scale0's READY extension; keep 1
-    /// for other brokers). They are handled one after another, in the order they came;
-    /// above 1 the connection carries batches instead of lone requests.
+    /// Requests the broker may send before a reply (scale0's READY extension, which
+    /// other brokers ignore). They are handled one after another, in the order they
+    /// came; above 1 the connection carries batches instead of lone requests.
     pub capacity: u32,
 }
 
@@ -38,6 +38,12 @@ impl Config {
     pub const DEFAULT_RECONNECT_INITIAL_MS: u64 = 100;
     /// The longest pause between reconnects, unless configured.
     pub const DEFAULT_RECONNECT_MAX_MS: u64 = 5000;
+    /// Requests a worker may hold, unless configured. A scale0 broker sends a worker
+    /// more than one only when every worker of its service holds something (least-loaded
+    /// dispatch), so a slow request has others queued behind it only under full load;
+    /// eight keep a fast handler from ever waiting on the broker (4 workers: 7.6k req/s
+    /// at 1, 25k to 33k at 8, `scale0 demo --capacity N`, BENCHMARKS.md).
+    pub const DEFAULT_CAPACITY: u32 = 8;
 
     /// Defaults matching the broker's ([`crate::DEFAULT_HEARTBEAT_INTERVAL_MS`] ×
     /// [`crate::DEFAULT_HEARTBEAT_LIVENESS`]), reconnecting after 100 ms to 5 s.
@@ -49,7 +55,7 @@ impl Config {
             reconnect_initial_ms: Self::DEFAULT_RECONNECT_INITIAL_MS,
             reconnect_max_ms: Self::DEFAULT_RECONNECT_MAX_MS,
             version: Version::V2,
-            capacity: 1,
+            capacity: Self::DEFAULT_CAPACITY,
         }
     }
 

@@ -1682,6 +1682,60 @@ mod credit {
     }
 
     #[test]
+    fn a_worker_holding_nothing_is_sent_before_one_with_room() {
+        // Least-loaded dispatch: W1 is stuck on a slow request; W2 answers fast. Every
+        // later request goes to W2 while it is free, none queues behind the slow one.
+        let mut sim = Sim::new();
+        sim.ready_with("W1", "echo", 8);
+        sim.ready_with("W2", "echo", 8);
+        sim.request("C", "echo", "slow");
+        assert_eq!(handed(&mut sim)[0].0, "W1");
+        for i in 0..20 {
+            sim.request("C", "echo", &format!("r{i}"));
+            let got = handed(&mut sim);
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].0, "W2", "request {i} goes to the free worker");
+            answer(&mut sim, "W2", &got[0].1, "done");
+        }
+        assert_eq!(sim.broker.services()[0].idle, 1, "W2 holds nothing now");
+
+        // Once every worker holds something, one with room is sent more: the credit
+        // is used, not wasted.
+        sim.request("C", "echo", "x");
+        sim.request("C", "echo", "y");
+        sim.request("C", "echo", "z");
+        let to: Vec<String> = handed(&mut sim).into_iter().map(|(w, _, _)| w).collect();
+        assert_eq!(
+            to,
+            ["W2", "W1", "W2"],
+            "free first, then those with room in turn"
+        );
+        assert_eq!(sim.broker.services()[0].queued, 0);
+    }
+
+    #[test]
+    fn a_worker_freed_by_its_replies_goes_back_to_the_free_list_once() {
+        // W1 empties itself while it has room: it must be free again (not left among
+        // those with room), and sent to exactly once per request afterwards.
+        let mut sim = Sim::new();
+        sim.ready_with("W1", "echo", 4);
+        sim.ready_with("W2", "echo", 4);
+        sim.request("C", "echo", "a");
+        sim.request("C", "echo", "b");
+        sim.request("C", "echo", "c");
+        let got = handed(&mut sim);
+        let to: Vec<&str> = got.iter().map(|(w, _, _)| w.as_str()).collect();
+        assert_eq!(to, ["W1", "W2", "W1"]);
+        answer(&mut sim, "W1", &got[0].1, "A");
+        answer(&mut sim, "W1", &got[2].1, "C");
+        sim.request("C", "echo", "d");
+        sim.request("C", "echo", "e");
+        let to: Vec<String> = handed(&mut sim).into_iter().map(|(w, _, _)| w).collect();
+        assert_eq!(to, ["W1", "W2"], "the free W1 first, then W2 (it has room)");
+        assert_eq!(sim.broker.held_requests(), 3, "b, d and e");
+    }
+
+    #[test]
     fn a_dead_worker_s_requests_all_go_to_another_oldest_first() {
         let mut sim = Sim::new();
         sim.ready_with("W1", "echo", 3);
@@ -1740,6 +1794,40 @@ mod credit {
                 ("W2".to_string(), bytes("slow")),
                 ("W2".to_string(), bytes("quick"))
             ]
+        );
+        assert_eq!(sim.broker.counters().request_timeouts, 1);
+    }
+
+    #[test]
+    fn a_request_waiting_behind_another_at_its_worker_gets_its_whole_timeout() {
+        // A worker takes what it holds one after another: the second request's time runs
+        // from the first's answer, so slow handlers with credit are not cut off for the
+        // time their requests waited in line.
+        let mut sim = Sim::with(Config {
+            request_timeout_ms: 5000,
+            ..config()
+        });
+        sim.ready_with("W", "echo", 2);
+        sim.request("C", "echo", "first");
+        sim.request("C", "echo", "second");
+        let got = handed(&mut sim);
+        assert_eq!(got.len(), 2);
+        sim.advance_with(4000, &["W"]);
+        answer(&mut sim, "W", &got[0].1, "one");
+        sim.advance_with(8999, &["W"]);
+        let out = sim.sent();
+        assert!(
+            !out.iter()
+                .any(|(_, m)| matches!(m, Message::Worker(WorkerCommand::Disconnect))),
+            "the second is due at 9000, not 5000"
+        );
+        assert_eq!(sim.broker.held_requests(), 1);
+        sim.advance_to(9000);
+        assert!(
+            sim.sent()
+                .iter()
+                .any(|(to, m)| to == "W" && matches!(m, Message::Worker(WorkerCommand::Disconnect))),
+            "and it is held to that"
         );
         assert_eq!(sim.broker.counters().request_timeouts, 1);
     }

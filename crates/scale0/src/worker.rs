@@ -52,7 +52,8 @@ pub struct WorkerConfig {
     /// CURVE: the broker's public key and this worker's pair.
     pub curve: Option<CurveClient>,
     /// Requests the broker may send this worker before it replies (1 to 1024; scale0's
-    /// READY extension, so keep 1 against other Majordomo brokers). The handler still
+    /// READY extension, which the Majordomo brokers we know ignore: they send one at a
+    /// time). The handler still
     /// takes them one at a time, in order; above 1 the broker keeps the worker's queue
     /// filled, so a fast handler never waits for the next request's round trip. Its
     /// requests wait behind each other, so keep it small for slow handlers.
@@ -74,7 +75,7 @@ impl WorkerConfig {
             grace_ms: crate::DEFAULT_GRACE_MS,
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
-            capacity: 1,
+            capacity: scale0_proto::worker::Config::DEFAULT_CAPACITY,
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::mdp::{
 };
 use crate::time::Instant;
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tracing::debug;
 
@@ -22,7 +22,8 @@ pub(super) struct Held {
     /// capacity 1, else a tag of the broker's making.
     tag: PeerId,
     pub(super) request: Request,
-    /// When the worker must have answered it.
+    /// When the worker must have answered it: its timeout from when it was sent, or from
+    /// when the worker answered the oldest request it held before it, if later.
     deadline: Instant,
 }
 
@@ -50,6 +51,22 @@ pub(super) struct Worker {
     pub(super) timer_at: Option<Instant>,
     /// When it last became idle or busy (for `mmi.status`).
     pub(super) since: Instant,
+    /// Which of its service's lists of workers to send to it is in.
+    lane: Lane,
+}
+
+/// Where a worker waits to be sent a request: least-loaded dispatch sends to a worker
+/// holding nothing first, and to one that holds some but has room only when every worker
+/// holds something, so a slow request does not get others queued behind it while a
+/// worker stands idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Holding nothing: in `Service::free`.
+    Free,
+    /// Holding some, with room for more: in `Service::room` under this stamp.
+    Room(u64),
+    /// Full, or left out (a broker that abandoned its requests): in neither.
+    Out,
 }
 
 impl Worker {
@@ -156,11 +173,21 @@ impl Waiting {
     }
 }
 
-/// A named service: its waiting requests and its idle workers, least recently used first.
+/// A named service: its waiting requests and the workers that can take one.
 #[derive(Debug)]
 pub(super) struct Service {
     pub(super) requests: Waiting,
-    idle: VecDeque<PeerId>,
+    /// Workers holding nothing, least recently used first: served first.
+    free: VecDeque<PeerId>,
+    /// Workers holding some requests with room for more, in the order they got room
+    /// (round robin among them). A worker that leaves this list (it became free or
+    /// full, or left) leaves a stale entry behind, told by its stamp: removing it would
+    /// cost a scan per reply. Stale entries are skipped at the head and swept when they
+    /// outnumber the workers.
+    room: VecDeque<(PeerId, u64)>,
+    /// The stamp the next entry of `room` gets: stamps never repeat within a service, so
+    /// a worker that re-registers under the same address cannot revive an old entry.
+    next_stamp: u64,
     pub(super) workers: usize,
     /// Since when the service has had no worker; `None` while it has some.
     workerless_since: Option<Instant>,
@@ -170,7 +197,9 @@ impl Service {
     pub(super) fn new(now: Instant) -> Self {
         Self {
             requests: Waiting::default(),
-            idle: VecDeque::new(),
+            free: VecDeque::new(),
+            room: VecDeque::new(),
+            next_stamp: 0,
             workers: 0,
             workerless_since: Some(now),
         }
@@ -186,6 +215,19 @@ impl Service {
         let head = self.requests.expiring.front()?;
         Some(head.enqueued_at.max(since) + wait)
     }
+}
+
+/// How long a service's room list may grow with stale entries before they are swept:
+/// a sweep costs the list's length, paid for by as many pushes, so dispatch stays O(1)
+/// amortized.
+fn room_bound(workers: usize) -> usize {
+    2 * workers + 16
+}
+
+/// Drops the entries of a service's room list that no longer stand for a worker in it.
+fn sweep_room(s: &mut Service, workers: &HashMap<PeerId, Worker>) {
+    s.room
+        .retain(|(p, stamp)| workers.get(p).is_some_and(|w| w.lane == Lane::Room(*stamp)));
 }
 
 /// A snapshot of one service, for status pages and tests.
@@ -277,6 +319,7 @@ impl Broker {
                         busy_heartbeats: 0,
                         timer_at: None,
                         since: now,
+                        lane: Lane::Out,
                     },
                 );
                 let mut first = false;
@@ -294,7 +337,8 @@ impl Broker {
                         service: service.clone(),
                     });
                 }
-                self.make_idle(now, peer);
+                self.refresh(now, peer);
+                self.place(peer);
                 self.dispatch(now, &service);
             }
             WorkerCommand::Reply { client, body } if self.holds_request(peer, &client) => {
@@ -302,18 +346,25 @@ impl Broker {
                     return;
                 };
                 let service = w.service.clone();
-                let was_full = !w.has_credit();
                 if let Some(i) = w.find(&client) {
                     // Route to the client the request came from: a worker cannot reach
                     // clients it was not sent.
                     let held = w.held.remove(i);
+                    if i == 0
+                        && let Some(next) = w.held.first_mut()
+                    {
+                        // A worker takes its requests one after another: the next one's
+                        // time starts now, not when it was sent to wait in line.
+                        next.deadline = now + self.config.request_timeout(&service);
+                    }
                     if self.is_live(&held.request) {
                         self.finish(now, &service, &held.request, Outcome::Reply(body));
                     } else {
                         self.drop_message(DropReason::LateReply, 0);
                     }
                 }
-                self.replied(now, peer, was_full);
+                self.refresh(now, peer);
+                self.place(peer);
                 self.dispatch(now, &service);
             }
             WorkerCommand::Partial { client, body } if self.holds_request(peer, &client) => {
@@ -397,25 +448,73 @@ impl Broker {
             .is_some_and(|w| w.find(address).is_some())
     }
 
-    /// A worker answered one of its requests: it is a sign of life, and a worker that was
-    /// full has credit again, so it goes to the back of the list of workers with credit.
-    fn replied(&mut self, now: Instant, peer: &PeerId, was_full: bool) {
-        if was_full {
-            self.make_idle(now, peer);
-        } else {
-            self.refresh(now, peer);
+    /// Puts a worker in the list its load calls for, after it registered or what it
+    /// holds changed: at the back (most recently used) of the free list when it holds
+    /// nothing, of the room list when it holds some and has room, in neither when full.
+    /// A worker already in the right list keeps its place.
+    fn place(&mut self, peer: &PeerId) {
+        let Some(w) = self.workers.get_mut(peer) else {
+            return;
+        };
+        let Some(s) = self.services.get_mut(&w.service) else {
+            return;
+        };
+        let lane = match (w.is_busy(), w.has_credit(), w.lane) {
+            (false, _, Lane::Free) | (true, true, Lane::Room(_)) => return,
+            (false, _, _) => {
+                s.free.push_back(peer.clone());
+                Lane::Free
+            }
+            (true, true, _) => {
+                let stamp = s.next_stamp;
+                s.next_stamp += 1;
+                s.room.push_back((peer.clone(), stamp));
+                Lane::Room(stamp)
+            }
+            (true, false, _) => Lane::Out,
+        };
+        w.lane = lane;
+        if s.room.len() > room_bound(s.workers) {
+            sweep_room(s, &self.workers);
         }
     }
 
-    /// Puts a worker at the back of its service's list of workers with credit (most
-    /// recently used); workers of capacity 1 in it are idle.
-    fn make_idle(&mut self, now: Instant, peer: &PeerId) {
-        self.refresh(now, peer);
-        if let Some(w) = self.workers.get(peer)
-            && let Some(s) = self.services.get_mut(&w.service)
-        {
-            s.idle.push_back(peer.clone());
+    /// The worker a request of `service` goes to next, taken off its list: the least
+    /// recently used of those holding nothing, else the next of those with room.
+    fn take_worker(&mut self, service: &ServiceName) -> Option<PeerId> {
+        let s = self.services.get_mut(service)?;
+        if let Some(peer) = s.free.pop_front() {
+            return Some(peer);
         }
+        while let Some((peer, stamp)) = s.room.pop_front() {
+            if self
+                .workers
+                .get(&peer)
+                .is_some_and(|w| w.lane == Lane::Room(stamp))
+            {
+                return Some(peer);
+            }
+        }
+        None
+    }
+
+    /// Whether `service` has a worker to send a request to (stale entries at the head
+    /// of its room list are dropped on the way).
+    fn has_taker(&mut self, service: &ServiceName) -> bool {
+        let Some(s) = self.services.get_mut(service) else {
+            return false;
+        };
+        while let Some((peer, stamp)) = s.room.front() {
+            if self
+                .workers
+                .get(peer)
+                .is_some_and(|w| w.lane == Lane::Room(*stamp))
+            {
+                break;
+            }
+            s.room.pop_front();
+        }
+        !s.free.is_empty() || !s.room.is_empty()
     }
 
     /// A sign of life that may have left the worker idle: its expiry moves on, and its
@@ -432,16 +531,16 @@ impl Broker {
         arm_worker(&mut self.timers, peer, w);
     }
 
-    /// Sends waiting requests of `service` to its idle workers, least recently used first.
+    /// Sends waiting requests of `service` to its workers, least loaded first.
     pub(super) fn dispatch(&mut self, now: Instant, service: &ServiceName) {
         let deadline = now + self.config.request_timeout(service);
         loop {
+            if !self.has_taker(service) {
+                break;
+            }
             let Some(s) = self.services.get_mut(service) else {
                 return;
             };
-            if s.idle.is_empty() {
-                break;
-            }
             let Some(mut req) = s.requests.pop_front() else {
                 break;
             };
@@ -458,15 +557,16 @@ impl Broker {
                 }
                 continue;
             }
-            let Some(s) = self.services.get_mut(service) else {
-                return;
-            };
-            let Some(peer) = s.idle.pop_front() else {
-                s.requests.unpop(req);
+            let Some(peer) = self.take_worker(service) else {
+                if let Some(s) = self.services.get_mut(service) {
+                    s.requests.unpop(req);
+                }
                 break;
             };
             let Some(w) = self.workers.get_mut(&peer) else {
-                s.requests.unpop(req);
+                if let Some(s) = self.services.get_mut(service) {
+                    s.requests.unpop(req);
+                }
                 continue;
             };
             self.counters.dispatched += 1;
@@ -499,12 +599,11 @@ impl Broker {
                 request: req,
                 deadline,
             });
-            if w.has_credit() {
-                // Round robin among the workers with room.
-                s.idle.push_back(peer.clone());
-            }
+            // Taken off its list: back in the one its new load calls for.
+            w.lane = Lane::Out;
             arm_worker(&mut self.timers, &peer, w);
             let version = w.version;
+            self.place(&peer);
             self.push(to_worker(&peer, version, cmd));
         }
         self.forget_if_unused(service);
@@ -538,7 +637,10 @@ impl Broker {
                 s.workerless_since = Some(now);
                 last = true;
             }
-            s.idle.retain(|p| p != peer);
+            s.free.retain(|p| p != peer);
+            // Rare enough to sweep the room list whole, which keeps it within its bound
+            // of the (now fewer) workers.
+            sweep_room(s, &self.workers);
         }
         // Newest first, each to the head of the line: the oldest ends up first.
         for Held {
@@ -573,6 +675,19 @@ impl Broker {
         }
         self.arm_waiting(&w.service);
         self.dispatch(now, &w.service);
+    }
+
+    /// Whether every service's dispatch lists are within their bounds: each free worker
+    /// listed once, and stale entries of the room list swept before they outnumber the
+    /// workers (for the simulations' invariants).
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) fn dispatch_lists_bounded(&self) -> bool {
+        self.services.values().all(|s| {
+            let free: std::collections::HashSet<_> = s.free.iter().collect();
+            free.len() == s.free.len()
+                && s.free.len() <= s.workers
+                && s.room.len() <= room_bound(s.workers)
+        })
     }
 
     /// A service with no workers and no requests is forgotten, so services stay bounded
