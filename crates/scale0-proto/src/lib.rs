@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod cluster;
 mod dedupe;
 mod departed;
 pub mod journal;

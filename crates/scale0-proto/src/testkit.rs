@@ -4,6 +4,7 @@
 #![doc(hidden)]
 
 use crate::broker::{Broker, Config, Event};
+use crate::cluster;
 use crate::journal::{Entry, MemoryStore, Store};
 use crate::mdp::{self, Frames, Message};
 use crate::membership::Heartbeat;
@@ -60,6 +61,25 @@ pub fn decode(data: &[u8]) {
     }
     if let Ok((_, rest)) = mdp::split_routing_id(frames) {
         let _ = Message::decode(rest);
+    }
+    let whole = Bytes::copy_from_slice(data);
+    let limits = cluster::codec::Limits {
+        max_entries: 64,
+        max_ops: 64,
+    };
+    if let Ok(m) = cluster::codec::decode_message(whole.clone(), &limits) {
+        let again = cluster::codec::decode_message(cluster::codec::encode_message(&m), &limits);
+        assert_eq!(again.as_ref(), Ok(&m));
+    }
+    if let Ok(ops) = cluster::codec::decode_ops(whole.clone(), &limits) {
+        let again = cluster::codec::decode_ops(cluster::codec::encode_ops(&ops), &limits);
+        assert_eq!(again, Ok(ops));
+    }
+    if let Ok(image) = cluster::codec::decode_image(whole) {
+        assert_eq!(
+            cluster::codec::decode_image(cluster::codec::encode_image(&image)),
+            Ok(image)
+        );
     }
 }
 

@@ -1,0 +1,636 @@
+//! A node of a replicated broker cluster, sans-IO: tikv's `raft` (itself a state machine
+//! with ticks, steps and a Ready loop) replicating the broker's journal.
+//!
+//! The replicated log is the durable broker's journal: the leader's broker emits its
+//! [`JournalOp`]s, the node proposes them in batches, and once a batch is committed by a
+//! majority — every replica having synced it before acknowledging — the node reports
+//! [`Event::Committed`] and the driver tells the broker its journal is durable up to
+//! there, which releases the acknowledgements, dispatches and answers that depended on
+//! it. Every node applies committed batches to its image of the journal (the live
+//! entries by key), so a node that becomes leader builds its broker from that image, as a
+//! durable broker restarts from its store, and serves at once.
+//!
+//! A node serves only while it leads the current term and has applied an entry of that
+//! term (everything committed before is then applied too); it stops the moment it does
+//! not ([`Event::Stop`]), and what its broker still held back never leaves: nothing is
+//! acknowledged, dispatched or answered that a majority has not stored in that term.
+
+pub mod codec;
+pub mod log;
+
+use crate::journal::JournalOp;
+use crate::time::Instant;
+use bytes::Bytes;
+use codec::Limits;
+use log::{Change, Log};
+use raft::eraftpb::{Entry, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+/// How a node takes part in its cluster.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id (not 0), unique in the cluster and never reused.
+    pub id: u64,
+    /// Every voting node's id, this one's included (static membership).
+    pub voters: Vec<u64>,
+    /// The length of one raft tick.
+    pub tick_ms: u64,
+    /// Ticks without a leader's word before a follower stands for election.
+    pub election_ticks: usize,
+    /// This node's own extra election ticks, so nodes do not stand at the same moment
+    /// (the driver draws it at random; simulations from their seed). raft draws it from
+    /// an unseeded generator otherwise, which would make runs unrepeatable.
+    pub election_jitter: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Entries in one append message.
+    pub max_entries_per_message: usize,
+    /// Bytes of entries in one append message.
+    pub max_bytes_per_message: u64,
+    /// Journal ops in one replicated entry.
+    pub max_ops_per_entry: usize,
+    /// Applied entries between snapshots of the image (which bound the log).
+    pub snapshot_every: u64,
+}
+
+impl Config {
+    /// The tick, unless configured.
+    pub const DEFAULT_TICK_MS: u64 = 100;
+    /// Election ticks, unless configured: a leader is missed after a second.
+    pub const DEFAULT_ELECTION_TICKS: usize = 10;
+
+    /// Defaults for node `id` of a cluster of `voters`.
+    pub fn new(id: u64, voters: Vec<u64>) -> Self {
+        Self {
+            id,
+            voters,
+            tick_ms: Self::DEFAULT_TICK_MS,
+            election_ticks: Self::DEFAULT_ELECTION_TICKS,
+            election_jitter: 0,
+            heartbeat_ticks: 2,
+            max_entries_per_message: 256,
+            max_bytes_per_message: 1 << 20,
+            max_ops_per_entry: 65_536,
+            snapshot_every: 10_000,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_entries: self.max_entries_per_message,
+            max_ops: self.max_ops_per_entry,
+        }
+    }
+}
+
+/// Why a node could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// raft refused the configuration.
+    #[error("cluster configuration: {0}")]
+    Raft(String),
+    /// The node is not among the voters, or an id is 0 or repeated.
+    #[error("cluster configuration: {0}")]
+    Membership(&'static str),
+}
+
+/// What the driver must make durable before telling the node ([`Node::persisted`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Persist {
+    /// The number to report back once durable; `None` for changes nothing waits on (the
+    /// node's own compaction), which may be written lazily.
+    pub number: Option<u64>,
+    /// The changes, in order.
+    pub changes: Vec<Change>,
+}
+
+/// What the driver learns from the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// This node leads `term` and has applied everything committed before it: build a
+    /// broker from [`Node::image`] and serve.
+    Serve {
+        /// The term it leads.
+        term: u64,
+    },
+    /// This node no longer serves: drop its broker; what it held back must never leave.
+    Stop {
+        /// The term it served.
+        term: u64,
+    },
+    /// The ops taken from the broker up to `upto` (the count passed to
+    /// [`Node::propose`]) are committed.
+    Committed {
+        /// The count of ops now durable.
+        upto: u64,
+    },
+}
+
+/// Counts of what the node refused or could not do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames from peers that did not decode.
+    pub bad_frames: u64,
+    /// Messages naming another sender or recipient than the connection they came on.
+    pub misaddressed: u64,
+    /// Messages raft refused.
+    pub refused: u64,
+    /// Committed entries whose ops did not decode (skipped alike on every node).
+    pub bad_entries: u64,
+}
+
+/// A proposal of this node's, waiting to be committed.
+#[derive(Debug)]
+struct Proposal {
+    term: u64,
+    index: u64,
+    upto: u64,
+}
+
+/// One node of a cluster.
+pub struct Node {
+    raw: RawNode<Log>,
+    config: Config,
+    limits: Limits,
+    next_tick: Instant,
+    /// The journal's live entries, as of `applied`.
+    image: BTreeMap<u64, Bytes>,
+    applied: u64,
+    /// Index of the last snapshot taken of the image.
+    snapshot_index: u64,
+    outbox: VecDeque<(u64, Bytes)>,
+    persist: VecDeque<Persist>,
+    /// Messages that may leave only once Ready `number` is durable.
+    held: VecDeque<(u64, Vec<Message>)>,
+    events: VecDeque<Event>,
+    proposals: VecDeque<Proposal>,
+    serving: Option<u64>,
+    counters: Counters,
+    /// A snapshot from the leader handed out in Ready `number` and not yet durable, with
+    /// its index. Until it is, raft must not tick: an election would read entries below
+    /// the snapshot that are gone (raft panics), so ticks wait in `missed_ticks`.
+    restoring: Option<(u64, u64)>,
+    missed_ticks: u32,
+    /// On the leader: ticks each follower has waited on a snapshot sent to it. raft waits
+    /// for word of how the send went; frames can be lost, so after an election timeout
+    /// without progress it is told the send failed, and sends again.
+    snapshot_wait: BTreeMap<u64, usize>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.config.id)
+            .field("role", &self.role())
+            .field("term", &self.term())
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node's role, as status pages show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Serving the cluster's clients and workers.
+    Leader,
+    /// Standing for election.
+    Candidate,
+    /// Following a leader (or waiting for one).
+    Follower,
+}
+
+impl Role {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Candidate => "candidate",
+            Role::Follower => "follower",
+        }
+    }
+}
+
+impl Node {
+    /// A node resuming from its durable log (`Log::default()` for a first start: the
+    /// node then bootstraps the cluster's membership, as every first node must, alike).
+    pub fn new(config: Config, mut log: Log, now: Instant) -> Result<Self, ConfigError> {
+        let mut ids = config.voters.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != config.voters.len() || ids.contains(&0) {
+            return Err(ConfigError::Membership(
+                "voter ids must be distinct and not 0",
+            ));
+        }
+        if !ids.contains(&config.id) {
+            return Err(ConfigError::Membership("this node is not among the voters"));
+        }
+        let mut first = Vec::new();
+        if log.is_empty() {
+            // Every first node starts from the same snapshot at index 1, so a node that
+            // joins later catches up by snapshot and never replays an empty membership.
+            let mut snap = Snapshot {
+                data: codec::encode_image(&BTreeMap::new()),
+                ..Snapshot::default()
+            };
+            let md = snap.mut_metadata();
+            md.index = 1;
+            md.term = 1;
+            md.mut_conf_state().voters = ids.clone();
+            let change = Change::Restore(snap);
+            log.apply(&change);
+            first.push(change);
+        }
+        let snapshot = log.snapshot().clone();
+        let applied = snapshot.get_metadata().index;
+        let image = codec::decode_image(snapshot.data)
+            .map_err(|_| ConfigError::Membership("the stored snapshot does not decode"))?;
+        let e = config.election_ticks + config.election_jitter;
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            min_election_tick: e,
+            max_election_tick: e + 1,
+            applied,
+            max_size_per_msg: config.max_bytes_per_message,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        raft_config
+            .validate()
+            .map_err(|e| ConfigError::Raft(e.to_string()))?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&raft_config, log, &logger)
+            .map_err(|e| ConfigError::Raft(e.to_string()))?;
+        let mut node = Self {
+            raw,
+            limits: config.limits(),
+            next_tick: now + Duration::from_millis(config.tick_ms.max(1)),
+            config,
+            image,
+            applied,
+            snapshot_index: applied,
+            outbox: VecDeque::new(),
+            persist: VecDeque::new(),
+            held: VecDeque::new(),
+            events: VecDeque::new(),
+            proposals: VecDeque::new(),
+            serving: None,
+            counters: Counters::default(),
+            restoring: None,
+            missed_ticks: 0,
+            snapshot_wait: BTreeMap::new(),
+        };
+        if !first.is_empty() {
+            node.persist.push_back(Persist {
+                number: None,
+                changes: first,
+            });
+        }
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    /// Its role now.
+    pub fn role(&self) -> Role {
+        match self.raw.raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => Role::Follower,
+        }
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.raw.raft.leader_id).filter(|id| *id != raft::INVALID_ID)
+    }
+
+    /// The highest index known committed.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// The highest index applied to the image.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The term this node serves in, if it serves.
+    pub fn serving(&self) -> Option<u64> {
+        self.serving
+    }
+
+    /// On the leader, each other voter's lag: entries it has yet to store.
+    pub fn lag(&self) -> Vec<(u64, u64)> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let mut out: Vec<(u64, u64)> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.config.id)
+            .map(|(id, pr)| (*id, last.saturating_sub(pr.matched)))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The replicated journal's live entries, as of [`Node::applied`]: what a broker
+    /// starting to serve resumes from (`Broker::durable`).
+    pub fn image(&self) -> Vec<(u64, Bytes)> {
+        self.image.iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    /// What was refused.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// A frame from node `from` (the driver knows who is on each connection).
+    pub fn handle_frame(&mut self, from: u64, frame: Bytes) {
+        let Ok(m) = codec::decode_message(frame, &self.limits) else {
+            self.counters.bad_frames += 1;
+            return;
+        };
+        if m.from != from || m.to != self.config.id || !self.config.voters.contains(&from) {
+            self.counters.misaddressed += 1;
+            return;
+        }
+        if self.raw.step(m).is_err() {
+            self.counters.refused += 1;
+        }
+        self.process();
+    }
+
+    /// Proposes the ops the broker emitted, `upto` being the count of ops taken from it
+    /// so far; [`Event::Committed`] reports when they are durable. Refused (the ops are
+    /// given back) unless this node serves.
+    pub fn propose(&mut self, ops: Vec<JournalOp>, upto: u64) -> Result<(), Vec<JournalOp>> {
+        let Some(term) = self.serving else {
+            return Err(ops);
+        };
+        // Batches larger than a decoder takes are split.
+        for chunk in ops.chunks(self.config.max_ops_per_entry.max(1)) {
+            let data = codec::encode_ops(chunk);
+            if self.raw.propose(Vec::new(), data.to_vec()).is_err() {
+                self.stop();
+                return Err(ops);
+            }
+        }
+        self.proposals.push_back(Proposal {
+            term,
+            index: self.raw.raft.raft_log.last_index(),
+            upto,
+        });
+        self.process();
+        Ok(())
+    }
+
+    /// The next frame to send, and to which node.
+    pub fn poll_transmit(&mut self) -> Option<(u64, Bytes)> {
+        self.outbox.pop_front()
+    }
+
+    /// The next changes to make durable.
+    pub fn poll_persist(&mut self) -> Option<Persist> {
+        self.persist.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Everything of [`Persist`] `number` (and before) is durable now.
+    pub fn persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+        if let Some((n, index)) = self.restoring
+            && n <= number
+        {
+            self.restoring = None;
+            self.raw.advance_apply_to(index);
+            for _ in 0..std::mem::take(&mut self.missed_ticks) {
+                self.raw.tick();
+            }
+        }
+        while self.held.front().is_some_and(|(n, _)| *n <= number) {
+            if let Some((_, msgs)) = self.held.pop_front() {
+                self.send(msgs);
+            }
+        }
+        self.process();
+    }
+
+    /// When [`Node::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next_tick)
+    }
+
+    /// Time has passed: raft ticks.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let tick = Duration::from_millis(self.config.tick_ms.max(1));
+        while self.next_tick <= now {
+            if self.restoring.is_some() {
+                self.missed_ticks = self.missed_ticks.saturating_add(1);
+            } else {
+                self.raw.tick();
+                self.retry_snapshots();
+            }
+            self.next_tick = self.next_tick + tick;
+        }
+        self.process();
+    }
+
+    fn retry_snapshots(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.snapshot_wait.clear();
+            return;
+        }
+        let waiting: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+            .map(|(id, _)| *id)
+            .collect();
+        self.snapshot_wait.retain(|id, _| waiting.contains(id));
+        for id in waiting {
+            let ticks = self.snapshot_wait.entry(id).or_insert(0);
+            *ticks += 1;
+            if *ticks > self.config.election_ticks {
+                self.snapshot_wait.remove(&id);
+                self.raw.report_snapshot(id, raft::SnapshotStatus::Failure);
+            }
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            self.outbox.push_back((m.to, codec::encode_message(&m)));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(term) = self.serving.take() {
+            self.events.push_back(Event::Stop { term });
+        }
+        self.proposals.clear();
+    }
+
+    /// Runs raft's Ready loop until it has nothing more to hand out.
+    fn process(&mut self) {
+        while self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            let msgs = rd.take_messages();
+            self.send(msgs);
+            let mut changes = Vec::new();
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                match codec::decode_image(snap.data.clone()) {
+                    Ok(image) => {
+                        self.image = image;
+                        self.applied = snap.get_metadata().index;
+                        self.snapshot_index = self.applied;
+                    }
+                    Err(_) => self.counters.bad_entries += 1,
+                }
+                self.restoring = Some((rd.number(), snap.get_metadata().index));
+                let change = Change::Restore(snap);
+                self.raw.mut_store().apply(&change);
+                changes.push(change);
+            }
+            let committed = rd.take_committed_entries();
+            // raft counts a snapshot applied once it is persisted; entries, once we say.
+            let applied_entries = committed.last().map(|e| e.index);
+            self.apply_committed(committed);
+            if !rd.entries().is_empty() {
+                let change = Change::Append(rd.entries().clone());
+                self.raw.mut_store().apply(&change);
+                changes.push(change);
+            }
+            if let Some(hs) = rd.hs() {
+                let change = Change::HardState(hs.clone());
+                self.raw.mut_store().apply(&change);
+                changes.push(change);
+            }
+            let number = rd.number();
+            let later = rd.take_persisted_messages();
+            if changes.is_empty() {
+                self.send(later);
+                self.raw.advance_append_async(rd);
+                self.raw.on_persist_ready(number);
+            } else {
+                if !later.is_empty() {
+                    self.held.push_back((number, later));
+                }
+                self.persist.push_back(Persist {
+                    number: Some(number),
+                    changes,
+                });
+                self.raw.advance_append_async(rd);
+            }
+            if let Some(index) = applied_entries {
+                self.raw.advance_apply_to(index);
+            }
+            self.check_role();
+            self.maybe_compact();
+        }
+        self.check_role();
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            self.applied = e.index;
+            if e.data.is_empty() {
+                // The entry a new leader appends: once applied, everything committed
+                // before it is applied too, and the leader may serve.
+                if self.raw.raft.state == StateRole::Leader
+                    && e.term == self.raw.raft.term
+                    && self.serving.is_none()
+                {
+                    self.serving = Some(e.term);
+                    self.events.push_back(Event::Serve { term: e.term });
+                }
+                continue;
+            }
+            match codec::decode_ops(e.data.clone(), &self.limits) {
+                Ok(ops) => {
+                    for op in ops {
+                        match op {
+                            JournalOp::Put { key, value } => {
+                                self.image.insert(key, value);
+                            }
+                            JournalOp::Delete { key } => {
+                                self.image.remove(&key);
+                            }
+                        }
+                    }
+                }
+                Err(_) => self.counters.bad_entries += 1,
+            }
+            while self.proposals.front().is_some_and(|p| p.index <= e.index) {
+                let Some(p) = self.proposals.pop_front() else {
+                    break;
+                };
+                if p.index == e.index && p.term == e.term && self.serving == Some(p.term) {
+                    self.events.push_back(Event::Committed { upto: p.upto });
+                }
+            }
+        }
+    }
+
+    /// Stops serving the moment this node is not the leader of the term it served.
+    fn check_role(&mut self) {
+        if let Some(term) = self.serving
+            && (self.raw.raft.state != StateRole::Leader || self.raw.raft.term != term)
+        {
+            self.stop();
+        }
+    }
+
+    /// Snapshots the image every `snapshot_every` applied entries, bounding the log.
+    fn maybe_compact(&mut self) {
+        if self.applied < self.snapshot_index + self.config.snapshot_every.max(1) {
+            return;
+        }
+        let Ok(term) = raft::Storage::term(self.raw.store(), self.applied) else {
+            return;
+        };
+        let mut snap = Snapshot {
+            data: codec::encode_image(&self.image),
+            ..Snapshot::default()
+        };
+        let md = snap.mut_metadata();
+        md.index = self.applied;
+        md.term = term;
+        *md.mut_conf_state() = self.raw.raft.prs().conf().to_conf_state();
+        let change = Change::Compact(snap);
+        self.raw.mut_store().apply(&change);
+        self.snapshot_index = self.applied;
+        self.persist.push_back(Persist {
+            number: None,
+            changes: vec![change],
+        });
+    }
+}
