@@ -97,6 +97,37 @@ pub(crate) struct Args {
     /// repeatable. Keys not named may use every service; `mmi.*` is open to all.
     #[arg(long, value_name = "KEY=SERVICES", value_parser = crate::curve::parse_services)]
     curve_services: Vec<(String, Vec<ServiceName>)>,
+    /// Run as a node of a replicated cluster: every node (this one too) as ID=ENDPOINT,
+    /// repeated, where ENDPOINT is what that node's cluster socket binds (here) or is
+    /// reached at (the others). An odd number, 3 or more. Needs --node-id and --data-dir
+    /// (the raft log). The leader serves; the others refuse clients with `not_leader`.
+    #[arg(long, value_name = "ID=ENDPOINT", value_parser = parse_node, requires_all = ["node_id", "data_dir"])]
+    cluster: Vec<(u64, String)>,
+    /// This node's id among the --cluster nodes (never reuse one for a new node).
+    #[arg(long, value_name = "ID", requires = "cluster", value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: Option<u64>,
+    /// The cluster's raft tick, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = scale0::proto::cluster::Config::DEFAULT_TICK_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    cluster_tick_ms: u64,
+    /// Ticks without word from a leader before a node stands for election (each node adds
+    /// up to as many again at random).
+    #[arg(long, value_name = "N", default_value_t = scale0::proto::cluster::Config::DEFAULT_ELECTION_TICKS as u64, value_parser = clap::value_parser!(u64).range(3..1000))]
+    election_ticks: u64,
+}
+
+fn parse_node(s: &str) -> Result<(u64, String), String> {
+    let (id, endpoint) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ID=ENDPOINT, got {s:?}"))?;
+    let id = id
+        .parse::<u64>()
+        .ok()
+        .filter(|&id| id > 0)
+        .ok_or_else(|| format!("bad node id {id:?}: expected a number above 0"))?;
+    if endpoint.is_empty() {
+        return Err(format!("node {id} has no endpoint"));
+    }
+    Ok((id, endpoint.to_string()))
 }
 
 fn parse_service_timeout(s: &str) -> Result<(ServiceName, u64), String> {
@@ -143,6 +174,12 @@ impl Args {
         config.store.repair = self.repair_log;
         config.curve = self.curve.load()?;
         config.core.access = crate::curve::access(self.curve_services, config.curve.as_ref())?;
+        if let Some(id) = self.node_id {
+            let mut cluster = scale0::ClusterConfig::new(id, self.cluster);
+            cluster.tick_ms = self.cluster_tick_ms;
+            cluster.election_ticks = usize::try_from(self.election_ticks).unwrap_or(10);
+            config.cluster = Some(cluster);
+        }
         Ok(config)
     }
 }

@@ -348,11 +348,13 @@ pub enum Status {
     ShuttingDown,
     /// The client's key may not use this service (CURVE with a per-key service list).
     Forbidden,
+    /// This cluster node does not serve (it is not the leader): ask another node.
+    NotLeader,
 }
 
 impl Status {
     /// Every status.
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Self::QueueFull,
         Self::NoWorker,
         Self::TooManyServices,
@@ -362,6 +364,7 @@ impl Status {
         Self::BadRequest,
         Self::ShuttingDown,
         Self::Forbidden,
+        Self::NotLeader,
     ];
 
     /// The word on the wire.
@@ -376,6 +379,7 @@ impl Status {
             Self::BadRequest => "bad_request",
             Self::ShuttingDown => "shutting_down",
             Self::Forbidden => "forbidden",
+            Self::NotLeader => "not_leader",
         }
     }
 

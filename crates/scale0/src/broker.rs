@@ -57,6 +57,9 @@ pub struct BrokerConfig {
     /// CURVE on every endpoint: the broker's key pair and the client and worker keys it
     /// lets in. Per-key service rules are `core.access`, by key name.
     pub curve: Option<CurveServer>,
+    /// A node of a replicated cluster (`data_dir` then holds its raft log): the leader
+    /// serves, the others stand by (see [`crate::ClusterConfig`]).
+    pub cluster: Option<crate::ClusterConfig>,
     /// How long the broker keeps checking for its next message, in microseconds, before
     /// it goes to sleep (at most [`MAX_SPIN_US`]; 0 never). Waking a sleeping thread
     /// costs tens of microseconds on a virtual machine; a broker that spins through the
@@ -84,6 +87,7 @@ impl Default for BrokerConfig {
             grace_ms: DEFAULT_GRACE_MS,
             metrics: None,
             curve: None,
+            cluster: None,
             spin_us: 100,
         }
     }
@@ -92,19 +96,19 @@ impl Default for BrokerConfig {
 /// A broker whose endpoints are bound, ready to [`Broker::run`].
 pub struct Broker {
     /// Its own context when it drains on stop (see [`Broker::bind`]).
-    ctx: zmq::Context,
+    pub(crate) ctx: zmq::Context,
     own_ctx: bool,
-    socket: zmq::Socket,
-    endpoints: Vec<String>,
-    config: BrokerConfig,
+    pub(crate) socket: zmq::Socket,
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) config: BrokerConfig,
     /// The open request log and what it held, in durable mode.
-    store: Option<(LogStore, Vec<(u64, Bytes)>)>,
+    pub(crate) store: Option<(LogStore, Vec<(u64, Bytes)>)>,
     /// Where events are published, if anywhere.
-    events: Option<zmq::Socket>,
+    pub(crate) events: Option<zmq::Socket>,
     events_endpoints: Vec<String>,
-    metrics: Option<MetricsServer>,
+    pub(crate) metrics: Option<MetricsServer>,
     /// Answers CURVE authentication for this broker's context, when CURVE is on.
-    zap: Option<ZapHandler>,
+    pub(crate) zap: Option<ZapHandler>,
     /// Reads the socket's monitor when the ZAP handler does not.
     accepts: Option<AcceptWatch>,
 }
@@ -132,6 +136,14 @@ impl Broker {
                 "spin_us is at most {MAX_SPIN_US} microseconds, not {}",
                 config.spin_us
             )));
+        }
+        if let Some(cluster) = &config.cluster {
+            cluster.validate()?;
+            if config.data_dir.is_none() {
+                return Err(crate::Error::InvalidConfig(
+                    "a cluster node needs a data directory for its raft log".into(),
+                ));
+            }
         }
         let store = match &config.data_dir {
             None => None,
@@ -281,6 +293,9 @@ impl Broker {
 
     /// Serves until `shutdown` is triggered; returns the final counters.
     pub fn run(mut self, shutdown: &Shutdown) -> Result<Counters> {
+        if self.config.cluster.is_some() {
+            return self.run_cluster(shutdown);
+        }
         let clock = Clock::new();
         self.config.core.events = self.events.is_some();
         let (mut core, mut log) = match self.store.take() {
@@ -401,7 +416,7 @@ impl Broker {
     }
 
     /// Closes the sockets, giving replies still queued up to a second to leave.
-    fn close(self) {
+    pub(crate) fn close(self) {
         let _ = self.socket.set_linger(1000);
         let Self {
             mut ctx,
@@ -445,7 +460,7 @@ impl Broker {
         Ok(())
     }
 
-    fn flush(&self, core: &mut core::Broker, clock: Clock) {
+    pub(crate) fn flush(&self, core: &mut core::Broker, clock: Clock) {
         while let Some(t) = core.poll_transmit() {
             match sockets::send(&self.socket, &t.frames) {
                 Ok(()) => {}

@@ -13,6 +13,7 @@ mod broker;
 mod bus;
 mod client;
 mod clock;
+mod cluster;
 pub mod endpoints;
 mod error;
 mod ids;
@@ -34,6 +35,7 @@ pub use bus::{
     NodeUpdate,
 };
 pub use client::{Client, ClientConfig, ManySummary, Reply};
+pub use cluster::ClusterConfig;
 pub use error::{Error, Result, ZmqContext};
 pub use latency::Latencies;
 pub use limits::{fd_limits, raise_fd_limit};

@@ -23,17 +23,20 @@ pub enum FailReason {
     /// The broker was stopping: it refused the request, or its grace period ran out
     /// before a worker answered.
     ShuttingDown,
+    /// This node of a cluster does not serve: it is not the leader (or not yet one).
+    NotLeader,
 }
 
 impl FailReason {
     /// Every reason, in the order counters are reported.
-    pub const ALL: [FailReason; 6] = [
+    pub const ALL: [FailReason; 7] = [
         Self::QueueFull,
         Self::NoWorker,
         Self::TooManyServices,
         Self::AttemptsExhausted,
         Self::DeadlineExceeded,
         Self::ShuttingDown,
+        Self::NotLeader,
     ];
 
     /// A stable snake_case label, for logs and metrics.
@@ -50,6 +53,7 @@ impl FailReason {
             Self::AttemptsExhausted => Status::AttemptsExhausted,
             Self::DeadlineExceeded => Status::DeadlineExceeded,
             Self::ShuttingDown => Status::ShuttingDown,
+            Self::NotLeader => Status::NotLeader,
         }
     }
 
@@ -61,6 +65,7 @@ impl FailReason {
             Self::AttemptsExhausted => 3,
             Self::DeadlineExceeded => 4,
             Self::ShuttingDown => 5,
+            Self::NotLeader => 6,
         }
     }
 
@@ -72,6 +77,7 @@ impl FailReason {
             Self::AttemptsExhausted => "every worker that took this request died or overran",
             Self::DeadlineExceeded => "the request's deadline passed",
             Self::ShuttingDown => "the broker is shutting down",
+            Self::NotLeader => "this cluster node is not the leader; ask another",
         }
     }
 }

@@ -46,6 +46,20 @@ impl Broker {
         nonce: u64,
     ) -> (Self, Recovery) {
         let mut broker = Self::new(config, now);
+        let recovery = broker.resume(now, stored, nonce);
+        (broker, recovery)
+    }
+
+    /// A standby broker (a cluster node that did not serve) starts to serve from the
+    /// replicated journal's live entries, as a durable broker restarts from its store:
+    /// its workers stay registered and are sent the recovered requests at once. A broker
+    /// that keeps a journal already is left as it is.
+    pub fn resume(&mut self, now: Instant, stored: Vec<(u64, Bytes)>, nonce: u64) -> Recovery {
+        if self.journal.is_some() {
+            return Recovery::default();
+        }
+        self.standby = false;
+        let broker = self;
         let mut journal = Journal {
             next_key: 1,
             nonce,
@@ -106,8 +120,9 @@ impl Broker {
         let names: Vec<ServiceName> = broker.services.keys().cloned().collect();
         for service in &names {
             broker.arm_waiting(service);
+            broker.dispatch(now, service);
         }
-        (broker, recovery)
+        recovery
     }
 
     /// True when the broker keeps a journal.
@@ -125,6 +140,15 @@ impl Broker {
     pub fn journal_synced(&mut self) {
         if let Some(j) = &mut self.journal {
             j.durable = j.emitted - j.ops.len() as u64;
+        }
+    }
+
+    /// The first `taken` ops taken with [`Broker::poll_journal`] are durable now (a
+    /// cluster's commit, which can trail what has been taken since).
+    pub fn journal_committed(&mut self, taken: u64) {
+        if let Some(j) = &mut self.journal {
+            let limit = j.emitted - j.ops.len() as u64;
+            j.durable = j.durable.max(taken.min(limit));
         }
     }
 

@@ -251,6 +251,9 @@ pub struct Broker {
     /// A request is queued for a worker that holds nothing: it waits on it, so the
     /// driver should send now rather than at the end of its burst.
     urgent: bool,
+    /// A cluster node that does not serve: workers register and are heartbeated (so a
+    /// new leader has them), client requests are refused with `not_leader`.
+    standby: bool,
     counters: Counters,
 }
 
@@ -276,8 +279,34 @@ impl Broker {
             drain: Drain::Serving,
             last_tag: 0,
             urgent: false,
+            standby: false,
             counters: Counters::default(),
         }
+    }
+
+    /// A broker for a cluster node that does not serve (see [`Broker::resume`]).
+    pub fn standby(config: Config, now: Instant) -> Self {
+        Self {
+            standby: true,
+            ..Self::new(config, now)
+        }
+    }
+
+    /// A cluster node that served and no longer does: a standby broker in its place.
+    /// Nothing this broker still held back leaves (it was not committed); its workers are
+    /// told to DISCONNECT, so they register again with the standby and are there for
+    /// whichever node leads next. Their requests are in the replicated journal.
+    pub fn into_standby(self, now: Instant) -> Self {
+        let mut standby = Self::standby(self.config, now);
+        for (peer, w) in self.workers {
+            standby.push(to_worker(&peer, w.version, WorkerCommand::Disconnect));
+        }
+        standby
+    }
+
+    /// Whether this broker refuses client requests as a cluster node that does not serve.
+    pub fn is_standby(&self) -> bool {
+        self.standby
     }
 
     /// The settings in force.

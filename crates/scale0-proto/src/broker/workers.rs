@@ -252,6 +252,9 @@ impl Broker {
         service: &ServiceName,
         request: Request,
     ) -> Result<(), Box<(FailReason, Request)>> {
+        if self.standby && !request.recovered {
+            return Err(Box::new((FailReason::NotLeader, request)));
+        }
         if self.is_draining() && !request.recovered {
             return Err(Box::new((FailReason::ShuttingDown, request)));
         }

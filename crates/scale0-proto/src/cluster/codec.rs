@@ -4,10 +4,11 @@
 //! replicated state. Every decoder checks every length against what is left and against
 //! its bounds, and never panics.
 
+use super::log::Change;
 use crate::journal::JournalOp;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use raft::eraftpb::{
-    ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
+    ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
 };
 use std::collections::BTreeMap;
 
@@ -358,6 +359,75 @@ fn decode_snapshot(r: &mut Reader) -> Result<Snapshot, CodecError> {
     Ok(s)
 }
 
+const CHANGE_APPEND: u8 = 0;
+const CHANGE_HARD_STATE: u8 = 1;
+const CHANGE_RESTORE: u8 = 2;
+const CHANGE_COMPACT: u8 = 3;
+
+/// Changes to the durable raft state as one record of the driver's file.
+pub fn encode_changes(changes: &[Change]) -> Bytes {
+    let mut w = Writer(BytesMut::new());
+    w.0.put_u8(FORMAT);
+    w.varint(changes.len() as u64);
+    for change in changes {
+        match change {
+            Change::Append(ents) => {
+                w.0.put_u8(CHANGE_APPEND);
+                w.varint(ents.len() as u64);
+                for e in ents {
+                    encode_entry(&mut w, e);
+                }
+            }
+            Change::HardState(hs) => {
+                w.0.put_u8(CHANGE_HARD_STATE);
+                w.varint(hs.term);
+                w.varint(hs.vote);
+                w.varint(hs.commit);
+            }
+            Change::Restore(snap) | Change::Compact(snap) => {
+                w.0.put_u8(if matches!(change, Change::Restore(_)) {
+                    CHANGE_RESTORE
+                } else {
+                    CHANGE_COMPACT
+                });
+                encode_snapshot(&mut w, snap);
+            }
+        }
+    }
+    w.0.freeze()
+}
+
+/// A record of the driver's file back as changes. The file is this node's own, so
+/// bounds are those of memory; a damaged record is refused whole.
+pub fn decode_changes(record: Bytes) -> Result<Vec<Change>, CodecError> {
+    let mut r = Reader::start(record)?;
+    let n = r.varint()?;
+    let mut changes = Vec::new();
+    for _ in 0..n {
+        changes.push(match r.u8()? {
+            CHANGE_APPEND => {
+                let count = r.varint()?;
+                let mut ents = Vec::new();
+                for _ in 0..count {
+                    ents.push(decode_entry(&mut r)?);
+                }
+                Change::Append(ents)
+            }
+            CHANGE_HARD_STATE => Change::HardState(HardState {
+                term: r.varint()?,
+                vote: r.varint()?,
+                commit: r.varint()?,
+                ..HardState::default()
+            }),
+            CHANGE_RESTORE => Change::Restore(decode_snapshot(&mut r)?),
+            CHANGE_COMPACT => Change::Compact(decode_snapshot(&mut r)?),
+            _ => return Err(CodecError::BadTag),
+        });
+    }
+    r.finish()?;
+    Ok(changes)
+}
+
 const OP_PUT: u8 = 0;
 const OP_DELETE: u8 = 1;
 
@@ -549,6 +619,27 @@ mod tests {
             decode_message(encode_message(&sample()), &tight),
             Err(CodecError::TooMany)
         );
+    }
+
+    #[test]
+    fn changes_round_trip() {
+        let m = sample();
+        let changes = vec![
+            Change::Restore(m.get_snapshot().clone()),
+            Change::Append(m.entries.to_vec()),
+            Change::HardState(HardState {
+                term: 3,
+                vote: 2,
+                commit: 300,
+                ..HardState::default()
+            }),
+            Change::Compact(m.get_snapshot().clone()),
+        ];
+        let record = encode_changes(&changes);
+        assert_eq!(decode_changes(record.clone()).unwrap(), changes);
+        for n in 0..record.len() {
+            assert!(decode_changes(record.slice(..n)).is_err(), "cut at {n}");
+        }
     }
 
     #[test]

@@ -102,6 +102,16 @@ impl Log {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// The changes that rebuild this log from nothing: what a driver writes in place of
+    /// its whole file when it compacts it.
+    pub fn as_changes(&self) -> Vec<Change> {
+        vec![
+            Change::Restore(self.snapshot.clone()),
+            Change::Append(self.entries.clone()),
+            Change::HardState(self.hard_state.clone()),
+        ]
+    }
 }
 
 impl Storage for Log {

@@ -358,6 +358,12 @@ impl Node {
         self.image.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 
+    /// The raft log as it stands (for a driver compacting its file:
+    /// [`Log::as_changes`]).
+    pub fn log(&self) -> &Log {
+        self.raw.store()
+    }
+
     /// What was refused.
     pub fn counters(&self) -> &Counters {
         &self.counters

@@ -1,0 +1,387 @@
+//! A broker that is one node of a replicated cluster: the socket loop around a core
+//! broker and a core cluster node ([`scale0_proto::cluster::Node`]). It moves frames
+//! between the ROUTER, the other nodes and the raft log on disk; what to do with them is
+//! the core's. The leader's broker is a durable broker whose store is the raft log: its
+//! journal ops are proposed, and what depends on them leaves once a majority has them.
+//! The other nodes keep standby brokers: workers register with them (so a new leader has
+//! its workers), client requests are refused with `not_leader`.
+
+use crate::broker::Broker;
+use crate::clock::Clock;
+use crate::error::{Result, ZmqContext};
+use crate::metrics::render as render_metrics;
+use crate::shutdown::Shutdown;
+use crate::sockets;
+use bytes::Bytes;
+use scale0_proto::Instant;
+use scale0_proto::broker::{self as core, Counters};
+use scale0_proto::cluster::log::{Change, Log};
+use scale0_proto::cluster::{self, Event, Node, codec};
+use scale0_store::{LogStore, Store};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+/// Records written to the raft log file between two rewrites of it: past this many, the
+/// file is replaced by one record of the log as it stands (after a compaction), so it
+/// stays within a few snapshots' size.
+const REWRITE_AFTER: u64 = 4096;
+
+/// How a broker takes part in a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's id (1 to 2^63), unique and never reused.
+    pub id: u64,
+    /// Every node, this one included: its id and the endpoint its cluster socket binds
+    /// (this node) or is reached at (the others), e.g. `tcp://10.0.0.2:5600`.
+    pub nodes: Vec<(u64, String)>,
+    /// The raft tick, in milliseconds.
+    pub tick_ms: u64,
+    /// Ticks without word from a leader before a node stands for election; the election
+    /// timeout is this times the tick, plus up to as much again at random per node.
+    pub election_ticks: usize,
+}
+
+impl ClusterConfig {
+    /// Defaults for node `id` of `nodes`.
+    pub fn new(id: u64, nodes: Vec<(u64, String)>) -> Self {
+        Self {
+            id,
+            nodes,
+            tick_ms: cluster::Config::DEFAULT_TICK_MS,
+            election_ticks: cluster::Config::DEFAULT_ELECTION_TICKS,
+        }
+    }
+
+    /// The routing id this node's frames carry to the others.
+    fn routing_id(id: u64) -> Vec<u8> {
+        format!("scale0-node-{id}").into_bytes()
+    }
+
+    fn node_of(routing_id: &[u8]) -> Option<u64> {
+        std::str::from_utf8(routing_id)
+            .ok()?
+            .strip_prefix("scale0-node-")?
+            .parse()
+            .ok()
+    }
+
+    /// Checks what can be checked before anything binds.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(crate::Error::InvalidConfig(why));
+        if self.nodes.len() < 3 || self.nodes.len().is_multiple_of(2) {
+            return bad(format!(
+                "a cluster has an odd number of nodes, 3 or more, not {}",
+                self.nodes.len()
+            ));
+        }
+        if !self.nodes.iter().any(|(id, _)| *id == self.id) {
+            return bad(format!("node {} is not among the cluster's nodes", self.id));
+        }
+        if self.tick_ms == 0 || self.election_ticks < 3 {
+            return bad(
+                "the cluster tick must be above 0 ms and the election at least 3 ticks".into(),
+            );
+        }
+        let core = self.core(0);
+        Node::new(core, Log::default(), Instant::ZERO)
+            .map(|_| ())
+            .map_err(|e| crate::Error::InvalidConfig(e.to_string()))
+    }
+
+    fn core(&self, jitter: usize) -> cluster::Config {
+        let mut c = cluster::Config::new(self.id, self.nodes.iter().map(|(id, _)| *id).collect());
+        c.tick_ms = self.tick_ms;
+        c.election_ticks = self.election_ticks;
+        c.election_jitter = jitter;
+        c
+    }
+}
+
+/// The raft log file: records of changes (`codec::encode_changes`) under increasing keys.
+struct RaftFile {
+    store: LogStore,
+    next_key: u64,
+    written: u64,
+    dir: String,
+}
+
+impl RaftFile {
+    /// The log the file holds, and the file ready to be appended to.
+    fn open(mut store: LogStore, stored: Vec<(u64, Bytes)>, dir: String) -> Result<(Self, Log)> {
+        let mut log = Log::default();
+        let mut next_key = 1;
+        for (key, record) in &stored {
+            next_key = key + 1;
+            match codec::decode_changes(record.clone()) {
+                Ok(changes) => {
+                    for c in &changes {
+                        log.apply(c);
+                    }
+                }
+                Err(e) => {
+                    // A record cut short by a crash is the last one and was never
+                    // acknowledged; anything else is damage we must not build on.
+                    error!(key, error = %e, "a raft log record does not decode");
+                    return Err(crate::Error::InvalidConfig(format!(
+                        "the raft log in {dir} is damaged at record {key}: {e}"
+                    )));
+                }
+            }
+        }
+        let _ = &mut store;
+        Ok((
+            Self {
+                store,
+                next_key,
+                written: stored.len() as u64,
+                dir,
+            },
+            log,
+        ))
+    }
+
+    fn failed(&self, error: std::io::Error) -> crate::Error {
+        error!(dir = %self.dir, %error, "the raft log failed; stopping so that nothing is acknowledged that is not on disk");
+        crate::Error::Store {
+            dir: self.dir.clone(),
+            error,
+        }
+    }
+
+    fn append(&mut self, changes: &[Change]) -> Result<()> {
+        let record = codec::encode_changes(changes);
+        self.store
+            .put(self.next_key, &record)
+            .map_err(|e| self.failed(e))?;
+        self.next_key += 1;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.store.commit().map_err(|e| self.failed(e))
+    }
+
+    /// Replaces every record by one of the log as it stands.
+    fn rewrite(&mut self, log: &Log) -> Result<()> {
+        let first_kept = self.next_key;
+        self.append(&log.as_changes())?;
+        for key in 1..first_kept {
+            self.store.delete(key).map_err(|e| self.failed(e))?;
+        }
+        self.sync()?;
+        self.written = 1;
+        Ok(())
+    }
+}
+
+impl Broker {
+    /// [`Broker::run`] for a node of a cluster.
+    pub(crate) fn run_cluster(mut self, shutdown: &Shutdown) -> Result<Counters> {
+        let clock = Clock::new();
+        let Some(cc) = self.config.cluster.clone() else {
+            return Err(crate::Error::InvalidConfig("not a cluster node".into()));
+        };
+        let Some((store, stored)) = self.store.take() else {
+            return Err(crate::Error::InvalidConfig(
+                "a cluster node needs a data directory for its raft log".into(),
+            ));
+        };
+        let dir = self
+            .config
+            .data_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        let (mut file, log) = RaftFile::open(store, stored, dir)?;
+        let jitter =
+            usize::try_from(crate::ids::random_u64() % cc.election_ticks as u64).unwrap_or(0);
+        let mut node = Node::new(cc.core(jitter), log, clock.now())
+            .map_err(|e| crate::Error::InvalidConfig(e.to_string()))?;
+        self.config.core.events = self.events.is_some();
+        let mut core = core::Broker::standby(self.config.core.clone(), clock.now());
+
+        // One ROUTER for what other nodes send here; a DEALER to each of them.
+        let own = cc
+            .nodes
+            .iter()
+            .find(|(id, _)| *id == cc.id)
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default();
+        let inbound = self
+            .ctx
+            .socket(zmq::ROUTER)
+            .context(|| "creating the cluster ROUTER".into())?;
+        inbound.set_linger(0).context(|| "setting LINGER".into())?;
+        let bound = sockets::bind(&inbound, &own)?;
+        let mut peers: BTreeMap<u64, zmq::Socket> = BTreeMap::new();
+        for (id, endpoint) in cc.nodes.iter().filter(|(id, _)| *id != cc.id) {
+            let s = self
+                .ctx
+                .socket(zmq::DEALER)
+                .context(|| "creating a cluster DEALER".into())?;
+            s.set_identity(&ClusterConfig::routing_id(cc.id))
+                .context(|| "setting the routing id".into())?;
+            s.set_linger(0).context(|| "setting LINGER".into())?;
+            // raft sends again what is lost: nothing queues for a node that is down.
+            s.set_immediate(true)
+                .context(|| "setting IMMEDIATE".into())?;
+            s.set_sndhwm(10_000).context(|| "setting SNDHWM".into())?;
+            sockets::connect(&s, endpoint)?;
+            peers.insert(*id, s);
+        }
+        info!(
+            node = cc.id,
+            cluster = %bound,
+            endpoints = %self.endpoints.join(" "),
+            "cluster node running"
+        );
+        let started = std::time::Instant::now();
+        let mut next_metrics = started;
+        if let Some(m) = &mut self.metrics {
+            m.start()?;
+        }
+        let mut receiver = sockets::Receiver::new(0, self.zap.is_some());
+        // Ops taken from the broker while it serves: the count `Committed` reports.
+        let mut taken = 0u64;
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            if let Some(m) = &self.metrics
+                && std::time::Instant::now() >= next_metrics
+            {
+                m.publish(render_metrics(&core, started.elapsed()));
+                next_metrics = std::time::Instant::now() + Duration::from_millis(500);
+            }
+            let deadline = [core.poll_timeout(), node.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let wait = clock.wait_ms(deadline);
+            let (client_ready, raft_ready) = {
+                let mut items = [
+                    self.socket.as_poll_item(zmq::POLLIN),
+                    inbound.as_poll_item(zmq::POLLIN),
+                ];
+                sockets::poll(&mut items, wait).context(|| "polling".into())?;
+                (items[0].is_readable(), items[1].is_readable())
+            };
+            if raft_ready {
+                while let Some(frames) = sockets::try_recv(&inbound)? {
+                    match (
+                        frames.first().and_then(|r| ClusterConfig::node_of(r)),
+                        frames.get(1),
+                    ) {
+                        (Some(from), Some(frame)) if frames.len() == 2 => {
+                            node.handle_frame(from, frame.clone());
+                        }
+                        _ => warn!("a frame on the cluster socket from no known node"),
+                    }
+                }
+            }
+            let now = clock.now();
+            if node.poll_timeout().is_some_and(|t| t <= now) {
+                node.handle_timeout(now);
+            }
+            if client_ready {
+                for _ in 0..256 {
+                    let Some((frames, user)) = receiver.recv(&self.socket, 0)? else {
+                        break;
+                    };
+                    core.handle_message_from(clock.now(), frames, user.as_deref());
+                }
+            }
+            let now = clock.now();
+            if core.poll_timeout().is_some_and(|t| t <= now) {
+                core.handle_timeout(now);
+            }
+            // The serving broker's journal goes to raft as one batch per round.
+            let mut ops = Vec::new();
+            while let Some(op) = core.poll_journal() {
+                ops.push(op);
+            }
+            if !ops.is_empty() {
+                taken += ops.len() as u64;
+                if node.propose(ops, taken).is_err() {
+                    // Not serving any more: the Stop event below replaces the broker.
+                    warn!("journal ops proposed by a node that no longer serves");
+                }
+            }
+            self.pump(&mut node, &mut file, &peers)?;
+            while let Some(event) = node.poll_event() {
+                match event {
+                    Event::Serve { term } => {
+                        let recovery = core.resume(clock.now(), node.image(), (term << 16) ^ cc.id);
+                        taken = 0;
+                        info!(
+                            node = cc.id,
+                            term,
+                            requests = recovery.requests,
+                            titanic_answers = recovery.titanic_answers,
+                            "leading: serving from the replicated journal"
+                        );
+                    }
+                    Event::Stop { term } => {
+                        warn!(node = cc.id, term, "no longer the leader: standing by");
+                        core = core.into_standby(clock.now());
+                        taken = 0;
+                    }
+                    Event::Committed { upto } => core.journal_committed(upto),
+                }
+            }
+            if let Some(p) = &self.events {
+                while let Some(e) = core.poll_event() {
+                    let _ = sockets::send(p, &e.encode());
+                }
+            }
+            self.flush(&mut core, clock);
+        }
+        self.flush(&mut core, clock);
+        let counters = core.counters().clone();
+        drop(peers);
+        drop(inbound);
+        self.close();
+        info!(node = cc.id, "cluster node stopped");
+        Ok(counters)
+    }
+
+    /// Moves what the node produced: frames to the other nodes, changes to the raft log
+    /// (synced before raft hears they are durable), until it produces nothing more.
+    fn pump(
+        &self,
+        node: &mut Node,
+        file: &mut RaftFile,
+        peers: &BTreeMap<u64, zmq::Socket>,
+    ) -> Result<()> {
+        loop {
+            let mut busy = false;
+            while let Some((to, frame)) = node.poll_transmit() {
+                busy = true;
+                if let Some(s) = peers.get(&to) {
+                    // A full or absent peer loses the frame; raft sends it again.
+                    let _ = s.send(&frame[..], zmq::DONTWAIT);
+                }
+            }
+            let mut durable = None;
+            let mut compacted = false;
+            while let Some(p) = node.poll_persist() {
+                busy = true;
+                compacted |= p.changes.iter().any(|c| matches!(c, Change::Compact(_)));
+                file.append(&p.changes)?;
+                durable = p.number.or(durable);
+            }
+            if let Some(number) = durable {
+                file.sync()?;
+                node.persisted(number);
+            }
+            if compacted && file.written > REWRITE_AFTER {
+                file.rewrite(node.log())?;
+            }
+            if !busy {
+                return Ok(());
+            }
+        }
+    }
+}
