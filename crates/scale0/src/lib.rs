@@ -15,6 +15,7 @@ mod client;
 mod clock;
 pub mod endpoints;
 mod error;
+pub mod http;
 mod ids;
 mod latency;
 mod limits;

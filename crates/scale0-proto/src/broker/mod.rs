@@ -252,6 +252,8 @@ pub struct Broker {
     /// driver should send now rather than at the end of its burst.
     urgent: bool,
     counters: Counters,
+    /// Replies and failures per service, for the dashboard.
+    service_totals: HashMap<ServiceName, counters::ServiceTotals>,
 }
 
 impl Broker {
@@ -277,6 +279,7 @@ impl Broker {
             last_tag: 0,
             urgent: false,
             counters: Counters::default(),
+            service_totals: HashMap::new(),
         }
     }
 
