@@ -211,8 +211,8 @@ pub(crate) fn render(core: &core::Broker, uptime: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::render;
-    use scale0_proto::broker::{Broker, Config};
     use scale0_proto::Instant;
+    use scale0_proto::broker::{Broker, Config};
     use std::time::Duration;
 
     #[test]
