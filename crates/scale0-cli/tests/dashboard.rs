@@ -28,6 +28,61 @@ fn broker(extra: &[&str]) -> (Proc, String, String) {
     (proc, ends[0].clone(), http_addr(&ends[1]))
 }
 
+/// `scale0 queue --http` on free ports: (process, HTTP `HOST:PORT`).
+fn queue() -> (Proc, String) {
+    let mut cmd = scale0();
+    cmd.args(["queue", "--frontend", "tcp://127.0.0.1:*"])
+        .args([
+            "--backend",
+            "tcp://127.0.0.1:*",
+            "--workers",
+            "tcp://127.0.0.1:*",
+        ])
+        .args(["--http", "127.0.0.1:0"]);
+    let (proc, out) = spawn_lines("queue", cmd);
+    let addr = http_addr(&out.listening(4)[3]);
+    (proc, addr)
+}
+
+/// `scale0 map --http` with `local` workers on `jobs` jobs that sleep `job_ms` each:
+/// (process, its input's directory, HTTP `HOST:PORT`).
+fn map(jobs: usize, job_ms: u32, local: u32) -> (Proc, tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("jobs");
+    std::fs::write(&input, format!("{job_ms}\n").repeat(jobs)).unwrap();
+    let mut cmd = scale0();
+    cmd.args([
+        "map",
+        "--vent",
+        "tcp://127.0.0.1:*",
+        "--sink",
+        "tcp://127.0.0.1:*",
+    ])
+    .args([
+        "--http",
+        "127.0.0.1:0",
+        "--no-progress",
+        "--local",
+        &local.to_string(),
+    ])
+    .args(["--sleep-payload", "--input", input.to_str().unwrap()])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut proc = Proc::spawn("map", cmd);
+    // The map's listening lines are on stderr: stdout carries results.
+    let err = Lines::collect(proc.child.stderr.take().unwrap());
+    err.wait_for("listening http://", 1);
+    let line = err
+        .get()
+        .into_iter()
+        .find_map(|l| {
+            l.strip_prefix("listening http://")
+                .map(|a| format!("http://{a}"))
+        })
+        .unwrap();
+    (proc, dir, http_addr(&line))
+}
+
 fn worker(endpoint: &str, service: &str, how: &[&str]) -> Proc {
     let mut w = scale0();
     w.args(["worker", "--connect", endpoint, "--service", service])
@@ -238,47 +293,14 @@ fn a_token_guards_the_data_and_a_foreign_host_is_refused() {
 
 #[test]
 fn the_queue_and_the_map_serve_pages_of_their_own() {
-    let mut cmd = scale0();
-    cmd.args(["queue", "--frontend", "tcp://127.0.0.1:*"])
-        .args([
-            "--backend",
-            "tcp://127.0.0.1:*",
-            "--workers",
-            "tcp://127.0.0.1:*",
-        ])
-        .args(["--http", "127.0.0.1:0"]);
-    let (_queue, out) = spawn_lines("queue", cmd);
-    let addr = http_addr(&out.listening(4)[3]);
+    let (_queue, addr) = queue();
     assert!(http_get(&addr, "/").1.contains("data-page=\"queue\""));
     let doc = status_doc(&addr);
     assert_eq!(doc["kind"], "queue");
     assert_eq!(doc["servers"], 0);
     assert!(doc["dropped"]["queue_full"].is_u64(), "{doc}");
 
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("jobs");
-    std::fs::write(&input, "20\n".repeat(1000)).unwrap();
-    let mut cmd = scale0();
-    cmd.args([
-        "map",
-        "--vent",
-        "tcp://127.0.0.1:*",
-        "--sink",
-        "tcp://127.0.0.1:*",
-    ])
-    .args(["--http", "127.0.0.1:0", "--no-progress", "--local", "2"])
-    .args(["--sleep-payload", "--input", input.to_str().unwrap()])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut map = Proc::spawn("map", cmd);
-    let err = Lines::collect(map.child.stderr.take().unwrap());
-    err.wait_for("listening http://", 1);
-    let line = err
-        .get()
-        .into_iter()
-        .find(|l| l.starts_with("listening http://"))
-        .unwrap();
-    let addr = http_addr(line.strip_prefix("listening ").unwrap());
+    let (_map, _input, addr) = map(1000, 20, 2);
     assert!(http_get(&addr, "/").1.contains("data-page=\"map\""));
     let mut doc = Value::Null;
     eventually("the map's page shows jobs done by both workers", || {
@@ -560,18 +582,8 @@ fn the_queue_and_map_pages_show_live_numbers_in_a_real_browser() {
     let Some(browser) = Browser::start() else {
         return;
     };
-    let mut cmd = scale0();
-    cmd.args(["queue", "--frontend", "tcp://127.0.0.1:*"])
-        .args([
-            "--backend",
-            "tcp://127.0.0.1:*",
-            "--workers",
-            "tcp://127.0.0.1:*",
-        ])
-        .args(["--http", "127.0.0.1:0"]);
-    let (_queue, out) = spawn_lines("queue", cmd);
-    let ends = out.listening(4);
-    browser.open(&format!("http://{}/", http_addr(&ends[3])));
+    let (_queue, addr) = queue();
+    browser.open(&format!("http://{addr}/"));
     browser.until(
         "the queue's page is live",
         "return document.querySelector('#health').textContent === 'live' && document.querySelector('[data-metric=servers] .value').textContent === '0'",
@@ -583,30 +595,8 @@ fn the_queue_and_map_pages_show_live_numbers_in_a_real_browser() {
         "the queue's page logged errors: {errors:?}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("jobs");
-    std::fs::write(&input, "30\n".repeat(3000)).unwrap();
-    let mut cmd = scale0();
-    cmd.args([
-        "map",
-        "--vent",
-        "tcp://127.0.0.1:*",
-        "--sink",
-        "tcp://127.0.0.1:*",
-    ])
-    .args(["--http", "127.0.0.1:0", "--no-progress", "--local", "4"])
-    .args(["--sleep-payload", "--input", input.to_str().unwrap()])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut map = Proc::spawn("map", cmd);
-    let err = Lines::collect(map.child.stderr.take().unwrap());
-    err.wait_for("listening http://", 1);
-    let line = err
-        .get()
-        .into_iter()
-        .find(|l| l.starts_with("listening http://"))
-        .unwrap();
-    browser.open(line.strip_prefix("listening ").unwrap());
+    let (_map, _input, addr) = map(3000, 30, 4);
+    browser.open(&format!("http://{addr}/"));
     browser.until(
         "the map's page shows four workers and progress",
         "return document.querySelectorAll('#map-workers tbody tr').length === 4 && parseFloat(document.querySelector('#bar-fill').style.width) > 0",
