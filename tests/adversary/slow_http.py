@@ -1,10 +1,10 @@
-"""Hostile HTTP clients at the broker's Prometheus endpoint while a normal scraper scrapes it.
+"""Hostile HTTP clients at the broker's HTTP endpoint while a normal scraper scrapes /metrics.
 
 MODE: slowloris (N connections each sending a request head one byte per second, never
 finished), idle (N connections opened and left silent), junk (N connections sending junk
 request lines and binary garbage, reconnecting when the server closes them), bigheader (one
 request with a 1 MB header: refused or closed, not a crash), lf-only (`GET /metrics
-HTTP/1.1\\nHost: x\\n\\n` must be answered 200), query (`GET /metrics?x=1` must be 200).
+HTTP/1.1\\nHost: HOST:PORT\\n\\n` must be answered 200), query (`GET /metrics?x=1` must be 200).
 The attack modes keep their connections for --hold seconds (default 5) while /metrics is
 scraped normally every 0.5 s with a 5 s timeout; a scrape succeeds on a 200 with metrics.
 
@@ -65,9 +65,12 @@ def raw_status(host: str, port: int, data: bytes, seconds: float = 5) -> str:
 
 def attack(mode: str, host: str, port: int, n: int, stop: threading.Event, st: dict) -> None:
     """Keeps mode's hostile connections going until stop; counts in st."""
-    rng, head = random.Random(1), b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100000
+    # The server's own address as Host: without a token it answers no other name.
+    host_header = f"Host: {host}:{port}".encode()
+    rng = random.Random(1)
+    head = b"GET /metrics HTTP/1.1\r\n" + host_header + b"\r\nX-Slow: " + b"a" * 100000
     if mode == "bigheader":
-        big = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
+        big = b"GET /metrics HTTP/1.1\r\n" + host_header + b"\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
         st["answer"] = raw_status(host, port, big)
         return
     conns: dict[socket.socket, int] = {}  # connection -> bytes of the head sent so far
@@ -132,7 +135,7 @@ def main() -> int:
     if a.mode in ("lf-only", "query"):
         t0 = time.monotonic()
         if a.mode == "lf-only":
-            line = raw_status(host, port_n, b"GET /metrics HTTP/1.1\nHost: x\n\n")
+            line = raw_status(host, port_n, f"GET /metrics HTTP/1.1\nHost: {host}:{port_n}\n\n".encode())
             status = int(line.split(" ")[1]) if line.startswith("HTTP/") and " " in line else 0
         else:
             status, _ = scrape(host, port_n, "/metrics?x=1")

@@ -86,10 +86,8 @@ pub(crate) struct Args {
     /// no CPU.
     #[arg(long, value_name = "US", default_value_t = BrokerConfig::default().spin_us, value_parser = clap::value_parser!(u64).range(0..=scale0::MAX_SPIN_US))]
     spin_us: u64,
-    /// Serve Prometheus metrics over HTTP at HOST:PORT/metrics (port 0 picks one; the
-    /// address is printed as a `listening http://...` line).
-    #[arg(long, value_name = "HOST:PORT")]
-    metrics: Option<String>,
+    #[command(flatten)]
+    http: crate::http::HttpArgs,
     #[command(flatten)]
     curve: crate::curve::ServerArgs,
     /// CURVE: the only services a key may use, as a client or a worker, as
@@ -169,7 +167,7 @@ impl Args {
         config.events = self.events;
         config.grace_ms = self.grace_ms;
         config.spin_us = self.spin_us;
-        config.metrics = self.metrics;
+        config.http = self.http.config()?;
         config.store.segment_bytes = self.segment_bytes;
         config.store.repair = self.repair_log;
         config.curve = self.curve.load()?;
@@ -188,7 +186,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     let broker = Broker::bind(args.config()?)?;
     print_listening(broker.endpoints())?;
     print_listening(broker.events_endpoints())?;
-    print_listening(broker.metrics_endpoint().as_slice())?;
+    print_listening(broker.http_endpoint().as_slice())?;
     broker.run(&crate::stop_on_signals()?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ mod config;
 mod curve;
 mod demo;
 mod handlers;
+mod http;
 mod limits;
 mod pipeline;
 mod queue;

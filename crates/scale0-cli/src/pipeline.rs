@@ -506,6 +506,8 @@ pub(crate) struct MapArgs {
     limit: crate::limits::MessageLimit,
     #[command(flatten)]
     curve: crate::curve::ServerArgs,
+    #[command(flatten)]
+    http: crate::http::HttpArgs,
 }
 
 pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
@@ -540,6 +542,24 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
     for e in map.vent_endpoints().iter().chain(map.sink_endpoints()) {
         eprintln!("listening {e}");
     }
+    let mut http = match args.http.config()? {
+        Some(c) => Some(scale0::http::HttpServer::bind(c, scale0::http::Page::Map)?),
+        None => None,
+    };
+    let board = std::cell::RefCell::new(crate::http::MapBoard::default());
+    if let Some(h) = &mut http {
+        eprintln!("listening {}", h.url());
+        // Until the first progress report, the page shows a map that has not begun.
+        h.publish_status(board.borrow().status(&scale0::MapProgress {
+            counters: Default::default(),
+            input_done: false,
+            workers: 0,
+            capacity: 0,
+            in_flight: 0,
+            elapsed: std::time::Duration::ZERO,
+        }));
+        h.start()?;
+    }
     if let Some(task) = task {
         map.spawn_local(args.local, task)?;
     }
@@ -558,6 +578,9 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
         jobs,
         &crate::stop_on_signals()?,
         |f| {
+            if http.is_some() {
+                board.borrow_mut().finished(&f);
+            }
             if write_error.is_some() {
                 return;
             }
@@ -586,7 +609,12 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
                 failures.push(f);
             }
         },
-        |p| show_progress(&bar, p),
+        |p| {
+            show_progress(&bar, p);
+            if let Some(h) = &http {
+                h.publish_status(board.borrow().status(p));
+            }
+        },
     )?;
     bar.finish_and_clear();
     out.flush()?;

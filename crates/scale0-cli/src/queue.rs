@@ -44,6 +44,8 @@ pub(crate) struct Args {
     heartbeat_liveness: u32,
     #[command(flatten)]
     curve: crate::curve::ServerArgs,
+    #[command(flatten)]
+    http: crate::http::HttpArgs,
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
@@ -52,6 +54,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         backend: args.backend,
         workers: args.workers,
         curve: args.curve.load()?,
+        http: args.http.config()?,
         ..QueueConfig::default()
     };
     config.core.request_timeout_ms = args.request_timeout_ms;
@@ -68,6 +71,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
         .cloned()
         .collect();
     print_listening(&all)?;
+    print_listening(queue.http_endpoint().as_slice())?;
     queue.run(&crate::stop_on_signals()?)?;
     Ok(ExitCode::SUCCESS)
 }

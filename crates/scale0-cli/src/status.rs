@@ -65,6 +65,32 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             ""
         }
     );
+    if let Some(c) = v["cluster"].as_object() {
+        let lag: Vec<String> = c
+            .get("lag")
+            .and_then(Value::as_array)
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|l| format!("node {} {} behind", n(&l["node"]), n(&l["entries"])))
+            .collect();
+        println!(
+            "cluster node {}: {}{}, term {}, leader {}, commit {}, applied {}{}",
+            n(&c["node"]),
+            c["role"].as_str().unwrap_or("?"),
+            if c["serving"] == true { " (serving)" } else { "" },
+            n(&c["term"]),
+            c["leader"]
+                .as_u64()
+                .map_or_else(|| "unknown".to_string(), |l| l.to_string()),
+            n(&c["commit"]),
+            n(&c["applied"]),
+            if lag.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", lag.join(", "))
+            }
+        );
+    }
     println!(
         "totals: {} requests, {} replies, {} partials, {} dispatched, {} redelivered, {} failed, {} dropped",
         n(&t["requests"]),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Broker, HANG, Proc, eventually, scale0, scale0_request, tail};
+use common::{Broker, HANG, Proc, eventually, http_addr, http_get, scale0, scale0_request, tail};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -119,20 +119,6 @@ fn with_log_json_every_log_line_is_a_json_object() {
     }
 }
 
-/// `GET path` over plain HTTP/1.1; returns the status line and the body.
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the metrics port");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
-}
-
 fn sample(body: &str, name: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -153,11 +139,7 @@ fn metrics_are_scraped_over_http_in_prometheus_text() {
     let (proc, out) = common::spawn_lines("broker", cmd);
     let ends = out.listening(2);
     let endpoint = ends[0].clone();
-    let addr = ends[1]
-        .strip_prefix("http://")
-        .and_then(|a| a.strip_suffix("/metrics"))
-        .expect("an http endpoint")
-        .to_string();
+    let addr = http_addr(&ends[1]);
     let mut w = scale0();
     w.args([
         "worker",
@@ -192,7 +174,9 @@ fn metrics_are_scraped_over_http_in_prometheus_text() {
         sample(&last, "scale0_request_duration_seconds_bucket{le=\"+Inf\"}"),
         sample(&last, "scale0_request_duration_seconds_count")
     );
-    assert!(last.contains("# TYPE scale0_request_failures_total counter"));
+    // OpenMetrics text: a counter family is named without `_total`, its samples with.
+    assert!(last.contains("# TYPE scale0_request_failures counter"));
+    assert!(last.ends_with("# EOF\n"));
     assert_eq!(http_get(&addr, "/other").0, "HTTP/1.1 404 Not Found");
     for mut c in waiting {
         let _ = c.kill();

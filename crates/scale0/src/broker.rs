@@ -3,7 +3,8 @@
 use crate::accepts::AcceptWatch;
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
-use crate::metrics::{MetricsServer, render as render_metrics};
+use crate::http::{HttpConfig, HttpServer, Page};
+use crate::metrics::render as render_metrics;
 use crate::security::{self, CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets;
@@ -14,9 +15,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the metrics snapshot is rendered.
-const METRICS_EVERY: Duration = Duration::from_millis(500);
 use tracing::{debug, error, info, warn};
+
+/// How often the HTTP endpoint's snapshot (metrics and status) is rendered.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 
 /// Messages handled between two commits of a durable broker: bounds the latency one
 /// batch adds, while a busy broker still shares each sync among many requests.
@@ -51,9 +53,10 @@ pub struct BrokerConfig {
     /// waits only for requests held by workers: queued ones stay in its log. Default
     /// [`DEFAULT_GRACE_MS`].
     pub grace_ms: u64,
-    /// `HOST:PORT` of an HTTP endpoint serving Prometheus metrics at `/metrics`; port 0
-    /// picks a free one (read it back with [`Broker::metrics_endpoint`]).
-    pub metrics: Option<String>,
+    /// The HTTP endpoint: the dashboard at `/`, `/api/status`, `/api/events` and
+    /// Prometheus metrics at `/metrics` (read the address back with
+    /// [`Broker::http_endpoint`]); `None` for none.
+    pub http: Option<HttpConfig>,
     /// CURVE on every endpoint: the broker's key pair and the client and worker keys it
     /// lets in. Per-key service rules are `core.access`, by key name.
     pub curve: Option<CurveServer>,
@@ -85,7 +88,7 @@ impl Default for BrokerConfig {
             store: LogOptions::default(),
             events: Vec::new(),
             grace_ms: DEFAULT_GRACE_MS,
-            metrics: None,
+            http: None,
             curve: None,
             cluster: None,
             spin_us: 100,
@@ -106,7 +109,7 @@ pub struct Broker {
     /// Where events are published, if anywhere.
     pub(crate) events: Option<zmq::Socket>,
     events_endpoints: Vec<String>,
-    pub(crate) metrics: Option<MetricsServer>,
+    pub(crate) http: Option<HttpServer>,
     /// Answers CURVE authentication for this broker's context, when CURVE is on.
     pub(crate) zap: Option<ZapHandler>,
     /// Reads the socket's monitor when the ZAP handler does not.
@@ -256,13 +259,13 @@ impl Broker {
             }
             Some(p)
         };
-        let metrics = config
-            .metrics
-            .as_deref()
-            .map(MetricsServer::bind)
+        let http = config
+            .http
+            .clone()
+            .map(|c| HttpServer::bind(c, Page::Broker))
             .transpose()?;
         Ok(Self {
-            metrics,
+            http,
             zap,
             accepts,
             ctx,
@@ -281,9 +284,9 @@ impl Broker {
         &self.endpoints
     }
 
-    /// Where Prometheus can scrape this broker, if `metrics` was set.
-    pub fn metrics_endpoint(&self) -> Option<String> {
-        self.metrics.as_ref().map(MetricsServer::endpoint)
+    /// The dashboard's URL (`http://HOST:PORT/`), if `http` was set.
+    pub fn http_endpoint(&self) -> Option<String> {
+        self.http.as_ref().map(HttpServer::url)
     }
 
     /// The events PUB endpoints actually bound.
@@ -297,7 +300,7 @@ impl Broker {
             return self.run_cluster(shutdown);
         }
         let clock = Clock::new();
-        self.config.core.events = self.events.is_some();
+        self.config.core.events = self.events.is_some() || self.http.is_some();
         let (mut core, mut log) = match self.store.take() {
             None => (
                 core::Broker::new(self.config.core.clone(), clock.now()),
@@ -321,20 +324,21 @@ impl Broker {
         };
         info!(endpoints = %self.endpoints.join(" "), durable = log.is_some(), "broker running");
         let started = std::time::Instant::now();
-        let mut next_metrics = started;
-        if let Some(m) = &mut self.metrics {
-            m.start()?;
+        let mut next_snapshot = started;
+        if let Some(h) = &mut self.http {
+            h.start()?;
         }
         // Messages handled since the last commit (durable mode).
         let mut uncommitted = 0usize;
         let mut unflushed = 0usize;
         let mut receiver = sockets::Receiver::new(self.config.spin_us, self.zap.is_some());
         loop {
-            if let Some(m) = &self.metrics
-                && std::time::Instant::now() >= next_metrics
+            if let Some(h) = &self.http
+                && std::time::Instant::now() >= next_snapshot
             {
-                m.publish(render_metrics(&core, started.elapsed()));
-                next_metrics = std::time::Instant::now() + METRICS_EVERY;
+                h.publish_metrics(render_metrics(&core, started.elapsed()));
+                h.publish_status(core.status_document(clock.now()));
+                next_snapshot = std::time::Instant::now() + SNAPSHOT_EVERY;
             }
             if shutdown.is_triggered() && !core.is_draining() {
                 if self.config.grace_ms == 0 {
@@ -372,10 +376,13 @@ impl Broker {
                 core.handle_timeout(now);
                 self.flush(&mut core, clock);
             }
-            if let Some(p) = &self.events {
-                while let Some(e) = core.poll_event() {
+            while let Some(e) = core.poll_event() {
+                if let Some(p) = &self.events {
                     // A slow subscriber misses events past its HWM, as with any PUB.
                     let _ = sockets::send(p, &e.encode());
+                }
+                if let Some(h) = &self.http {
+                    h.publish_event(event_json(&e));
                 }
             }
             // One message per round; a message already there is taken without a system
@@ -473,6 +480,22 @@ impl Broker {
             }
         }
     }
+}
+
+/// An event as the dashboard's stream carries it: `scale0 watch --json`'s object, with
+/// the wall-clock time it was published (Unix milliseconds).
+pub(crate) fn event_json(e: &core::Event) -> String {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    serde_json::json!({
+        "event": e.kind(),
+        "service": e.service().to_string(),
+        "worker": e.worker().map(ToString::to_string).unwrap_or_default(),
+        "detail": e.detail(),
+        "at_ms": at_ms,
+    })
+    .to_string()
 }
 
 /// Listens to brokers' event endpoints (their `events`) until `shutdown` or until

@@ -27,6 +27,10 @@ use tracing::{error, info, warn};
 /// stays within a few snapshots' size.
 const REWRITE_AFTER: u64 = 4096;
 
+/// How often the node's place in the cluster is told to the broker (for `mmi.status`)
+/// and the HTTP snapshot rendered.
+const STATUS_EVERY: Duration = Duration::from_millis(100);
+
 /// How a broker takes part in a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -199,7 +203,7 @@ impl Broker {
             usize::try_from(crate::ids::random_u64() % cc.election_ticks as u64).unwrap_or(0);
         let mut node = Node::new(cc.core(jitter), log, clock.now())
             .map_err(|e| crate::Error::InvalidConfig(e.to_string()))?;
-        self.config.core.events = self.events.is_some();
+        self.config.core.events = self.events.is_some() || self.http.is_some();
         let mut core = core::Broker::standby(self.config.core.clone(), clock.now());
 
         // One ROUTER for what other nodes send here; a DEALER to each of them.
@@ -238,9 +242,9 @@ impl Broker {
             "cluster node running"
         );
         let started = std::time::Instant::now();
-        let mut next_metrics = started;
-        if let Some(m) = &mut self.metrics {
-            m.start()?;
+        let mut next_status = started;
+        if let Some(h) = &mut self.http {
+            h.start()?;
         }
         let mut receiver = sockets::Receiver::new(0, self.zap.is_some());
         // Ops taken from the broker while it serves: the count `Committed` reports.
@@ -249,11 +253,13 @@ impl Broker {
             if shutdown.is_triggered() {
                 break;
             }
-            if let Some(m) = &self.metrics
-                && std::time::Instant::now() >= next_metrics
-            {
-                m.publish(render_metrics(&core, started.elapsed()));
-                next_metrics = std::time::Instant::now() + Duration::from_millis(500);
+            if std::time::Instant::now() >= next_status {
+                core.set_cluster_status(node.status());
+                if let Some(h) = &self.http {
+                    h.publish_metrics(render_metrics(&core, started.elapsed()));
+                    h.publish_status(core.status_document(clock.now()));
+                }
+                next_status = std::time::Instant::now() + STATUS_EVERY;
             }
             let deadline = [core.poll_timeout(), node.poll_timeout()]
                 .into_iter()
@@ -331,9 +337,12 @@ impl Broker {
                     Event::Committed { upto } => core.journal_committed(upto),
                 }
             }
-            if let Some(p) = &self.events {
-                while let Some(e) = core.poll_event() {
+            while let Some(e) = core.poll_event() {
+                if let Some(p) = &self.events {
                     let _ = sockets::send(p, &e.encode());
+                }
+                if let Some(h) = &self.http {
+                    h.publish_event(crate::broker::event_json(&e));
                 }
             }
             self.flush(&mut core, clock);

@@ -16,6 +16,7 @@ mod clock;
 mod cluster;
 pub mod endpoints;
 mod error;
+pub mod http;
 mod ids;
 mod latency;
 mod limits;

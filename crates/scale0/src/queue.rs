@@ -3,11 +3,16 @@
 
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
+use crate::http::{HttpConfig, HttpServer, Page};
 use crate::security::{self, CurveServer, ZapHandler};
 use crate::shutdown::Shutdown;
 use crate::sockets::{self, ConnectionCounter};
 use scale0_proto::queue::{self as core, Counters, Dest};
+use std::time::{Duration, Instant};
 use tracing::{debug, info};
+
+/// How often the HTTP endpoint's status document is rendered.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 
 /// Where the queue listens and how it behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +29,8 @@ pub struct QueueConfig {
     pub socket_hwm: i32,
     /// CURVE on all three sockets, with the clients', servers' and workers' keys allowed.
     pub curve: Option<CurveServer>,
+    /// The HTTP endpoint: the queue's dashboard at `/` and `/api/status`; `None` for none.
+    pub http: Option<HttpConfig>,
 }
 
 impl Default for QueueConfig {
@@ -35,6 +42,7 @@ impl Default for QueueConfig {
             core: core::Config::default(),
             socket_hwm: 100_000,
             curve: None,
+            http: None,
         }
     }
 }
@@ -59,6 +67,7 @@ pub struct Queue {
     endpoints: QueueEndpoints,
     config: QueueConfig,
     zap: Option<ZapHandler>,
+    http: Option<HttpServer>,
 }
 
 impl Drop for Queue {
@@ -138,6 +147,11 @@ impl Queue {
             backend: bind_all(&backend, &config.backend)?,
             workers: bind_all(&workers, &config.workers)?,
         };
+        let http = config
+            .http
+            .clone()
+            .map(|c| HttpServer::bind(c, Page::Queue))
+            .transpose()?;
         Ok(Self {
             frontend,
             backend,
@@ -146,6 +160,7 @@ impl Queue {
             endpoints,
             config,
             zap,
+            http,
         })
     }
 
@@ -154,9 +169,19 @@ impl Queue {
         &self.endpoints
     }
 
+    /// The dashboard's URL (`http://HOST:PORT/`), if `http` was set.
+    pub fn http_endpoint(&self) -> Option<String> {
+        self.http.as_ref().map(HttpServer::url)
+    }
+
     /// Serves until `shutdown` is triggered; returns the final counters.
     pub fn run(mut self, shutdown: &Shutdown) -> Result<Counters> {
         let clock = Clock::new();
+        let started = Instant::now();
+        let mut next_snapshot = started;
+        if let Some(h) = &mut self.http {
+            h.start()?;
+        }
         let mut core = core::Queue::new(self.config.core.clone(), clock.now());
         info!(
             frontend = %self.endpoints.frontend.join(" "),
@@ -165,7 +190,15 @@ impl Queue {
             "queue running"
         );
         while !shutdown.is_triggered() {
-            let wait = clock.wait_ms(core.poll_timeout());
+            let mut wait = clock.wait_ms(core.poll_timeout());
+            if let Some(h) = &self.http {
+                if Instant::now() >= next_snapshot {
+                    h.publish_status(status_json(&core, self.servers.count(), started));
+                    next_snapshot = Instant::now() + SNAPSHOT_EVERY;
+                }
+                let until = next_snapshot.saturating_duration_since(Instant::now());
+                wait = wait.min(i64::try_from(until.as_millis()).unwrap_or(wait));
+            }
             let mut items = [
                 self.frontend.as_poll_item(zmq::POLLIN),
                 self.backend.as_poll_item(zmq::POLLIN),
@@ -222,4 +255,33 @@ impl Queue {
             }
         }
     }
+}
+
+/// The queue's `/api/status` document (docs/http.md).
+fn status_json(core: &core::Queue, servers: usize, started: Instant) -> String {
+    let c = core.counters();
+    let dropped: serde_json::Map<String, serde_json::Value> = core::Drop::ALL
+        .iter()
+        .map(|d| (d.label().to_string(), c.dropped(*d).into()))
+        .collect();
+    serde_json::json!({
+        "version": 1,
+        "kind": "queue",
+        "uptime_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "servers": servers,
+        "workers": core.workers(),
+        "waiting": core.waiting(),
+        "in_flight": core.in_flight(),
+        "totals": {
+            "requests": c.requests,
+            "replies": c.replies,
+            "sent": c.sent,
+            "resent": c.resent,
+            "workers_ready": c.workers_ready,
+            "workers_lost": c.workers_lost,
+        },
+        "dropped": dropped,
+        "cluster": null,
+    })
+    .to_string()
 }

@@ -436,3 +436,102 @@ pub fn spawn_lines(name: &str, mut cmd: Command) -> (Proc, Lines) {
     let stdout = proc.child.stdout.take().expect("piped stdout");
     (proc, Lines::collect(stdout))
 }
+
+/// One HTTP/1.1 exchange on a new connection (`Connection: close`): `method path` with
+/// `headers` (each `Name: value`; Host is added unless given) and `body`. Returns the
+/// status line, the head and the body; reads until the server closes.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (String, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the HTTP port");
+    s.set_read_timeout(Some(HANG)).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for h in headers {
+        head.push_str(&format!("{h}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    write!(s, "{head}\r\n{body}").unwrap();
+    // Some servers (chromedriver) keep the connection open anyway: read by the length.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    let done = |raw: &[u8]| -> bool {
+        let text = String::from_utf8_lossy(raw);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let lower = head.to_ascii_lowercase();
+        if let Some(n) = lower.lines().find_map(|l| {
+            l.strip_prefix("content-length:")?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        }) {
+            return body.len() >= n;
+        }
+        lower.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n")
+    };
+    while !done(&raw) {
+        let n = s.read(&mut buf).expect("reading the answer");
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.lines().next().unwrap_or_default().to_string();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+/// A chunked body's content.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// `GET path` over plain HTTP/1.1; returns the status line and the body.
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    let (status, _, body) = http_request(addr, "GET", path, &[], "");
+    (status, body)
+}
+
+/// `HOST:PORT` of a `listening http://HOST:PORT/` line's endpoint.
+pub fn http_addr(endpoint: &str) -> String {
+    endpoint
+        .strip_prefix("http://")
+        .and_then(|a| a.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("not an HTTP endpoint: {endpoint}"))
+        .to_string()
+}

@@ -228,6 +228,7 @@ impl Broker {
         request: &Request,
         outcome: Outcome,
     ) {
+        self.count_for_service(service, matches!(outcome, Outcome::Fail(_)));
         if let Outcome::Fail(reason) = outcome {
             let n = match self.counters.failed.get_mut(reason.index()) {
                 Some(n) => {

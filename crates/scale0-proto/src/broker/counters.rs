@@ -1,7 +1,7 @@
 //! What the broker counts: why requests failed and messages were dropped, and totals.
 
 use super::Broker;
-use crate::mdp::{DecodeError, Status};
+use crate::mdp::{DecodeError, ServiceName, Status};
 use tracing::warn;
 
 /// Why a request ended without a reply from a worker.
@@ -257,7 +257,38 @@ impl Counters {
     }
 }
 
+/// What became of one service's requests, for the dashboard's per-service rates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct ServiceTotals {
+    /// Final replies from its workers.
+    pub(super) replies: u64,
+    /// Requests that ended without one.
+    pub(super) failed: u64,
+}
+
 impl Broker {
+    /// Counts a finished request of `service`. Only services the broker tracks are
+    /// counted, and when the table is full the services it forgot are dropped from it,
+    /// so it stays within `max_services`.
+    pub(super) fn count_for_service(&mut self, service: &ServiceName, failed: bool) {
+        if !self.service_totals.contains_key(service) {
+            if !self.services.contains_key(service) {
+                return;
+            }
+            if self.service_totals.len() >= self.config.max_services {
+                let services = &self.services;
+                self.service_totals
+                    .retain(|name, _| services.contains_key(name));
+            }
+        }
+        let t = self.service_totals.entry(service.clone()).or_default();
+        if failed {
+            t.failed += 1;
+        } else {
+            t.replies += 1;
+        }
+    }
+
     pub(super) fn drop_message(&mut self, reason: DropReason, size: usize) {
         let n = match self.counters.dropped.get_mut(reason.index()) {
             Some(n) => {

@@ -254,7 +254,11 @@ pub struct Broker {
     /// A cluster node that does not serve: workers register and are heartbeated (so a
     /// new leader has them), client requests are refused with `not_leader`.
     standby: bool,
+    /// The cluster node this broker is part of, as its driver last said.
+    cluster: Option<crate::cluster::Status>,
     counters: Counters,
+    /// Replies and failures per service, for the dashboard.
+    service_totals: HashMap<ServiceName, counters::ServiceTotals>,
 }
 
 impl Broker {
@@ -280,7 +284,9 @@ impl Broker {
             last_tag: 0,
             urgent: false,
             standby: false,
+            cluster: None,
             counters: Counters::default(),
+            service_totals: HashMap::new(),
         }
     }
 
@@ -298,10 +304,17 @@ impl Broker {
     /// whichever node leads next. Their requests are in the replicated journal.
     pub fn into_standby(self, now: Instant) -> Self {
         let mut standby = Self::standby(self.config, now);
+        standby.cluster = self.cluster;
         for (peer, w) in self.workers {
             standby.push(to_worker(&peer, w.version, WorkerCommand::Disconnect));
         }
         standby
+    }
+
+    /// Where the cluster node this broker belongs to stands, for `mmi.status` (the
+    /// driver says, as it changes).
+    pub fn set_cluster_status(&mut self, status: crate::cluster::Status) {
+        self.cluster = Some(status);
     }
 
     /// Whether this broker refuses client requests as a cluster node that does not serve.

@@ -190,6 +190,50 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// A node's place in its cluster, for status pages and `mmi.status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id.
+    pub node: u64,
+    /// Its role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// Whether it serves clients (it leads and has applied its term's first entry).
+    pub serving: bool,
+    /// The highest index known committed.
+    pub commit: u64,
+    /// The highest index applied.
+    pub applied: u64,
+    /// On the leader, each other node's lag in entries.
+    pub lag: Vec<(u64, u64)>,
+}
+
+impl Status {
+    /// The JSON object `mmi.status` carries as `cluster`.
+    pub fn to_json(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!(
+            "{{\"node\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"serving\":{},\"commit\":{},\"applied\":{},\"lag\":[",
+            self.node,
+            self.role.as_str(),
+            self.term,
+            self.leader.map_or("null".to_string(), |l| l.to_string()),
+            self.serving,
+            self.commit,
+            self.applied,
+        );
+        for (i, (node, entries)) in self.lag.iter().enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            let _ = write!(out, "{comma}{{\"node\":{node},\"entries\":{entries}}}");
+        }
+        out.push_str("]}");
+        out
+    }
+}
+
 /// A node's role, as status pages show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -356,6 +400,20 @@ impl Node {
     /// starting to serve resumes from (`Broker::durable`).
     pub fn image(&self) -> Vec<(u64, Bytes)> {
         self.image.iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    /// Where this node stands, for status pages.
+    pub fn status(&self) -> Status {
+        Status {
+            node: self.config.id,
+            role: self.role(),
+            term: self.term(),
+            leader: self.leader(),
+            serving: self.serving.is_some(),
+            commit: self.commit_index(),
+            applied: self.applied,
+            lag: self.lag(),
+        }
     }
 
     /// The raft log as it stands (for a driver compacting its file:
