@@ -77,7 +77,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             "cluster node {}: {}{}, term {}, leader {}, commit {}, applied {}{}",
             n(&c["node"]),
             c["role"].as_str().unwrap_or("?"),
-            if c["serving"] == true { " (serving)" } else { "" },
+            if c["serving"] == true {
+                " (serving)"
+            } else {
+                ""
+            },
             n(&c["term"]),
             c["leader"]
                 .as_u64()

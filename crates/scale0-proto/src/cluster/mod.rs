@@ -207,6 +207,9 @@ pub struct Status {
     pub commit: u64,
     /// The highest index applied.
     pub applied: u64,
+    /// Live entries of the replicated journal (requests not finished, Titanic answers
+    /// kept), as applied here.
+    pub journal: usize,
     /// On the leader, each other node's lag in entries.
     pub lag: Vec<(u64, u64)>,
 }
@@ -216,7 +219,7 @@ impl Status {
     pub fn to_json(&self) -> String {
         use std::fmt::Write as _;
         let mut out = format!(
-            "{{\"node\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"serving\":{},\"commit\":{},\"applied\":{},\"lag\":[",
+            "{{\"node\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"serving\":{},\"commit\":{},\"applied\":{},\"journal\":{},\"lag\":[",
             self.node,
             self.role.as_str(),
             self.term,
@@ -224,6 +227,7 @@ impl Status {
             self.serving,
             self.commit,
             self.applied,
+            self.journal,
         );
         for (i, (node, entries)) in self.lag.iter().enumerate() {
             let comma = if i > 0 { "," } else { "" };
@@ -412,6 +416,7 @@ impl Node {
             serving: self.serving.is_some(),
             commit: self.commit_index(),
             applied: self.applied,
+            journal: self.image.len(),
             lag: self.lag(),
         }
     }
