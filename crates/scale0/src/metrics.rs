@@ -27,6 +27,7 @@ struct Snapshot {
     latency: Vec<(f64, u64)>,
     latency_sum_s: f64,
     uptime_s: u64,
+    cluster: Option<scale0_proto::cluster::Status>,
 }
 
 impl prometheus_client::collector::Collector for Snapshot {
@@ -93,6 +94,49 @@ impl prometheus_client::collector::Collector for Snapshot {
             MetricType::Histogram,
         )?
         .encode_histogram::<NoLabelSet>(self.latency_sum_s, count, &self.latency, None)?;
+        if let Some(c) = &self.cluster {
+            let gauges: [(&str, &str, u64); 5] = [
+                (
+                    "cluster_serving",
+                    "1 while this node leads and serves, else 0.",
+                    u64::from(c.serving),
+                ),
+                ("cluster_term", "The node's current raft term.", c.term),
+                (
+                    "cluster_commit_index",
+                    "The highest raft index known committed.",
+                    c.commit,
+                ),
+                (
+                    "cluster_applied_index",
+                    "The highest raft index applied here.",
+                    c.applied,
+                ),
+                (
+                    "cluster_journal_entries",
+                    "Live entries of the replicated journal, as applied here.",
+                    c.journal as u64,
+                ),
+            ];
+            for (name, help, v) in gauges {
+                ConstGauge::new(v).encode(e.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Gauge,
+                )?)?;
+            }
+            let mut m = e.encode_descriptor(
+                "cluster_lag_entries",
+                "On the leader: entries each other node has yet to store.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (node, lag) in &c.lag {
+                let node = node.to_string();
+                ConstGauge::new(*lag).encode(m.encode_family(&[("node", node.as_str())])?)?;
+            }
+        }
         ConstGauge::new(self.uptime_s).encode(e.encode_descriptor(
             "uptime_seconds",
             "Seconds since the broker started serving.",
@@ -199,6 +243,7 @@ pub(crate) fn render(core: &core::Broker, uptime: Duration) -> String {
         latency,
         latency_sum_s: c.latency_sum_ms() as f64 / 1000.0,
         uptime_s: uptime.as_secs(),
+        cluster: core.cluster_status().cloned(),
     };
     let mut registry = Registry::with_prefix("scale0");
     registry.register_collector(Box::new(snapshot));
@@ -232,5 +277,37 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            !text.contains("cluster"),
+            "a single broker has no cluster: {text}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_node_renders_its_role_term_indexes_and_lag() {
+        use scale0_proto::cluster::{Role, Status};
+        let mut core = Broker::new(Config::default(), Instant::ZERO);
+        core.set_cluster_status(Status {
+            node: 1,
+            role: Role::Leader,
+            term: 7,
+            leader: Some(1),
+            serving: true,
+            commit: 120,
+            applied: 119,
+            journal: 4,
+            lag: vec![(2, 0), (3, 15)],
+        });
+        let text = render(&core, Duration::from_secs(3));
+        for line in [
+            "scale0_cluster_serving 1",
+            "scale0_cluster_term 7",
+            "scale0_cluster_commit_index 120",
+            "scale0_cluster_applied_index 119",
+            "scale0_cluster_journal_entries 4",
+            "scale0_cluster_lag_entries{node=\"3\"} 15",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

@@ -317,6 +317,11 @@ impl Broker {
         self.cluster = Some(status);
     }
 
+    /// Where the cluster node this broker belongs to stands, as last set.
+    pub fn cluster_status(&self) -> Option<&crate::cluster::Status> {
+        self.cluster.as_ref()
+    }
+
     /// Whether this broker refuses client requests as a cluster node that does not serve.
     pub fn is_standby(&self) -> bool {
         self.standby
