@@ -93,6 +93,10 @@ class Forbidden(BrokerError, status="forbidden"):
     """`forbidden`: under CURVE, this client's key may not use the service."""
 
 
+class NotLeader(BrokerError, status="not_leader"):
+    """`not_leader`: this node of a cluster does not serve; ask the leader."""
+
+
 def from_status(status: str, message: str, service: str | None = None) -> BrokerError:
     """The exception for a native ERROR's status and message."""
     cls = STATUSES.get(status, BrokerError)
