@@ -44,6 +44,10 @@ fn echo_worker(endpoint: &str) -> Proc {
         "--echo",
         "--concurrency",
         "2",
+        // One request at a time each, so that a run lasts through the kills (with the
+        // default credit the requests are done before the first).
+        "--capacity",
+        "1",
         "--heartbeat-interval-ms",
         "250",
     ]);
