@@ -866,6 +866,35 @@ mod native {
     }
 
     #[test]
+    fn a_standby_refuses_with_not_leader_and_once_serving_takes_the_same_id() {
+        // A cluster node that does not lead refuses; a retry of the same id after it
+        // starts to serve is run, not answered with the refusal kept for retries.
+        let mut sim = Sim::new();
+        sim.broker = scale0_proto::broker::Broker::standby(config(), sim.now);
+        sim.ready("w", "svc");
+        send(&mut sim, "c", "r1", "svc", None);
+        let out = to(&mut sim, "c");
+        assert_eq!(status_of(&out[0]), Some(Status::NotLeader), "{out:?}");
+        assert_eq!(sim.dispatched(), [], "nothing is queued");
+        let recovery = sim.broker.resume(sim.now, Vec::new(), 7);
+        assert_eq!(recovery.requests, 0);
+        assert!(!sim.broker.is_standby());
+        send(&mut sim, "c", "r1", "svc", None);
+        sim.sync();
+        let out = sim.sent();
+        assert!(
+            native_to(&out, "c").contains(&accepted("r1")),
+            "accepted once serving: {out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|(to, m)| to == "w"
+                    && matches!(m, Message::Worker(WorkerCommand::Request { .. }))),
+            "the standby's worker is sent it: {out:?}"
+        );
+    }
+
+    #[test]
     fn a_request_whose_deadline_is_zero_is_answered_deadline_exceeded_and_never_dispatched() {
         let mut sim = Sim::new();
         sim.ready("w", "svc");

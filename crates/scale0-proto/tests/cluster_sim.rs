@@ -42,6 +42,9 @@ struct Sim {
     loss_percent: u64,
     /// Whether the serving node is given ops to propose.
     proposing: bool,
+    /// Broker mode: events are also kept here for the brokers' drivers.
+    forward: bool,
+    forwarded: Vec<(usize, Event)>,
     next_key: u64,
     /// Per node: the batches it proposed while serving, with their `upto`.
     proposed: Vec<VecDeque<(u64, Vec<JournalOp>)>>,
@@ -91,6 +94,8 @@ impl Sim {
             cut: BTreeSet::new(),
             loss_percent: 5,
             proposing: true,
+            forward: false,
+            forwarded: Vec::new(),
             next_key: 1,
             proposed: vec![VecDeque::new(); NODES as usize],
             taken: vec![0; NODES as usize],
@@ -162,6 +167,9 @@ impl Sim {
 
     fn event(&mut self, i: usize, e: Event) {
         let id = (i + 1) as u64;
+        if self.forward {
+            self.forwarded.push((i, e.clone()));
+        }
         match e {
             Event::Serve { term } => {
                 if let Some(other) = self.served.insert(term, id) {
@@ -274,6 +282,17 @@ impl Sim {
         let mut next_work = self.now;
         while self.now < until {
             self.now = self.next_due().min(until);
+            self.step();
+            if self.proposing && self.now >= next_work {
+                self.workload();
+                next_work = self.now + std::time::Duration::from_millis(5);
+            }
+        }
+    }
+
+    /// Everything due at `self.now`: frames that arrive, syncs that finish, ticks.
+    fn step(&mut self) {
+        {
             while let Some(Reverse((t, ..))) = self.net.peek() {
                 if *t > self.now {
                     break;
@@ -308,10 +327,6 @@ impl Sim {
                 }
             }
             self.drain();
-            if self.proposing && self.now >= next_work {
-                self.workload();
-                next_work = self.now + std::time::Duration::from_millis(5);
-            }
         }
     }
 
@@ -471,4 +486,467 @@ fn a_leader_cut_off_stops_serving_and_the_majority_elects_another() {
         sim.acked_ops > acked_before,
         "the majority goes on acknowledging"
     );
+}
+
+/// The cluster with a broker on every node, driven as `scale0 broker --cluster` drives
+/// them, a native client that moves to another node on `not_leader` or silence, and a
+/// worker registered with every node.
+mod with_brokers {
+    use super::*;
+    use scale0_proto::broker::{Broker, Config as BrokerConfig};
+    use scale0_proto::mdp::{Message, NativeCommand, Status, WorkerCommand};
+    use scale0_proto::{Frames, PeerId, testkit};
+    use sim::{native_request, peer, svc, text};
+    use std::time::Duration;
+
+    const CLIENT: &str = "C";
+    /// A request not answered this long after it was last sent goes to the next node.
+    const RETRY_MS: u64 = 400;
+
+    fn broker_config() -> BrokerConfig {
+        BrokerConfig {
+            heartbeat_interval_ms: 100,
+            heartbeat_liveness: 3,
+            unknown_service_wait_ms: 60_000,
+            max_attempts: 1000,
+            request_timeout_ms: 5_000,
+            dedupe_window_ms: 60_000,
+            ..BrokerConfig::default()
+        }
+    }
+
+    fn worker_name(i: usize) -> String {
+        format!("W{i}")
+    }
+
+    /// A message on its way between a node and the client or a worker.
+    struct Wire {
+        at: Instant,
+        seq: u64,
+        node: usize,
+        to_node: bool,
+        frames: Frames,
+    }
+
+    struct Pending {
+        body: String,
+        node: usize,
+        sent_at: Instant,
+    }
+
+    struct Cluster {
+        sim: Sim,
+        brokers: Vec<Option<Broker>>,
+        taken: Vec<u64>,
+        wire: Vec<Wire>,
+        seq: u64,
+        next_id: u64,
+        to_send: u64,
+        pending: BTreeMap<u64, Pending>,
+        acked: BTreeSet<u64>,
+        answers: BTreeMap<u64, u32>,
+        /// Per node: the worker's jobs, (due, tag, body).
+        jobs: Vec<Vec<(Instant, PeerId, Bytes)>>,
+        next_heartbeat: Instant,
+        dispatches: u64,
+        /// Per node and direction, when the last message on that connection arrives.
+        links: Vec<Instant>,
+    }
+
+    impl Cluster {
+        fn new(seed: u64, requests: u64) -> Self {
+            let mut sim = Sim::new(seed);
+            sim.proposing = false;
+            sim.forward = true;
+            let mut c = Self {
+                sim,
+                brokers: (0..NODES).map(|_| None).collect(),
+                taken: vec![0; NODES as usize],
+                wire: Vec::new(),
+                seq: 0,
+                next_id: 0,
+                to_send: requests,
+                pending: BTreeMap::new(),
+                acked: BTreeSet::new(),
+                answers: BTreeMap::new(),
+                jobs: vec![Vec::new(); NODES as usize],
+                next_heartbeat: at(0),
+                dispatches: 0,
+                links: vec![at(0); 2 * NODES as usize],
+            };
+            c.sync_presence();
+            c
+        }
+
+        fn post(&mut self, node: usize, to_node: bool, frames: Frames) {
+            let delay = 1 + self.sim.rng.below(5);
+            self.seq += 1;
+            // Connections keep their order (TCP), whatever the delay.
+            let link = &mut self.links[node * 2 + usize::from(to_node)];
+            *link = (*link).max(self.sim.now + Duration::from_millis(delay));
+            let at = *link;
+            self.wire.push(Wire {
+                at,
+                seq: self.seq,
+                node,
+                to_node,
+                frames,
+            });
+        }
+
+        fn send_to_node(&mut self, node: usize, from: &str, m: &Message) {
+            self.post(node, true, m.encode_to(&peer(from)));
+        }
+
+        /// Brokers follow their nodes: none while a node is down, a standby one (with the
+        /// worker registering) when it comes back.
+        fn sync_presence(&mut self) {
+            for i in 0..NODES as usize {
+                match (self.sim.nodes[i].is_some(), self.brokers[i].is_some()) {
+                    (false, true) => {
+                        self.brokers[i] = None;
+                        self.jobs[i].clear();
+                        self.sim.forwarded.retain(|(n, _)| *n != i);
+                    }
+                    (true, false) => {
+                        self.brokers[i] = Some(Broker::standby(broker_config(), self.sim.now));
+                        self.taken[i] = 0;
+                        self.ready(i);
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn ready(&mut self, i: usize) {
+            let m = Message::Worker2(WorkerCommand::Ready {
+                service: svc("echo"),
+                capacity: 2,
+            });
+            self.send_to_node(i, &worker_name(i), &m);
+        }
+
+        /// What `scale0 broker --cluster` does each round, until nothing moves.
+        fn drive(&mut self) {
+            loop {
+                let mut moved = false;
+                let now = self.sim.now;
+                for (i, e) in std::mem::take(&mut self.sim.forwarded) {
+                    moved = true;
+                    let (Some(node), Some(broker)) =
+                        (self.sim.nodes[i].as_ref(), self.brokers[i].as_mut())
+                    else {
+                        continue;
+                    };
+                    match e {
+                        Event::Serve { term } => {
+                            broker.resume(now, node.image(), (term << 16) ^ (i as u64 + 1));
+                            self.taken[i] = 0;
+                        }
+                        Event::Stop { .. } => {
+                            let old = self.brokers[i].take().unwrap();
+                            self.brokers[i] = Some(old.into_standby(now));
+                            self.taken[i] = 0;
+                        }
+                        Event::Committed { upto } => broker.journal_committed(upto),
+                    }
+                }
+                for i in 0..NODES as usize {
+                    let (Some(node), Some(broker)) =
+                        (self.sim.nodes[i].as_mut(), self.brokers[i].as_mut())
+                    else {
+                        continue;
+                    };
+                    if broker.poll_timeout().is_some_and(|t| t <= now) {
+                        broker.handle_timeout(now);
+                    }
+                    let mut ops = Vec::new();
+                    while let Some(op) = broker.poll_journal() {
+                        ops.push(op);
+                    }
+                    if !ops.is_empty() {
+                        moved = true;
+                        self.taken[i] += ops.len() as u64;
+                        // Refused only by a node that stopped serving: its Stop replaces
+                        // the broker, and what the ops held back never leaves.
+                        let _ = node.propose(ops, self.taken[i]);
+                    }
+                    let serving = node.serving().is_some();
+                    let mut out = Vec::new();
+                    while let Some(t) = broker.poll_transmit() {
+                        out.push(t.frames);
+                    }
+                    for frames in out {
+                        moved = true;
+                        self.check_output(i, serving, &frames);
+                        self.post(i, false, frames);
+                    }
+                }
+                self.sim.drain();
+                moved |= !self.sim.forwarded.is_empty();
+                if !moved {
+                    break;
+                }
+            }
+        }
+
+        /// Only a serving node acknowledges, dispatches or answers.
+        fn check_output(&mut self, i: usize, serving: bool, frames: &Frames) {
+            let Ok((_, m)) = scale0_proto::mdp::split_routing_id(frames.clone())
+                .map(|(to, rest)| (to, Message::decode(rest)))
+            else {
+                return;
+            };
+            let consequential = matches!(
+                m,
+                Ok(Message::Native(
+                    NativeCommand::Accepted { .. } | NativeCommand::Final { .. }
+                )) | Ok(Message::Worker2(WorkerCommand::Request { .. }))
+            );
+            if consequential {
+                assert!(
+                    serving,
+                    "node {} acknowledged, dispatched or answered without serving",
+                    i + 1
+                );
+            }
+            if matches!(m, Ok(Message::Worker2(WorkerCommand::Request { .. }))) {
+                self.dispatches += 1;
+            }
+        }
+
+        /// Messages that arrive now, at nodes, the client or the workers.
+        fn deliver(&mut self) {
+            let now = self.sim.now;
+            self.wire.sort_by_key(|w| (w.at, w.seq));
+            let due: Vec<Wire> = {
+                let n = self.wire.iter().take_while(|w| w.at <= now).count();
+                self.wire.drain(..n).collect()
+            };
+            for w in due {
+                if w.to_node {
+                    if let Some(b) = self.brokers[w.node].as_mut() {
+                        b.handle_message(now, w.frames);
+                    }
+                    continue;
+                }
+                let Ok((to, rest)) = scale0_proto::mdp::split_routing_id(w.frames) else {
+                    continue;
+                };
+                let Ok(m) = Message::decode(rest) else {
+                    continue;
+                };
+                if text(to.as_bytes()) == CLIENT {
+                    self.client_gets(w.node, m);
+                } else if text(to.as_bytes()) == worker_name(w.node) {
+                    self.worker_gets(w.node, m);
+                }
+            }
+        }
+
+        fn client_gets(&mut self, node: usize, m: Message) {
+            let Message::Native(cmd) = m else {
+                return;
+            };
+            let Ok(id) = text(cmd.id().as_bytes()).parse::<u64>() else {
+                return;
+            };
+            match cmd {
+                NativeCommand::Accepted { .. } => {
+                    self.acked.insert(id);
+                }
+                NativeCommand::Final { body, .. } => {
+                    if let Some(p) = self.pending.remove(&id) {
+                        assert_eq!(text(&body[0]), p.body, "request {id} got another's answer");
+                    }
+                    *self.answers.entry(id).or_insert(0) += 1;
+                }
+                NativeCommand::Error {
+                    status: Status::NotLeader,
+                    ..
+                } => {
+                    // Refused where it was last sent: on to the next node.
+                    if let Some(p) = self.pending.get_mut(&id)
+                        && p.node == node
+                    {
+                        p.node = (node + 1) % NODES as usize;
+                        p.sent_at = self.sim.now;
+                        let (body, to) = (p.body.clone(), p.node);
+                        self.send_request(id, to, &body);
+                    }
+                }
+                NativeCommand::Error { status, .. } => {
+                    panic!("request {id} failed: {status}")
+                }
+                NativeCommand::Partial { .. } | NativeCommand::Request { .. } => {}
+            }
+        }
+
+        fn send_request(&mut self, id: u64, node: usize, body: &str) {
+            let m = native_request(&id.to_string(), "echo", None, body);
+            self.send_to_node(node, CLIENT, &m);
+        }
+
+        fn worker_gets(&mut self, node: usize, m: Message) {
+            let Message::Worker2(cmd) = m else {
+                return;
+            };
+            match cmd {
+                WorkerCommand::Request { client, body } => {
+                    let due = self.sim.now + Duration::from_millis(1 + self.sim.rng.below(20));
+                    let b = body.first().cloned().unwrap_or_default();
+                    self.jobs[node].push((due, client, b));
+                }
+                WorkerCommand::Disconnect => {
+                    self.jobs[node].clear();
+                    self.ready(node);
+                }
+                _ => {}
+            }
+        }
+
+        /// The client's and workers' own timers: new requests, retries, replies,
+        /// heartbeats.
+        fn peers(&mut self) {
+            let now = self.sim.now;
+            if self.to_send > 0 && self.pending.len() < 8 {
+                self.to_send -= 1;
+                let id = self.next_id;
+                self.next_id += 1;
+                let body = format!("job {id}");
+                let node = self.sim.rng.below(NODES) as usize;
+                self.pending.insert(
+                    id,
+                    Pending {
+                        body: body.clone(),
+                        node,
+                        sent_at: now,
+                    },
+                );
+                self.send_request(id, node, &body);
+            }
+            let stale: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| now.saturating_since(p.sent_at) >= Duration::from_millis(RETRY_MS))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                // Judged dead (or cut off): the same id to the next node.
+                let p = self.pending.get_mut(&id).unwrap();
+                p.node = (p.node + 1) % NODES as usize;
+                p.sent_at = now;
+                let (body, to) = (p.body.clone(), p.node);
+                self.send_request(id, to, &body);
+            }
+            for i in 0..NODES as usize {
+                let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.jobs[i])
+                    .into_iter()
+                    .partition(|(t, ..)| *t <= now);
+                self.jobs[i] = rest;
+                for (_, tag, body) in done {
+                    let m = Message::Worker2(WorkerCommand::Reply {
+                        client: tag,
+                        body: vec![body],
+                    });
+                    self.send_to_node(i, &worker_name(i), &m);
+                }
+            }
+            if now >= self.next_heartbeat {
+                self.next_heartbeat = now + Duration::from_millis(100);
+                for i in 0..NODES as usize {
+                    self.send_to_node(
+                        i,
+                        &worker_name(i),
+                        &Message::Worker2(WorkerCommand::Heartbeat),
+                    );
+                }
+            }
+        }
+
+        fn run(&mut self, until: Instant) {
+            while self.sim.now < until {
+                let mut next = self.sim.next_due().min(until);
+                if let Some(w) = self.wire.iter().map(|w| w.at).min() {
+                    next = next.min(w);
+                }
+                for b in self.brokers.iter().flatten() {
+                    if let Some(t) = b.poll_timeout() {
+                        next = next.min(t);
+                    }
+                }
+                self.sim.now = next.max(self.sim.now);
+                self.sim.step();
+                self.drive();
+                self.deliver();
+                self.peers();
+                self.drive();
+            }
+        }
+
+        fn chaos(&mut self) {
+            self.sim.chaos();
+            self.sync_presence();
+        }
+    }
+
+    fn run_seed(seed: u64) -> (usize, u64) {
+        let requests = 300;
+        let mut c = Cluster::new(seed, requests);
+        c.run(at(1000));
+        for step in 0..40 {
+            c.chaos();
+            c.run(at(1000 + 250 * (step + 1)));
+        }
+        c.sim.cut.clear();
+        c.sim.loss_percent = 0;
+        for i in 0..NODES as usize {
+            if c.sim.nodes[i].is_none() {
+                c.sim.restart(i);
+            }
+        }
+        c.sync_presence();
+        let mut until = c.sim.now;
+        for _ in 0..600 {
+            until = until + Duration::from_millis(100);
+            c.run(until);
+            if c.to_send == 0 && c.pending.is_empty() {
+                break;
+            }
+        }
+        assert!(
+            c.to_send == 0 && c.pending.is_empty(),
+            "seed {seed}: {} requests unanswered once healed: {:?}",
+            c.pending.len(),
+            c.pending.keys().take(5).collect::<Vec<_>>()
+        );
+        for id in &c.acked {
+            assert!(
+                c.answers.contains_key(id),
+                "seed {seed}: acknowledged request {id} lost"
+            );
+        }
+        for b in c.brokers.iter().flatten() {
+            testkit::check_invariants(b);
+        }
+        // Quiet for a while: the healed cluster settles on one serving node.
+        let quiet = c.sim.now + Duration::from_millis(2000);
+        c.run(quiet);
+        let serving = c.sim.serving().len();
+        assert_eq!(serving, 1, "seed {seed}: one node serves once healed");
+        (c.answers.len(), c.dispatches)
+    }
+
+    #[test]
+    fn every_request_is_answered_through_kills_partitions_and_loss_over_many_seeds() {
+        let seeds: u64 = std::env::var("SCALE0_CLUSTER_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10);
+        for seed in 0..seeds {
+            let (answered, dispatches) = run_seed(1000 + seed);
+            assert_eq!(answered, 300);
+            assert!(dispatches >= 300, "seed {seed}: {dispatches} dispatches");
+        }
+    }
 }

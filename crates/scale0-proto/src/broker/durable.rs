@@ -3,6 +3,7 @@
 use super::titanic::Titanic;
 use super::workers::Service;
 use super::{Broker, Config, Origin, Request};
+use crate::dedupe::Dedupe;
 use crate::journal::{Entry, EntryError, JournalOp, StoredOrigin};
 use crate::mdp::ServiceName;
 use crate::time::Instant;
@@ -57,6 +58,11 @@ impl Broker {
     pub fn resume(&mut self, now: Instant, stored: Vec<(u64, Bytes)>, nonce: u64) -> Recovery {
         if self.journal.is_some() {
             return Recovery::default();
+        }
+        if self.standby {
+            // A standby's answers kept for retries are all `not_leader` refusals: a retry
+            // of the same id must now be served, not refused again from memory.
+            self.dedupe = Dedupe::new(self.config.max_dedupe_entries, self.config.max_dedupe_bytes);
         }
         self.standby = false;
         let broker = self;

@@ -177,6 +177,8 @@ pub struct Node {
     /// for word of how the send went; frames can be lost, so after an election timeout
     /// without progress it is told the send failed, and sends again.
     snapshot_wait: BTreeMap<u64, usize>,
+    /// The last Ready handed out to be made durable and not yet reported so.
+    awaiting: Option<u64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -333,6 +335,7 @@ impl Node {
             restoring: None,
             missed_ticks: 0,
             snapshot_wait: BTreeMap::new(),
+            awaiting: None,
         };
         if !first.is_empty() {
             node.persist.push_back(Persist {
@@ -489,6 +492,9 @@ impl Node {
 
     /// Everything of [`Persist`] `number` (and before) is durable now.
     pub fn persisted(&mut self, number: u64) {
+        if self.awaiting.is_some_and(|n| n <= number) {
+            self.awaiting = None;
+        }
         self.raw.on_persist_ready(number);
         if let Some((n, index)) = self.restoring
             && n <= number
@@ -602,7 +608,9 @@ impl Node {
             }
             let number = rd.number();
             let later = rd.take_persisted_messages();
-            if changes.is_empty() {
+            // Readies are durable in order: one with nothing to write is done at once
+            // only if none before it is still being written.
+            if changes.is_empty() && self.awaiting.is_none() {
                 self.send(later);
                 self.raw.advance_append_async(rd);
                 self.raw.on_persist_ready(number);
@@ -614,6 +622,7 @@ impl Node {
                     number: Some(number),
                     changes,
                 });
+                self.awaiting = Some(number);
                 self.raw.advance_append_async(rd);
             }
             if let Some(index) = applied_entries {
