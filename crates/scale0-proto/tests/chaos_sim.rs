@@ -148,6 +148,7 @@ impl World {
                 timeout_ms: 300,
                 retries: 100_000,
                 acknowledged: true,
+                ..client::Config::default()
             };
             w.clients.push(SimClient {
                 id: peer(&format!("\x01client{c}")),
@@ -306,7 +307,7 @@ impl World {
             sim::fire_due(&mut client.session, at(now));
             Self::client_events(client);
             let mut out = Vec::new();
-            while let Some(frames) = client.session.poll_transmit() {
+            while let Some(scale0_proto::Transmit { frames, .. }) = client.session.poll_transmit() {
                 let Ok(Message::Native(NativeCommand::Request { id, .. })) =
                     Message::decode(frames.clone())
                 else {
@@ -410,7 +411,7 @@ impl World {
                         let Ok(Message::Native(cmd)) = Message::decode(frames.clone()) else {
                             panic!("a client got a message that is not native");
                         };
-                        c.session.handle_message(at(now), frames).unwrap();
+                        c.session.handle_message(at(now), 0, frames).unwrap();
                         Self::client_events(c);
                         let p = c
                             .requests

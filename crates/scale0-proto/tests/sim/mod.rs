@@ -67,6 +67,7 @@ timers! {
     impl[] Map;
     impl[] Membership;
     impl[] worker::Session;
+    impl[] worker::Group;
     impl[T] client::Session<T>;
 }
 
