@@ -12,8 +12,8 @@ mod sim;
 
 use scale0_proto::broker::{self, Broker};
 use scale0_proto::client::{self, Event, Outcome};
-use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, Version, WorkerCommand};
-use scale0_proto::worker::{self, Action, Session};
+use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, WorkerCommand};
+use scale0_proto::worker::{Action, Session};
 use scale0_proto::{Frames, PeerId, testkit};
 use sim::{Rng, at, bytes, peer, svc};
 use std::collections::{HashMap, VecDeque};
@@ -163,16 +163,7 @@ impl World {
 
     fn spawn_worker(&mut self) {
         let n = self.workers.len();
-        let mut config = worker::Config::new(svc(SERVICE));
-        config.heartbeat_interval_ms = 100;
-        config.heartbeat_liveness = 3;
-        config.reconnect_initial_ms = 10;
-        config.reconnect_max_ms = 200;
-        config.version = if self.rng.chance(50) {
-            Version::V1
-        } else {
-            Version::V2
-        };
+        let mut config = sim::fast_worker(&mut self.rng, SERVICE);
         let silent_when_busy = self.rng.chance(30);
         let capacity = if self.rng.chance(40) {
             2 + u32::try_from(self.rng.below(3)).unwrap()

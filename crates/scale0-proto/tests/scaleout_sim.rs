@@ -14,8 +14,8 @@ mod sim;
 
 use scale0_proto::broker::{self, Broker};
 use scale0_proto::client::{self, Event, Outcome};
-use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, Version};
-use scale0_proto::worker::{self, Action, Group};
+use scale0_proto::mdp::{self, Message, NativeCommand, RequestId};
+use scale0_proto::worker::{Action, Group};
 use scale0_proto::{Frames, PeerId, Transmit};
 use sim::{Rng, at, bytes, peer, svc};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -135,16 +135,7 @@ impl World {
             client_timeout_ms,
         };
         for n in 0..(1 + w.rng.below(4)) {
-            let mut config = worker::Config::new(svc(SERVICE));
-            config.heartbeat_interval_ms = 100;
-            config.heartbeat_liveness = 3;
-            config.reconnect_initial_ms = 10;
-            config.reconnect_max_ms = 200;
-            config.version = if w.rng.chance(50) {
-                Version::V1
-            } else {
-                Version::V2
-            };
+            let mut config = sim::fast_worker(&mut w.rng, SERVICE);
             config.capacity = 2 + u32::try_from(w.rng.below(5)).unwrap();
             let slow = calm && w.rng.chance(30);
             let work_ms = 1 + w.rng.below(if slow { 1_000 } else { 30 });
