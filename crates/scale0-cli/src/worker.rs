@@ -11,9 +11,11 @@ use std::thread;
 #[derive(Debug, clap::Args)]
 #[command(group(ArgGroup::new("handler").required(true).args(["echo", "sha1", "sleep_ms", "command"])))]
 pub(crate) struct Args {
-    /// The broker to serve.
-    #[arg(long, value_name = "ENDPOINT", default_value = scale0::endpoints::BROKER_CONNECT)]
-    connect: String,
+    /// The broker to serve. Repeat it (or give a comma-separated list) to serve several
+    /// independent brokers at once: the worker registers with each, and --capacity is
+    /// split between them (so it must be at least their number).
+    #[arg(long, value_name = "ENDPOINT", value_delimiter = ',', default_value = scale0::endpoints::BROKER_CONNECT)]
+    connect: Vec<String>,
     /// The service to offer (1 to 255 bytes, not `mmi.*`).
     #[arg(long, value_name = "NAME")]
     service: String,
@@ -32,10 +34,11 @@ pub(crate) struct Args {
     /// Independent workers to run in this process, each with its own connection.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
-    /// Requests the broker may send each worker before it replies; they are handled one
+    /// Requests the brokers may send each worker before it replies; they are handled one
     /// after another. Above 1 a fast handler never waits for its next request; a scale0
     /// broker sends a worker more than one only when all its service's workers hold
-    /// something. It adds a `capacity=N` frame to READY (other brokers ignore it).
+    /// something. It adds a `capacity=N` frame to READY (other brokers ignore it). With
+    /// several brokers each gets its share (8 over 3: 3, 3 and 2).
     #[arg(long, value_name = "N", default_value_t = scale0::proto::worker::Config::DEFAULT_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=1024))]
     capacity: u32,
     /// The Majordomo dialect to speak: `0.2` (RFC 18), `0.1` (RFC 7), or `0.2-delimited`
@@ -86,7 +89,8 @@ impl From<Mdp> for scale0::proto::mdp::Version {
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode> {
-    let mut config = WorkerConfig::new(args.connect.clone(), args.service.clone());
+    let mut config = WorkerConfig::new(String::new(), args.service.clone());
+    config.connect = args.connect.clone();
     config.version = args.mdp.into();
     config.heartbeat_interval_ms = args.heartbeat_interval_ms;
     config.heartbeat_liveness = args.heartbeat_liveness;

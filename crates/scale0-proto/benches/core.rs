@@ -136,7 +136,7 @@ fn client_session(c: &mut Criterion) {
                 body: vec![body.clone()],
             })
             .encode();
-            s.handle_message(at, answer).unwrap();
+            s.handle_message(at, 0, answer).unwrap();
             let Some(Event::Done { .. }) = s.poll_event() else {
                 panic!("no end")
             };

@@ -5,10 +5,14 @@
 //! while the handler is busy, so a long request is not mistaken for a dead worker),
 //! notices a silent broker, and backs off exponentially between reconnects. The driver
 //! performs the [`Action`]s in order and runs the handler.
+//!
+//! A worker of several independent brokers runs a [`Group`]: one [`Session`] per broker,
+//! its capacity split between them, all feeding one handler.
 
 use crate::mdp::{Body, DecodeError, Frames, Message, PeerId, ServiceName, Version, WorkerCommand};
 use crate::time::Instant;
 use std::collections::VecDeque;
+use std::fmt;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
@@ -394,6 +398,217 @@ impl Session {
     }
 }
 
+/// Why a [`Group`] cannot be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// A worker needs a broker to serve.
+    #[error("a worker needs at least one broker endpoint")]
+    NoBrokers,
+    /// Each broker needs at least one request of the capacity, since MDP's credit is
+    /// per connection.
+    #[error(
+        "a capacity of {capacity} cannot be split over {brokers} brokers: each needs at least 1 (raise the capacity to {brokers} or more)"
+    )]
+    CapacityBelowBrokers {
+        /// The worker's capacity.
+        capacity: u32,
+        /// How many brokers it serves.
+        brokers: usize,
+    },
+}
+
+/// A worker's sessions with several independent brokers, one per broker, sharing one
+/// handler that takes their requests one after another in the order they came.
+///
+/// MDP's credit is a fixed number a broker learns from READY, so the worker's capacity is
+/// split between the brokers ([`Group::shares`]): together they never hand it more than
+/// its capacity. A broker that is gone leaves its share unused until the worker is
+/// registered with it again (each session reconnects on its own).
+pub struct Group {
+    sessions: Vec<Session>,
+    /// For each request handed to the handler and not answered, in order: the index of
+    /// the session (the broker) it came from, where its reply goes.
+    handler: VecDeque<usize>,
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("brokers", &self.sessions.len())
+            .field("in_hand", &self.handler.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Group {
+    /// How `capacity` is split over `brokers`: as evenly as it goes, the first brokers
+    /// taking one more when it does not divide.
+    pub fn shares(capacity: u32, brokers: usize) -> Result<Vec<u32>, GroupError> {
+        let n = u32::try_from(brokers).unwrap_or(u32::MAX);
+        if n == 0 {
+            return Err(GroupError::NoBrokers);
+        }
+        if capacity < n {
+            return Err(GroupError::CapacityBelowBrokers { capacity, brokers });
+        }
+        Ok((0..n)
+            .map(|i| capacity / n + u32::from(i < capacity % n))
+            .collect())
+    }
+
+    /// Sessions with `brokers` brokers (index 0 to `brokers - 1`, as the driver numbers
+    /// its endpoints), each with its share of `config.capacity`; they connect at the first
+    /// [`Group::handle_timeout`].
+    pub fn new(config: &Config, brokers: usize, now: Instant) -> Result<Self, GroupError> {
+        let sessions = Self::shares(config.capacity, brokers)?
+            .into_iter()
+            .map(|capacity| {
+                Session::new(
+                    Config {
+                        capacity,
+                        ..config.clone()
+                    },
+                    now,
+                )
+            })
+            .collect();
+        Ok(Self {
+            sessions,
+            handler: VecDeque::new(),
+        })
+    }
+
+    /// The session with broker `i`.
+    pub fn session(&self, i: usize) -> Option<&Session> {
+        self.sessions.get(i)
+    }
+
+    /// How many brokers.
+    pub fn brokers(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Totals over every broker.
+    pub fn counters(&self) -> Counters {
+        self.sessions
+            .iter()
+            .map(Session::counters)
+            .fold(Counters::default(), |mut t, c| {
+                t.requests += c.requests;
+                t.replies += c.replies;
+                t.replies_lost += c.replies_lost;
+                t.connects += c.connects;
+                t.over_capacity += c.over_capacity;
+                t.declined += c.declined;
+                t
+            })
+    }
+
+    /// True while the handler has requests in hand.
+    pub fn is_busy(&self) -> bool {
+        !self.handler.is_empty()
+    }
+
+    /// The next thing for the driver to do, with the index of the broker it concerns.
+    /// [`Action::Deliver`]s come out in the order the handler must take them.
+    pub fn poll_action(&mut self) -> Option<(usize, Action)> {
+        self.sessions.iter_mut().enumerate().find_map(|(i, s)| {
+            let action = s.poll_action()?;
+            if matches!(action, Action::Deliver { .. }) {
+                self.handler.push_back(i);
+            }
+            Some((i, action))
+        })
+    }
+
+    /// The earliest deadline of any session.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions.iter().filter_map(Session::poll_timeout).min()
+    }
+
+    /// Time has reached [`Group::poll_timeout`]: every session due acts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for s in &mut self.sessions {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+        }
+    }
+
+    /// A message arrived from broker `broker` (one the group does not have is dropped).
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        broker: usize,
+        frames: Frames,
+    ) -> Result<(), DecodeError> {
+        match self.sessions.get_mut(broker) {
+            Some(s) => s.handle_message(now, frames),
+            None => {
+                debug!(
+                    broker,
+                    "a message for a broker this worker does not have, dropped"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The handler finished the oldest request in hand: the reply goes to the broker it
+    /// came from.
+    pub fn reply(&mut self, now: Instant, body: Body) {
+        if let Some(i) = self.handler.pop_front()
+            && let Some(s) = self.sessions.get_mut(i)
+        {
+            s.reply(now, body);
+        }
+    }
+
+    /// A partial reply to the request the handler is on (see [`Session::partial`]).
+    pub fn partial(&mut self, body: Body) -> bool {
+        match self.handler.front().and_then(|&i| self.sessions.get_mut(i)) {
+            Some(s) => s.partial(body),
+            None => false,
+        }
+    }
+
+    /// Stops taking requests and gives those in hand until `now + grace` (see
+    /// [`Session::begin_drain`]).
+    pub fn begin_drain(&mut self, now: Instant, grace: Duration) {
+        for s in &mut self.sessions {
+            s.begin_drain(now, grace);
+        }
+    }
+
+    /// Whether [`Group::begin_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.sessions.iter().any(Session::is_draining)
+    }
+
+    /// Whether the drain is over at `now` for every broker.
+    pub fn drained(&self, now: Instant) -> Option<Drained> {
+        let mut unanswered = 0;
+        for s in &self.sessions {
+            match s.drained(now)? {
+                Drained::Answered => {}
+                Drained::GraceOver { unanswered: n } => unanswered += n,
+            }
+        }
+        Some(if unanswered == 0 {
+            Drained::Answered
+        } else {
+            Drained::GraceOver { unanswered }
+        })
+    }
+
+    /// Says goodbye to every broker it is registered with.
+    pub fn shutdown(&mut self) {
+        for s in &mut self.sessions {
+            s.shutdown();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,5 +667,105 @@ mod tests {
         s.reply(at(200), vec![Bytes::from_static(b"done")]);
         assert_eq!(s.drained(at(200)), Some(Drained::Answered));
         assert_eq!(s.counters().over_capacity, 0);
+    }
+
+    fn group(capacity: u32, brokers: usize) -> Group {
+        let service = ServiceName::new(Bytes::from_static(b"echo")).unwrap();
+        let mut config = Config::new(service);
+        config.capacity = capacity;
+        let mut g = Group::new(&config, brokers, at(0)).unwrap();
+        g.handle_timeout(at(0));
+        g
+    }
+
+    fn to_worker(client: &str, body: &'static [u8]) -> Frames {
+        Message::Worker2(WorkerCommand::Request {
+            client: PeerId::new(Bytes::copy_from_slice(client.as_bytes())).unwrap(),
+            body: vec![Bytes::from_static(body)],
+        })
+        .encode()
+    }
+
+    #[test]
+    fn capacity_is_split_over_the_brokers_and_below_their_number_is_refused() {
+        assert_eq!(Group::shares(8, 1), Ok(vec![8]));
+        assert_eq!(Group::shares(8, 3), Ok(vec![3, 3, 2]));
+        assert_eq!(Group::shares(2, 2), Ok(vec![1, 1]));
+        assert_eq!(
+            Group::shares(2, 3),
+            Err(GroupError::CapacityBelowBrokers {
+                capacity: 2,
+                brokers: 3
+            })
+        );
+        assert_eq!(Group::shares(8, 0), Err(GroupError::NoBrokers));
+        let mut g = group(5, 2);
+        let readies: Vec<(usize, u32)> = std::iter::from_fn(|| g.poll_action())
+            .filter_map(|(i, a)| match a {
+                Action::Send(f) => match Message::decode(f) {
+                    Ok(Message::Worker2(WorkerCommand::Ready { capacity, .. })) => {
+                        Some((i, capacity))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            readies,
+            vec![(0, 3), (1, 2)],
+            "each broker is told its share"
+        );
+    }
+
+    #[test]
+    fn two_brokers_together_never_hand_over_more_than_the_capacity() {
+        let mut g = group(2, 2);
+        while g.poll_action().is_some() {}
+        // Each broker sends one more than its share: the extra ones are refused.
+        for (broker, client) in [(0, "a1"), (0, "a2"), (1, "b1"), (1, "b2")] {
+            g.handle_message(at(1), broker, to_worker(client, b"job"))
+                .unwrap();
+        }
+        let delivered = std::iter::from_fn(|| g.poll_action())
+            .filter(|(_, a)| matches!(a, Action::Deliver { .. }))
+            .count();
+        assert_eq!(delivered, 2);
+        assert_eq!(g.counters().over_capacity, 2);
+    }
+
+    #[test]
+    fn each_reply_goes_back_to_the_broker_its_request_came_from() {
+        let mut g = group(4, 2);
+        while g.poll_action().is_some() {}
+        g.handle_message(at(1), 1, to_worker("b1", b"x")).unwrap();
+        g.handle_message(at(1), 0, to_worker("a1", b"y")).unwrap();
+        let delivered: Vec<(usize, PeerId, Body)> = std::iter::from_fn(|| g.poll_action())
+            .filter_map(|(i, a)| match a {
+                Action::Deliver { client, body } => Some((i, client, body)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered.len(), 2);
+        // The handler answers in the order it was given them.
+        for (_, _, body) in &delivered {
+            g.reply(at(2), body.clone());
+        }
+        let replies: Vec<(usize, PeerId)> = std::iter::from_fn(|| g.poll_action())
+            .filter_map(|(i, a)| match a {
+                Action::Send(f) => match Message::decode(f) {
+                    Ok(Message::Worker2(WorkerCommand::Reply { client, .. })) => Some((i, client)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<(usize, PeerId)> =
+            delivered.into_iter().map(|(i, c, _)| (i, c)).collect();
+        assert_eq!(replies, expected);
+        let brokers: Vec<usize> = replies.iter().map(|r| r.0).collect();
+        assert!(brokers.contains(&0) && brokers.contains(&1));
+        assert!(!g.is_busy());
+        assert_eq!(g.counters().replies, 2);
     }
 }

@@ -12,8 +12,8 @@ mod sim;
 
 use scale0_proto::broker::{self, Broker};
 use scale0_proto::client::{self, Event, Outcome};
-use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, Version, WorkerCommand};
-use scale0_proto::worker::{self, Action, Session};
+use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, WorkerCommand};
+use scale0_proto::worker::{Action, Session};
 use scale0_proto::{Frames, PeerId, testkit};
 use sim::{Rng, at, bytes, peer, svc};
 use std::collections::{HashMap, VecDeque};
@@ -148,6 +148,7 @@ impl World {
                 timeout_ms: 300,
                 retries: 100_000,
                 acknowledged: true,
+                ..client::Config::default()
             };
             w.clients.push(SimClient {
                 id: peer(&format!("\x01client{c}")),
@@ -162,16 +163,7 @@ impl World {
 
     fn spawn_worker(&mut self) {
         let n = self.workers.len();
-        let mut config = worker::Config::new(svc(SERVICE));
-        config.heartbeat_interval_ms = 100;
-        config.heartbeat_liveness = 3;
-        config.reconnect_initial_ms = 10;
-        config.reconnect_max_ms = 200;
-        config.version = if self.rng.chance(50) {
-            Version::V1
-        } else {
-            Version::V2
-        };
+        let mut config = sim::fast_worker(&mut self.rng, SERVICE);
         let silent_when_busy = self.rng.chance(30);
         let capacity = if self.rng.chance(40) {
             2 + u32::try_from(self.rng.below(3)).unwrap()
@@ -306,7 +298,7 @@ impl World {
             sim::fire_due(&mut client.session, at(now));
             Self::client_events(client);
             let mut out = Vec::new();
-            while let Some(frames) = client.session.poll_transmit() {
+            while let Some(scale0_proto::Transmit { frames, .. }) = client.session.poll_transmit() {
                 let Ok(Message::Native(NativeCommand::Request { id, .. })) =
                     Message::decode(frames.clone())
                 else {
@@ -410,7 +402,7 @@ impl World {
                         let Ok(Message::Native(cmd)) = Message::decode(frames.clone()) else {
                             panic!("a client got a message that is not native");
                         };
-                        c.session.handle_message(at(now), frames).unwrap();
+                        c.session.handle_message(at(now), 0, frames).unwrap();
                         Self::client_events(c);
                         let p = c
                             .requests

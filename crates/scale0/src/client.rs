@@ -1,6 +1,11 @@
 //! A Majordomo client speaking the scale0 native protocol (`docs/protocol.md`): request
 //! ids, so many requests fly on one DEALER and replies come back in any order; explicit
 //! error statuses; retries with the same id, which the broker never executes twice.
+//!
+//! Given several independent brokers, the client holds a DEALER to each and the core's
+//! session spreads requests over the live ones, retries each on the broker that holds it,
+//! and moves a dead broker's requests to a live one (`docs/protocol.md`, "Several
+//! brokers"): execution is then at least once, and each request still ends exactly once.
 
 use crate::clock::Clock;
 use crate::error::{Error, Result, ZmqContext};
@@ -11,17 +16,26 @@ use bytes::Bytes;
 use scale0_proto::client::{self, Event, Outcome};
 use scale0_proto::{Body, ServiceName};
 use std::time::{Duration, Instant};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// Where a client connects and how patient it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The broker's endpoint, such as `tcp://localhost:5555`.
-    pub connect: String,
+    /// The brokers' endpoints, such as `tcp://localhost:5555`: one, or several
+    /// independent brokers to spread requests over.
+    pub connect: Vec<String>,
     /// How long one attempt waits for its reply.
     pub timeout_ms: u64,
-    /// How many times a request is re-sent (same id) after a timeout.
+    /// How many times a request is re-sent (same id) after a timeout, or moved to another
+    /// broker: `retries + 1` attempts in all.
     pub retries: u32,
+    /// With several brokers: attempts of one request in a row, each timed out with
+    /// nothing at all from its broker, after which that broker is judged dead and its
+    /// requests move to the others ([`client::Config::dead_after_silent_attempts`]).
+    pub dead_after_silent_attempts: u32,
+    /// With several brokers: how often a broker judged dead is asked whether it is back,
+    /// in milliseconds.
+    pub probe_interval_ms: u64,
     /// Largest frame read from a peer, in bytes: a peer that sends a larger one is
     /// disconnected before it is stored (libzmq's ZMQ_MAXMSGSIZE). For a client that is
     /// the broker, so keep it at least the broker's own bound: a larger reply would cut the
@@ -37,15 +51,17 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults for the broker at `connect`: the core's
-    /// ([`client::Config::DEFAULT_TIMEOUT_MS`] per attempt,
+    /// Defaults for the broker at `connect` (set [`ClientConfig::connect`] for several):
+    /// the core's ([`client::Config::DEFAULT_TIMEOUT_MS`] per attempt,
     /// [`client::Config::DEFAULT_RETRIES`] retries).
     pub fn new(connect: impl Into<String>) -> Self {
         let session = client::Config::default();
         Self {
-            connect: connect.into(),
+            connect: vec![connect.into()],
             timeout_ms: session.timeout_ms,
             retries: session.retries,
+            dead_after_silent_attempts: session.dead_after_silent_attempts,
+            probe_interval_ms: session.probe_interval_ms,
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
             acknowledged: session.acknowledged,
@@ -58,6 +74,8 @@ impl ClientConfig {
             timeout_ms: self.timeout_ms,
             retries: self.retries,
             acknowledged: self.acknowledged,
+            dead_after_silent_attempts: self.dead_after_silent_attempts,
+            probe_interval_ms: self.probe_interval_ms,
         }
     }
 }
@@ -86,6 +104,8 @@ pub struct ManySummary {
     pub timed_out: u64,
     /// Re-sends after a timeout.
     pub retries: u64,
+    /// Re-sends that went to another broker, the one holding them judged dead.
+    pub moved: u64,
     /// Answers for requests already finished (retries crossing an answer); ignored.
     pub duplicates: u64,
     /// Wall time of the whole run.
@@ -108,11 +128,14 @@ impl ManySummary {
     }
 }
 
-/// A Majordomo client: a thin driver of the core's [`client::Session`] over a DEALER.
+/// A Majordomo client: a thin driver of the core's [`client::Session`] over a DEALER per
+/// broker.
 pub struct Client {
     config: ClientConfig,
-    socket: zmq::Socket,
-    /// Our own routing id, kept across reconnects so the broker can match retries.
+    /// One per endpoint, by the index the session uses.
+    links: Vec<Link>,
+    /// Our own routing id, on every broker and kept across reconnects so each broker can
+    /// match retries.
     identity: Vec<u8>,
     /// Every request of this client's life: ids are never reused, since the broker
     /// answers a known id from its memory. Tagged with the caller's index and the time
@@ -120,13 +143,47 @@ pub struct Client {
     session: client::Session<(usize, Instant)>,
     /// The session's clock.
     clock: Clock,
-    /// Why the broker refused our handshake, if it did.
-    handshakes: Option<HandshakeWatch>,
-    /// Calls to `recv_until`, which reads `handshakes` every so often.
+    /// Calls to `recv_until`, which reads the handshake events every so often.
     waits: u64,
+    /// The link whose socket is read first, so that a busy broker cannot starve another.
+    next_read: usize,
 }
 
-impl Drop for Client {
+/// The connection to one broker.
+struct Link {
+    endpoint: String,
+    socket: zmq::Socket,
+    /// Why the broker refused our handshake, if it did.
+    handshakes: Option<HandshakeWatch>,
+}
+
+impl Link {
+    fn open(config: &ClientConfig, endpoint: &str, identity: &[u8]) -> Result<Self> {
+        let socket = sockets::context()
+            .socket(zmq::DEALER)
+            .context(|| "creating the client socket".into())?;
+        socket.set_linger(0).context(|| "setting LINGER".into())?;
+        sockets::cap_frames(&socket, config.max_message_bytes)?;
+        // The client's own bound is the number of requests in flight; a socket HWM below
+        // it would turn a large `in_flight` into EAGAIN on send.
+        socket.set_sndhwm(0).context(|| "setting SNDHWM".into())?;
+        socket
+            .set_identity(identity)
+            .context(|| "setting ROUTING_ID".into())?;
+        security::apply_client(&socket, config.curve.as_ref())?;
+        // Also without CURVE: a plaintext client of a CURVE broker learns why it hears
+        // nothing.
+        let handshakes = Some(HandshakeWatch::start(&sockets::context(), &socket)?);
+        sockets::connect(&socket, endpoint)?;
+        Ok(Self {
+            endpoint: endpoint.to_string(),
+            socket,
+            handshakes,
+        })
+    }
+}
+
+impl Drop for Link {
     fn drop(&mut self) {
         if self.handshakes.is_some() {
             sockets::stop_monitor(&self.socket);
@@ -143,44 +200,64 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to the broker (ZeroMQ connects in the background; an absent broker shows
-    /// up as a timeout on the first request).
+    /// Connects to the brokers (ZeroMQ connects in the background; an absent broker shows
+    /// up as a timeout on the first request it gets).
     pub fn connect(config: ClientConfig) -> Result<Self> {
+        if config.connect.is_empty() {
+            return Err(Error::InvalidConfig(
+                "a client needs at least one broker endpoint".into(),
+            ));
+        }
         let identity = crate::ids::routing_id();
-        let (socket, handshakes) = Self::open(&config, &identity)?;
+        let links = config
+            .connect
+            .iter()
+            .map(|endpoint| Link::open(&config, endpoint, &identity))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            session: client::Session::new(config.session()),
+            session: client::Session::with_brokers(config.session(), links.len()),
             config,
-            socket,
+            links,
             identity,
             clock: Clock::new(),
-            handshakes,
             waits: 0,
+            next_read: 0,
         })
     }
 
-    /// A fresh socket with the same identity, in place of the current one.
-    fn reopen(&mut self) -> Result<()> {
-        if self.handshakes.is_some() {
-            sockets::stop_monitor(&self.socket);
+    /// A fresh socket with the same identity in place of broker `i`'s: whatever was
+    /// queued for it is dropped.
+    fn reopen(&mut self, i: usize) -> Result<()> {
+        if let Some(link) = self.links.get_mut(i) {
+            let endpoint = link.endpoint.clone();
+            *link = Link::open(&self.config, &endpoint, &self.identity)?;
         }
-        let (socket, handshakes) = Self::open(&self.config, &self.identity)?;
-        self.socket = socket;
-        self.handshakes = handshakes;
         Ok(())
+    }
+
+    /// Why broker `broker` (or, for `None`, any broker) refused our handshake, if one did.
+    fn refusal(&mut self, broker: Option<usize>) -> Option<Error> {
+        self.links
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| broker.is_none_or(|b| b == *i))
+            .find_map(|(_, l)| {
+                let why = l.handshakes.as_mut().and_then(HandshakeWatch::refusal)?;
+                Some(Error::Refused {
+                    endpoint: l.endpoint.clone(),
+                    why,
+                })
+            })
     }
 
     /// The error for a request unanswered after `attempts`: a refused handshake if that
     /// is why, else a timeout.
     fn unanswered(&mut self, service: &str, attempts: u32) -> Error {
-        if let Some(why) = self.handshakes.as_mut().and_then(HandshakeWatch::refusal) {
-            return Error::Refused {
-                endpoint: self.config.connect.clone(),
-                why,
-            };
+        if let Some(refused) = self.refusal(None) {
+            return refused;
         }
         Error::Timeout {
-            endpoint: self.config.connect.clone(),
+            endpoint: self.config.connect.join(", "),
             service: service.into(),
             attempts,
             timeout_ms: self.config.timeout_ms,
@@ -204,56 +281,60 @@ impl Client {
         }
     }
 
-    fn open(
-        config: &ClientConfig,
-        identity: &[u8],
-    ) -> Result<(zmq::Socket, Option<HandshakeWatch>)> {
-        let (endpoint, curve) = (config.connect.as_str(), config.curve.as_ref());
-        let socket = sockets::context()
-            .socket(zmq::DEALER)
-            .context(|| "creating the client socket".into())?;
-        socket.set_linger(0).context(|| "setting LINGER".into())?;
-        sockets::cap_frames(&socket, config.max_message_bytes)?;
-        // The client's own bound is the number of requests in flight; a socket HWM below
-        // it would turn a large `in_flight` into EAGAIN on send.
-        socket.set_sndhwm(0).context(|| "setting SNDHWM".into())?;
-        socket
-            .set_identity(identity)
-            .context(|| "setting ROUTING_ID".into())?;
-        security::apply_client(&socket, curve)?;
-        // Also without CURVE: a plaintext client of a CURVE broker learns why it hears
-        // nothing.
-        let watch = Some(HandshakeWatch::start(&sockets::context(), &socket)?);
-        sockets::connect(&socket, endpoint)?;
-        Ok((socket, watch))
-    }
-
-    /// Sends what the session has queued.
+    /// Sends what the session has queued, each message on its broker's socket.
     fn flush(&mut self) -> Result<()> {
-        while let Some(frames) = self.session.poll_transmit() {
-            sockets::send(&self.socket, &frames).context(|| "sending a request".into())?;
+        while let Some(t) = self.session.poll_transmit() {
+            if let Some(link) = self.links.get(t.dest) {
+                sockets::send(&link.socket, &t.frames).context(|| "sending a request".into())?;
+            }
         }
         Ok(())
     }
 
-    /// Waits for the next answer or the session's next deadline and hands it over.
+    /// Waits for the next answer or the session's next deadline and hands it over; a
+    /// deadline that came due meanwhile fires too, so a broker that answers without pause
+    /// cannot hold back another's timeouts.
     fn turn(&mut self) -> Result<()> {
         let Some(due) = self.session.poll_timeout() else {
             return Ok(());
         };
-        match self.recv_until(self.clock.instant(due))? {
-            Some(frames) => {
-                let now = self.clock.now();
-                if let Err(e) = self.session.handle_message(now, frames) {
-                    debug!(error = %e, "dropped a malformed message from the broker");
-                }
-            }
-            None => {
-                let now = self.clock.now();
-                self.session.handle_timeout(now);
+        if let Some((broker, frames)) = self.recv_until(self.clock.instant(due))? {
+            let now = self.clock.now();
+            if let Err(e) = self.session.handle_message(now, broker, frames) {
+                debug!(error = %e, "dropped a malformed message from the broker");
             }
         }
+        let now = self.clock.now();
+        if self.session.poll_timeout().is_some_and(|t| t <= now) {
+            self.session.handle_timeout(now);
+        }
         Ok(())
+    }
+
+    /// What the session says of a broker: one judged dead gets a fresh socket, so that
+    /// the retries queued for it are not delivered when it comes back. False for any
+    /// other event.
+    fn on_broker_event(&mut self, event: &Event<(usize, Instant)>) -> Result<bool> {
+        match *event {
+            Event::BrokerDead { broker } => {
+                let endpoint = self.links.get(broker).map(|l| l.endpoint.clone());
+                warn!(
+                    endpoint = endpoint.as_deref().unwrap_or("?"),
+                    "broker judged dead; its requests move to the others"
+                );
+                self.reopen(broker)?;
+                Ok(true)
+            }
+            Event::BrokerBack { broker } => {
+                let endpoint = self.links.get(broker).map(|l| l.endpoint.clone());
+                info!(
+                    endpoint = endpoint.as_deref().unwrap_or("?"),
+                    "broker is back"
+                );
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Sends one request and waits for its reply, re-sending it with the same id after
@@ -279,12 +360,16 @@ impl Client {
             self.flush()?;
             self.turn()?;
             while let Some(event) = self.session.poll_event() {
+                if self.on_broker_event(&event)? {
+                    continue;
+                }
                 match event {
                     Event::Partial { id: of, body } if of == id => on_partial(body),
-                    Event::Accepted { .. } | Event::Partial { .. } => {}
-                    Event::Retrying { attempt, .. } => {
+                    Event::Retrying {
+                        attempt, broker, ..
+                    } => {
                         // A refused handshake is refused again: no use retrying.
-                        if let e @ Error::Refused { .. } = self.unanswered(service, attempt - 1) {
+                        if let Some(e) = self.refusal(Some(broker)) {
                             self.session.cancel(&id);
                             return Err(e);
                         }
@@ -294,9 +379,10 @@ impl Client {
                         );
                         // A fresh socket with the same identity: the broker hands the
                         // identity over, and still knows the request by (identity, id).
-                        self.reopen()?;
+                        self.reopen(broker)?;
                     }
                     Event::Done { outcome, .. } => return self.result(service, outcome),
+                    _ => {}
                 }
             }
         }
@@ -338,6 +424,7 @@ impl Client {
             }
             self.turn()?;
             while let Some(event) = self.session.poll_event() {
+                self.on_broker_event(&event)?;
                 let Event::Done {
                     tag: (index, sent),
                     outcome,
@@ -370,34 +457,63 @@ impl Client {
         }
         let after = self.session.counters();
         summary.retries = after.retries - before.retries;
+        summary.moved = after.moved - before.moved;
         summary.duplicates = after.duplicates - before.duplicates;
         summary.elapsed = start.elapsed();
         Ok(summary)
     }
 
-    /// Waits for one message until `deadline`; `None` on timeout.
-    fn recv_until(&mut self, deadline: Instant) -> Result<Option<scale0_proto::Frames>> {
+    /// Waits for one message from any broker until `deadline`, with the index of the
+    /// broker it came from; `None` on timeout.
+    fn recv_until(&mut self, deadline: Instant) -> Result<Option<(usize, scale0_proto::Frames)>> {
         // Handshake events are kept only until read: a client that reconnects a thousand
         // times without reading them would fill the monitor's pipe, and libzmq's I/O
         // thread blocks on a full monitor. Reading finds nothing nearly always and costs
         // a system call, so only every so many waits (and on a timeout, `unanswered`):
         // a reconnect makes at most a few events.
         self.waits = self.waits.wrapping_add(1);
-        if self.waits.is_multiple_of(HANDSHAKE_CHECK_EVERY)
-            && let Some(w) = self.handshakes.as_mut()
-        {
-            w.refusal();
+        if self.waits.is_multiple_of(HANDSHAKE_CHECK_EVERY) {
+            for link in &mut self.links {
+                if let Some(w) = link.handshakes.as_mut() {
+                    w.refusal();
+                }
+            }
         }
-        loop {
+        let ms = |deadline: Instant| {
             let left = deadline.saturating_duration_since(Instant::now());
             // Rounded up: a wait cut short would only spin until the deadline.
-            let ms = i64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
-            if let Some(frames) = sockets::recv_timeout(&self.socket, ms)? {
-                return Ok(Some(frames));
+            i64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
+        };
+        if let [link] = &self.links[..] {
+            loop {
+                if let Some(frames) = sockets::recv_timeout(&link.socket, ms(deadline))? {
+                    return Ok(Some((0, frames)));
+                }
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+            }
+        }
+        let n = self.links.len();
+        loop {
+            // What is already waiting, the brokers taking turns to be read first.
+            for k in 0..n {
+                let i = (self.next_read + k) % n;
+                if let Some(frames) = sockets::try_recv(&self.links[i].socket)? {
+                    self.next_read = (i + 1) % n;
+                    return Ok(Some((i, frames)));
+                }
             }
             if Instant::now() >= deadline {
                 return Ok(None);
             }
+            let mut items: Vec<zmq::PollItem<'_>> = self
+                .links
+                .iter()
+                .map(|l| l.socket.as_poll_item(zmq::POLLIN))
+                .collect();
+            sockets::poll(&mut items, ms(deadline))
+                .context(|| "polling the client sockets".into())?;
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The worker's socket loop: a DEALER to the broker, and a handler thread behind an
+//! The worker's socket loop: a DEALER to each broker, and a handler thread behind an
 //! `inproc` pair so heartbeats keep flowing while the handler runs (or, for handlers of
 //! microseconds, the handler called on the loop's own thread: `WorkerConfig::inline`).
+//! With several brokers the core's [`Group`] splits the capacity between them; the loop
+//! only moves frames between each DEALER and its broker's session.
 
 use crate::clock::Clock;
 use crate::error::{Error, Result, ZmqContext};
@@ -9,7 +11,7 @@ use crate::shutdown::Shutdown;
 use crate::sockets;
 use bytes::Bytes;
 use scale0_proto::mdp::Version;
-use scale0_proto::worker::{self as core, Action, Drained, Session};
+use scale0_proto::worker::{self as core, Action, Drained, Group};
 use scale0_proto::{Body, ServiceName};
 use std::cell::RefCell;
 use std::fmt;
@@ -20,8 +22,10 @@ use tracing::{debug, info, warn};
 /// Where a worker connects, what it serves, and its timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// The broker's endpoint, such as `tcp://localhost:5555`.
-    pub connect: String,
+    /// The brokers' endpoints, such as `tcp://localhost:5555`: one, or several independent
+    /// brokers, each of which the worker registers with. `capacity` is split between them
+    /// (each gets at least 1, so it must be at least their number).
+    pub connect: Vec<String>,
     /// The service to register for.
     pub service: String,
     /// How often to heartbeat; should match the broker's.
@@ -51,9 +55,10 @@ pub struct WorkerConfig {
     pub max_message_bytes: usize,
     /// CURVE: the broker's public key and this worker's pair.
     pub curve: Option<CurveClient>,
-    /// Requests the broker may send this worker before it replies (1 to 1024; scale0's
+    /// Requests the brokers may send this worker before it replies (1 to 1024; scale0's
     /// READY extension, which the Majordomo brokers we know ignore: they send one at a
-    /// time). The handler still
+    /// time), split between the brokers ([`scale0_proto::worker::Group::shares`]). The
+    /// handler still
     /// takes them one at a time, in order; above 1 the broker keeps the worker's queue
     /// filled, so a fast handler never waits for the next request's round trip. Its
     /// requests wait behind each other, so keep it small for slow handlers.
@@ -61,10 +66,11 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// Defaults for serving `service` from the broker at `connect`.
+    /// Defaults for serving `service` from the broker at `connect` (set
+    /// [`WorkerConfig::connect`] for several).
     pub fn new(connect: impl Into<String>, service: impl Into<String>) -> Self {
         Self {
-            connect: connect.into(),
+            connect: vec![connect.into()],
             service: service.into(),
             heartbeat_interval_ms: scale0_proto::DEFAULT_HEARTBEAT_INTERVAL_MS,
             heartbeat_liveness: scale0_proto::DEFAULT_HEARTBEAT_LIVENESS,
@@ -174,13 +180,17 @@ const QUIT: &[u8] = b"Q";
 impl Worker {
     /// Checks the config; nothing connects until [`Worker::run`].
     pub fn new(config: WorkerConfig) -> Result<Self> {
-        sockets::check_endpoint(&config.connect)?;
+        for endpoint in &config.connect {
+            sockets::check_endpoint(endpoint)?;
+        }
         if config.capacity == 0 || config.capacity > scale0_proto::mdp::MAX_WORKER_CAPACITY {
             return Err(Error::InvalidConfig(format!(
                 "a worker's capacity is 1 to {}",
                 scale0_proto::mdp::MAX_WORKER_CAPACITY
             )));
         }
+        Group::shares(config.capacity, config.connect.len())
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
         let service = ServiceName::new(Bytes::from(config.service.clone().into_bytes()))
             .map_err(|_| Error::InvalidServiceName(config.service.clone()))?;
         if service.is_mmi() {
@@ -196,7 +206,12 @@ impl Worker {
     pub fn run(self, handler: impl Handler, shutdown: &Shutdown) -> Result<WorkerSummary> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         // An inproc broker lives in the shared context, so such a worker stays in it.
-        let own_ctx = self.config.grace_ms > 0 && !self.config.connect.starts_with("inproc://");
+        let own_ctx = self.config.grace_ms > 0
+            && !self
+                .config
+                .connect
+                .iter()
+                .any(|e| e.starts_with("inproc://"));
         let ctx = if own_ctx {
             zmq::Context::new()
         } else {
@@ -248,8 +263,8 @@ impl Worker {
         };
 
         let clock = Clock::new();
-        let mut session = Session::new(
-            core::Config {
+        let mut session = Group::new(
+            &core::Config {
                 service: self.service.clone(),
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
                 heartbeat_liveness: self.config.heartbeat_liveness,
@@ -258,13 +273,17 @@ impl Worker {
                 version: self.config.version,
                 capacity: self.config.capacity,
             },
+            self.config.connect.len(),
             clock.now(),
-        );
-        let mut broker: Option<zmq::Socket> = None;
-        let result = self.serve(&mut session, &mut broker, &mut to_handler, clock, shutdown);
+        )
+        .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        // One connection per broker, by the index the session uses.
+        let mut brokers: Vec<Option<zmq::Socket>> =
+            self.config.connect.iter().map(|_| None).collect();
+        let result = self.serve(&mut session, &mut brokers, &mut to_handler, clock, shutdown);
         session.shutdown();
-        // Best effort goodbye; the broker also notices silence.
-        let _ = self.perform(&mut session, &mut broker, &mut to_handler, clock);
+        // Best effort goodbye; the brokers also notice silence.
+        let _ = self.perform(&mut session, &mut brokers, &mut to_handler, clock);
         let busy = session.is_busy();
         let _ = to_handler.pipe.send(QUIT, zmq::DONTWAIT);
         if !busy && let Some(t) = handler_thread {
@@ -274,7 +293,7 @@ impl Worker {
             // Give the last reply and the DISCONNECT a second to leave. Terminating the
             // context waits for every socket in it, so only when the handler thread is
             // gone; a handler still running past the grace period is abandoned.
-            if let Some(s) = broker.take() {
+            for s in brokers.iter_mut().filter_map(Option::take) {
                 let _ = s.set_linger(1000);
             }
             let HandlerEnd { mut ctx, pipe, .. } = to_handler;
@@ -286,14 +305,14 @@ impl Worker {
         result?;
         info!(service = %self.service, "worker stopped");
         Ok(WorkerSummary {
-            counters: session.counters().clone(),
+            counters: session.counters(),
         })
     }
 
     fn serve(
         &self,
-        session: &mut Session,
-        broker: &mut Option<zmq::Socket>,
+        session: &mut Group,
+        brokers: &mut [Option<zmq::Socket>],
         handler: &mut HandlerEnd,
         clock: Clock,
         shutdown: &Shutdown,
@@ -304,7 +323,7 @@ impl Worker {
             if session.poll_timeout().is_some_and(|t| t <= now) {
                 session.handle_timeout(now);
             }
-            self.perform(session, broker, handler, clock)?;
+            self.perform(session, brokers, handler, clock)?;
             if shutdown.is_triggered() {
                 // The requests in hand are finished within the grace period; any the
                 // broker still sends (a worker with credit has room) are not started, and
@@ -331,38 +350,17 @@ impl Worker {
             let to_handler = &handler.pipe;
             let wait = clock.wait_ms(session.poll_timeout());
             // Only a handler thread with a request in hand can answer on the pipe; until
-            // then the broker's socket is all there is to wait on, and a plain receive
+            // then a lone broker's socket is all there is to wait on, and a plain receive
             // with a timeout takes a waiting message without a system call (see
             // `sockets::recv_timeout`).
             let handler_may_answer = handler.inline.is_none() && session.is_busy();
-            if !handler_may_answer && let Some(s) = broker.as_ref() {
-                if let Some(frames) = sockets::recv_timeout(s, wait)?
-                    && let Err(e) = session.handle_message(clock.now(), frames)
-                {
-                    warn!(error = %e, "malformed message from the broker, ignored");
+            if !handler_may_answer && let [Some(s)] = &brokers[..] {
+                if let Some(frames) = sockets::recv_timeout(s, wait)? {
+                    take_message(session, clock, 0, frames);
                 }
                 continue;
             }
-            // A fixed array rather than a Vec: this runs once per request.
-            let (handler_ready, broker_ready) = match broker.as_ref() {
-                Some(s) => {
-                    let mut items = [
-                        to_handler.as_poll_item(zmq::POLLIN),
-                        s.as_poll_item(zmq::POLLIN),
-                    ];
-                    sockets::poll(&mut items, wait)
-                        .context(|| "polling the worker sockets".into())?;
-                    let [h, b] = &items;
-                    (h.is_readable(), b.is_readable())
-                }
-                None => {
-                    let mut items = [to_handler.as_poll_item(zmq::POLLIN)];
-                    sockets::poll(&mut items, wait)
-                        .context(|| "polling the worker sockets".into())?;
-                    let [h] = &items;
-                    (h.is_readable(), false)
-                }
-            };
+            let (handler_ready, ready) = poll(to_handler, brokers, wait)?;
             if handler_ready {
                 while let Some(mut reply) = sockets::try_recv(to_handler)? {
                     let body = reply.split_off(1.min(reply.len()));
@@ -373,10 +371,12 @@ impl Worker {
                     }
                 }
             }
-            if broker_ready && let Some(s) = broker.as_ref() {
-                while let Some(frames) = sockets::try_recv(s)? {
-                    if let Err(e) = session.handle_message(clock.now(), frames) {
-                        warn!(error = %e, "malformed message from the broker, ignored");
+            for (i, s) in brokers.iter().enumerate() {
+                if let Some(s) = s
+                    && ready.has(i)
+                {
+                    while let Some(frames) = sockets::try_recv(s)? {
+                        take_message(session, clock, i, frames);
                     }
                 }
             }
@@ -386,12 +386,16 @@ impl Worker {
 
     fn perform(
         &self,
-        session: &mut Session,
-        broker: &mut Option<zmq::Socket>,
+        session: &mut Group,
+        brokers: &mut [Option<zmq::Socket>],
         handler: &mut HandlerEnd,
         clock: Clock,
     ) -> Result<()> {
-        while let Some(action) = session.poll_action() {
+        while let Some((i, action)) = session.poll_action() {
+            let (Some(broker), Some(endpoint)) = (brokers.get_mut(i), self.config.connect.get(i))
+            else {
+                continue;
+            };
             match action {
                 Action::Disconnect => *broker = None,
                 Action::Connect => {
@@ -402,15 +406,15 @@ impl Worker {
                     s.set_linger(0).context(|| "setting LINGER".into())?;
                     sockets::cap_frames(&s, self.config.max_message_bytes)?;
                     security::apply_client(&s, self.config.curve.as_ref())?;
-                    sockets::connect(&s, &self.config.connect)?;
-                    debug!(endpoint = %self.config.connect, service = %self.service, "connecting");
+                    sockets::connect(&s, endpoint)?;
+                    debug!(endpoint = %endpoint, service = %self.service, "connecting");
                     *broker = Some(s);
                 }
                 Action::Send(frames) => {
                     if let Some(s) = broker.as_ref()
                         && let Err(e) = sockets::send(s, &frames)
                     {
-                        debug!(error = %e, "send to broker failed");
+                        debug!(error = %e, endpoint = %endpoint, "send to broker failed");
                     }
                 }
                 Action::Deliver { body, .. } => {
@@ -436,6 +440,76 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// A message from broker `i` into the session.
+fn take_message(session: &mut Group, clock: Clock, i: usize, frames: scale0_proto::Frames) {
+    if let Err(e) = session.handle_message(clock.now(), i, frames) {
+        warn!(error = %e, broker = i, "malformed message from the broker, ignored");
+    }
+}
+
+/// Which brokers' sockets have something to read, by index.
+enum Ready {
+    /// Of a lone broker, without allocating.
+    One(bool),
+    Many(Vec<bool>),
+}
+
+impl Ready {
+    fn has(&self, i: usize) -> bool {
+        match self {
+            Self::One(ready) => i == 0 && *ready,
+            Self::Many(ready) => ready.get(i).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// Waits up to `wait` ms for the handler's pipe or any open broker socket.
+fn poll(
+    to_handler: &zmq::Socket,
+    brokers: &[Option<zmq::Socket>],
+    wait: i64,
+) -> Result<(bool, Ready)> {
+    let what = || "polling the worker sockets".into();
+    // One broker, the usual case: a fixed array rather than a Vec, since this runs once
+    // per request.
+    if let [only] = brokers {
+        return match only {
+            Some(s) => {
+                let mut items = [
+                    to_handler.as_poll_item(zmq::POLLIN),
+                    s.as_poll_item(zmq::POLLIN),
+                ];
+                sockets::poll(&mut items, wait).context(what)?;
+                let [h, b] = &items;
+                Ok((h.is_readable(), Ready::One(b.is_readable())))
+            }
+            None => {
+                let mut items = [to_handler.as_poll_item(zmq::POLLIN)];
+                sockets::poll(&mut items, wait).context(what)?;
+                let [h] = &items;
+                Ok((h.is_readable(), Ready::One(false)))
+            }
+        };
+    }
+    let open: Vec<usize> = (0..brokers.len())
+        .filter(|&i| brokers[i].is_some())
+        .collect();
+    let mut items: Vec<zmq::PollItem<'_>> = std::iter::once(to_handler.as_poll_item(zmq::POLLIN))
+        .chain(
+            brokers
+                .iter()
+                .flatten()
+                .map(|s| s.as_poll_item(zmq::POLLIN)),
+        )
+        .collect();
+    sockets::poll(&mut items, wait).context(what)?;
+    let mut ready = vec![false; brokers.len()];
+    for (k, &i) in open.iter().enumerate() {
+        ready[i] = items[k + 1].is_readable();
+    }
+    Ok((items[0].is_readable(), Ready::Many(ready)))
 }
 
 /// Where requests go: the pair to the handler thread, or the handler itself when inline.

@@ -67,6 +67,7 @@ timers! {
     impl[] Map;
     impl[] Membership;
     impl[] worker::Session;
+    impl[] worker::Group;
     impl[T] client::Session<T>;
 }
 
@@ -108,6 +109,22 @@ impl Rng {
     pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
+}
+
+/// A worker session's settings for simulations: heartbeats every 100 ms (liveness 3),
+/// reconnects from 10 to 200 ms, MDP/0.1 or MDP/0.2 at random.
+pub(crate) fn fast_worker(rng: &mut Rng, service: &str) -> worker::Config {
+    let mut config = worker::Config::new(svc(service));
+    config.heartbeat_interval_ms = 100;
+    config.heartbeat_liveness = 3;
+    config.reconnect_initial_ms = 10;
+    config.reconnect_max_ms = 200;
+    config.version = if rng.chance(50) {
+        mdp::Version::V1
+    } else {
+        mdp::Version::V2
+    };
+    config
 }
 
 /// A native REQUEST asking for ACCEPTED.
