@@ -118,6 +118,35 @@ fn map_survives_a_killed_worker_and_a_late_one_takes_work() {
 }
 
 #[test]
+fn a_worker_killed_holding_a_batch_of_short_jobs_loses_none() {
+    // Short jobs go in batches, several queued at each worker: a kill strands some.
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = job_file(&dir, 20_000, "jobs");
+    let (mut m, vent, sink) = map(&["--input", &jobs]);
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|i| work(&vent, &sink, &format!("w{i}"), &["--echo"]))
+        .collect();
+    m.out.wait_for("\"status\":\"ok\"", 3000);
+    workers[0].kill9();
+    assert!(m.wait().success(), "map failed: {:?}", m.err.get());
+    drop(workers);
+
+    let results = json_lines(&m.out);
+    assert_eq!(results.len(), 20_000, "one result per job");
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i as u64, "in input order");
+        assert_eq!(r["status"], "ok");
+        assert_eq!(r["output"], format!("job-{i}"), "its own output");
+    }
+    assert!(
+        results.iter().any(|r| r["worker"] == "w0"),
+        "the killed worker took work"
+    );
+    let summary = m.err.get().join("\n");
+    assert!(summary.contains("20000 ok, 0 failed"), "{summary}");
+}
+
+#[test]
 fn a_job_that_always_fails_is_reported_after_its_retries() {
     let dir = tempfile::tempdir().unwrap();
     let jobs = job_file(&dir, 30, "jobs");

@@ -846,4 +846,38 @@ mod tests {
             "bounded at 4 entries; what was gathered goes before a message of its own"
         );
     }
+
+    #[test]
+    fn the_kept_prefetch_waits_and_a_worker_stuck_past_its_hold_hands_the_rest_back_at_once() {
+        let mut w = worker(1, vec![0]);
+        let frames = |ids: &[&'static str]| {
+            Job::Batch(crate::pipeline::Batch {
+                timeout_ms: 0,
+                hold_ms: 50,
+                keep: 1,
+                jobs: ids
+                    .iter()
+                    .map(|id| (Bytes::from_static(id.as_bytes()), Bytes::new()))
+                    .collect(),
+            })
+            .encode()
+        };
+        w.handle_job(at(0), 0, frames(&["slow", "kept", "x"]))
+            .unwrap();
+        let runs: Vec<Run> = std::iter::from_fn(|| w.poll_run()).collect();
+        w.handle_started(at(0), runs[0].seq);
+        reports(&mut w);
+        w.handle_timeout(at(50));
+        let back: Vec<u64> = std::iter::from_fn(|| w.poll_withdraw()).collect();
+        assert_eq!(back, vec![runs[2].seq], "the first one waiting is kept");
+        w.handle_withdrawn(runs[2].seq);
+        // The slot has run its job a whole hold: a new batch would only wait it out.
+        w.handle_job(at(60), 0, frames(&["y", "z"])).unwrap();
+        assert!(w.poll_run().is_none(), "none of it is queued");
+        w.flush();
+        let sent = batched(&mut w);
+        assert_eq!(ids(&sent[0].started), vec![b"slow"]);
+        assert_eq!(ids(&sent[0].returned), vec![&b"x"[..], b"y", b"z"]);
+        assert_eq!(w.counters().returned, 3);
+    }
 }
