@@ -86,6 +86,16 @@ fn json_lines(lines: &Lines) -> Vec<Value> {
         .collect()
 }
 
+/// One result per job of a `job_file`, in input order, each ok with its own output.
+fn assert_each_ok_once_in_order(results: &[Value], n: usize) {
+    assert_eq!(results.len(), n, "one result per job");
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i as u64, "in input order");
+        assert_eq!(r["status"], "ok");
+        assert_eq!(r["output"], format!("job-{i}"), "its own output");
+    }
+}
+
 #[test]
 fn map_survives_a_killed_worker_and_a_late_one_takes_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,12 +113,7 @@ fn map_survives_a_killed_worker_and_a_late_one_takes_work() {
     drop(workers);
 
     let results = json_lines(&m.out);
-    assert_eq!(results.len(), 1000, "one result per job");
-    for (i, r) in results.iter().enumerate() {
-        assert_eq!(r["index"], i as u64, "in input order");
-        assert_eq!(r["status"], "ok");
-        assert_eq!(r["output"], format!("job-{i}"), "its own output");
-    }
+    assert_each_ok_once_in_order(&results, 1000);
     let ran = |name: &str| results.iter().filter(|r| r["worker"] == name).count();
     assert!(ran("late") > 0, "the worker that joined mid-run took work");
     assert!(ran("w1") > 0, "the killed worker had taken work");
@@ -132,12 +137,7 @@ fn a_worker_killed_holding_a_batch_of_short_jobs_loses_none() {
     drop(workers);
 
     let results = json_lines(&m.out);
-    assert_eq!(results.len(), 20_000, "one result per job");
-    for (i, r) in results.iter().enumerate() {
-        assert_eq!(r["index"], i as u64, "in input order");
-        assert_eq!(r["status"], "ok");
-        assert_eq!(r["output"], format!("job-{i}"), "its own output");
-    }
+    assert_each_ok_once_in_order(&results, 20_000);
     assert!(
         results.iter().any(|r| r["worker"] == "w0"),
         "the killed worker took work"
