@@ -502,7 +502,8 @@ pub(crate) struct MapArgs {
     batch_bytes: usize,
     /// Longest a batched job waits unstarted at a busy worker before it is handed back
     /// to go elsewhere, in milliseconds (0: never; then nothing is queued beyond
-    /// --prefetch). A quarter of it is the work queued per worker when jobs are short.
+    /// --prefetch). A quarter of it bounds the work queued beyond --prefetch when jobs
+    /// are short.
     #[arg(long, value_name = "MS", default_value_t = pipeline::MapConfig::default().hold_ms)]
     hold_ms: u64,
     /// Write results as they finish instead of in input order.

@@ -14,6 +14,12 @@
 //! (the worker's next heartbeat no longer lists it), or which may have been in a buffer
 //! that went away (a disconnection) is sent again. Only the first result of a job counts,
 //! so nothing is emitted twice.
+//!
+//! Protocol 2 carries short jobs cheaply: batches of jobs to workers that announce they
+//! read them (only while every connection is such a worker, since PUSH picks the
+//! connection), a queue beyond capacity sized from the run time workers report, batched
+//! reports back, and jobs handed back unstarted when they wait too long behind slower
+//! ones.
 
 use crate::mdp::Frames;
 use crate::time::Instant;
@@ -558,8 +564,9 @@ pub struct MapConfig {
     pub batch_bytes: usize,
     /// Longest a job sent in a batch may wait at a worker unstarted, behind jobs that
     /// run longer than expected, before the worker hands it back to be sent elsewhere;
-    /// 0 for never. A quarter of it is the work the map queues at each worker beyond
-    /// its capacity and prefetch, by the run time workers report.
+    /// 0 for never (and then nothing is queued beyond capacity and prefetch). A quarter
+    /// of it bounds the work queued beyond capacity and prefetch when jobs are short, by
+    /// the run time workers report.
     pub hold_ms: u64,
 }
 

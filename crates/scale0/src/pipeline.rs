@@ -1,5 +1,5 @@
 //! PUSH/PULL pipelines: the ventilator ([`Vent`]), the worker ([`TaskWorker`]) and the
-//! sink ([`Sink`]). The parallel map is in `pool.rs`. Frames are in
+//! sink ([`Sink`]). The parallel map is in `map.rs`. Frames are in
 //! [`scale0_proto::pipeline`] and `docs/protocol.md`.
 
 use crate::clock::Clock;
