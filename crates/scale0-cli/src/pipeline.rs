@@ -219,6 +219,8 @@ pub(crate) fn work(args: WorkArgs) -> Result<ExitCode> {
     let capacity = args.capacity.unwrap_or_else(|| {
         thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
     });
+    // The report bounds keep their defaults.
+    let defaults = TaskWorkerConfig::new(sources[0].clone());
     let config = TaskWorkerConfig {
         sources,
         capacity,
@@ -227,12 +229,13 @@ pub(crate) fn work(args: WorkArgs) -> Result<ExitCode> {
         name: args.name,
         max_message_bytes: args.limit.max_message_bytes,
         curve: args.curve.load()?,
+        ..defaults
     };
     let worker = TaskWorker::new(config)?;
     let summary = worker.run(task, &crate::stop_on_signals()?)?;
     eprintln!(
-        "work: {} jobs, {} ok, {} failed, {} timed out",
-        summary.jobs, summary.ok, summary.failed, summary.timed_out
+        "work: {} jobs, {} ok, {} failed, {} timed out, {} handed back",
+        summary.jobs, summary.ok, summary.failed, summary.timed_out, summary.returned
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -491,6 +494,18 @@ pub(crate) struct MapArgs {
     /// Longest a sent job may wait to be started before it is sent again, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = pipeline::MapConfig::default().dispatch_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
     dispatch_timeout_ms: u64,
+    /// Most jobs in one message to workers that read batches (1: a job per message).
+    #[arg(long, value_name = "N", default_value_t = pipeline::MapConfig::default().batch_jobs, value_parser = clap::value_parser!(u32).range(1..=pipeline::MAX_BATCH_JOBS as i64))]
+    batch: u32,
+    /// Most payload bytes in one batch (a larger job still goes, alone).
+    #[arg(long, value_name = "BYTES", default_value_t = pipeline::MapConfig::default().batch_bytes)]
+    batch_bytes: usize,
+    /// Longest a batched job waits unstarted at a busy worker before it is handed back
+    /// to go elsewhere, in milliseconds (0: never; then nothing is queued beyond
+    /// --prefetch). A quarter of it bounds the work queued beyond --prefetch when jobs
+    /// are short.
+    #[arg(long, value_name = "MS", default_value_t = pipeline::MapConfig::default().hold_ms)]
+    hold_ms: u64,
     /// Write results as they finish instead of in input order.
     #[arg(long)]
     unordered: bool,
@@ -533,6 +548,9 @@ pub(crate) fn map(args: MapArgs) -> Result<ExitCode> {
             liveness: args.liveness,
             dispatch_timeout_ms: args.dispatch_timeout_ms,
             ordered: !args.unordered,
+            batch_jobs: args.batch,
+            batch_bytes: args.batch_bytes,
+            hold_ms: args.hold_ms,
         },
         max_message_bytes: args.limit.max_message_bytes,
         curve: args.curve.load()?,

@@ -86,6 +86,16 @@ fn json_lines(lines: &Lines) -> Vec<Value> {
         .collect()
 }
 
+/// One result per job of a `job_file`, in input order, each ok with its own output.
+fn assert_each_ok_once_in_order(results: &[Value], n: usize) {
+    assert_eq!(results.len(), n, "one result per job");
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i as u64, "in input order");
+        assert_eq!(r["status"], "ok");
+        assert_eq!(r["output"], format!("job-{i}"), "its own output");
+    }
+}
+
 #[test]
 fn map_survives_a_killed_worker_and_a_late_one_takes_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,18 +113,37 @@ fn map_survives_a_killed_worker_and_a_late_one_takes_work() {
     drop(workers);
 
     let results = json_lines(&m.out);
-    assert_eq!(results.len(), 1000, "one result per job");
-    for (i, r) in results.iter().enumerate() {
-        assert_eq!(r["index"], i as u64, "in input order");
-        assert_eq!(r["status"], "ok");
-        assert_eq!(r["output"], format!("job-{i}"), "its own output");
-    }
+    assert_each_ok_once_in_order(&results, 1000);
     let ran = |name: &str| results.iter().filter(|r| r["worker"] == name).count();
     assert!(ran("late") > 0, "the worker that joined mid-run took work");
     assert!(ran("w1") > 0, "the killed worker had taken work");
     let summary = m.err.get().join("\n");
     assert!(summary.contains("1000 jobs"), "{summary}");
     assert!(summary.contains("1000 ok, 0 failed"), "{summary}");
+}
+
+#[test]
+fn a_worker_killed_holding_a_batch_of_short_jobs_loses_none() {
+    // Short jobs go in batches, several queued at each worker: a kill strands some.
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = job_file(&dir, 20_000, "jobs");
+    let (mut m, vent, sink) = map(&["--input", &jobs]);
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|i| work(&vent, &sink, &format!("w{i}"), &["--echo"]))
+        .collect();
+    m.out.wait_for("\"status\":\"ok\"", 3000);
+    workers[0].kill9();
+    assert!(m.wait().success(), "map failed: {:?}", m.err.get());
+    drop(workers);
+
+    let results = json_lines(&m.out);
+    assert_each_ok_once_in_order(&results, 20_000);
+    assert!(
+        results.iter().any(|r| r["worker"] == "w0"),
+        "the killed worker took work"
+    );
+    let summary = m.err.get().join("\n");
+    assert!(summary.contains("20000 ok, 0 failed"), "{summary}");
 }
 
 #[test]

@@ -14,6 +14,12 @@
 //! (the worker's next heartbeat no longer lists it), or which may have been in a buffer
 //! that went away (a disconnection) is sent again. Only the first result of a job counts,
 //! so nothing is emitted twice.
+//!
+//! Protocol 2 carries short jobs cheaply: batches of jobs to workers that announce they
+//! read them (only while every connection is such a worker, since PUSH picks the
+//! connection), a queue beyond capacity sized from the run time workers report, batched
+//! reports back, and jobs handed back unstarted when they wait too long behind slower
+//! ones.
 
 use crate::mdp::Frames;
 use crate::time::Instant;
@@ -34,6 +40,17 @@ pub const ALIVE: &[u8] = b"s0alive";
 pub const START: &[u8] = b"s0start";
 /// First frame of a worker's goodbye.
 pub const BYE: &[u8] = b"s0bye";
+/// First frame of a batch of framed jobs (protocol 2).
+pub const JOBS: &[u8] = b"s0jobs";
+/// First frame of a worker's batched report: starts, returns and results (protocol 2).
+pub const REPORT: &[u8] = b"s0rep";
+/// Put first among a heartbeat's running ids by a worker that reads batches (protocol 2).
+/// A protocol-1 map takes it for an id it never sent, and ignores it.
+pub const BATCHES: &[u8] = b"s0/2";
+
+/// Most jobs in one batch, and most entries of each kind in one batched report: a
+/// message announcing more is refused.
+pub const MAX_BATCH_JOBS: usize = 1024;
 
 /// Longest job id or worker name, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
@@ -131,6 +148,24 @@ pub enum Job {
     },
     /// A one-frame job (the Guide's ventilator): answered with a one-frame result.
     Plain(Bytes),
+    /// `[s0jobs, timeout_ms, hold_ms, keep, (id, payload)...]`: several framed jobs in one
+    /// message, answered with batched reports ([`Report::Batch`]).
+    Batch(Batch),
+}
+
+/// Framed jobs sent together to a worker that announced [`BATCHES`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Each job's limit, from its own start; 0 for none.
+    pub timeout_ms: u64,
+    /// Longest a job of the batch may wait at the worker unstarted (its slots busy with
+    /// others) before the worker hands it back; 0 for never.
+    pub hold_ms: u64,
+    /// Unstarted jobs from this map the worker keeps whatever their wait (the map's
+    /// prefetch): only those queued behind them are handed back.
+    pub keep: u32,
+    /// The jobs: (id, payload), at least one.
+    pub jobs: Vec<(Bytes, Bytes)>,
 }
 
 impl Job {
@@ -147,6 +182,26 @@ impl Job {
                 }),
                 _ => Err(count("s0job", "4", frames.len())),
             },
+            [kind, timeout, hold, keep, jobs @ ..] if kind[..] == *JOBS => {
+                if jobs.is_empty() || jobs.len() % 2 != 0 || jobs.len() > 2 * MAX_BATCH_JOBS {
+                    return Err(count(
+                        "s0jobs",
+                        "4 + 2 per job (1 to 1024 jobs)",
+                        frames.len(),
+                    ));
+                }
+                Ok(Job::Batch(Batch {
+                    timeout_ms: number("timeout", timeout, u64::from(u32::MAX))?,
+                    hold_ms: number("hold", hold, u64::from(u32::MAX))?,
+                    keep: u32::try_from(number("keep", keep, u64::from(MAX_CAPACITY))?)
+                        .unwrap_or(MAX_CAPACITY),
+                    jobs: jobs
+                        .chunks_exact(2)
+                        .map(|p| Ok((id("job id", &p[0])?, p[1].clone())))
+                        .collect::<Result<_, _>>()?,
+                }))
+            }
+            [kind, ..] if kind[..] == *JOBS => Err(count("s0jobs", "at least 6", frames.len())),
             [kind, ..] => Err(PipeError::UnknownKind(
                 String::from_utf8_lossy(&kind[..kind.len().min(32)]).into_owned(),
             )),
@@ -167,6 +222,19 @@ impl Job {
                 payload.clone(),
             ],
             Job::Plain(payload) => vec![payload.clone()],
+            Job::Batch(b) => {
+                let mut f = Vec::with_capacity(3 + 2 * b.jobs.len());
+                f.extend([
+                    Bytes::from_static(JOBS),
+                    ascii(b.timeout_ms),
+                    ascii(b.hold_ms),
+                    ascii(u64::from(b.keep)),
+                ]);
+                for (id, payload) in &b.jobs {
+                    f.extend([id.clone(), payload.clone()]);
+                }
+                f
+            }
         }
     }
 }
@@ -224,6 +292,8 @@ pub enum Report {
         interval_ms: u64,
         /// Ids of the jobs it is running now.
         running: Vec<Bytes>,
+        /// It reads batches of jobs (protocol 2): [`BATCHES`] leads the running ids.
+        batches: bool,
     },
     /// `[s0start, worker, id]`: the worker started a job (its timeout runs from now).
     Start {
@@ -250,6 +320,113 @@ pub enum Report {
     },
     /// A one-frame result (a plain job's, or the Guide's worker's).
     Plain(Bytes),
+    /// `[s0rep, worker, busy_us, n_started, n_returned, started..., returned...,
+    /// (id, status, output)...]`: what became of jobs that came in batches since the
+    /// worker's last report.
+    Batch(BatchReport),
+}
+
+/// A worker's batched report (protocol 2).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// The worker's name.
+    pub worker: Bytes,
+    /// Time its slots spent running the jobs of `ended`, in microseconds: the map's
+    /// measure of how long jobs take.
+    pub busy_us: u64,
+    /// Jobs started and not ended by the time of the report (their timeouts run from
+    /// now). A job that ended since the last report is only in `ended`.
+    pub started: Vec<Bytes>,
+    /// Jobs handed back unstarted, after waiting their batch's `hold_ms` behind others.
+    pub returned: Vec<Bytes>,
+    /// Jobs that ended, in the order they did.
+    pub ended: Vec<JobEnd>,
+}
+
+/// How one job of a batch ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobEnd {
+    /// The job's id.
+    pub id: Bytes,
+    /// How it ended.
+    pub status: Status,
+    /// Its output, or why it failed.
+    pub output: Bytes,
+}
+
+impl BatchReport {
+    /// Whether it says nothing.
+    pub fn is_empty(&self) -> bool {
+        self.started.is_empty() && self.returned.is_empty() && self.ended.is_empty()
+    }
+
+    /// Jobs it mentions.
+    pub fn len(&self) -> usize {
+        self.started.len() + self.returned.len() + self.ended.len()
+    }
+
+    fn decode(rest: &[Bytes], got: usize) -> Result<Self, PipeError> {
+        let [worker, busy, n_started, n_returned, lists @ ..] = rest else {
+            return Err(count("s0rep", "at least 5", got));
+        };
+        let max = MAX_BATCH_JOBS as u64;
+        let n_started = usize::try_from(number("started count", n_started, max)?).unwrap_or(0);
+        let n_returned = usize::try_from(number("returned count", n_returned, max)?).unwrap_or(0);
+        let ids = n_started + n_returned;
+        let results = lists.len().checked_sub(ids).filter(|r| r % 3 == 0);
+        let Some(results) = results.filter(|r| r / 3 <= MAX_BATCH_JOBS) else {
+            return Err(count("s0rep", "5 + the counted ids + 3 per result", got));
+        };
+        let ids_of = |field, frames: &[Bytes]| {
+            frames
+                .iter()
+                .map(|f| id(field, f))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let report = BatchReport {
+            worker: id("worker", worker)?,
+            busy_us: number("busy", busy, u64::MAX)?,
+            started: ids_of("started job id", &lists[..n_started])?,
+            returned: ids_of("returned job id", &lists[n_started..ids])?,
+            ended: lists[ids..]
+                .chunks_exact(3)
+                .map(|e| {
+                    Ok(JobEnd {
+                        id: id("job id", &e[0])?,
+                        status: Status::parse(&e[1])?,
+                        output: e[2].clone(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        debug_assert_eq!(report.ended.len(), results / 3);
+        if report.is_empty() {
+            return Err(count("s0rep", "at least one entry", got));
+        }
+        Ok(report)
+    }
+
+    fn encode(&self) -> Frames {
+        let mut f =
+            Vec::with_capacity(5 + self.started.len() + self.returned.len() + 3 * self.ended.len());
+        f.extend([
+            Bytes::from_static(REPORT),
+            self.worker.clone(),
+            ascii(self.busy_us),
+            ascii(self.started.len() as u64),
+            ascii(self.returned.len() as u64),
+        ]);
+        f.extend(self.started.iter().cloned());
+        f.extend(self.returned.iter().cloned());
+        for e in &self.ended {
+            f.extend([
+                e.id.clone(),
+                Bytes::from_static(e.status.label().as_bytes()),
+                e.output.clone(),
+            ]);
+        }
+        f
+    }
 }
 
 impl Report {
@@ -272,6 +449,10 @@ impl Report {
                             value: "0".into(),
                         });
                     }
+                    let (batches, running) = match running {
+                        [first, rest @ ..] if first[..] == *BATCHES => (true, rest),
+                        all => (false, all),
+                    };
                     Ok(Report::Alive {
                         worker: id("worker", worker)?,
                         capacity: u32::try_from(capacity).unwrap_or(MAX_CAPACITY),
@@ -280,6 +461,7 @@ impl Report {
                             .iter()
                             .map(|r| id("running job id", r))
                             .collect::<Result<_, _>>()?,
+                        batches,
                     })
                 }
                 _ => Err(count("s0alive", "at least 4", frames.len())),
@@ -306,6 +488,7 @@ impl Report {
                 }),
                 _ => Err(count("s0bye", "2", frames.len())),
             },
+            k if k == REPORT => BatchReport::decode(rest, frames.len()).map(Report::Batch),
             other => Err(PipeError::UnknownKind(
                 String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned(),
             )),
@@ -320,6 +503,7 @@ impl Report {
                 capacity,
                 interval_ms,
                 running,
+                batches,
             } => {
                 let mut f = vec![
                     Bytes::from_static(ALIVE),
@@ -327,6 +511,9 @@ impl Report {
                     ascii(u64::from(*capacity)),
                     ascii(*interval_ms),
                 ];
+                if *batches {
+                    f.push(Bytes::from_static(BATCHES));
+                }
                 f.extend(running.iter().cloned());
                 f
             }
@@ -347,6 +534,7 @@ impl Report {
             ],
             Report::Bye { worker } => vec![Bytes::from_static(BYE), worker.clone()],
             Report::Plain(output) => vec![output.clone()],
+            Report::Batch(b) => b.encode(),
         }
     }
 }
@@ -369,6 +557,17 @@ pub struct MapConfig {
     pub dispatch_timeout_ms: u64,
     /// Emit results in input order (else as they finish).
     pub ordered: bool,
+    /// Most jobs in one message to a worker that reads batches; 1 sends every job alone
+    /// (protocol 1). At most [`MAX_BATCH_JOBS`].
+    pub batch_jobs: u32,
+    /// Most payload bytes in one batch (a larger job still goes, alone).
+    pub batch_bytes: usize,
+    /// Longest a job sent in a batch may wait at a worker unstarted, behind jobs that
+    /// run longer than expected, before the worker hands it back to be sent elsewhere;
+    /// 0 for never (and then nothing is queued beyond capacity and prefetch). A quarter
+    /// of it bounds the work queued beyond capacity and prefetch when jobs are short, by
+    /// the run time workers report.
+    pub hold_ms: u64,
 }
 
 impl Default for MapConfig {
@@ -380,6 +579,9 @@ impl Default for MapConfig {
             liveness: 3,
             dispatch_timeout_ms: 60_000,
             ordered: true,
+            batch_jobs: 64,
+            batch_bytes: 1 << 20,
+            hold_ms: 100,
         }
     }
 }
@@ -427,14 +629,22 @@ pub struct MapCounters {
     pub malformed: u64,
     /// Workers presumed dead after missing heartbeats.
     pub workers_lost: u64,
+    /// Jobs a worker handed back unstarted after their hold; sent again, no attempt used.
+    pub returned: u64,
+    /// Messages of several jobs sent.
+    pub batches: u64,
 }
 
 #[derive(Debug)]
 enum Phase {
     /// In the queue, not sent.
     Queued,
-    /// Sent with `key`, no start notice yet.
-    Sent { key: Bytes, at: Instant },
+    /// Sent with `key`, no start notice yet; `batched` if in a batch.
+    Sent {
+        key: Bytes,
+        at: Instant,
+        batched: bool,
+    },
     /// Started on `worker` with `key`.
     Started {
         key: Bytes,
@@ -461,16 +671,26 @@ struct WorkerState {
     last_seen: Instant,
     /// Keys the map believes this worker is running.
     started: HashSet<Bytes>,
+    /// It announced that it reads batches.
+    batches: bool,
 }
 
-/// A job handed to the driver to send on the jobs socket.
+/// Jobs handed to the driver to send on the jobs socket, as one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dispatch {
-    /// Position of the job in the input.
-    pub index: u64,
-    /// The job message.
+    /// Positions of the jobs in the input (one, unless a batch).
+    pub indices: Vec<u64>,
+    /// The message.
     pub frames: Frames,
 }
+
+/// Of `hold_ms`, the share of expected work queued at a worker beyond its capacity and
+/// prefetch: a job waits behind at most this much expected work.
+const QUEUE_SHARE_OF_HOLD: u64 = 4;
+
+/// After a worker hands jobs back, this many holds pass with nothing queued beyond
+/// capacity and prefetch: jobs turned out slower than measured.
+const SHALLOW_HOLDS: u32 = 4;
 
 /// How long after a jobs connection closes the map still doubts the jobs it sent: libzmq
 /// may route a send into the closing connection until the socket has taken in its end.
@@ -500,6 +720,18 @@ pub struct Map {
     timers: Timers<Timer>,
     /// When the latest jobs connection closed, while that is in doubt.
     closed_at: Option<Instant>,
+    /// When the number of jobs connections last changed: a batch goes only once as many
+    /// workers that read batches have spoken since as there are connections.
+    changed_at: Instant,
+    /// When the latest jobs connection opened: a batch sent just before may have gone
+    /// to it, and be lost on it if its worker turns out not to read batches.
+    opened_at: Option<Instant>,
+    /// Run time reported by workers and the jobs it covers, both decayed by an eighth
+    /// per report: their ratio is the mean run time of recent jobs.
+    busy_us: u64,
+    busy_jobs: u64,
+    /// Until then nothing is queued beyond capacity and prefetch (jobs were handed back).
+    shallow_until: Option<Instant>,
     /// Sent, not started.
     unstarted: usize,
     /// Sent or started.
@@ -529,6 +761,11 @@ impl Map {
             flight: BTreeSet::new(),
             timers: Timers::default(),
             closed_at: None,
+            opened_at: None,
+            changed_at: Instant::ZERO,
+            busy_us: 0,
+            busy_jobs: 0,
+            shallow_until: None,
             unstarted: 0,
             in_flight: 0,
             workers: HashMap::new(),
@@ -603,21 +840,64 @@ impl Map {
             if self.zombies == 0 {
                 self.presumed_dead.clear();
             }
-            self.resend_unstarted(now, None, "a connection closed");
+            self.resend_unstarted(now, |_, _| true, "a connection closed");
             // Jobs sent from now until the socket has seen the close may go the same way.
             self.closed_at = Some(now);
             self.timers
                 .set(Timer::Settle, now + Duration::from_millis(SETTLE_MS));
+        } else if connections > self.connections {
+            self.opened_at = Some(now);
+        }
+        if connections != self.connections {
+            self.changed_at = now;
         }
         self.connections = connections;
     }
 
-    fn credit(&self) -> usize {
+    /// Whether batches may be sent: PUSH picks the connection, so only while every
+    /// connection belongs to a live worker that announced it reads them. A worker that
+    /// died lingers in the table until its silence is noticed, so a connection is only
+    /// taken for a batch reader's once as many of them have spoken since the last change
+    /// of connections as there are connections (a worker presumed dead, whose connection
+    /// may still be open, is not among them).
+    fn batching(&self) -> bool {
+        if self.config.batch_jobs <= 1 || self.connections == 0 {
+            return false;
+        }
+        let mut heard = 0;
+        for w in self.workers.values() {
+            if !w.batches {
+                return false;
+            }
+            heard += usize::from(w.last_seen >= self.changed_at);
+        }
+        heard >= self.connections
+    }
+
+    /// Jobs queued at the workers beyond their capacity and prefetch, in all: a batch
+    /// each at most, and no more than the smallest capacity runs in a quarter of the
+    /// hold by the run time workers report (none before they do). Round robin can leave
+    /// all of them at the slowest worker; this bounds their wait even there.
+    fn depth(&self) -> u64 {
+        if self.busy_jobs == 0 || self.config.hold_ms == 0 {
+            return 0;
+        }
+        let mean_us = (self.busy_us / self.busy_jobs).max(1);
+        let queue_us = self.config.hold_ms.saturating_mul(1000) / QUEUE_SHARE_OF_HOLD;
+        let smallest = self.workers.values().map(|w| w.capacity).min().unwrap_or(0);
+        let batches = u64::from(self.config.batch_jobs).saturating_mul(self.workers.len() as u64);
+        (u64::from(smallest).saturating_mul(queue_us) / mean_us).min(batches)
+    }
+
+    fn credit(&self, now: Instant, batching: bool) -> usize {
+        let deep = batching && self.shallow_until.is_none_or(|t| now >= t);
+        let extra = if deep { self.depth() } else { 0 };
         let known: u64 = self
             .workers
             .values()
             .map(|w| u64::from(w.capacity) + u64::from(self.config.prefetch))
-            .sum();
+            .sum::<u64>()
+            .saturating_add(extra);
         let strangers = self
             .connections
             .saturating_sub(self.workers.len() + self.zombies);
@@ -646,14 +926,69 @@ impl Map {
         (run == self.run && parts.next().is_none()).then_some((index, send))
     }
 
-    /// The next job to send, if credit allows; the driver sends it or gives it back with
+    /// The next message to send, if credit allows: one job, or a batch of several when
+    /// every connected worker reads batches. The driver sends it or gives it back with
     /// [`Map::undo_dispatch`].
     pub fn poll_dispatch(&mut self, now: Instant) -> Option<Dispatch> {
-        if self.in_flight >= self.credit() {
+        let batching = self.batching();
+        let credit = self.credit(now, batching);
+        if self.in_flight >= credit || self.queue.is_empty() {
             return None;
         }
-        let index = self.queue.pop_front()?;
         let timeout_ms = self.config.job_timeout_ms;
+        if !batching {
+            let index = self.queue.pop_front()?;
+            let (id, payload) = self.send_one(now, index, false)?;
+            let frames = Job::Framed {
+                id,
+                timeout_ms,
+                payload,
+            }
+            .encode();
+            return Some(Dispatch {
+                indices: vec![index],
+                frames,
+            });
+        }
+        // Shared among the connections, so that round robin keeps them about even.
+        let share = credit.div_ceil(self.connections.max(1));
+        let most = (credit - self.in_flight)
+            .min(share)
+            .min(self.config.batch_jobs as usize);
+        let mut indices = Vec::with_capacity(most);
+        let mut jobs = Vec::with_capacity(most);
+        let mut bytes = 0usize;
+        while indices.len() < most {
+            let Some(&index) = self.queue.front() else {
+                break;
+            };
+            let size = self.jobs.get(&index).map_or(0, |j| j.payload.len());
+            if !indices.is_empty() && bytes.saturating_add(size) > self.config.batch_bytes {
+                break;
+            }
+            self.queue.pop_front();
+            bytes = bytes.saturating_add(size);
+            if let Some(job) = self.send_one(now, index, true) {
+                indices.push(index);
+                jobs.push(job);
+            }
+        }
+        if jobs.is_empty() {
+            return None;
+        }
+        self.counters.batches += 1;
+        let frames = Job::Batch(Batch {
+            timeout_ms,
+            hold_ms: self.config.hold_ms,
+            keep: self.config.prefetch,
+            jobs,
+        })
+        .encode();
+        Some(Dispatch { indices, frames })
+    }
+
+    /// Marks queued job `index` sent; its key and payload.
+    fn send_one(&mut self, now: Instant, index: u64, batched: bool) -> Option<(Bytes, Bytes)> {
         let key = {
             let job = self.jobs.get(&index)?;
             self.key(index, job.sends + 1)
@@ -663,7 +998,9 @@ impl Map {
         job.phase = Phase::Sent {
             key: key.clone(),
             at: now,
+            batched,
         };
+        let payload = job.payload.clone();
         self.unstarted += 1;
         self.in_flight += 1;
         self.flight.insert(index);
@@ -672,17 +1009,21 @@ impl Map {
             now + Duration::from_millis(self.config.dispatch_timeout_ms),
         );
         self.counters.sent += 1;
-        let frames = Job::Framed {
-            id: key,
-            timeout_ms,
-            payload: job.payload.clone(),
-        }
-        .encode();
-        Some(Dispatch { index, frames })
+        Some((key, payload))
     }
 
-    /// The socket could not take a dispatched job: it goes back to the head of the queue.
-    pub fn undo_dispatch(&mut self, index: u64) {
+    /// The socket could not take a dispatched message: its jobs go back to the head of
+    /// the queue, in order.
+    pub fn undo_dispatch(&mut self, dispatch: &Dispatch) {
+        if dispatch.frames.first().is_some_and(|k| k[..] == *JOBS) {
+            self.counters.batches = self.counters.batches.saturating_sub(1);
+        }
+        for &index in dispatch.indices.iter().rev() {
+            self.undo_one(index);
+        }
+    }
+
+    fn undo_one(&mut self, index: u64) {
         if let Some(job) = self.jobs.get_mut(&index)
             && matches!(job.phase, Phase::Sent { .. })
         {
@@ -713,7 +1054,8 @@ impl Map {
                 capacity,
                 interval_ms,
                 running,
-            } => self.alive(now, worker, capacity, interval_ms, &running),
+                batches,
+            } => self.alive(now, worker, capacity, interval_ms, &running, batches),
             Report::Start { worker, id } => self.start(now, worker, &id),
             Report::Result {
                 worker,
@@ -721,12 +1063,13 @@ impl Map {
                 status,
                 output,
             } => self.result(now, &worker, &id, status, output),
+            Report::Batch(report) => self.batch_report(now, report),
             Report::Bye { worker } => {
                 if let Some(w) = self.workers.remove(&worker) {
                     info!(worker = %String::from_utf8_lossy(&worker), "worker left");
                     self.orphan(now, w, "its worker left");
                 }
-                self.resend_unstarted(now, None, "a worker left");
+                self.resend_unstarted(now, |_, _| true, "a worker left");
             }
             Report::Plain(_) => {
                 self.counters.malformed += 1;
@@ -735,27 +1078,110 @@ impl Map {
         }
     }
 
-    fn touch(&mut self, now: Instant, worker: &Bytes, capacity: u32, interval_ms: u64) {
+    /// A worker's batched report: its entries in the order the worker made them
+    /// (starts, then hand-backs, then ends).
+    fn batch_report(&mut self, now: Instant, report: BatchReport) {
+        let BatchReport {
+            worker,
+            busy_us,
+            started,
+            returned,
+            ended,
+        } = report;
+        match self.workers.get_mut(&worker) {
+            Some(w) => w.last_seen = now,
+            // Its hello was lost or it was presumed dead: known again from now, with the
+            // capacity it announces in its next heartbeat.
+            None => self.touch(now, &worker, 1, 1000, true),
+        }
+        if !ended.is_empty() {
+            self.busy_us = (self.busy_us - self.busy_us / 8).saturating_add(busy_us);
+            self.busy_jobs = (self.busy_jobs - self.busy_jobs / 8) + ended.len() as u64;
+        }
+        for id in started {
+            self.start(now, worker.clone(), &id);
+        }
+        let mut back: Vec<u64> = returned
+            .iter()
+            .filter_map(|key| self.parse_key(key).map(|(index, send)| (index, send, key)))
+            .filter(|(index, send, key)| {
+                self.jobs.get(index).is_some_and(|j| {
+                    j.sends == *send && matches!(&j.phase, Phase::Sent { key: k, .. } if k == *key)
+                })
+            })
+            .map(|(index, _, _)| index)
+            .collect();
+        if !back.is_empty() {
+            debug!(jobs = back.len(), "jobs handed back unstarted");
+            // Jobs run longer than measured: queue nothing beyond capacity for a while.
+            let pause = self.config.hold_ms.saturating_mul(u64::from(SHALLOW_HOLDS));
+            self.shallow_until = Some(now + Duration::from_millis(pause));
+            back.sort_unstable();
+            back.dedup();
+            for &index in back.iter().rev() {
+                self.leave_flight(index);
+                self.counters.returned += 1;
+                self.queue.push_front(index);
+            }
+        }
+        for end in ended {
+            self.result(now, &worker, &end.id, end.status, end.output);
+        }
+    }
+
+    fn touch(
+        &mut self,
+        now: Instant,
+        worker: &Bytes,
+        capacity: u32,
+        interval_ms: u64,
+        batches: bool,
+    ) {
         if !self.workers.contains_key(worker) && self.presumed_dead.remove(worker) {
             self.zombies = self.zombies.saturating_sub(1);
         }
         let liveness = u64::from(self.config.liveness.max(1));
+        let joined = !self.workers.contains_key(worker);
         let w = self.workers.entry(worker.clone()).or_insert_with(|| {
-            info!(worker = %String::from_utf8_lossy(worker), capacity, "worker joined");
+            info!(worker = %String::from_utf8_lossy(worker), capacity, batches, "worker joined");
             WorkerState {
                 capacity,
                 interval_ms,
                 last_seen: now,
                 started: HashSet::new(),
+                batches,
             }
         });
         w.capacity = capacity;
         w.interval_ms = interval_ms;
         w.last_seen = now;
+        w.batches = batches;
         // No later than its deadline: a shorter interval brings it forward, and a later
         // deadline is found when this one comes round.
         let deadline = w.last_seen + Duration::from_millis(w.interval_ms * liveness);
         self.timers.set_by(Timer::Worker(worker.clone()), deadline);
+        if joined && !batches {
+            self.batch_may_be_lost(now);
+        }
+    }
+
+    /// A worker that does not read batches joined: a batch sent just before its
+    /// connection was counted may have gone to it and been dropped there. Its jobs, if
+    /// still unstarted, are sent again (no attempt used).
+    fn batch_may_be_lost(&mut self, now: Instant) {
+        let Some(opened) = self.opened_at else {
+            return;
+        };
+        if now.saturating_since(opened) > Duration::from_millis(self.config.dispatch_timeout_ms) {
+            return;
+        }
+        let from = Instant::from_millis(opened.as_millis().saturating_sub(SETTLE_MS));
+        self.opened_at = None;
+        self.resend_unstarted(
+            now,
+            |at, batched| batched && at >= from && at <= opened,
+            "a batch may have gone to a worker that cannot read it",
+        );
     }
 
     fn alive(
@@ -765,8 +1191,9 @@ impl Map {
         capacity: u32,
         interval_ms: u64,
         running: &[Bytes],
+        batches: bool,
     ) {
-        self.touch(now, &worker, capacity, interval_ms);
+        self.touch(now, &worker, capacity, interval_ms, batches);
         // Reports travel in order on one connection: a started job this heartbeat no
         // longer lists, with no result before it, had its result lost on the way.
         let running: HashSet<&Bytes> = running.iter().collect();
@@ -821,7 +1248,7 @@ impl Map {
             None => {
                 // Its hello was lost or it was presumed dead: known again from now, with
                 // the capacity it announces in its next heartbeat.
-                self.touch(now, &worker, 1, 1000);
+                self.touch(now, &worker, 1, 1000, false);
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.started.insert(key);
                 }
@@ -948,24 +1375,27 @@ impl Map {
         );
     }
 
-    /// Sent jobs not started yet (those sent `since` then, if given) may be in a buffer
-    /// that went away: send them again.
-    fn resend_unstarted(&mut self, now: Instant, since: Option<Instant>, why: &str) {
-        let from = since.unwrap_or(Instant::ZERO);
-        let sent: Vec<u64> = self
+    /// Sent jobs not started yet, those whose send (time, whether batched) `suspect`
+    /// picks, may be in a buffer that went away: send them again.
+    fn resend_unstarted(
+        &mut self,
+        now: Instant,
+        suspect: impl Fn(Instant, bool) -> bool,
+        why: &str,
+    ) {
+        let mut sent: Vec<u64> = self
             .flight
             .iter()
             .filter(|i| {
-                self.jobs.get(i).is_some_and(
-                    |j| matches!(j.phase, Phase::Sent { at, .. } if at <= now && at >= from),
-                )
+                self.jobs.get(i).is_some_and(|j| {
+                    matches!(j.phase, Phase::Sent { at, batched, .. } if at <= now && suspect(at, batched))
+                })
             })
             .copied()
             .collect();
         if !sent.is_empty() {
             debug!(jobs = sent.len(), why, "unstarted jobs sent again");
         }
-        let mut sent = sent;
         sent.sort_unstable();
         for index in sent.into_iter().rev() {
             self.leave_flight(index);
@@ -1016,7 +1446,11 @@ impl Map {
                 Timer::Job(index) => self.check_job(now, index),
                 Timer::Settle => {
                     if let Some(since) = self.closed_at.take() {
-                        self.resend_unstarted(now, Some(since), "sent as a connection closed");
+                        self.resend_unstarted(
+                            now,
+                            |at, _| at >= since,
+                            "sent as a connection closed",
+                        );
                     }
                 }
             }
@@ -1044,7 +1478,7 @@ impl Map {
             self.presumed_dead.insert(name);
         }
         self.orphan(now, w, "its worker died");
-        self.resend_unstarted(now, None, "a worker died");
+        self.resend_unstarted(now, |_, _| true, "a worker died");
     }
 
     /// A job's timer came round: a sent job never started goes back to the queue (no
@@ -1112,7 +1546,7 @@ mod tests {
 
     fn dispatched(map: &mut Map, now: Instant) -> Vec<u64> {
         std::iter::from_fn(|| map.poll_dispatch(now))
-            .map(|d| d.index)
+            .flat_map(|d| d.indices)
             .collect()
     }
 
@@ -1160,6 +1594,7 @@ mod tests {
             capacity: 1,
             interval_ms: 100,
             running: vec![],
+            batches: false,
         }
         .encode();
         for ms in [0, 100, 200, 250] {
@@ -1197,6 +1632,30 @@ mod tests {
             Err(PipeError::UnknownKind(_))
         ));
         assert_eq!(Job::decode(&[]), Err(PipeError::Empty));
+        let batch = Job::Batch(Batch {
+            timeout_ms: 5,
+            hold_ms: 100,
+            keep: 1,
+            jobs: vec![(b("k.1.1"), b("x")), (b("k.2.1"), b(""))],
+        });
+        assert_eq!(Job::decode(&batch.encode()), Ok(batch));
+        for bad in [
+            vec![b("s0jobs"), b("0"), b("0"), b("1")],
+            vec![b("s0jobs"), b("0"), b("0"), b("1"), b("id")],
+            vec![b("s0jobs"), b("x"), b("0"), b("1"), b("id"), b("p")],
+            vec![b("s0jobs"), b("0"), b("0"), b("1"), b(""), b("p")],
+            vec![b("s0jobs"), b("0"), b("0"), b("99999"), b("id"), b("p")],
+        ] {
+            assert!(Job::decode(&bad).is_err(), "{bad:?}");
+        }
+        let mut huge = vec![b("s0jobs"), b("0"), b("0"), b("1")];
+        for _ in 0..=MAX_BATCH_JOBS {
+            huge.extend([b("id"), b("p")]);
+        }
+        assert!(matches!(
+            Job::decode(&huge),
+            Err(PipeError::FrameCount { .. })
+        ));
     }
 
     #[test]
@@ -1207,7 +1666,26 @@ mod tests {
                 capacity: 4,
                 interval_ms: 1000,
                 running: vec![b("a"), b("b")],
+                batches: false,
             },
+            Report::Alive {
+                worker: b("w"),
+                capacity: 2,
+                interval_ms: 1000,
+                running: vec![b("a")],
+                batches: true,
+            },
+            Report::Batch(BatchReport {
+                worker: b("w"),
+                busy_us: 12,
+                started: vec![b("a")],
+                returned: vec![b("b"), b("c")],
+                ended: vec![JobEnd {
+                    id: b("d"),
+                    status: Status::Ok,
+                    output: b(""),
+                }],
+            }),
             Report::Start {
                 worker: b("w"),
                 id: b("a"),
@@ -1231,6 +1709,21 @@ mod tests {
             vec![b("s0res"), b("w"), b("a"), b("maybe"), b("")],
             vec![b("s0start"), b("w")],
             vec![b("s0bye"), b("w"), b("x")],
+            // Counts that do not match the frames, an empty report, a bad status.
+            vec![b("s0rep"), b("w"), b("0"), b("2"), b("0"), b("a")],
+            vec![b("s0rep"), b("w"), b("0"), b("0"), b("0")],
+            vec![b("s0rep"), b("w"), b("0"), b("0"), b("0"), b("a"), b("ok")],
+            vec![
+                b("s0rep"),
+                b("w"),
+                b("0"),
+                b("0"),
+                b("0"),
+                b("a"),
+                b("so-so"),
+                b(""),
+            ],
+            vec![b("s0rep"), b("w"), b("0"), b("99999"), b("0"), b("a")],
         ] {
             assert!(Report::decode(&bad).is_err(), "{bad:?}");
         }

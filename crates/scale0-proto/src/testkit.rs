@@ -37,7 +37,7 @@ pub fn split_frames(data: &[u8]) -> Frames {
 }
 
 /// Fuzz target `decode`: any frames through every decoder (MDP and native messages,
-/// heartbeats, stored journal entries, broker events, ZAP requests and replies); encoding
+/// pipeline jobs and reports, heartbeats, stored journal entries, broker events, ZAP requests and replies); encoding
 /// what decoded must decode to the same value.
 pub fn decode(data: &[u8]) {
     let frames = split_frames(data);
@@ -49,6 +49,15 @@ pub fn decode(data: &[u8]) {
     }
     if let Ok(reply) = zap::Reply::decode(&frames) {
         assert_eq!(zap::Reply::decode(&reply.encode()), Ok(reply));
+    }
+    if let Ok(job) = crate::pipeline::Job::decode(&frames) {
+        assert_eq!(crate::pipeline::Job::decode(&job.encode()), Ok(job));
+    }
+    if let Ok(report) = crate::pipeline::Report::decode(&frames) {
+        assert_eq!(
+            crate::pipeline::Report::decode(&report.encode()),
+            Ok(report)
+        );
     }
     if let Ok(hb) = Heartbeat::decode(&frames) {
         assert_eq!(Heartbeat::decode(&hb.encode()), Ok(hb));
@@ -471,15 +480,18 @@ pub fn queue_events(data: &[u8]) {
 }
 
 /// Fuzz target `map_events`: a script of events for one parallel map — jobs, connection
-/// counts, dispatches and undos, hellos, heartbeats, start notices, results and goodbyes
-/// from three workers (about real keys, stale keys or garbage), and clock steps. Every
-/// job is emitted at most once, in order, and a success carries the output its worker
-/// gave for that very job; then a healthy worker joins and every job must end.
+/// counts, dispatches (single or batched) and undos, hellos and heartbeats (reading
+/// batches or not), start notices, results, batched reports of starts, hand-backs and
+/// results, and goodbyes from three workers (about real keys, stale keys or garbage), and
+/// clock steps. Every job is emitted at most once, in order, and a success carries the
+/// output its worker gave for that very job; then a healthy worker joins and every job
+/// must end.
 pub fn map_events(data: &[u8]) {
-    use crate::pipeline::{Map, MapConfig, Outcome, Report, Status};
+    use crate::pipeline::{BatchReport, Job, JobEnd, Map, MapConfig, Outcome, Report, Status};
     use std::collections::HashMap;
 
-    let ordered = data.first().is_none_or(|b| b & 1 == 0);
+    let flags = data.first().copied().unwrap_or(0);
+    let ordered = flags & 1 == 0;
     let config = MapConfig {
         job_timeout_ms: 100,
         max_attempts: 3,
@@ -487,6 +499,23 @@ pub fn map_events(data: &[u8]) {
         liveness: 3,
         dispatch_timeout_ms: 400,
         ordered,
+        batch_jobs: if flags & 2 == 0 { 4 } else { 1 },
+        batch_bytes: 6,
+        hold_ms: 60,
+    };
+    let healer_batches = flags & 4 == 0;
+    // The (id, payload) of each job a dispatch carries.
+    let jobs_of = |frames: &Frames| -> Vec<(Bytes, Bytes)> {
+        let job = Job::decode(frames);
+        assert!(
+            matches!(job, Ok(Job::Framed { .. } | Job::Batch(_))),
+            "the map sent {job:?}"
+        );
+        match job {
+            Ok(Job::Framed { id, payload, .. }) => vec![(id, payload)],
+            Ok(Job::Batch(b)) => b.jobs,
+            _ => Vec::new(),
+        }
     };
     let mut now = Instant::ZERO;
     let mut map = Map::new(config, 7);
@@ -520,7 +549,7 @@ pub fn map_events(data: &[u8]) {
         let worker = Bytes::from_static(workers[usize::from(arg) % 3]);
         let pick =
             |sent: &[(Bytes, Bytes)]| sent.get(usize::from(arg) % sent.len().max(1)).cloned();
-        match kind % 12 {
+        match kind % 14 {
             0 | 1 => {
                 let payload = Bytes::from(vec![b'j', arg]);
                 let index = map.push_job(payload.clone());
@@ -531,14 +560,14 @@ pub fn map_events(data: &[u8]) {
             }
             3 => {
                 while let Some(d) = map.poll_dispatch(now) {
-                    assert_eq!(d.frames.len(), 4, "a framed job");
-                    sent.push((d.frames[1].clone(), d.frames[3].clone()));
+                    let jobs = jobs_of(&d.frames);
+                    assert_eq!(jobs.len(), d.indices.len());
                     if arg & 1 == 1 {
                         // The socket refused it: the driver gives it back at once.
-                        map.undo_dispatch(d.index);
-                        sent.pop();
+                        map.undo_dispatch(&d);
                         break;
                     }
+                    sent.extend(jobs);
                 }
             }
             4 => {
@@ -552,6 +581,7 @@ pub fn map_events(data: &[u8]) {
                     capacity: u32::from(arg % 3) + 1,
                     interval_ms: 50,
                     running,
+                    batches: arg & 4 == 0,
                 };
                 map.handle_report(now, beat.encode());
             }
@@ -579,6 +609,38 @@ pub fn map_events(data: &[u8]) {
             8 => map.handle_report(now, Report::Bye { worker }.encode()),
             9 => map.handle_report(now, split_frames(&[b's', b'0', arg, 0xff, 0x00, arg])),
             10 => map.close_input(),
+            11 | 12 => {
+                // A batched report about up to three sent jobs: each begun, handed back
+                // or ended (honestly, or failed), as `arg`'s bits say.
+                let mut report = BatchReport {
+                    worker,
+                    busy_us: u64::from(arg) * 100,
+                    ..BatchReport::default()
+                };
+                for n in 0..3u8 {
+                    let Some((id, payload)) = sent
+                        .get((usize::from(arg) + usize::from(n) * 7) % sent.len().max(1))
+                        .cloned()
+                    else {
+                        break;
+                    };
+                    match (arg >> (2 * n)) & 3 {
+                        0 => report.started.push(id),
+                        1 if kind % 14 == 12 => report.returned.push(id),
+                        1 => report.ended.push(JobEnd {
+                            id,
+                            status: Status::Failed,
+                            output: Bytes::from_static(b"exit 1"),
+                        }),
+                        _ => report.ended.push(JobEnd {
+                            id,
+                            status: Status::Ok,
+                            output: output_of(&payload),
+                        }),
+                    }
+                }
+                map.handle_report(now, Report::Batch(report).encode());
+            }
             _ => {
                 now = now + Duration::from_millis(u64::from(arg) * 4);
                 if map.poll_timeout().is_some_and(|t| t <= now) {
@@ -603,9 +665,28 @@ pub fn map_events(data: &[u8]) {
             capacity: 2,
             interval_ms: 50,
             running: Vec::new(),
+            batches: healer_batches,
         };
         map.handle_report(now, hello.encode());
         while let Some(d) = map.poll_dispatch(now) {
+            if d.frames[0][..] == *crate::pipeline::JOBS {
+                assert!(healer_batches, "a batch to a worker that cannot read it");
+                let report = BatchReport {
+                    worker: healer.clone(),
+                    busy_us: 10,
+                    ended: jobs_of(&d.frames)
+                        .into_iter()
+                        .map(|(id, payload)| JobEnd {
+                            id,
+                            status: Status::Ok,
+                            output: output_of(&payload),
+                        })
+                        .collect(),
+                    ..BatchReport::default()
+                };
+                map.handle_report(now, Report::Batch(report).encode());
+                continue;
+            }
             let (id, payload) = (d.frames[1].clone(), d.frames[3].clone());
             map.handle_report(
                 now,

@@ -1,12 +1,17 @@
 //! The parallel map in virtual time: workers simulated as the real `scale0 work` behaves
 //! (jobs round robin into per-connection buffers, a job starts when a slot frees, a start
-//! notice, heartbeats listing running jobs, the job's timeout enforced by the worker).
+//! notice, heartbeats listing running jobs, the job's timeout enforced by the worker from
+//! the job's own start). A worker speaks protocol 1 (a job per message, a report per
+//! event) or 2 (batches of jobs queued for its slots, batched reports flushed at the end
+//! of each step it had something to say, jobs handed back after their hold).
 
 mod sim;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use scale0_proto::pipeline::{Finished, Job, Map, MapConfig, Outcome, Report, Status};
+use scale0_proto::pipeline::{
+    BatchReport, Finished, Job, JobEnd, Map, MapConfig, Outcome, Report, Status,
+};
 use scale0_proto::{Frames, Instant};
 use sim::{at, bytes};
 use std::collections::VecDeque;
@@ -39,6 +44,18 @@ struct Running {
     ends: Option<u64>,
     status: Status,
     timeout_ms: u64,
+    batched: bool,
+}
+
+/// A batched job waiting at a worker for a slot.
+struct Queued {
+    key: Bytes,
+    payload: Bytes,
+    timeout_ms: u64,
+    arrived: u64,
+    hold_until: Option<u64>,
+    batched: bool,
+    keep: u32,
 }
 
 struct SimWorker {
@@ -54,6 +71,13 @@ struct SimWorker {
     wire: VecDeque<(u64, Frames)>,
     /// Drop every report from now on while true (a broken sink connection).
     lose_reports: bool,
+    /// Reads batches (protocol 2).
+    batches: bool,
+    /// Has been sent a batch: takes messages while its slots are busy too.
+    batch_source: bool,
+    queued: VecDeque<Queued>,
+    /// The batched report being gathered this step.
+    pending: BatchReport,
 }
 
 struct Sim {
@@ -65,6 +89,10 @@ struct Sim {
     /// (job index, worker) for every run started, to count executions.
     runs: Vec<(u64, usize)>,
     max_in_flight_seen: usize,
+    /// Longest a batched job waited at a worker before a slot began it.
+    max_queue_wait: u64,
+    /// When each job was emitted.
+    emitted_at: Vec<u64>,
 }
 
 impl Sim {
@@ -82,6 +110,8 @@ impl Sim {
             out: Vec::new(),
             runs: Vec::new(),
             max_in_flight_seen: 0,
+            max_queue_wait: 0,
+            emitted_at: Vec::new(),
         }
     }
 
@@ -90,6 +120,14 @@ impl Sim {
     }
 
     fn add_worker(&mut self, capacity: u32) -> usize {
+        self.add(capacity, false)
+    }
+
+    fn add_batch_worker(&mut self, capacity: u32) -> usize {
+        self.add(capacity, true)
+    }
+
+    fn add(&mut self, capacity: u32, batches: bool) -> usize {
         let n = self.workers.len();
         self.workers.push(SimWorker {
             name: bytes(&format!("w{n}")),
@@ -102,6 +140,13 @@ impl Sim {
             next_beat: 0,
             wire: VecDeque::new(),
             lose_reports: false,
+            batches,
+            batch_source: false,
+            queued: VecDeque::new(),
+            pending: BatchReport {
+                worker: bytes(&format!("w{n}")),
+                ..BatchReport::default()
+            },
         });
         let c = self.connections();
         self.map.set_connections(at(self.now), c);
@@ -114,12 +159,36 @@ impl Sim {
         worker.connected = false;
         worker.inbox.clear();
         worker.running.clear();
+        worker.queued.clear();
         worker.wire.clear();
+        worker.pending = BatchReport {
+            worker: worker.name.clone(),
+            ..BatchReport::default()
+        };
         let c = self.connections();
         self.map.set_connections(at(self.now), c);
     }
 
     fn send(&mut self, w: usize, report: Report) {
+        // What was gathered goes first: the sink hears events in the order they happened.
+        self.flush(w);
+        self.put(w, report);
+    }
+
+    fn flush(&mut self, w: usize) {
+        let worker = &mut self.workers[w];
+        if worker.pending.is_empty() {
+            return;
+        }
+        let empty = BatchReport {
+            worker: worker.name.clone(),
+            ..BatchReport::default()
+        };
+        let report = std::mem::replace(&mut worker.pending, empty);
+        self.put(w, Report::Batch(report));
+    }
+
+    fn put(&mut self, w: usize, report: Report) {
         let worker = &mut self.workers[w];
         if !worker.lose_reports {
             worker
@@ -165,6 +234,7 @@ impl Sim {
         }
         while let Some(f) = self.map.poll_finished() {
             self.out.push(f);
+            self.emitted_at.push(self.now);
         }
         self.now += 1;
     }
@@ -176,71 +246,168 @@ impl Sim {
         self.workers[w].running.retain(|r| {
             let timed_out = r.timeout_ms > 0 && now >= r.started + r.timeout_ms;
             let done = r.ends.is_some_and(|e| now >= e);
+            let busy = now - r.started;
             if timed_out && !done {
-                ended.push((r.key.clone(), Status::Timeout, Bytes::new()));
+                ended.push((
+                    r.key.clone(),
+                    Status::Timeout,
+                    Bytes::new(),
+                    r.batched,
+                    busy,
+                ));
                 false
             } else if done {
-                ended.push((r.key.clone(), r.status, r.payload.clone()));
+                ended.push((r.key.clone(), r.status, r.payload.clone(), r.batched, busy));
                 false
             } else {
                 true
             }
         });
-        for (id, status, output) in ended {
+        for (id, status, output, batched, busy) in ended {
             let worker = self.workers[w].name.clone();
-            self.send(
-                w,
-                Report::Result {
-                    worker,
-                    id,
-                    status,
-                    output,
-                },
-            );
+            if batched {
+                let p = &mut self.workers[w].pending;
+                p.started.retain(|k| *k != id);
+                p.busy_us += busy * 1000;
+                p.ended.push(JobEnd { id, status, output });
+            } else {
+                self.send(
+                    w,
+                    Report::Result {
+                        worker,
+                        id,
+                        status,
+                        output,
+                    },
+                );
+            }
         }
-        while self.workers[w].running.len() < self.workers[w].capacity as usize {
+        // A batched job that waited its hold unstarted goes back, unless it is among the
+        // first `keep` waiting.
+        let worker = &mut self.workers[w];
+        let mut ahead = 0;
+        let mut stay = VecDeque::new();
+        for q in worker.queued.drain(..) {
+            if q.batched && q.hold_until.is_some_and(|h| now >= h) && ahead >= q.keep {
+                worker.pending.returned.push(q.key);
+            } else {
+                ahead += u32::from(q.batched);
+                stay.push_back(q);
+            }
+        }
+        worker.queued = stay;
+        loop {
+            let held = self.workers[w].running.len() + self.workers[w].queued.len();
+            let mut room = self.workers[w].capacity as usize;
+            if self.workers[w].batch_source {
+                room += 1024;
+            }
+            if held >= room {
+                break;
+            }
             let Some(frames) = self.workers[w].inbox.pop_front() else {
                 break;
             };
-            let Ok(Job::Framed {
-                id,
-                timeout_ms,
-                payload,
-            }) = Job::decode(&frames)
-            else {
-                panic!("the map sent a job the worker cannot read: {frames:?}");
-            };
-            let worker = self.workers[w].name.clone();
+            let job = Job::decode(&frames);
             if !self.workers[w].said_hello {
                 self.workers[w].said_hello = true;
                 self.beat(w);
             }
-            self.send(
-                w,
-                Report::Start {
-                    worker,
-                    id: id.clone(),
-                },
-            );
-            let (duration, status) = behave(&payload);
-            let index: u64 = std::str::from_utf8(&id)
-                .ok()
-                .and_then(|s| s.split('.').nth(1))
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(u64::MAX);
-            self.runs.push((index, w));
-            self.workers[w].running.push(Running {
-                key: id,
-                payload,
-                started: now,
-                ends: duration.map(|d| now + d),
-                status,
-                timeout_ms,
-            });
+            match job {
+                Ok(Job::Framed {
+                    id,
+                    timeout_ms,
+                    payload,
+                }) => self.workers[w].queued.push_back(Queued {
+                    key: id,
+                    payload,
+                    timeout_ms,
+                    arrived: now,
+                    hold_until: None,
+                    batched: false,
+                    keep: 0,
+                }),
+                Ok(Job::Batch(batch)) if self.workers[w].batches => {
+                    let worker = &mut self.workers[w];
+                    worker.batch_source = true;
+                    // Slots all busy with jobs that ran a hold already: what is not kept
+                    // goes back at once.
+                    let latest = worker.running.iter().map(|r| r.started).max();
+                    let stuck = worker.running.len() >= worker.capacity as usize
+                        && batch.hold_ms > 0
+                        && latest.is_some_and(|t| t + batch.hold_ms <= now);
+                    let mut waiting = worker.queued.iter().filter(|q| q.batched).count();
+                    for (key, payload) in batch.jobs {
+                        let worker = &mut self.workers[w];
+                        if stuck && waiting >= batch.keep as usize {
+                            worker.pending.returned.push(key);
+                            continue;
+                        }
+                        waiting += 1;
+                        worker.queued.push_back(Queued {
+                            key,
+                            payload,
+                            timeout_ms: batch.timeout_ms,
+                            arrived: now,
+                            hold_until: (batch.hold_ms > 0).then_some(now + batch.hold_ms),
+                            batched: true,
+                            keep: batch.keep,
+                        });
+                    }
+                }
+                other => panic!("the map sent a job the worker cannot read: {other:?}"),
+            }
+            self.start_queued(w);
         }
+        self.start_queued(w);
         if self.workers[w].said_hello && now >= self.workers[w].next_beat {
             self.beat(w);
         }
+        // The worker has nothing more ready this step: what it gathered goes.
+        self.flush(w);
+    }
+
+    /// Slots free take queued jobs in order, and say so.
+    fn start_queued(&mut self, w: usize) {
+        while self.workers[w].running.len() < self.workers[w].capacity as usize {
+            let Some(q) = self.workers[w].queued.pop_front() else {
+                break;
+            };
+            self.max_queue_wait = self.max_queue_wait.max(self.now - q.arrived);
+            if q.batched {
+                self.workers[w].pending.started.push(q.key.clone());
+            } else {
+                let worker = self.workers[w].name.clone();
+                self.send(
+                    w,
+                    Report::Start {
+                        worker,
+                        id: q.key.clone(),
+                    },
+                );
+            }
+            self.begin(w, q.key, q.payload, q.timeout_ms, q.batched);
+        }
+    }
+
+    fn begin(&mut self, w: usize, id: Bytes, payload: Bytes, timeout_ms: u64, batched: bool) {
+        let now = self.now;
+        let (duration, status) = behave(&payload);
+        let index: u64 = std::str::from_utf8(&id)
+            .ok()
+            .and_then(|s| s.split('.').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX);
+        self.runs.push((index, w));
+        self.workers[w].running.push(Running {
+            key: id,
+            payload,
+            started: now,
+            ends: duration.map(|d| now + d),
+            status,
+            timeout_ms,
+            batched,
+        });
     }
 
     fn beat(&mut self, w: usize) {
@@ -251,6 +418,7 @@ impl Sim {
             capacity: worker.capacity,
             interval_ms: worker.interval,
             running: worker.running.iter().map(|r| r.key.clone()).collect(),
+            batches: worker.batches,
         };
         self.send(w, report);
     }
@@ -328,27 +496,6 @@ fn in_flight_never_exceeds_credit() {
     );
     // Nothing waits long in a buffer: every worker's inbox stayed small.
     assert_all_once_in_order(&sim, 300);
-}
-
-#[test]
-fn the_timeout_runs_from_the_start_not_while_queued() {
-    // One worker, one slot: the 10th job waits behind nine 80 ms jobs (720 ms) but runs
-    // only 80 ms itself, under the 100 ms timeout.
-    let jobs = vec!["80"; 10];
-    let config = MapConfig {
-        job_timeout_ms: 100,
-        ..MapConfig::default()
-    };
-    let mut sim = Sim::new(config, &jobs);
-    sim.add_worker(1);
-    sim.run_until_done(10_000);
-    assert_all_once_in_order(&sim, 10);
-    assert!(
-        sim.out
-            .iter()
-            .all(|f| matches!(f.outcome, Outcome::Done(_)))
-    );
-    assert_eq!(sim.map.counters().retried, 0);
 }
 
 #[test]
@@ -562,9 +709,164 @@ fn nothing_is_sent_without_a_connection() {
     // A stranger gets one job until it says hello.
     map.push_job(bytes("2"));
     assert!(map.poll_dispatch(Instant::ZERO).is_none());
-    map.undo_dispatch(d.index);
+    map.undo_dispatch(&d);
     assert_eq!(map.in_flight(), 0);
     assert_eq!(map.queued(), 2);
+}
+
+#[test]
+fn workers_reading_batches_get_them_and_every_job_is_emitted_once_in_order() {
+    let jobs: Vec<String> = (0..2000).map(|i| (1 + i % 3).to_string()).collect();
+    let refs: Vec<&str> = jobs.iter().map(String::as_str).collect();
+    let mut sim = Sim::new(MapConfig::default(), &refs);
+    sim.add_batch_worker(1);
+    sim.add_batch_worker(2);
+    sim.run_until_done(60_000);
+    assert_all_once_in_order(&sim, 2000);
+    assert_eq!(sim.runs.len(), 2000, "no job ran twice");
+    let c = sim.map.counters();
+    assert!(c.batches > 0, "{c:?}");
+    assert_eq!((c.retried, c.returned), (0, 0));
+    // Credit: capacity + prefetch + at most a batch queued per worker.
+    assert!(sim.max_in_flight_seen <= (1 + 1 + 64) + (2 + 1 + 64));
+    assert!(
+        sim.max_in_flight_seen > 5,
+        "batches ran deeper than protocol 1"
+    );
+}
+
+#[test]
+fn jobs_that_take_long_are_not_queued_beyond_capacity_and_prefetch() {
+    // 40 ms jobs against the 100 ms hold: a quarter of it is less than one job.
+    let jobs = vec!["40"; 60];
+    let mut sim = Sim::new(MapConfig::default(), &jobs);
+    sim.add_batch_worker(1);
+    sim.add_batch_worker(1);
+    sim.run_until_done(60_000);
+    assert_all_once_in_order(&sim, 60);
+    assert!(
+        sim.max_in_flight_seen <= 4,
+        "peaked at {}",
+        sim.max_in_flight_seen
+    );
+    assert_eq!(sim.map.counters().returned, 0);
+}
+
+#[test]
+fn the_timeout_runs_from_each_jobs_own_start_not_while_queued() {
+    // One slot: jobs wait behind 80 ms jobs (in the socket, or at the worker in batches,
+    // which a long hold lets queue deep) but each runs only 80 ms, under the 100 ms
+    // timeout, however long it waited.
+    for batches in [false, true] {
+        let config = MapConfig {
+            job_timeout_ms: 100,
+            hold_ms: 20_000,
+            ..MapConfig::default()
+        };
+        let mut sim = Sim::new(config, &["80"; 30]);
+        sim.add(1, batches);
+        sim.run_until_done(60_000);
+        assert_all_once_in_order(&sim, 30);
+        assert!(
+            sim.out
+                .iter()
+                .all(|f| matches!(f.outcome, Outcome::Done(_)))
+        );
+        assert_eq!(sim.map.counters().retried, 0);
+        if batches {
+            assert!(
+                sim.max_queue_wait > 500,
+                "jobs waited {} ms in a batch",
+                sim.max_queue_wait
+            );
+        }
+    }
+}
+
+#[test]
+fn a_slow_job_holds_fast_ones_queued_behind_it_no_longer_than_the_hold() {
+    let mut jobs = vec!["1"; 400];
+    jobs[200] = "5000";
+    let config = MapConfig {
+        ordered: false,
+        ..MapConfig::default()
+    };
+    let mut sim = Sim::new(config, &jobs);
+    sim.add_batch_worker(1);
+    sim.add_batch_worker(1);
+    sim.run_until_done(60_000);
+    let c = sim.map.counters().clone();
+    assert!(
+        c.returned > 0,
+        "fast jobs were queued behind the slow one: {c:?}"
+    );
+    assert_eq!(
+        sim.runs.len(),
+        400,
+        "a job handed back unstarted ran only once"
+    );
+    assert_eq!(c.retried, 0);
+    let slow_at = sim.emitted_at[sim.out.iter().position(|f| f.index == 200).unwrap()];
+    // Without hand-backs they would wait the slow job's 5 s; only the one the slow
+    // job's worker keeps (the prefetch) does, as in protocol 1.
+    let late: Vec<u64> = sim
+        .out
+        .iter()
+        .zip(&sim.emitted_at)
+        .filter(|(f, t)| f.index != 200 && **t > 1_500)
+        .map(|(f, _)| f.index)
+        .collect();
+    assert!(
+        late.len() <= 1,
+        "fast jobs that waited for the slow one: {late:?}"
+    );
+    assert!(slow_at >= 5_000);
+}
+
+#[test]
+fn a_worker_killed_mid_batch_loses_nothing() {
+    let jobs = vec!["2"; 3000];
+    let mut sim = Sim::new(MapConfig::default(), &jobs);
+    let doomed = sim.add_batch_worker(1);
+    sim.add_batch_worker(1);
+    while sim.workers[doomed].queued.len() < 5 {
+        sim.step();
+    }
+    sim.kill(doomed);
+    sim.run_until_done(60_000);
+    assert_all_once_in_order(&sim, 3000);
+    assert!(
+        sim.out
+            .iter()
+            .all(|f| f.outcome == Outcome::Done(bytes("2")))
+    );
+    assert!(sim.map.counters().retried > 0);
+}
+
+#[test]
+fn a_worker_that_cannot_read_batches_means_none_are_sent_while_it_is_connected() {
+    let jobs = vec!["1"; 4000];
+    let mut sim = Sim::new(MapConfig::default(), &jobs);
+    sim.add_batch_worker(1);
+    sim.add_batch_worker(1);
+    sim.run_for(300);
+    let before = sim.map.counters().batches;
+    assert!(before > 0);
+    // The simulated protocol-1 worker panics on a batch.
+    let old = sim.add_worker(1);
+    sim.run_for(300);
+    assert_eq!(
+        sim.map.counters().batches,
+        before,
+        "no batch while it is there"
+    );
+    sim.kill(old);
+    sim.run_until_done(60_000);
+    assert_all_once_in_order(&sim, 4000);
+    assert!(
+        sim.map.counters().batches > before,
+        "batches again once it left"
+    );
 }
 
 proptest! {
@@ -574,19 +876,24 @@ proptest! {
     /// once, in order, as a result or a failure, and a success carries its own output.
     #[test]
     fn chaos_never_loses_or_duplicates(
-        durations in prop::collection::vec(prop_oneof![8 => 1u64..60, 1 => Just(0u64)], 1..80),
-        events in prop::collection::vec((0u64..400, 0u8..4, 0usize..6), 0..12),
-        caps in prop::collection::vec(1u32..4, 1..4),
+        durations in prop::collection::vec(
+            prop_oneof![6 => 1u64..4, 3 => 1u64..60, 1 => 100u64..180, 1 => Just(0u64)],
+            1..120,
+        ),
+        events in prop::collection::vec((0u64..400, 0u8..5, 0usize..6), 0..12),
+        caps in prop::collection::vec((1u32..4, any::<bool>()), 1..4),
+        batch_jobs in prop_oneof![Just(1u32), 2u32..8, Just(64)],
+        hold_ms in prop_oneof![Just(0u64), 20u64..80, Just(100)],
     ) {
         let jobs: Vec<String> = durations
             .iter()
             .map(|d| if *d == 0 { "fail".to_string() } else { d.to_string() })
             .collect();
         let refs: Vec<&str> = jobs.iter().map(String::as_str).collect();
-        let config = MapConfig { job_timeout_ms: 200, ..MapConfig::default() };
+        let config = MapConfig { job_timeout_ms: 200, batch_jobs, hold_ms, ..MapConfig::default() };
         let mut sim = Sim::new(config, &refs);
-        for cap in &caps {
-            sim.add_worker(*cap);
+        for (cap, batches) in &caps {
+            sim.add(*cap, *batches);
         }
         let mut events = events;
         events.sort_unstable();
@@ -595,16 +902,17 @@ proptest! {
             let w = who % sim.workers.len();
             match kind {
                 0 => sim.kill(w),
-                1 => { sim.add_worker(2); }
+                1 => { sim.add_batch_worker(2); }
                 2 => sim.workers[w].lose_reports = true,
-                _ => sim.workers[w].lose_reports = false,
+                3 => sim.workers[w].lose_reports = false,
+                _ => { sim.add_worker(1); }
             }
         }
         for w in &mut sim.workers {
             w.lose_reports = false;
         }
         if sim.connections() == 0 {
-            sim.add_worker(1);
+            sim.add_batch_worker(1);
         }
         sim.run_until_done(200_000);
         let indices: Vec<u64> = sim.out.iter().map(|f| f.index).collect();

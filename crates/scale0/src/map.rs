@@ -287,7 +287,7 @@ impl Map {
                     match sockets::send(&self.push, &d.frames) {
                         Ok(()) => {}
                         Err(zmq::Error::EAGAIN) => {
-                            core.undo_dispatch(d.index);
+                            core.undo_dispatch(&d);
                             blocked = true;
                             break;
                         }

@@ -1,5 +1,5 @@
 //! PUSH/PULL pipelines: the ventilator ([`Vent`]), the worker ([`TaskWorker`]) and the
-//! sink ([`Sink`]). The parallel map is in `pool.rs`. Frames are in
+//! sink ([`Sink`]). The parallel map is in `map.rs`. Frames are in
 //! [`scale0_proto::pipeline`] and `docs/protocol.md`.
 
 use crate::clock::Clock;
@@ -15,7 +15,7 @@ use scale0_proto::pipeline::{Job, MAX_CAPACITY, MAX_ID_BYTES, Report, Status};
 use scale0_proto::task_worker::{self, TaskWorker as TaskSession};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -79,6 +79,10 @@ pub struct TaskWorkerConfig {
     pub max_message_bytes: usize,
     /// CURVE towards ventilators and sinks that require it (one server key for all).
     pub curve: Option<CurveClient>,
+    /// Most jobs one batched report mentions (answers to a map's batches).
+    pub report_jobs: usize,
+    /// Most output bytes in one batched report (a larger output still goes, alone).
+    pub report_bytes: usize,
 }
 
 impl TaskWorkerConfig {
@@ -92,6 +96,8 @@ impl TaskWorkerConfig {
             name: None,
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
+            report_jobs: task_worker::Config::DEFAULT_REPORT_JOBS,
+            report_bytes: task_worker::Config::DEFAULT_REPORT_BYTES,
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct TaskWorkerSummary {
     pub failed: u64,
     /// Jobs stopped at their timeout.
     pub timed_out: u64,
+    /// Jobs handed back unstarted after their hold.
+    pub returned: u64,
     /// Messages on a jobs socket that were not jobs.
     pub malformed: u64,
 }
@@ -223,24 +231,25 @@ impl TaskWorker {
         );
         let done = sockets::context()
             .socket(zmq::PULL)
-            .context(|| "creating the results pipe".into())?;
+            .context(|| "creating the slots' wake-up pipe".into())?;
         done.bind(&done_addr)
             .context(|| format!("binding {done_addr}"))?;
-        let (job_tx, job_rx) = mpsc::channel::<task_worker::Run>();
-        let job_rx = Arc::new(Mutex::new(job_rx));
+        let slots = Arc::new(Slots::default());
+        // Stops the slots however this loop ends.
+        let _close = CloseOnDrop(Arc::clone(&slots));
         for i in 0..config.capacity {
-            let rx = Arc::clone(&job_rx);
+            let slots = Arc::clone(&slots);
             let task = Arc::clone(&task);
             let cancel = shutdown.clone();
-            let back = sockets::context()
+            let wake = sockets::context()
                 .socket(zmq::PUSH)
-                .context(|| "creating a slot's results pipe".into())?;
-            back.set_sndhwm(0).context(|| "setting SNDHWM".into())?;
-            back.connect(&done_addr)
+                .context(|| "creating a slot's wake-up pipe".into())?;
+            wake.set_sndhwm(0).context(|| "setting SNDHWM".into())?;
+            wake.connect(&done_addr)
                 .context(|| format!("connecting {done_addr}"))?;
             thread::Builder::new()
                 .name(format!("task-slot-{i}"))
-                .spawn(move || slot(&rx, task.as_ref(), &cancel, &back))
+                .spawn(move || slot(&slots, task.as_ref(), &cancel, &wake))
                 .map_err(|error| Error::Spawn {
                     what: "a slot thread",
                     error,
@@ -253,9 +262,12 @@ impl TaskWorker {
             interval_ms: config.interval_ms,
             plain_timeout_ms: config.plain_timeout_ms,
             sink_of,
+            report_jobs: config.report_jobs,
+            report_bytes: config.report_bytes,
         });
         let clock = Clock::new();
         let mut outbox: VecDeque<task_worker::Transmit> = VecDeque::new();
+        let mut events = Vec::new();
         let mut turn = 0usize;
         debug!(worker = %self.name(), capacity = config.capacity, sources = config.sources.len(), "pipeline worker running");
 
@@ -270,7 +282,6 @@ impl TaskWorker {
                     Err(e) => return Err(e).context(|| "sending a report".into()),
                 }
             }
-            let take_jobs = session.has_room() && outbox.len() < MAX_OUTBOX;
             let wait_ms = if outbox.is_empty() {
                 clock.wait_ms(session.poll_timeout())
             } else {
@@ -278,23 +289,40 @@ impl TaskWorker {
             };
             {
                 let mut items: Vec<zmq::PollItem<'_>> = vec![done.as_poll_item(zmq::POLLIN)];
-                if take_jobs {
-                    items.extend(pulls.iter().map(|p| p.as_poll_item(zmq::POLLIN)));
-                }
+                let open = outbox.len() < MAX_OUTBOX;
+                let polled: Vec<usize> = (0..pulls.len())
+                    .filter(|&s| open && session.has_room(s))
+                    .collect();
+                items.extend(polled.iter().map(|&s| pulls[s].as_poll_item(zmq::POLLIN)));
                 sockets::poll(&mut items, wait_ms)
                     .context(|| "polling the worker's sockets".into())?;
             }
-            while let Some(frames) = sockets::try_recv(&done)? {
-                if let Some((seq, status, output)) = slot_result(&frames) {
-                    session.handle_done(seq, status, output);
+            // Wake-ups say "look"; what happened is in the slots' queue.
+            while sockets::try_recv(&done)?.is_some() {}
+            slots.take_events(&mut events);
+            let now = clock.now();
+            for event in events.drain(..) {
+                match event {
+                    SlotEvent::Started(seq) => session.handle_started(now, seq),
+                    SlotEvent::Done {
+                        seq,
+                        status,
+                        output,
+                        busy,
+                    } => session.handle_done(seq, status, output, busy),
                 }
             }
-            // Take jobs while slots are free, turn by turn across the sources.
+            // Take jobs while there is room, turn by turn across the sources.
             let n = pulls.len();
             let mut idle_rounds = 0;
-            while session.has_room() && idle_rounds < n && outbox.len() < MAX_OUTBOX {
+            let mut runs = Vec::new();
+            while idle_rounds < n && outbox.len() < MAX_OUTBOX {
                 let source = turn % n;
                 turn = turn.wrapping_add(1);
+                if !session.has_room(source) {
+                    idle_rounds += 1;
+                    continue;
+                }
                 let Some(frames) = sockets::try_recv(&pulls[source])? else {
                     idle_rounds += 1;
                     continue;
@@ -303,14 +331,17 @@ impl TaskWorker {
                 if let Err(e) = session.handle_job(clock.now(), source, frames) {
                     warn!(error = %e, "not a job: dropped");
                 }
-                while let Some(run) = session.poll_run() {
-                    if job_tx.send(run).is_err() {
-                        return Err(Error::Stopped("the worker's job slots"));
-                    }
-                }
-                outbox.extend(std::iter::from_fn(|| session.poll_transmit()));
+                runs.extend(std::iter::from_fn(|| session.poll_run()));
             }
+            slots.queue(runs);
             session.handle_timeout(clock.now());
+            while let Some(seq) = session.poll_withdraw() {
+                if slots.withdraw(seq) {
+                    session.handle_withdrawn(seq);
+                }
+            }
+            // Everything that was ready is taken in: what it says goes now.
+            session.flush();
             outbox.extend(std::iter::from_fn(|| session.poll_transmit()));
         }
         // Leaving: no more jobs from here; results of running jobs are not waited for
@@ -327,6 +358,7 @@ impl TaskWorker {
             ok: c.ok,
             failed: c.failed,
             timed_out: c.timed_out,
+            returned: c.returned,
             malformed: c.malformed,
         })
     }
@@ -335,32 +367,133 @@ impl TaskWorker {
 /// Reports queued for the sinks beyond which the worker takes no more jobs.
 const MAX_OUTBOX: usize = 10_000;
 
-/// A slot's `[seq, status, output]` on the worker's inproc results pipe.
-fn slot_result(frames: &[Bytes]) -> Option<(u64, Status, Bytes)> {
-    let [seq, status, output] = frames else {
-        return None;
-    };
-    let seq = u64::from_le_bytes(<[u8; 8]>::try_from(&seq[..]).ok()?);
-    let status = Status::parse(status).ok()?;
-    Some((seq, status, output.clone()))
+/// What a slot tells the worker's loop.
+enum SlotEvent {
+    /// It began job `seq`.
+    Started(u64),
+    /// Job `seq` ended after running for `busy`.
+    Done {
+        seq: u64,
+        status: Status,
+        output: Bytes,
+        busy: Duration,
+    },
 }
 
-/// One slot: runs jobs one at a time and hands back `[seq, status, output]`.
-fn slot(
-    rx: &Mutex<mpsc::Receiver<task_worker::Run>>,
-    task: &dyn Task,
-    cancel: &Shutdown,
-    back: &zmq::Socket,
-) {
+/// The jobs waiting for a slot and what the slots did, shared by the worker's loop and
+/// its slot threads. Slots take the next job themselves, so a worker holding a batch
+/// hands nothing over per job; a slot wakes the loop only when it finds no events
+/// waiting to be read, so one wake-up carries everything that happened meanwhile.
+#[derive(Default)]
+struct Slots {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    runs: VecDeque<task_worker::Run>,
+    events: Vec<SlotEvent>,
+    closed: bool,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // A slot that panicked mid-update leaves nothing half-done worth refusing.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn queue(&self, runs: Vec<task_worker::Run>) {
+        if runs.is_empty() {
+            return;
+        }
+        self.lock().runs.extend(runs);
+        self.ready.notify_all();
+    }
+
+    /// Takes job `seq` back if no slot has begun it.
+    fn withdraw(&self, seq: u64) -> bool {
+        let mut state = self.lock();
+        let before = state.runs.len();
+        state.runs.retain(|r| r.seq != seq);
+        state.runs.len() < before
+    }
+
+    fn take_events(&self, into: &mut Vec<SlotEvent>) {
+        into.append(&mut self.lock().events);
+    }
+
+    /// Records an event; true if the loop must be woken to read it.
+    fn tell(state: &mut SlotState, event: SlotEvent) -> bool {
+        state.events.push(event);
+        state.events.len() == 1
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+struct CloseOnDrop(Arc<Slots>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Wakes the worker's loop; false once its end of the pipe is gone. Never blocks: with
+/// no one to read it (the loop has ended) a wake-up is not needed.
+fn nudge(wake: &zmq::Socket) -> bool {
+    match sockets::retry_eintr(|| wake.send(&[][..], zmq::DONTWAIT)) {
+        Ok(()) | Err(zmq::Error::EAGAIN) => true,
+        Err(_) => false,
+    }
+}
+
+/// One slot: takes jobs in order, one at a time, and says when each begins and ends.
+fn slot(slots: &Slots, task: &dyn Task, cancel: &Shutdown, wake: &zmq::Socket) {
+    let mut last: Option<SlotEvent> = None;
     loop {
-        let job = {
-            let Ok(rx) = rx.lock() else { return };
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
+        let (job, wake_up) = {
+            let mut state = slots.lock();
+            // The previous job's end and this one's start under one lock, one wake-up.
+            let mut wake_up = last.take().is_some_and(|e| Slots::tell(&mut state, e));
+            let job = loop {
+                if state.closed {
+                    break None;
+                }
+                if let Some(job) = state.runs.pop_front() {
+                    break Some(job);
+                }
+                if wake_up {
+                    // Wake the loop before sleeping, not after the next job.
+                    drop(state);
+                    if !nudge(wake) {
+                        return;
+                    }
+                    wake_up = false;
+                    state = slots.lock();
+                    continue;
+                }
+                state = slots
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            };
+            let Some(job) = job else { return };
+            wake_up |= Slots::tell(&mut state, SlotEvent::Started(job.seq));
+            (job, wake_up)
         };
+        if wake_up && !nudge(wake) {
+            return;
+        }
+        let started = std::time::Instant::now();
         let outcome = task.run(&job.payload, job.timeout, cancel);
+        let busy = started.elapsed();
         let (status, output) = match outcome {
             TaskOutcome::Ok(out) => (Status::Ok, out),
             TaskOutcome::Failed(why) => (Status::Failed, Bytes::from(why)),
@@ -373,14 +506,12 @@ fn slot(
             }
             TaskOutcome::Unrunnable(why) => (Status::Unrunnable, Bytes::from(why)),
         };
-        let frames = [
-            &job.seq.to_le_bytes()[..],
-            status.label().as_bytes(),
-            &output[..],
-        ];
-        if sockets::retry_eintr(|| back.send_multipart(frames, 0)).is_err() {
-            return;
-        }
+        last = Some(SlotEvent::Done {
+            seq: job.seq,
+            status,
+            output,
+            busy,
+        });
     }
 }
 
@@ -697,35 +828,46 @@ impl Sink {
             )
             .context(|| "polling the sink".into())?;
             while let Some(frames) = sockets::try_recv(&self.pull)? {
-                let item = match Report::decode(&frames) {
+                let items = match Report::decode(&frames) {
                     Ok(Report::Result {
                         worker,
                         id,
                         status,
                         output,
-                    }) => SinkItem::Result {
+                    }) => vec![SinkItem::Result {
                         worker: text(&worker),
                         id: text(&id),
                         status,
                         output,
-                    },
-                    Ok(Report::Plain(output)) => SinkItem::Plain(output),
+                    }],
+                    // Only a map sends batches, but a worker's answers to one are results.
+                    Ok(Report::Batch(b)) => b
+                        .ended
+                        .into_iter()
+                        .map(|e| SinkItem::Result {
+                            worker: text(&b.worker),
+                            id: text(&e.id),
+                            status: e.status,
+                            output: e.output,
+                        })
+                        .collect(),
+                    Ok(Report::Plain(output)) => vec![SinkItem::Plain(output)],
                     Ok(Report::Alive {
                         worker, capacity, ..
                     }) => {
                         if known.len() >= 100_000 || known.insert(worker.clone(), ()).is_some() {
                             continue;
                         }
-                        SinkItem::WorkerJoined {
+                        vec![SinkItem::WorkerJoined {
                             worker: text(&worker),
                             capacity,
-                        }
+                        }]
                     }
                     Ok(Report::Bye { worker }) => {
                         known.remove(&worker);
-                        SinkItem::WorkerLeft {
+                        vec![SinkItem::WorkerLeft {
                             worker: text(&worker),
-                        }
+                        }]
                     }
                     Ok(Report::Start { .. }) => continue,
                     Err(e) => {
@@ -737,11 +879,13 @@ impl Sink {
                         continue;
                     }
                 };
-                if matches!(item, SinkItem::Result { .. } | SinkItem::Plain(_)) {
-                    results += 1;
-                }
-                if !each(item) {
-                    return Ok(SinkSummary { results, malformed });
+                for item in items {
+                    if matches!(item, SinkItem::Result { .. } | SinkItem::Plain(_)) {
+                        results += 1;
+                    }
+                    if !each(item) {
+                        return Ok(SinkSummary { results, malformed });
+                    }
                 }
             }
         }
