@@ -160,3 +160,51 @@ fn the_leader_serves_followers_refuse_and_acknowledged_requests_survive_its_kill
         })
     });
 }
+
+#[test]
+fn the_leader_killed_under_pipelined_load_loses_no_request_and_answers_none_twice() {
+    const N: usize = 5000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path());
+    let leader = serving(&nodes);
+    let endpoints: Vec<String> = nodes
+        .iter()
+        .map(|n| n.broker.as_ref().unwrap().endpoint.clone())
+        .collect();
+    let all: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    // Workers register with every node: whichever leads next has them.
+    let _workers: Vec<Proc> = (0..2)
+        .map(|_| worker_of_all(&all, "echo", &["--capacity", "3"]))
+        .collect();
+    eventually("the workers registered with every node", || {
+        all.iter().all(|e| mmi_service(e, "echo") == "200")
+    });
+    let mut cmd = scale0();
+    cmd.args(["request", "--connect", &all.join(",")]).args([
+        "--service",
+        "echo",
+        "--count",
+        &N.to_string(),
+        "--in-flight",
+        "32",
+        "--timeout-ms",
+        "500",
+        "--retries",
+        "40",
+        "--print-replies",
+        "r{i}",
+    ]);
+    let (mut client, lines) = spawn_lines("scale0 request", cmd);
+    lines.wait_for(" r", N / 5);
+    nodes[leader].broker.as_mut().unwrap().proc.kill9();
+    nodes[leader].broker = None;
+    eventually("the client finished", || {
+        client.child.try_wait().ok().flatten().is_some()
+    });
+    lines.wait_for("requests ", 1);
+    let status = client.child.wait().expect("status");
+    let summary = each_answered_once(&lines.get(), N);
+    assert!(status.success(), "{summary}");
+    assert_eq!(field(&summary, "ok"), N as u64, "{summary}");
+    assert_ne!(serving(&nodes), leader, "another node leads");
+}

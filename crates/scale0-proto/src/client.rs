@@ -217,6 +217,9 @@ struct Link {
     heard: Option<Instant>,
     /// This session's requests it holds.
     holds: usize,
+    /// It said `not_leader` (a cluster node that does not serve): no new requests until
+    /// it accepts one again or every broker has said so (the cluster is electing).
+    not_leader: bool,
 }
 
 /// One client's requests, from first send to their end.
@@ -367,7 +370,13 @@ impl<T> Session<T> {
             return Ok(());
         }
         match cmd {
+            NativeCommand::Error {
+                id,
+                status: Status::NotLeader,
+                ..
+            } if self.links.len() > 1 => self.not_leader(now, broker, &id),
             NativeCommand::Accepted { id } => {
+                self.links[broker].not_leader = false;
                 if self.extend(now, broker, &id) {
                     self.events.push_back(Event::Accepted { id });
                 }
@@ -379,7 +388,10 @@ impl<T> Session<T> {
             }
             // An answer counts from whichever broker: a moved request may be answered by
             // the broker it left, which was slow rather than dead.
-            NativeCommand::Final { id, body } => self.finish(id, Outcome::of_final(body)),
+            NativeCommand::Final { id, body } => {
+                self.links[broker].not_leader = false;
+                self.finish(id, Outcome::of_final(body));
+            }
             NativeCommand::Error {
                 id,
                 status,
@@ -457,8 +469,35 @@ impl<T> Session<T> {
         let n = self.links.len();
         (0..n)
             .map(|k| (self.rotor + k) % n)
-            .filter(|&b| !live_only || !self.links[b].dead)
+            .filter(|&b| !live_only || !(self.links[b].dead || self.links[b].not_leader))
             .min_by_key(|&b| self.links[b].holds)
+    }
+
+    /// Broker `broker`, a cluster node that does not lead, refused `id`: it moves at once
+    /// to another broker, same id (a refusal ran nothing). When every broker has refused,
+    /// the cluster is electing: it waits for its attempt's timeout where it is.
+    fn not_leader(&mut self, now: Instant, broker: usize, id: &RequestId) {
+        self.links[broker].not_leader = true;
+        if self.outstanding.get(id).is_none_or(|o| o.broker != broker) {
+            return;
+        }
+        let Some(to) = self.least_loaded(true) else {
+            for l in &mut self.links {
+                l.not_leader = false;
+            }
+            return;
+        };
+        self.rotor = (to + 1) % self.links.len();
+        self.release(broker);
+        self.links[to].holds += 1;
+        self.counters.moved += 1;
+        if let Some(o) = self.outstanding.get_mut(id) {
+            o.broker = to;
+            o.silent = 0;
+            // Not an attempt: the refused one never reached a worker.
+            o.sends = o.sends.saturating_sub(1);
+        }
+        self.send(now, id);
     }
 
     /// Sends the next attempt of `id` to the broker that holds it.

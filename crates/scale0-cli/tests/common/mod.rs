@@ -535,3 +535,48 @@ pub fn http_addr(endpoint: &str) -> String {
         .unwrap_or_else(|| panic!("not an HTTP endpoint: {endpoint}"))
         .to_string()
 }
+
+/// `scale0 worker --echo` serving `service` from every broker of `endpoints`.
+pub fn worker_of_all(endpoints: &[&str], service: &str, extra: &[&str]) -> Proc {
+    let mut c = scale0();
+    c.args(["worker", "--service", service, "--echo"]);
+    for e in endpoints {
+        c.args(["--connect", e]);
+    }
+    c.args(extra).stdout(std::process::Stdio::null());
+    Proc::spawn("scale0 worker", c)
+}
+
+/// The number after `key` in a summary line such as `ok 20000  moved 3`.
+pub fn field(summary: &str, key: &str) -> u64 {
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let keys: Vec<&str> = key.split(' ').collect();
+    words
+        .windows(keys.len() + 1)
+        .find(|w| w[..keys.len()] == keys[..])
+        .and_then(|w| w[keys.len()].parse().ok())
+        .unwrap_or_else(|| panic!("no {key:?} in {summary:?}"))
+}
+
+/// Checks the `--print-replies` lines of a `scale0 request --count N` run whose bodies
+/// were `r{i}`: every index answered once, with its own reply. Returns the summary line.
+pub fn each_answered_once(lines: &[String], n: usize) -> String {
+    let summary = lines.last().expect("a summary").clone();
+    let mut answers: std::collections::HashMap<usize, u32> = std::collections::HashMap::new();
+    for line in &lines[..lines.len() - 1] {
+        let (index, reply) = line.split_once(' ').expect("index and reply");
+        let index: usize = index.parse().expect("an index");
+        assert_eq!(
+            reply,
+            format!("r{index}"),
+            "each reply is its own request's"
+        );
+        *answers.entry(index).or_default() += 1;
+    }
+    assert_eq!(answers.len(), n, "every request answered: {summary}");
+    assert!(
+        answers.values().all(|&k| k == 1),
+        "none answered twice: {summary}"
+    );
+    summary
+}
