@@ -44,6 +44,7 @@ start_node() {
         "${nodes[@]}" >/dev/null 2>>"$work/node$id.log" &
     node_pid[$id]=$!
     pids+=($!)
+    disown $!
 }
 declare -A node_pid
 leader() {
@@ -82,9 +83,11 @@ run_load() { # endpoint label
 dport=$(port)
 "$bin" broker --bind "tcp://127.0.0.1:$dport" --data-dir "$work/durable" >/dev/null 2>"$work/durable.log" &
 pids+=($!)
+disown $!
 for _ in 1 2 3 4; do
     "$bin" worker --connect "tcp://127.0.0.1:$dport" --service echo --echo --inline >/dev/null 2>&1 &
     pids+=($!)
+    disown $!
 done
 # The cluster, with workers on every node.
 for id in 1 2 3; do start_node "$id"; done
@@ -92,6 +95,7 @@ for id in 1 2 3; do
     for _ in 1 2; do
         "$bin" worker --connect "tcp://127.0.0.1:${ports[$id]}" --service echo --echo --inline >/dev/null 2>&1 &
         pids+=($!)
+        disown $!
     done
 done
 l=$(wait_leader)
@@ -126,6 +130,7 @@ for k in $(seq "$kills"); do
     start_node "$l"
     "$bin" worker --connect "tcp://127.0.0.1:${ports[$l]}" --service echo --echo --inline >/dev/null 2>&1 &
     pids+=($!)
+    disown $!
 done
 printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {
     p50=a[int((NR+1)/2)]; p99=a[int(NR*0.99+0.999)]; if (p99=="") p99=a[NR];
