@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{HANG, Lines, Proc, eventually, peer, scale0, spawn_lines};
+use common::{HANG, Lines, Net, Proc, eventually, peer, scale0, spawn_lines};
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, ExitStatus, Stdio};
@@ -407,104 +407,7 @@ fn the_guides_single_frame_programs_stand_in_for_any_stage() {
     assert_eq!(s.out.count("JOB-"), 200);
 }
 
-// ---------------------------------------------------------------------------------------
-// Many hosts: network namespaces joined by veth pairs, so traffic crosses an interface.
-
-/// Network namespaces and links this test made, removed when dropped.
-struct Net {
-    names: Vec<String>,
-}
-
-impl Net {
-    fn ip(args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("running ip");
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A namespace `w` for workers, linked to one namespace per map host; host `k` is
-    /// 10.{77+k}.0.1 and the worker side of its link 10.{77+k}.0.2.
-    fn star(hosts: usize) -> Option<Self> {
-        let root = is_root();
-        let has_ip = Command::new("ip")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !root || !has_ip {
-            let why = "network namespaces need root and iproute2";
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("SKIPPED (not CI): {why}");
-            return None;
-        }
-        let tag = std::process::id() % 100_000;
-        let w = format!("s0w{tag}");
-        let mut net = Net {
-            names: vec![w.clone()],
-        };
-        Self::ip(&["netns", "add", &w]);
-        Self::ip(&["-n", &w, "link", "set", "lo", "up"]);
-        for k in 0..hosts {
-            let h = format!("s0h{k}x{tag}");
-            net.names.push(h.clone());
-            Self::ip(&["netns", "add", &h]);
-            Self::ip(&["-n", &h, "link", "set", "lo", "up"]);
-            let (a, b) = (format!("s0a{k}x{tag}"), format!("s0b{k}x{tag}"));
-            Self::ip(&[
-                "link", "add", &a, "netns", &h, "type", "veth", "peer", "name", &b, "netns", &w,
-            ]);
-            let net_k = 77 + k;
-            Self::ip(&[
-                "-n",
-                &h,
-                "addr",
-                "add",
-                &format!("10.{net_k}.0.1/24"),
-                "dev",
-                &a,
-            ]);
-            Self::ip(&[
-                "-n",
-                &w,
-                "addr",
-                "add",
-                &format!("10.{net_k}.0.2/24"),
-                "dev",
-                &b,
-            ]);
-            Self::ip(&["-n", &h, "link", "set", &a, "up"]);
-            Self::ip(&["-n", &w, "link", "set", &b, "up"]);
-        }
-        Some(net)
-    }
-
-    /// `scale0 ARGS` inside namespace `ns`.
-    fn scale0_in(ns: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_scale0")])
-            .env("RUST_LOG", "warn");
-        c
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes the veth ends inside it.
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
+// Many hosts (`common::Net`): network namespaces joined by veth pairs.
 
 #[test]
 fn workers_on_another_host_serve_two_maps_each_getting_its_own_results() {

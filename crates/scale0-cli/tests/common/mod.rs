@@ -580,3 +580,129 @@ pub fn each_answered_once(lines: &[String], n: usize) -> String {
     );
     summary
 }
+
+// ---------------------------------------------------------------------------------------
+// Many hosts: network namespaces joined by veth pairs, so traffic crosses an interface.
+
+/// Network namespaces and links this test made, removed when dropped.
+pub struct Net {
+    pub names: Vec<String>,
+}
+
+impl Net {
+    pub fn ip(args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("running ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A namespace `w` in the middle, linked to one namespace per host; host `k` is
+    /// 10.{77+k}.0.1 and the middle's side of its link 10.{77+k}.0.2, which routes
+    /// between hosts. Host `k`'s end of its link is `s0a{k}x{tag}` (to cut it).
+    pub fn star(hosts: usize) -> Option<Self> {
+        let root = is_root();
+        let has_ip = Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !root || !has_ip {
+            let why = "network namespaces need root and iproute2";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("SKIPPED (not CI): {why}");
+            return None;
+        }
+        let tag = std::process::id() % 100_000;
+        let w = format!("s0w{tag}");
+        let mut net = Net {
+            names: vec![w.clone()],
+        };
+        Self::ip(&["netns", "add", &w]);
+        Self::ip(&["-n", &w, "link", "set", "lo", "up"]);
+        for k in 0..hosts {
+            let h = format!("s0h{k}x{tag}");
+            net.names.push(h.clone());
+            Self::ip(&["netns", "add", &h]);
+            Self::ip(&["-n", &h, "link", "set", "lo", "up"]);
+            let (a, b) = (format!("s0a{k}x{tag}"), format!("s0b{k}x{tag}"));
+            Self::ip(&[
+                "link", "add", &a, "netns", &h, "type", "veth", "peer", "name", &b, "netns", &w,
+            ]);
+            let net_k = 77 + k;
+            Self::ip(&[
+                "-n",
+                &h,
+                "addr",
+                "add",
+                &format!("10.{net_k}.0.1/24"),
+                "dev",
+                &a,
+            ]);
+            Self::ip(&[
+                "-n",
+                &w,
+                "addr",
+                "add",
+                &format!("10.{net_k}.0.2/24"),
+                "dev",
+                &b,
+            ]);
+            Self::ip(&["-n", &h, "link", "set", &a, "up"]);
+            Self::ip(&["-n", &w, "link", "set", &b, "up"]);
+            // Hosts reach each other through the middle namespace.
+            Self::ip(&[
+                "-n",
+                &h,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.{net_k}.0.2"),
+            ]);
+        }
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &w,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .output()
+            .expect("running sysctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(net)
+    }
+
+    /// `scale0 ARGS` inside namespace `ns`.
+    pub fn scale0_in(ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_scale0")])
+            .env("RUST_LOG", "warn");
+        c
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth ends inside it.
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
