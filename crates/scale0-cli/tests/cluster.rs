@@ -326,3 +326,49 @@ fn the_leader_cut_off_under_load_is_replaced_and_rejoins_with_nothing_lost() {
             .is_some_and(|s| s["cluster"]["role"] == "follower" && s["cluster"]["serving"] == false)
     });
 }
+
+#[test]
+fn a_bad_cluster_configuration_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d").display().to_string();
+    for (args, why) in [
+        (
+            vec![
+                "--node-id",
+                "1",
+                "--cluster",
+                "1=ipc:///tmp/a",
+                "--cluster",
+                "2=ipc:///tmp/b",
+            ],
+            "odd number of nodes",
+        ),
+        (
+            vec![
+                "--node-id",
+                "4",
+                "--cluster",
+                "1=ipc:///tmp/a",
+                "--cluster",
+                "2=ipc:///tmp/b",
+                "--cluster",
+                "3=ipc:///tmp/c",
+            ],
+            "not among the cluster's nodes",
+        ),
+        (
+            vec!["--node-id", "1", "--cluster", "x=ipc:///tmp/a"],
+            "bad node id",
+        ),
+        (vec!["--cluster", "1=ipc:///tmp/a"], "--node-id"),
+    ] {
+        let mut c = scale0();
+        c.args(["broker", "--bind", "tcp://127.0.0.1:*", "--data-dir", &data])
+            .args(&args);
+        let out = run(c);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -112,7 +112,7 @@ struct RaftFile {
 
 impl RaftFile {
     /// The log the file holds, and the file ready to be appended to.
-    fn open(mut store: LogStore, stored: Vec<(u64, Bytes)>, dir: String) -> Result<(Self, Log)> {
+    fn open(store: LogStore, stored: Vec<(u64, Bytes)>, dir: String) -> Result<(Self, Log)> {
         let mut log = Log::default();
         let mut next_key = 1;
         for (key, record) in &stored {
@@ -133,7 +133,6 @@ impl RaftFile {
                 }
             }
         }
-        let _ = &mut store;
         Ok((
             Self {
                 store,

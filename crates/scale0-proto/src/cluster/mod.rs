@@ -94,6 +94,9 @@ pub enum ConfigError {
     /// The node is not among the voters, or an id is 0 or repeated.
     #[error("cluster configuration: {0}")]
     Membership(&'static str),
+    /// The durable log's snapshot does not decode: the node must not guess its state.
+    #[error("the raft log's snapshot is damaged")]
+    Damaged,
 }
 
 /// What the driver must make durable before telling the node ([`Node::persisted`]).
@@ -295,8 +298,7 @@ impl Node {
         }
         let snapshot = log.snapshot().clone();
         let applied = snapshot.get_metadata().index;
-        let image = codec::decode_image(snapshot.data)
-            .map_err(|_| ConfigError::Membership("the stored snapshot does not decode"))?;
+        let image = codec::decode_image(snapshot.data).map_err(|_| ConfigError::Damaged)?;
         let e = config.election_ticks + config.election_jitter;
         let raft_config = raft::Config {
             id: config.id,
