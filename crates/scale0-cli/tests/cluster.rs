@@ -182,33 +182,11 @@ fn the_leader_killed_under_pipelined_load_loses_no_request_and_answers_none_twic
     eventually("the workers registered with every node", || {
         all.iter().all(|e| mmi_service(e, "echo") == "200")
     });
-    let mut cmd = scale0();
-    cmd.args(["request", "--connect", &all.join(",")]).args([
-        "--service",
-        "echo",
-        "--count",
-        &N.to_string(),
-        "--in-flight",
-        "32",
-        "--timeout-ms",
-        "500",
-        "--retries",
-        "40",
-        "--print-replies",
-        "r{i}",
-    ]);
-    let (mut client, lines) = spawn_lines("scale0 request", cmd);
+    let (mut client, lines) = pipelined_request(scale0(), &all, N, 32, 40);
     lines.wait_for(" r", N / 5);
     nodes[leader].broker.as_mut().unwrap().proc.kill9();
     nodes[leader].broker = None;
-    eventually("the client finished", || {
-        client.child.try_wait().ok().flatten().is_some()
-    });
-    lines.wait_for("requests ", 1);
-    let status = client.child.wait().expect("status");
-    let summary = each_answered_once(&lines.get(), N);
-    assert!(status.success(), "{summary}");
-    assert_eq!(field(&summary, "ok"), N as u64, "{summary}");
+    finished_once(&mut client, &lines, N);
     assert_ne!(serving(&nodes), leader, "another node leads");
 }
 
@@ -277,23 +255,8 @@ fn the_leader_cut_off_under_load_is_replaced_and_rejoins_with_nothing_lost() {
             Proc::spawn("worker", c)
         })
         .collect();
-    let mut cmd = Net::scale0_in(&middle);
-    cmd.args(["request", "--connect", &clients.join(",")])
-        .args([
-            "--service",
-            "echo",
-            "--count",
-            &N.to_string(),
-            "--in-flight",
-            "32",
-            "--timeout-ms",
-            "500",
-            "--retries",
-            "60",
-            "--print-replies",
-            "r{i}",
-        ]);
-    let (mut client, lines) = spawn_lines("scale0 request", cmd);
+    let all: Vec<&str> = clients.iter().map(String::as_str).collect();
+    let (mut client, lines) = pipelined_request(Net::scale0_in(&middle), &all, N, 32, 60);
     lines.wait_for(" r", N / 5);
     // Cut the leader's only link: the two others elect a leader and go on.
     let link = net.names[leader + 1].clone();
@@ -314,13 +277,7 @@ fn the_leader_cut_off_under_load_is_replaced_and_rejoins_with_nothing_lost() {
             &format!("10.{}.0.2", 77 + leader),
         ])
         .output();
-    eventually("the client finished", || {
-        client.child.try_wait().ok().flatten().is_some()
-    });
-    lines.wait_for("requests ", 1);
-    let status = client.child.wait().expect("status");
-    let summary = each_answered_once(&lines.get(), N);
-    assert!(status.success(), "{summary}");
+    finished_once(&mut client, &lines, N);
     eventually("the old leader rejoined as a follower", || {
         status_in(&middle, &clients[leader])
             .is_some_and(|s| s["cluster"]["role"] == "follower" && s["cluster"]["serving"] == false)

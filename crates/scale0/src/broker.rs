@@ -447,15 +447,19 @@ impl Broker {
         }
     }
 
+    /// The data directory as logs and errors name it.
+    pub(crate) fn data_dir_name(&self) -> String {
+        self.config
+            .data_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+    }
+
     /// Writes the journal ops of the batch with one sync, then releases what they held.
     fn commit(&self, core: &mut core::Broker, log: &mut LogStore) -> Result<()> {
         let failed = |error: std::io::Error| {
-            let dir = self
-                .config
-                .data_dir
-                .as_ref()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default();
+            let dir = self.data_dir_name();
             error!(%dir, %error, "the request log failed; stopping so that nothing is acknowledged that is not on disk");
             crate::Error::Store { dir, error }
         };

@@ -191,13 +191,7 @@ impl Broker {
                 "a cluster node needs a data directory for its raft log".into(),
             ));
         };
-        let dir = self
-            .config
-            .data_dir
-            .as_ref()
-            .map(|d| d.display().to_string())
-            .unwrap_or_default();
-        let (mut file, log) = RaftFile::open(store, stored, dir)?;
+        let (mut file, log) = RaftFile::open(store, stored, self.data_dir_name())?;
         let jitter =
             usize::try_from(crate::ids::random_u64() % cc.election_ticks as u64).unwrap_or(0);
         let mut node = Node::new(cc.core(jitter), log, clock.now())

@@ -558,6 +558,37 @@ pub fn field(summary: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key:?} in {summary:?}"))
 }
 
+/// A pipelined `scale0 request` (`cmd` is `scale0`, or it inside a namespace) of `n`
+/// requests with bodies `r{i}` over every broker of `endpoints`, `in_flight` at once, 500
+/// ms attempts and `retries`, printing each reply with its index.
+pub fn pipelined_request(
+    mut cmd: Command,
+    endpoints: &[&str],
+    n: usize,
+    in_flight: u32,
+    retries: u32,
+) -> (Proc, Lines) {
+    cmd.args(["request", "--connect", &endpoints.join(",")])
+        .args(["--service", "echo", "--count", &n.to_string()])
+        .args(["--in-flight", &in_flight.to_string(), "--timeout-ms", "500"])
+        .args(["--retries", &retries.to_string(), "--print-replies", "r{i}"]);
+    spawn_lines("scale0 request", cmd)
+}
+
+/// Waits for a [`pipelined_request`] to end and checks it succeeded with every request
+/// answered once; returns its summary line.
+pub fn finished_once(client: &mut Proc, lines: &Lines, n: usize) -> String {
+    eventually("the client finished", || {
+        client.child.try_wait().ok().flatten().is_some()
+    });
+    lines.wait_for("requests ", 1);
+    let status = client.child.wait().expect("status");
+    let summary = each_answered_once(&lines.get(), n);
+    assert!(status.success(), "{summary}");
+    assert_eq!(field(&summary, "ok"), n as u64, "{summary}");
+    summary
+}
+
 /// Checks the `--print-replies` lines of a `scale0 request --count N` run whose bodies
 /// were `r{i}`: every index answered once, with its own reply. Returns the summary line.
 pub fn each_answered_once(lines: &[String], n: usize) -> String {
