@@ -326,8 +326,12 @@ function brokerPage() {
   poll((doc) => {
     h.push(doc.uptime_ms, doc);
     $("#uptime").textContent = "up " + fmtMs(doc.uptime_ms) + (doc.draining ? ", draining" : "");
-    // The cluster issue fills this in: a single broker has `cluster: null`.
-    $("#cluster").textContent = doc.cluster ? `node ${doc.cluster.node} · ${doc.cluster.role}` : "single broker";
+    // A cluster node says where it stands; a single broker has `cluster: null`.
+    const c = doc.cluster;
+    $("#cluster").textContent = c
+      ? `node ${c.node} · ${c.role}${c.serving ? " (serving)" : ""} · term ${c.term} · leader ${c.leader ?? "?"}` +
+        ` · commit ${c.commit}` + (c.lag.length ? " · behind: " + c.lag.map((l) => `${l.node}:${l.entries}`).join(" ") : "")
+      : "single broker";
     const workerRows = (doc.services || []).flatMap((s) => s.workers.map((w) => ({ ...w, service: s.name })));
     tile("requests", fmtNum(h.now(rate(t("requests")))) + "/s");
     tile("errors", fmtNum(h.now(rate(t("failed")))) + "/s");
