@@ -942,6 +942,66 @@ mod tests {
         }
     }
 
+    fn not_leader(id: &RequestId) -> Frames {
+        answer(NativeCommand::Error {
+            id: id.clone(),
+            status: Status::NotLeader,
+            message: Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn a_request_refused_as_not_leader_moves_at_once_and_new_ones_avoid_that_broker() {
+        let mut s = two();
+        let a = s.request(at(0), svc(), vec![], 1);
+        assert_eq!(routed(&mut s)[0].0, 0);
+        s.handle_message(at(1), 0, not_leader(&a)).unwrap();
+        assert_eq!(
+            routed(&mut s),
+            vec![(1, a.clone(), false, "echo".into())],
+            "the same id, at once, on the other broker"
+        );
+        assert!(
+            events(&mut s).is_empty(),
+            "a refusal does not end the request"
+        );
+        assert_eq!(s.counters().moved, 1);
+        // Broker 0 holds nothing now but said it does not lead: new requests go to 1.
+        s.request(at(2), svc(), vec![], 2);
+        assert_eq!(routed(&mut s)[0].0, 1);
+        s.handle_message(
+            at(3),
+            1,
+            answer(NativeCommand::Final {
+                id: a,
+                body: vec![],
+            }),
+        )
+        .unwrap();
+        assert!(matches!(events(&mut s)[..], [Event::Done { tag: 1, .. }]));
+    }
+
+    #[test]
+    fn when_every_broker_refuses_as_not_leader_the_request_waits_for_its_timeout() {
+        let mut s = two();
+        let a = s.request(at(0), svc(), vec![], 1);
+        routed(&mut s);
+        s.handle_message(at(1), 0, not_leader(&a)).unwrap();
+        assert_eq!(routed(&mut s)[0].0, 1);
+        s.handle_message(at(2), 1, not_leader(&a)).unwrap();
+        assert!(
+            routed(&mut s).is_empty(),
+            "an election: no bouncing between refusals"
+        );
+        fire(&mut s, 102);
+        assert_eq!(routed(&mut s)[0].1, a, "retried at its timeout");
+        assert!(
+            events(&mut s)
+                .iter()
+                .all(|e| !matches!(e, Event::Done { .. }))
+        );
+    }
+
     #[test]
     fn new_requests_go_to_the_broker_holding_fewest_and_ties_take_turns() {
         let mut s = two();
