@@ -49,8 +49,13 @@ fn cluster(dir: &Path) -> Vec<Node> {
 
 /// A node's `mmi.status` document, if it answers.
 fn status(endpoint: &str) -> Option<Value> {
-    let mut c = scale0();
-    c.args([
+    status_by(scale0(), endpoint)
+}
+
+/// `scale0 status --json` of the node at `endpoint`, run as `cmd` (`scale0`, or it
+/// inside a namespace).
+fn status_by(mut cmd: Command, endpoint: &str) -> Option<Value> {
+    cmd.args([
         "status",
         "--json",
         "--connect",
@@ -58,8 +63,7 @@ fn status(endpoint: &str) -> Option<Value> {
         "--timeout-ms",
         "1000",
     ]);
-    let out = run(c);
-    serde_json::from_slice(&out.stdout).ok()
+    serde_json::from_slice(&run(cmd).stdout).ok()
 }
 
 /// The node that serves, once exactly one live node says it does.
@@ -192,16 +196,7 @@ fn the_leader_killed_under_pipelined_load_loses_no_request_and_answers_none_twic
 
 /// `scale0 status --json` of the node at `endpoint`, asked from namespace `ns`.
 fn status_in(ns: &str, endpoint: &str) -> Option<Value> {
-    let mut c = Net::scale0_in(ns);
-    c.args([
-        "status",
-        "--json",
-        "--connect",
-        endpoint,
-        "--timeout-ms",
-        "1000",
-    ]);
-    serde_json::from_slice(&run(c).stdout).ok()
+    status_by(Net::scale0_in(ns), endpoint)
 }
 
 #[test]
