@@ -13,9 +13,14 @@ use std::thread;
 pub(crate) struct Args {
     /// The broker to serve. Repeat it (or give a comma-separated list) to serve several
     /// independent brokers at once: the worker registers with each, and --capacity is
-    /// split between them (so it must be at least their number).
+    /// split between them (so it must be at least their number; see --cluster).
     #[arg(long, value_name = "ENDPOINT", value_delimiter = ',', default_value = scale0::endpoints::BROKER_CONNECT)]
     connect: Vec<String>,
+    /// The --connect endpoints are the nodes of one cluster (`scale0 broker --cluster`),
+    /// not independent brokers: each node is given the whole --capacity, since only the
+    /// leader hands out requests.
+    #[arg(long)]
+    cluster: bool,
     /// The service to offer (1 to 255 bytes, not `mmi.*`).
     #[arg(long, value_name = "NAME")]
     service: String,
@@ -96,6 +101,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     config.heartbeat_liveness = args.heartbeat_liveness;
     config.inline = args.inline;
     config.capacity = args.capacity;
+    config.cluster = args.cluster;
     config.grace_ms = args.grace_ms;
     config.max_message_bytes = args.limit.max_message_bytes;
     config.curve = args.curve.load()?;

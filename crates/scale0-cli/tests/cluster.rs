@@ -21,6 +21,11 @@ struct Node {
 
 /// Three nodes, each a `scale0 broker` with its own data directory.
 fn cluster(dir: &Path) -> Vec<Node> {
+    cluster_with(dir, |_| Vec::new())
+}
+
+/// Three nodes, node `id` started with `extra(id)` as well.
+fn cluster_with(dir: &Path, extra: impl Fn(u64) -> Vec<String>) -> Vec<Node> {
     let nodes: Vec<String> = (1..=3)
         .map(|id| format!("{id}=ipc://{}/node{id}", dir.display()))
         .collect();
@@ -39,6 +44,7 @@ fn cluster(dir: &Path) -> Vec<Node> {
                 args.push("--cluster".into());
                 args.push(n.clone());
             }
+            args.extend(extra(id));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             Node {
                 broker: Some(Broker::start(&args)),
@@ -50,6 +56,24 @@ fn cluster(dir: &Path) -> Vec<Node> {
 /// A node's `mmi.status` document, if it answers.
 fn status(endpoint: &str) -> Option<Value> {
     status_by(scale0(), endpoint)
+}
+
+/// Like [`status`], over CURVE with `--curve-server-key SERVER --curve-key ME`.
+fn status_curve(endpoint: &str, server: &Path, me: &Path) -> Option<Value> {
+    let mut c = scale0();
+    c.args([
+        "status",
+        "--json",
+        "--connect",
+        endpoint,
+        "--timeout-ms",
+        "1000",
+    ])
+    .arg("--curve-server-key")
+    .arg(server)
+    .arg("--curve-key")
+    .arg(me);
+    serde_json::from_slice(&run(c).stdout).ok()
 }
 
 /// `scale0 status --json` of the node at `endpoint`, run as `cmd` (`scale0`, or it
@@ -323,4 +347,73 @@ fn a_bad_cluster_configuration_is_refused_with_a_clear_error() {
         assert!(err.contains(why), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+#[test]
+fn with_curve_the_nodes_let_in_only_a_node_that_holds_the_cluster_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let allow = keys.join("allow");
+    std::fs::create_dir_all(&allow).unwrap();
+    for (name, sub) in [("cluster", &keys), ("impostor", &keys), ("alice", &allow)] {
+        let mut c = scale0();
+        c.args(["keygen", name, "--dir"]).arg(sub);
+        assert!(run(c).status.success(), "keygen {name}");
+    }
+    // Nodes 1 and 2 hold the cluster's key pair; node 3 another one.
+    let nodes = cluster_with(dir.path(), |id| {
+        let pair = if id == 3 { "impostor" } else { "cluster" };
+        vec![
+            "--curve-secret".into(),
+            keys.join(format!("{pair}.key_secret"))
+                .display()
+                .to_string(),
+            "--curve-allow".into(),
+            allow.display().to_string(),
+        ]
+    });
+    let endpoint = |i: usize| nodes[i].broker.as_ref().unwrap().endpoint.clone();
+    let alice = allow.join("alice.key_secret");
+    let of = |i: usize| {
+        let pair = if i == 2 { "impostor" } else { "cluster" };
+        status_curve(&endpoint(i), &keys.join(format!("{pair}.key")), &alice)
+    };
+    // Two of three are a majority: 1 and 2 elect a leader among themselves.
+    let mut leader = None;
+    eventually("node 1 or 2 serves", || {
+        leader = (0..2).find(|i| of(*i).is_some_and(|s| s["cluster"]["serving"] == true));
+        leader.is_some()
+    });
+    let leader = leader.unwrap();
+    let curve = |pair: &str| {
+        vec![
+            "--curve-server-key".to_string(),
+            keys.join(format!("{pair}.key")).display().to_string(),
+            "--curve-key".to_string(),
+            alice.display().to_string(),
+        ]
+    };
+    let client_curve = curve("cluster");
+    let args: Vec<&str> = client_curve.iter().map(String::as_str).collect();
+    let _w = echo_worker(&endpoint(leader), "echo", &args);
+    let mut request = args.clone();
+    request.extend(["--service", "echo", "--count", "50", "x"]);
+    eventually("the leader serves over CURVE", || {
+        scale0_request(&endpoint(leader), &request).status.success()
+    });
+    // The impostor reached neither: it never hears of a leader, and the others never
+    // count it (the leader reports its lag as everything it has).
+    let s = of(2).expect("the impostor answers its own clients");
+    assert_eq!(s["cluster"]["leader"], Value::Null, "{s}");
+    assert_eq!(s["cluster"]["commit"], 1, "{s}");
+    let l = of(leader).unwrap();
+    let lag = l["cluster"]["lag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"] == 3)
+        .cloned()
+        .unwrap();
+    assert!(lag["entries"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["cluster"]["commit"].as_u64().unwrap() > 1, "{l}");
 }

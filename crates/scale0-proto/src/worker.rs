@@ -11,6 +11,7 @@
 
 use crate::mdp::{Body, DecodeError, Frames, Message, PeerId, ServiceName, Version, WorkerCommand};
 use crate::time::Instant;
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct Config {
     /// other brokers ignore). They are handled one after another, in the order they
     /// came; above 1 the connection carries batches instead of lone requests.
     pub capacity: u32,
+    /// Send the `capacity=N` frame even for 1, where it is otherwise left out (as RFC 7
+    /// has no such frame): a cluster node tells scale0's workers, which register with
+    /// every node themselves, from plain ones it relays to the leader by it.
+    pub announce_capacity: bool,
 }
 
 impl Config {
@@ -60,6 +65,7 @@ impl Config {
             reconnect_max_ms: Self::DEFAULT_RECONNECT_MAX_MS,
             version: Version::V2,
             capacity: Self::DEFAULT_CAPACITY,
+            announce_capacity: false,
         }
     }
 
@@ -161,6 +167,11 @@ impl Session {
             stopping: false,
             drain_until: None,
         }
+    }
+
+    /// Requests this broker may hand the worker before it replies.
+    pub fn capacity(&self) -> u32 {
+        self.config.capacity
     }
 
     /// Totals so far.
@@ -364,13 +375,20 @@ impl Session {
             broker_expiry: now + self.config.interval() * self.config.heartbeat_liveness.max(1),
             next_heartbeat: now + self.config.interval(),
         };
+        let capacity = self
+            .config
+            .capacity
+            .clamp(1, crate::mdp::MAX_WORKER_CAPACITY);
         self.send(WorkerCommand::Ready {
             service: self.config.service.clone(),
-            capacity: self
-                .config
-                .capacity
-                .clamp(1, crate::mdp::MAX_WORKER_CAPACITY),
+            capacity,
         });
+        if capacity == 1
+            && self.config.announce_capacity
+            && let Some(Action::Send(frames)) = self.actions.back_mut()
+        {
+            frames.push(Bytes::from_static(b"capacity=1"));
+        }
     }
 
     fn lose_connection(&mut self, now: Instant) {
@@ -460,7 +478,35 @@ impl Group {
     /// its endpoints), each with its share of `config.capacity`; they connect at the first
     /// [`Group::handle_timeout`].
     pub fn new(config: &Config, brokers: usize, now: Instant) -> Result<Self, GroupError> {
-        let sessions = Self::shares(config.capacity, brokers)?
+        Ok(Self::with_shares(
+            config,
+            Self::shares(config.capacity, brokers)?,
+            now,
+        ))
+    }
+
+    /// Sessions with the `nodes` nodes of one replicated cluster, each given the whole
+    /// capacity: only the node that leads hands out requests (the others refuse them
+    /// while they stand by), so splitting it would leave the leader a fraction. Across a
+    /// failover the worker can hold what the deposed leader sent it beside what the new
+    /// one sends, up to twice its capacity, for as long as those requests take.
+    pub fn cluster(config: &Config, nodes: usize, now: Instant) -> Result<Self, GroupError> {
+        if nodes == 0 {
+            return Err(GroupError::NoBrokers);
+        }
+        let config = Config {
+            announce_capacity: true,
+            ..config.clone()
+        };
+        Ok(Self::with_shares(
+            &config,
+            vec![config.capacity; nodes],
+            now,
+        ))
+    }
+
+    fn with_shares(config: &Config, shares: Vec<u32>, now: Instant) -> Self {
+        let sessions = shares
             .into_iter()
             .map(|capacity| {
                 Session::new(
@@ -472,10 +518,10 @@ impl Group {
                 )
             })
             .collect();
-        Ok(Self {
+        Self {
             sessions,
             handler: VecDeque::new(),
-        })
+        }
     }
 
     /// The session with broker `i`.
@@ -699,6 +745,17 @@ mod tests {
             })
         );
         assert_eq!(Group::shares(8, 0), Err(GroupError::NoBrokers));
+        let config = Config::new(ServiceName::new(Bytes::from_static(b"echo")).unwrap());
+        let g = Group::cluster(
+            &Config {
+                capacity: 8,
+                ..config
+            },
+            3,
+            at(0),
+        )
+        .unwrap();
+        assert!((0..3).all(|i| g.session(i).unwrap().capacity() == 8));
         let mut g = group(5, 2);
         let readies: Vec<(usize, u32)> = std::iter::from_fn(|| g.poll_action())
             .filter_map(|(i, a)| match a {

@@ -19,6 +19,7 @@ fn config() -> Config {
         reconnect_max_ms: 800,
         version: Version::V1,
         capacity: 1,
+        announce_capacity: false,
     }
 }
 

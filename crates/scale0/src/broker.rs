@@ -142,6 +142,10 @@ impl Broker {
         }
         if let Some(cluster) = &config.cluster {
             cluster.validate()?;
+            crate::security::check_endpoints(
+                config.curve.as_ref(),
+                cluster.nodes.iter().map(|(_, e)| e),
+            )?;
             if config.data_dir.is_none() {
                 return Err(crate::Error::InvalidConfig(
                     "a cluster node needs a data directory for its raft log".into(),

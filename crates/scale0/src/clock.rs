@@ -32,7 +32,9 @@ impl Clock {
     pub(crate) fn wait_ms(self, deadline: Option<Instant>) -> i64 {
         let cap = crate::Shutdown::CHECK_INTERVAL_MS;
         let wait = deadline.map_or(cap, |d| {
-            u64::try_from(d.saturating_since(self.now()).as_millis()).unwrap_or(cap)
+            // Rounded up: a deadline less than a millisecond away is a short sleep, not
+            // a spin of polls with no wait until it passes.
+            u64::try_from(d.saturating_since(self.now()).as_micros().div_ceil(1000)).unwrap_or(cap)
         });
         i64::try_from(wait.min(cap)).unwrap_or(0)
     }

@@ -10,8 +10,10 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::error::{Result, ZmqContext};
 use crate::metrics::render as render_metrics;
+use crate::security::{Allowlist, CurveClient, CurveServer};
 use crate::shutdown::Shutdown;
 use crate::sockets;
+use crate::syncer::{Sink, Syncer};
 use bytes::Bytes;
 use scale0_proto::Instant;
 use scale0_proto::broker::{self as core, Counters};
@@ -19,6 +21,7 @@ use scale0_proto::cluster::log::{Change, Log};
 use scale0_proto::cluster::{self, Event, Node, codec};
 use scale0_store::{LogStore, Store};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
 
@@ -103,16 +106,23 @@ impl ClusterConfig {
 }
 
 /// The raft log file: records of changes (`codec::encode_changes`) under increasing keys.
+/// It lives on the sync thread; the loop keeps the log itself in memory ([`Node::log`]).
 struct RaftFile {
     store: LogStore,
     next_key: u64,
-    written: u64,
-    dir: String,
+}
+
+/// What the loop hands the raft log file.
+enum RaftWrite {
+    /// One more record.
+    Append(Vec<Change>),
+    /// One record of the whole log as it stands, replacing every record before it.
+    Rewrite(Vec<Change>),
 }
 
 impl RaftFile {
-    /// The log the file holds, and the file ready to be appended to.
-    fn open(store: LogStore, stored: Vec<(u64, Bytes)>, dir: String) -> Result<(Self, Log)> {
+    /// The log the file holds, the file ready to be appended to, and its record count.
+    fn open(store: LogStore, stored: Vec<(u64, Bytes)>, dir: &str) -> Result<(Self, Log, u64)> {
         let mut log = Log::default();
         let mut next_key = 1;
         for (key, record) in &stored {
@@ -133,49 +143,55 @@ impl RaftFile {
                 }
             }
         }
-        Ok((
-            Self {
-                store,
-                next_key,
-                written: stored.len() as u64,
-                dir,
-            },
-            log,
-        ))
+        let records = stored.len() as u64;
+        Ok((Self { store, next_key }, log, records))
     }
 
+    fn append(&mut self, changes: &[Change]) -> std::io::Result<()> {
+        let record = codec::encode_changes(changes);
+        self.store.put(self.next_key, &record)?;
+        self.next_key += 1;
+        Ok(())
+    }
+}
+
+impl Sink for RaftFile {
+    type Batch = RaftWrite;
+
+    fn write(&mut self, batch: RaftWrite) -> std::io::Result<()> {
+        match batch {
+            RaftWrite::Append(changes) => self.append(&changes),
+            RaftWrite::Rewrite(changes) => {
+                let first_kept = self.next_key;
+                self.append(&changes)?;
+                for key in 1..first_kept {
+                    self.store.delete(key)?;
+                }
+                self.store.commit()
+            }
+        }
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.store.commit()
+    }
+}
+
+/// The loop's side of the raft log file: the sync thread, and how many records the file
+/// holds (to know when to rewrite it).
+struct RaftLog {
+    syncer: Syncer<RaftFile>,
+    records: u64,
+    dir: String,
+}
+
+impl RaftLog {
     fn failed(&self, error: std::io::Error) -> crate::Error {
         error!(dir = %self.dir, %error, "the raft log failed; stopping so that nothing is acknowledged that is not on disk");
         crate::Error::Store {
             dir: self.dir.clone(),
             error,
         }
-    }
-
-    fn append(&mut self, changes: &[Change]) -> Result<()> {
-        let record = codec::encode_changes(changes);
-        self.store
-            .put(self.next_key, &record)
-            .map_err(|e| self.failed(e))?;
-        self.next_key += 1;
-        self.written += 1;
-        Ok(())
-    }
-
-    fn sync(&mut self) -> Result<()> {
-        self.store.commit().map_err(|e| self.failed(e))
-    }
-
-    /// Replaces every record by one of the log as it stands.
-    fn rewrite(&mut self, log: &Log) -> Result<()> {
-        let first_kept = self.next_key;
-        self.append(&log.as_changes())?;
-        for key in 1..first_kept {
-            self.store.delete(key).map_err(|e| self.failed(e))?;
-        }
-        self.sync()?;
-        self.written = 1;
-        Ok(())
     }
 }
 
@@ -191,7 +207,13 @@ impl Broker {
                 "a cluster node needs a data directory for its raft log".into(),
             ));
         };
-        let (mut file, log) = RaftFile::open(store, stored, self.data_dir_name())?;
+        let dir = self.data_dir_name();
+        let (file, log, records) = RaftFile::open(store, stored, &dir)?;
+        let mut file = RaftLog {
+            syncer: Syncer::start(&self.ctx, "scale0-raft-log", file)?,
+            records,
+            dir,
+        };
         let jitter =
             usize::try_from(crate::ids::random_u64() % cc.election_ticks as u64).unwrap_or(0);
         let mut node = Node::new(cc.core(jitter), log, clock.now())
@@ -199,25 +221,47 @@ impl Broker {
         self.config.core.events = self.events.is_some() || self.http.is_some();
         let mut core = core::Broker::standby(self.config.core.clone(), clock.now());
 
-        // One ROUTER for what other nodes send here; a DEALER to each of them.
+        // One ROUTER for what other nodes send here; a DEALER to each of them. With
+        // CURVE the nodes speak it among themselves too, in a context of their own
+        // whose ZAP handler lets in only the cluster's own key: every node holds the
+        // broker's key pair (clients trust one key whichever node they reach), so a
+        // peer that holds it is a node, and nothing else gets a frame to raft.
         let own = cc
             .nodes
             .iter()
             .find(|(id, _)| *id == cc.id)
             .map(|(_, e)| e.clone())
             .unwrap_or_default();
-        let inbound = self
-            .ctx
+        let node_curve = self.config.curve.as_ref().map(|c| {
+            let mut allow = Allowlist::default();
+            allow.add(c.pair.public, "scale0-node");
+            CurveServer {
+                pair: c.pair.clone(),
+                allow: Arc::new(allow),
+            }
+        });
+        let cctx = match &node_curve {
+            Some(_) => zmq::Context::new(),
+            None => self.ctx.clone(),
+        };
+        let inbound = cctx
             .socket(zmq::ROUTER)
             .context(|| "creating the cluster ROUTER".into())?;
         inbound.set_linger(0).context(|| "setting LINGER".into())?;
+        let zap = crate::security::secure(node_curve.as_ref(), &cctx, &[&inbound], &[&inbound])?;
         let bound = sockets::bind(&inbound, &own)?;
         let mut peers: BTreeMap<u64, zmq::Socket> = BTreeMap::new();
         for (id, endpoint) in cc.nodes.iter().filter(|(id, _)| *id != cc.id) {
-            let s = self
-                .ctx
+            let s = cctx
                 .socket(zmq::DEALER)
                 .context(|| "creating a cluster DEALER".into())?;
+            if let Some(c) = &node_curve {
+                CurveClient {
+                    server: c.pair.public,
+                    pair: c.pair.clone(),
+                }
+                .apply(&s)?;
+            }
             s.set_identity(&ClusterConfig::routing_id(cc.id))
                 .context(|| "setting the routing id".into())?;
             s.set_linger(0).context(|| "setting LINGER".into())?;
@@ -263,10 +307,15 @@ impl Broker {
                 let mut items = [
                     self.socket.as_poll_item(zmq::POLLIN),
                     inbound.as_poll_item(zmq::POLLIN),
+                    file.syncer.poll_item(),
                 ];
                 sockets::poll(&mut items, wait).context(|| "polling".into())?;
                 (items[0].is_readable(), items[1].is_readable())
             };
+            // What the sync thread has made durable: raft may count it stored.
+            if let Some(number) = file.syncer.completed().map_err(|e| file.failed(e))? {
+                node.persisted(number);
+            }
             if raft_ready {
                 while let Some(frames) = sockets::try_recv(&inbound)? {
                     match (
@@ -342,48 +391,48 @@ impl Broker {
         }
         self.flush(&mut core, clock);
         let counters = core.counters().clone();
+        let RaftLog { syncer, dir, .. } = file;
+        if let Err(error) = syncer.finish() {
+            error!(%dir, %error, "the raft log failed while stopping");
+        }
         drop(peers);
+        if let Some(zap) = zap {
+            zap.stop(&[&inbound]);
+        }
         drop(inbound);
         self.close();
         info!(node = cc.id, "cluster node stopped");
         Ok(counters)
     }
 
-    /// Moves what the node produced: frames to the other nodes, changes to the raft log
-    /// (synced before raft hears they are durable), until it produces nothing more.
+    /// Moves what the node produced: frames to the other nodes, changes to the sync
+    /// thread (raft hears they are durable once it reports them synced).
     fn pump(
         &self,
         node: &mut Node,
-        file: &mut RaftFile,
+        file: &mut RaftLog,
         peers: &BTreeMap<u64, zmq::Socket>,
     ) -> Result<()> {
-        loop {
-            let mut busy = false;
-            while let Some((to, frame)) = node.poll_transmit() {
-                busy = true;
-                if let Some(s) = peers.get(&to) {
-                    // A full or absent peer loses the frame; raft sends it again.
-                    let _ = s.send(&frame[..], zmq::DONTWAIT);
-                }
-            }
-            let mut durable = None;
-            let mut compacted = false;
-            while let Some(p) = node.poll_persist() {
-                busy = true;
-                compacted |= p.changes.iter().any(|c| matches!(c, Change::Compact(_)));
-                file.append(&p.changes)?;
-                durable = p.number.or(durable);
-            }
-            if let Some(number) = durable {
-                file.sync()?;
-                node.persisted(number);
-            }
-            if compacted && file.written > REWRITE_AFTER {
-                file.rewrite(node.log())?;
-            }
-            if !busy {
-                return Ok(());
+        while let Some((to, frame)) = node.poll_transmit() {
+            if let Some(s) = peers.get(&to) {
+                // A full or absent peer loses the frame; raft sends it again.
+                let _ = s.send(&frame[..], zmq::DONTWAIT);
             }
         }
+        let mut compacted = false;
+        while let Some(p) = node.poll_persist() {
+            compacted |= p.changes.iter().any(|c| matches!(c, Change::Compact(_)));
+            file.syncer
+                .submit(RaftWrite::Append(p.changes), p.number)
+                .map_err(|e| file.failed(e))?;
+            file.records += 1;
+        }
+        if compacted && file.records > REWRITE_AFTER {
+            file.syncer
+                .submit(RaftWrite::Rewrite(node.log().as_changes()), None)
+                .map_err(|e| file.failed(e))?;
+            file.records = 1;
+        }
+        Ok(())
     }
 }

@@ -27,6 +27,7 @@ mod queue;
 mod security;
 mod shutdown;
 pub mod sockets;
+mod syncer;
 mod task;
 mod worker;
 

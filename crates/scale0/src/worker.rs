@@ -24,7 +24,8 @@ use tracing::{debug, info, warn};
 pub struct WorkerConfig {
     /// The brokers' endpoints, such as `tcp://localhost:5555`: one, or several independent
     /// brokers, each of which the worker registers with. `capacity` is split between them
-    /// (each gets at least 1, so it must be at least their number).
+    /// (each gets at least 1, so it must be at least their number), unless they are the
+    /// nodes of one cluster (`cluster`).
     pub connect: Vec<String>,
     /// The service to register for.
     pub service: String,
@@ -63,6 +64,10 @@ pub struct WorkerConfig {
     /// filled, so a fast handler never waits for the next request's round trip. Its
     /// requests wait behind each other, so keep it small for slow handlers.
     pub capacity: u32,
+    /// The `connect` endpoints are the nodes of one replicated cluster (`scale0 broker
+    /// --cluster`), not independent brokers: each node is given the whole capacity,
+    /// since only the leader hands out requests ([`scale0_proto::worker::Group::cluster`]).
+    pub cluster: bool,
 }
 
 impl WorkerConfig {
@@ -82,6 +87,7 @@ impl WorkerConfig {
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
             capacity: scale0_proto::worker::Config::DEFAULT_CAPACITY,
+            cluster: false,
         }
     }
 }
@@ -189,8 +195,10 @@ impl Worker {
                 scale0_proto::mdp::MAX_WORKER_CAPACITY
             )));
         }
-        Group::shares(config.capacity, config.connect.len())
-            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        if !config.cluster {
+            Group::shares(config.capacity, config.connect.len())
+                .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        }
         let service = ServiceName::new(Bytes::from(config.service.clone().into_bytes()))
             .map_err(|_| Error::InvalidServiceName(config.service.clone()))?;
         if service.is_mmi() {
@@ -263,7 +271,12 @@ impl Worker {
         };
 
         let clock = Clock::new();
-        let mut session = Group::new(
+        let make = if self.config.cluster {
+            Group::cluster
+        } else {
+            Group::new
+        };
+        let mut session = make(
             &core::Config {
                 service: self.service.clone(),
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
@@ -272,6 +285,7 @@ impl Worker {
                 reconnect_max_ms: self.config.reconnect_max_ms,
                 version: self.config.version,
                 capacity: self.config.capacity,
+                announce_capacity: false,
             },
             self.config.connect.len(),
             clock.now(),

@@ -17,6 +17,7 @@
 
 pub mod codec;
 pub mod log;
+pub mod relay;
 
 use crate::journal::JournalOp;
 use crate::time::Instant;
@@ -51,6 +52,11 @@ pub struct Config {
     pub max_bytes_per_message: u64,
     /// Journal ops in one replicated entry.
     pub max_ops_per_entry: usize,
+    /// Proposed entries of this leader's not yet committed, at most: ops proposed while
+    /// this many are in flight wait and leave together as one entry when one commits
+    /// (group commit: under load each round of appends and syncs carries more, and an
+    /// idle cluster still commits a lone request at once).
+    pub max_uncommitted_entries: usize,
     /// Applied entries between snapshots of the image (which bound the log).
     pub snapshot_every: u64,
 }
@@ -73,6 +79,7 @@ impl Config {
             max_entries_per_message: 256,
             max_bytes_per_message: 1 << 20,
             max_ops_per_entry: 65_536,
+            max_uncommitted_entries: 4,
             snapshot_every: 10_000,
         }
     }
@@ -169,6 +176,10 @@ pub struct Node {
     held: VecDeque<(u64, Vec<Message>)>,
     events: VecDeque<Event>,
     proposals: VecDeque<Proposal>,
+    /// Ops given to [`Node::propose`] while `max_uncommitted_entries` were in flight,
+    /// and the count they bring the broker's taken ops to.
+    unproposed: Vec<JournalOp>,
+    unproposed_upto: u64,
     serving: Option<u64>,
     counters: Counters,
     /// A snapshot from the leader handed out in Ready `number` and not yet durable, with
@@ -332,6 +343,8 @@ impl Node {
             held: VecDeque::new(),
             events: VecDeque::new(),
             proposals: VecDeque::new(),
+            unproposed: Vec::new(),
+            unproposed_upto: 0,
             serving: None,
             counters: Counters::default(),
             restoring: None,
@@ -455,26 +468,49 @@ impl Node {
 
     /// Proposes the ops the broker emitted, `upto` being the count of ops taken from it
     /// so far; [`Event::Committed`] reports when they are durable. Refused (the ops are
-    /// given back) unless this node serves.
+    /// given back) unless this node serves. They go into the log at once, or with the
+    /// next entry when `max_uncommitted_entries` are already in flight.
     pub fn propose(&mut self, ops: Vec<JournalOp>, upto: u64) -> Result<(), Vec<JournalOp>> {
-        let Some(term) = self.serving else {
+        if self.serving.is_none() {
             return Err(ops);
+        }
+        self.unproposed.extend(ops);
+        self.unproposed_upto = upto;
+        self.process();
+        Ok(())
+    }
+
+    /// Ops proposed and not yet in the log (waiting for an entry in flight to commit).
+    pub fn unproposed(&self) -> usize {
+        self.unproposed.len()
+    }
+
+    /// Puts what waits into the log as one entry (more if a decoder would refuse it),
+    /// if fewer than `max_uncommitted_entries` are in flight; whether it did.
+    fn propose_waiting(&mut self) -> bool {
+        let Some(term) = self.serving else {
+            return false;
         };
-        // Batches larger than a decoder takes are split.
+        if self.unproposed.is_empty()
+            || self.proposals.len() >= self.config.max_uncommitted_entries.max(1)
+        {
+            return false;
+        }
+        let ops = std::mem::take(&mut self.unproposed);
         for chunk in ops.chunks(self.config.max_ops_per_entry.max(1)) {
             let data = codec::encode_ops(chunk);
             if self.raw.propose(Vec::new(), data.to_vec()).is_err() {
+                // raft drops proposals only when this node no longer leads.
                 self.stop();
-                return Err(ops);
+                return false;
             }
         }
         self.proposals.push_back(Proposal {
             term,
             index: self.raw.raft.raft_log.last_index(),
-            upto,
+            upto: self.unproposed_upto,
         });
-        self.process();
-        Ok(())
+        true
     }
 
     /// The next frame to send, and to which node.
@@ -570,10 +606,20 @@ impl Node {
             self.events.push_back(Event::Stop { term });
         }
         self.proposals.clear();
+        self.unproposed.clear();
     }
 
     /// Runs raft's Ready loop until it has nothing more to hand out.
     fn process(&mut self) {
+        loop {
+            self.process_readies();
+            if !self.propose_waiting() {
+                break;
+            }
+        }
+    }
+
+    fn process_readies(&mut self) {
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             let msgs = rd.take_messages();
