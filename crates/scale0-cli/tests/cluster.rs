@@ -1,7 +1,8 @@
 //! `scale0 broker --cluster`: three real broker processes replicating over raft, on
 //! loopback (the nodes' own traffic on ipc:// sockets in a temporary directory) or on
-//! three hosts made of network namespaces. The leader serves and the others refuse
-//! clients with `not_leader`; requests the leader acknowledged survive its kill -9 and are
+//! three hosts made of network namespaces. The leader serves; the others refuse native
+//! clients with `not_leader`, relay plain MDP clients and workers to the leader, and with
+//! CURVE let in no node without the cluster's key; requests the leader acknowledged survive its kill -9 and are
 //! served by the node elected next; under pipelined load through clients and workers of
 //! every node, the leader killed or cut off loses nothing and answers nothing twice.
 
@@ -416,4 +417,114 @@ fn with_curve_the_nodes_let_in_only_a_node_that_holds_the_cluster_key() {
         .unwrap();
     assert!(lag["entries"].as_u64().unwrap() > 0, "{l}");
     assert!(l["cluster"]["commit"].as_u64().unwrap() > 1, "{l}");
+}
+
+/// A majortomo program from tests/peers; fails (never skips) when majortomo is missing.
+fn majortomo(script: &str) -> Command {
+    python_with("majortomo");
+    peer(script)
+}
+
+#[test]
+fn plain_mdp_clients_and_workers_of_followers_are_relayed_to_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path());
+    let leader = serving(&nodes);
+    let ep = |nodes: &[Node], i: usize| nodes[i].broker.as_ref().unwrap().endpoint.clone();
+    let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
+
+    // Plain workers that know nothing of clusters, each on one follower: an RFC 7
+    // worker of ours, and majortomo's MDP/0.2 worker streaming partials.
+    let _w1 = py_worker(&ep(&nodes, f1), "echo", "w1", 300);
+    let mut mt = majortomo("majortomo_worker.py");
+    mt.args([
+        "--endpoint",
+        &ep(&nodes, f2),
+        "--service",
+        "stream",
+        "--partials",
+        "2",
+        "--lifetime-s",
+        "60",
+    ]);
+    let (_w2, out) = spawn_lines("majortomo worker", mt);
+    out.wait_for("ready", 1);
+    // They register with the leader, through their followers, not with the followers.
+    eventually("the leader has both workers", || {
+        mmi_service(&ep(&nodes, leader), "echo") == "200"
+            && mmi_service(&ep(&nodes, leader), "stream") == "200"
+    });
+    assert_eq!(mmi_service(&ep(&nodes, f1), "echo"), "404");
+
+    // Plain clients on either follower are served by them: MDP/0.1 from a REQ, MDP/0.2
+    // from a DEALER with requests in flight, majortomo's client with partials.
+    let r = py_client(&[
+        "--endpoint",
+        &ep(&nodes, f2),
+        "--service",
+        "echo",
+        "--count",
+        "20",
+    ]);
+    assert!(r.ok, "{:?} {}", r.json, r.stderr);
+    assert_eq!(r.json["tally"]["hello|w1"], 20, "{:?}", r.json);
+    let r = py_client(&[
+        "--endpoint",
+        &ep(&nodes, f1),
+        "--service",
+        "echo",
+        "--version",
+        "2",
+        "--socket",
+        "dealer",
+        "--count",
+        "200",
+        "--in-flight",
+        "16",
+    ]);
+    assert!(r.ok, "{:?} {}", r.json, r.stderr);
+    assert_eq!(r.replies(), 200, "{:?}", r.json);
+    let out = run({
+        let mut c = majortomo("majortomo_client.py");
+        c.args(["--endpoint", &ep(&nodes, f1), "--service", "stream"])
+            .args(["--count", "3", "--partials"]);
+        c
+    });
+    assert!(out.status.success(), "{}", tail(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let partials = lines.iter().filter(|l| l["partial"] == true).count();
+    assert_eq!(partials, 6, "two partials for each of three: {lines:?}");
+    // The leader served them all, as peers of its own.
+    let s = status(&ep(&nodes, leader)).unwrap();
+    assert!(s["totals"]["replies"].as_u64().unwrap() >= 223, "{s}");
+
+    // kill -9 the leader: the RFC 7 worker registers again with whichever node leads
+    // next (through its follower, or with it if that node leads), and a plain client
+    // with Lazy Pirate retries on a surviving node is served again.
+    nodes[leader].broker.as_mut().unwrap().proc.kill9();
+    nodes[leader].broker = None;
+    let next = serving(&nodes);
+    let other = if next == f1 { f2 } else { f1 };
+    eventually("the new leader has the RFC 7 worker", || {
+        mmi_service(&ep(&nodes, next), "echo") == "200"
+    });
+    for at in [other, next] {
+        let r = py_client(&[
+            "--endpoint",
+            &ep(&nodes, at),
+            "--service",
+            "echo",
+            "--count",
+            "10",
+            "--timeout-ms",
+            "1500",
+            "--retries",
+            "5",
+        ]);
+        assert!(r.ok, "through node {at}: {:?} {}", r.json, r.stderr);
+        assert_eq!(r.json["tally"]["hello|w1"], 10, "{:?}", r.json);
+    }
 }

@@ -38,7 +38,8 @@ pub struct Config {
     pub capacity: u32,
     /// Send the `capacity=N` frame even for 1, where it is otherwise left out (as RFC 7
     /// has no such frame): a cluster node tells scale0's workers, which register with
-    /// every node themselves, from plain ones it relays to the leader by it.
+    /// every node themselves, from plain ones it relays to the leader by it. A [`Group`]
+    /// of several brokers sets it.
     pub announce_capacity: bool,
 }
 
@@ -478,11 +479,14 @@ impl Group {
     /// its endpoints), each with its share of `config.capacity`; they connect at the first
     /// [`Group::handle_timeout`].
     pub fn new(config: &Config, brokers: usize, now: Instant) -> Result<Self, GroupError> {
-        Ok(Self::with_shares(
-            config,
-            Self::shares(config.capacity, brokers)?,
-            now,
-        ))
+        let shares = Self::shares(config.capacity, brokers)?;
+        // Several brokers may be one cluster's nodes, which must not take this worker
+        // for a plain one to relay (a share of 1 would otherwise leave the frame out).
+        let config = Config {
+            announce_capacity: config.announce_capacity || brokers > 1,
+            ..config.clone()
+        };
+        Ok(Self::with_shares(&config, shares, now))
     }
 
     /// Sessions with the `nodes` nodes of one replicated cluster, each given the whole

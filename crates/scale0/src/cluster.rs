@@ -18,6 +18,7 @@ use bytes::Bytes;
 use scale0_proto::Instant;
 use scale0_proto::broker::{self as core, Counters};
 use scale0_proto::cluster::log::{Change, Log};
+use scale0_proto::cluster::relay::{self, Relay};
 use scale0_proto::cluster::{self, Event, Node, codec};
 use scale0_store::{LogStore, Store};
 use std::collections::BTreeMap;
@@ -284,6 +285,13 @@ impl Broker {
             h.start()?;
         }
         let mut receiver = sockets::Receiver::new(0, self.zap.is_some());
+        // Plain MDP peers of this node while it does not serve go to the leader.
+        let mut relay = Relay::new(relay::Config::new(
+            cc.tick_ms.saturating_mul(cc.election_ticks as u64),
+            self.config.core.heartbeat_interval_ms,
+            self.config.core.heartbeat_liveness,
+        ));
+        let mut placed = None;
         // Ops taken from the broker while it serves: the count `Committed` reports.
         let mut taken = 0u64;
         loop {
@@ -298,10 +306,14 @@ impl Broker {
                 }
                 next_status = std::time::Instant::now() + STATUS_EVERY;
             }
-            let deadline = [core.poll_timeout(), node.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                core.poll_timeout(),
+                node.poll_timeout(),
+                relay.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let wait = clock.wait_ms(deadline);
             let (client_ready, raft_ready) = {
                 let mut items = [
@@ -318,14 +330,28 @@ impl Broker {
             }
             if raft_ready {
                 while let Some(frames) = sockets::try_recv(&inbound)? {
-                    match (
-                        frames.first().and_then(|r| ClusterConfig::node_of(r)),
-                        frames.get(1),
-                    ) {
-                        (Some(from), Some(frame)) if frames.len() == 2 => {
-                            node.handle_frame(from, frame.clone());
+                    let Some(from) = frames.first().and_then(|r| ClusterConfig::node_of(r)) else {
+                        warn!("a frame on the cluster socket from no known node");
+                        continue;
+                    };
+                    let rest = &frames[1..];
+                    if let [frame] = rest {
+                        node.handle_frame(from, frame.clone());
+                    } else if let Some(back) = relay::back(rest) {
+                        // A leader's answer to a peer this node relays.
+                        relay.count_to_peer();
+                        let _ = sockets::send(&self.socket, &back);
+                    } else if let Some((frames, user)) = relay::unwrap(from, rest) {
+                        // Relayed to a node that does not serve (the leader changed on
+                        // the way): dropped, as a lost message; plain peers send again.
+                        if node.serving().is_some() {
+                            core.handle_message_from(clock.now(), frames, user.as_deref());
                         }
-                        _ => warn!("a frame on the cluster socket from no known node"),
+                    } else {
+                        warn!(
+                            node = from,
+                            "a message on the cluster socket that is neither raft nor relay"
+                        );
                     }
                 }
             }
@@ -338,8 +364,14 @@ impl Broker {
                     let Some((frames, user)) = receiver.recv(&self.socket, 0)? else {
                         break;
                     };
-                    core.handle_message_from(clock.now(), frames, user.as_deref());
+                    if let Some(frames) = relay.from_peer(clock.now(), frames, user.as_deref()) {
+                        core.handle_message_from(clock.now(), frames, user.as_deref());
+                    }
                 }
+            }
+            let now = clock.now();
+            if relay.poll_timeout().is_some_and(|t| t <= now) {
+                relay.handle_timeout(now);
             }
             let now = clock.now();
             if core.poll_timeout().is_some_and(|t| t <= now) {
@@ -379,6 +411,23 @@ impl Broker {
                     Event::Committed { upto } => core.journal_committed(upto),
                 }
             }
+            let place = (
+                node.serving().is_some(),
+                node.leader().filter(|l| *l != cc.id),
+            );
+            if placed != Some(place) {
+                relay.set_leader(place.0, place.1);
+                placed = Some(place);
+            }
+            while let Some((frames, user)) = relay.poll_local() {
+                core.handle_message_from(clock.now(), frames, user.as_deref());
+            }
+            while let Some((to, frames)) = relay.poll_forward() {
+                if let Some(s) = peers.get(&to) {
+                    // Lost if the leader is unreachable: plain peers send again.
+                    let _ = sockets::send(s, &frames);
+                }
+            }
             while let Some(e) = core.poll_event() {
                 if let Some(p) = &self.events {
                     let _ = sockets::send(p, &e.encode());
@@ -387,9 +436,9 @@ impl Broker {
                     h.publish_event(crate::broker::event_json(&e));
                 }
             }
-            self.flush(&mut core, clock);
+            self.flush_relayed(&mut core, clock, &peers);
         }
-        self.flush(&mut core, clock);
+        self.flush_relayed(&mut core, clock, &peers);
         let counters = core.counters().clone();
         let RaftLog { syncer, dir, .. } = file;
         if let Err(error) = syncer.finish() {
@@ -403,6 +452,34 @@ impl Broker {
         self.close();
         info!(node = cc.id, "cluster node stopped");
         Ok(counters)
+    }
+
+    /// [`Broker::flush`], with what goes to peers relayed through another node sent to
+    /// that node.
+    fn flush_relayed(
+        &self,
+        core: &mut core::Broker,
+        clock: Clock,
+        peers: &BTreeMap<u64, zmq::Socket>,
+    ) {
+        while let Some(t) = core.poll_transmit() {
+            let sent = match relay::wrap(&t.frames) {
+                Some((to, frames)) => match peers.get(&to) {
+                    Some(s) => sockets::send(s, &frames),
+                    None => Err(zmq::Error::EHOSTUNREACH),
+                },
+                None => sockets::send(&self.socket, &t.frames),
+            };
+            match sent {
+                Ok(()) => {}
+                Err(zmq::Error::EHOSTUNREACH | zmq::Error::EAGAIN) => {
+                    if let Some(peer) = t.peer() {
+                        core.handle_unroutable(clock.now(), &peer);
+                    }
+                }
+                Err(e) => warn!(error = %e, "send failed"),
+            }
+        }
     }
 
     /// Moves what the node produced: frames to the other nodes, changes to the sync
