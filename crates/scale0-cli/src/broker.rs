@@ -111,6 +111,13 @@ pub(crate) struct Args {
     /// up to as many again at random).
     #[arg(long, value_name = "N", default_value_t = scale0::proto::cluster::Config::DEFAULT_ELECTION_TICKS as u64, value_parser = clap::value_parser!(u64).range(3..1000))]
     election_ticks: u64,
+    /// This node replaces one whose disk was lost (same --node-id, a new empty
+    /// --data-dir): it neither votes nor stands for election until it has heard from
+    /// every other node and caught up with the leader, since it cannot know what its lost
+    /// self voted for or stored. Start every replacement with it; ignored once the data
+    /// directory holds a log (a restart of a node that has joined).
+    #[arg(long, requires = "cluster")]
+    join: bool,
 }
 
 fn parse_node(s: &str) -> Result<(u64, String), String> {
@@ -176,6 +183,7 @@ impl Args {
             let mut cluster = scale0::ClusterConfig::new(id, self.cluster);
             cluster.tick_ms = self.cluster_tick_ms;
             cluster.election_ticks = usize::try_from(self.election_ticks).unwrap_or(10);
+            cluster.join = self.join;
             config.cluster = Some(cluster);
         }
         Ok(config)

@@ -79,6 +79,8 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             c["role"].as_str().unwrap_or("?"),
             if c["serving"] == true {
                 " (serving)"
+            } else if c["joining"] == true {
+                " (joining: not voting until caught up)"
             } else {
                 ""
             },

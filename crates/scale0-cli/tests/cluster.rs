@@ -27,31 +27,30 @@ fn cluster(dir: &Path) -> Vec<Node> {
 
 /// Three nodes, node `id` started with `extra(id)` as well.
 fn cluster_with(dir: &Path, extra: impl Fn(u64) -> Vec<String>) -> Vec<Node> {
-    let nodes: Vec<String> = (1..=3)
-        .map(|id| format!("{id}=ipc://{}/node{id}", dir.display()))
-        .collect();
     (1..=3)
-        .map(|id| {
-            let data = dir.join(format!("data{id}"));
-            let mut args = vec![
-                "--node-id".to_string(),
-                id.to_string(),
-                "--data-dir".to_string(),
-                data.display().to_string(),
-                "--cluster-tick-ms".to_string(),
-                "20".to_string(),
-            ];
-            for n in &nodes {
-                args.push("--cluster".into());
-                args.push(n.clone());
-            }
-            args.extend(extra(id));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Node {
-                broker: Some(Broker::start(&args)),
-            }
+        .map(|id| Node {
+            broker: Some(start_node(dir, id, &extra(id))),
         })
         .collect()
+}
+
+/// Node `id` of the cluster in `dir` (data in `dir/dataID`), with `extra` flags.
+fn start_node(dir: &Path, id: u64, extra: &[String]) -> Broker {
+    let mut args = vec![
+        "--node-id".to_string(),
+        id.to_string(),
+        "--data-dir".to_string(),
+        dir.join(format!("data{id}")).display().to_string(),
+        "--cluster-tick-ms".to_string(),
+        "20".to_string(),
+    ];
+    for n in 1..=3 {
+        args.push("--cluster".into());
+        args.push(format!("{n}=ipc://{}/node{n}", dir.display()));
+    }
+    args.extend(extra.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Broker::start(&args)
 }
 
 /// A node's `mmi.status` document, if it answers.
@@ -527,4 +526,72 @@ fn plain_mdp_clients_and_workers_of_followers_are_relayed_to_the_leader() {
         assert!(r.ok, "through node {at}: {:?} {}", r.json, r.stderr);
         assert_eq!(r.json["tally"]["hello|w1"], 10, "{:?}", r.json);
     }
+}
+
+#[test]
+fn a_node_whose_disk_is_lost_is_replaced_with_join_and_the_cluster_survives_another_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path());
+    let leader = serving(&nodes);
+    let ep = |nodes: &[Node], i: usize| nodes[i].broker.as_ref().unwrap().endpoint.clone();
+    // Five requests for a service with no worker: accepted, so on every node's disk.
+    let waiting = {
+        let mut c = scale0();
+        c.args([
+            "request",
+            "--connect",
+            &ep(&nodes, leader),
+            "--service",
+            SERVICE,
+        ])
+        .args([
+            "--count",
+            "5",
+            "--in-flight",
+            "5",
+            "--timeout-ms",
+            "120000",
+            "x",
+        ]);
+        Proc::spawn("waiting client", c)
+    };
+    eventually("every node holds the five requests", || {
+        nodes.iter().all(|n| {
+            status(&n.broker.as_ref().unwrap().endpoint)
+                .is_some_and(|s| s["cluster"]["journal"] == 5)
+        })
+    });
+    drop(waiting);
+
+    // A follower's machine dies with its disk: a new one takes its id, empty, --join.
+    let lost = (leader + 1) % 3;
+    nodes[lost].broker.as_mut().unwrap().proc.kill9();
+    nodes[lost].broker = None;
+    std::fs::remove_dir_all(dir.path().join(format!("data{}", lost + 1))).unwrap();
+    nodes[lost].broker = Some(start_node(dir.path(), lost as u64 + 1, &["--join".into()]));
+    eventually("the replacement caught up and joined", || {
+        status(&ep(&nodes, lost))
+            .is_some_and(|s| s["cluster"]["joining"] == false && s["cluster"]["journal"] == 5)
+    });
+    let s = run({
+        let mut c = scale0();
+        c.args(["status", "--connect", &ep(&nodes, lost)]);
+        c
+    });
+    assert!(
+        String::from_utf8_lossy(&s.stdout).contains("cluster node"),
+        "{}",
+        tail(&s.stdout)
+    );
+
+    // Now the leader dies: the replacement and the third node are a majority, elect one
+    // of themselves and serve the five.
+    nodes[leader].broker.as_mut().unwrap().proc.kill9();
+    nodes[leader].broker = None;
+    let next = serving(&nodes);
+    assert_ne!(next, leader);
+    let _w = echo_worker(&ep(&nodes, next), SERVICE, &[]);
+    eventually("the five were served", || {
+        status(&ep(&nodes, next)).is_some_and(|s| s["totals"]["replies"] == 5)
+    });
 }

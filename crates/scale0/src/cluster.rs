@@ -48,6 +48,8 @@ pub struct ClusterConfig {
     /// Ticks without word from a leader before a node stands for election; the election
     /// timeout is this times the tick, plus up to as much again at random per node.
     pub election_ticks: usize,
+    /// This node replaces one whose disk was lost: see `scale0_proto::cluster::Config::join`.
+    pub join: bool,
 }
 
 impl ClusterConfig {
@@ -58,6 +60,7 @@ impl ClusterConfig {
             nodes,
             tick_ms: cluster::Config::DEFAULT_TICK_MS,
             election_ticks: cluster::Config::DEFAULT_ELECTION_TICKS,
+            join: false,
         }
     }
 
@@ -102,6 +105,7 @@ impl ClusterConfig {
         c.tick_ms = self.tick_ms;
         c.election_ticks = self.election_ticks;
         c.election_jitter = jitter;
+        c.join = self.join;
         c
     }
 }

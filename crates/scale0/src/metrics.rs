@@ -293,6 +293,7 @@ mod tests {
             term: 7,
             leader: Some(1),
             serving: true,
+            joining: false,
             commit: 120,
             applied: 119,
             journal: 4,

@@ -363,6 +363,8 @@ const CHANGE_APPEND: u8 = 0;
 const CHANGE_HARD_STATE: u8 = 1;
 const CHANGE_RESTORE: u8 = 2;
 const CHANGE_COMPACT: u8 = 3;
+const CHANGE_JOINING: u8 = 4;
+const CHANGE_JOINED: u8 = 5;
 
 /// Changes to the durable raft state as one record of the driver's file.
 pub fn encode_changes(changes: &[Change]) -> Bytes {
@@ -391,6 +393,11 @@ pub fn encode_changes(changes: &[Change]) -> Bytes {
                     CHANGE_COMPACT
                 });
                 encode_snapshot(&mut w, snap);
+            }
+            Change::Joining => w.0.put_u8(CHANGE_JOINING),
+            Change::Joined { vote_floor } => {
+                w.0.put_u8(CHANGE_JOINED);
+                w.varint(*vote_floor);
             }
         }
     }
@@ -421,6 +428,10 @@ pub fn decode_changes(record: Bytes) -> Result<Vec<Change>, CodecError> {
             }),
             CHANGE_RESTORE => Change::Restore(decode_snapshot(&mut r)?),
             CHANGE_COMPACT => Change::Compact(decode_snapshot(&mut r)?),
+            CHANGE_JOINING => Change::Joining,
+            CHANGE_JOINED => Change::Joined {
+                vote_floor: r.varint()?,
+            },
             _ => return Err(CodecError::BadTag),
         });
     }
@@ -634,6 +645,8 @@ mod tests {
                 ..HardState::default()
             }),
             Change::Compact(m.get_snapshot().clone()),
+            Change::Joining,
+            Change::Joined { vote_floor: 9 },
         ];
         let record = encode_changes(&changes);
         assert_eq!(decode_changes(record.clone()).unwrap(), changes);

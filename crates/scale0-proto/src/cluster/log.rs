@@ -18,6 +18,15 @@ pub enum Change {
     Restore(Snapshot),
     /// A snapshot of this node's own applied state: entries up to its index are dropped.
     Compact(Snapshot),
+    /// The node started from a new log in a cluster that has run (its disk was lost):
+    /// it may not vote until it has joined ([`crate::cluster::Config::join`]), across
+    /// restarts too.
+    Joining,
+    /// It has joined, and may vote only in terms above `vote_floor`.
+    Joined {
+        /// The highest term it heard the other nodes in while joining.
+        vote_floor: u64,
+    },
 }
 
 /// The raft log: the latest snapshot, the entries after it, the hard state and the
@@ -28,6 +37,8 @@ pub struct Log {
     snapshot: Snapshot,
     /// Entries after the snapshot's index, contiguous.
     entries: Vec<Entry>,
+    joining: bool,
+    vote_floor: u64,
 }
 
 impl Log {
@@ -42,6 +53,11 @@ impl Log {
                 self.hard_state.term = self.hard_state.term.max(md.term);
                 self.hard_state.commit = self.hard_state.commit.max(md.index);
                 self.snapshot = snap.clone();
+            }
+            Change::Joining => self.joining = true,
+            Change::Joined { vote_floor } => {
+                self.joining = false;
+                self.vote_floor = self.vote_floor.max(*vote_floor);
             }
             Change::Compact(snap) => {
                 let index = snap.get_metadata().index;
@@ -106,11 +122,30 @@ impl Log {
     /// The changes that rebuild this log from nothing: what a driver writes in place of
     /// its whole file when it compacts it.
     pub fn as_changes(&self) -> Vec<Change> {
-        vec![
+        let mut out = vec![
             Change::Restore(self.snapshot.clone()),
             Change::Append(self.entries.clone()),
             Change::HardState(self.hard_state.clone()),
-        ]
+        ];
+        if self.vote_floor > 0 {
+            out.push(Change::Joined {
+                vote_floor: self.vote_floor,
+            });
+        }
+        if self.joining {
+            out.push(Change::Joining);
+        }
+        out
+    }
+
+    /// Whether the node is still joining with a new log.
+    pub fn joining(&self) -> bool {
+        self.joining
+    }
+
+    /// The highest term it may not vote in (0: none).
+    pub fn vote_floor(&self) -> u64 {
+        self.vote_floor
     }
 }
 

@@ -24,7 +24,7 @@ use crate::time::Instant;
 use bytes::Bytes;
 use codec::Limits;
 use log::{Change, Log};
-use raft::eraftpb::{Entry, Message, Snapshot};
+use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -59,6 +59,15 @@ pub struct Config {
     pub max_uncommitted_entries: usize,
     /// Applied entries between snapshots of the image (which bound the log).
     pub snapshot_every: u64,
+    /// This node replaces one whose disk was lost: it starts from an empty log in a
+    /// cluster that has run, and cannot know whom its lost self voted for, nor what it
+    /// had stored. So it neither votes nor stands for election until it has heard from
+    /// every other node (after two election timeouts, so nothing sent to its lost self
+    /// is still on the way) and has caught up with the commit index of a leader it
+    /// heard from; from then on it votes only in terms above every term those nodes
+    /// were in, which bounds every term its lost self could have voted in. Ignored when
+    /// the log is not empty.
+    pub join: bool,
 }
 
 impl Config {
@@ -81,6 +90,7 @@ impl Config {
             max_ops_per_entry: 65_536,
             max_uncommitted_entries: 4,
             snapshot_every: 10_000,
+            join: false,
         }
     }
 
@@ -149,6 +159,20 @@ pub struct Counters {
     pub refused: u64,
     /// Committed entries whose ops did not decode (skipped alike on every node).
     pub bad_entries: u64,
+    /// Vote requests left unanswered while joining.
+    pub votes_withheld: u64,
+    /// Followers found to have lost their log (a replaced node), sent it again.
+    pub logs_lost: u64,
+}
+
+/// A node joining with a new log: when it may vote.
+#[derive(Clone, Debug)]
+struct Joining {
+    not_before: Instant,
+    /// The highest term heard from each other node since `not_before`.
+    heard: BTreeMap<u64, u64>,
+    /// The commit index of the first leader heard from since `not_before`.
+    target: Option<u64>,
 }
 
 /// A proposal of this node's, waiting to be committed.
@@ -193,6 +217,12 @@ pub struct Node {
     snapshot_wait: BTreeMap<u64, usize>,
     /// The last Ready handed out to be made durable and not yet reported so.
     awaiting: Option<u64>,
+    /// While joining ([`Config::join`]).
+    joining: Option<Joining>,
+    /// Once joined, the highest term it may not vote in.
+    vote_floor: u64,
+    /// The latest time the node was told (frames carry none).
+    now_hint: Instant,
 }
 
 impl std::fmt::Debug for Node {
@@ -219,6 +249,8 @@ pub struct Status {
     pub leader: Option<u64>,
     /// Whether it serves clients (it leads and has applied its term's first entry).
     pub serving: bool,
+    /// Whether it is joining with a new log ([`Config::join`]): not voting yet.
+    pub joining: bool,
     /// The highest index known committed.
     pub commit: u64,
     /// The highest index applied.
@@ -235,12 +267,13 @@ impl Status {
     pub fn to_json(&self) -> String {
         use std::fmt::Write as _;
         let mut out = format!(
-            "{{\"node\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"serving\":{},\"commit\":{},\"applied\":{},\"journal\":{},\"lag\":[",
+            "{{\"node\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"serving\":{},\"joining\":{},\"commit\":{},\"applied\":{},\"journal\":{},\"lag\":[",
             self.node,
             self.role.as_str(),
             self.term,
             self.leader.map_or("null".to_string(), |l| l.to_string()),
             self.serving,
+            self.joining,
             self.commit,
             self.applied,
             self.journal,
@@ -292,7 +325,8 @@ impl Node {
             return Err(ConfigError::Membership("this node is not among the voters"));
         }
         let mut first = Vec::new();
-        if log.is_empty() {
+        let fresh = log.is_empty();
+        if fresh {
             // Every first node starts from the same snapshot at index 1, so a node that
             // joins later catches up by snapshot and never replays an empty membership.
             let mut snap = Snapshot {
@@ -351,7 +385,26 @@ impl Node {
             missed_ticks: 0,
             snapshot_wait: BTreeMap::new(),
             awaiting: None,
+            joining: None,
+            vote_floor: 0,
+            now_hint: now,
         };
+        node.vote_floor = node.raw.store().vote_floor();
+        if fresh && node.config.join {
+            // Durable, so that a restart before it has joined is still joining.
+            let change = Change::Joining;
+            node.raw.mut_store().apply(&change);
+            first.push(change);
+        }
+        if node.raw.store().joining() {
+            let election = node.config.election_ticks + node.config.election_jitter + 1;
+            let wait = node.config.tick_ms.max(1) * 2 * election as u64;
+            node.joining = Some(Joining {
+                not_before: now + Duration::from_millis(wait),
+                heard: BTreeMap::new(),
+                target: None,
+            });
+        }
         if !first.is_empty() {
             node.persist.push_back(Persist {
                 number: None,
@@ -432,6 +485,7 @@ impl Node {
             term: self.term(),
             leader: self.leader(),
             serving: self.serving.is_some(),
+            joining: self.joining.is_some(),
             commit: self.commit_index(),
             applied: self.applied,
             journal: self.image.len(),
@@ -460,10 +514,159 @@ impl Node {
             self.counters.misaddressed += 1;
             return;
         }
+        let mut m = m;
+        let kind = m.get_msg_type();
+        let vote = matches!(
+            kind,
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        );
+        if let Some(j) = &mut self.joining {
+            if self.now_hint >= j.not_before {
+                let t = j.heard.entry(from).or_insert(0);
+                *t = (*t).max(m.term);
+                if j.target.is_none()
+                    && matches!(
+                        kind,
+                        MessageType::MsgAppend
+                            | MessageType::MsgHeartbeat
+                            | MessageType::MsgSnapshot
+                    )
+                {
+                    let snapshot = m.get_snapshot().get_metadata().index;
+                    j.target = Some(m.commit.max(snapshot));
+                }
+            }
+            if vote {
+                self.counters.votes_withheld += 1;
+                return;
+            }
+            if kind == MessageType::MsgRequestPreVoteResponse {
+                // The answer to its own probe (see `probe_terms`), not raft's business.
+                self.check_joined();
+                return;
+            }
+        } else if kind == MessageType::MsgRequestVote && m.term <= self.vote_floor {
+            // Pre-votes are still answered: they grant nothing, and a joining node's
+            // probe for terms is one.
+            self.counters.votes_withheld += 1;
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let beyond = kind == MessageType::MsgHeartbeat && m.commit > last;
+        if beyond {
+            // A leader that still counts what this node's lost self had stored sends a
+            // commit index beyond its log, which raft takes for a broken invariant and
+            // panics on. Nothing of it can be trusted (what this log holds need not be
+            // the leader's): the heartbeat commits nothing.
+            m.commit = self.raw.raft.raft_log.committed;
+        }
+        let lost_log = kind == MessageType::MsgAppendResponse
+            && m.reject
+            && self.raw.raft.state == StateRole::Leader
+            && self.forget_lost_log(from, m.reject_hint);
         if self.raw.step(m).is_err() {
             self.counters.refused += 1;
         }
+        if lost_log {
+            self.raw.raft.send_append(from);
+        }
+        if beyond && self.raw.raft.state == StateRole::Follower {
+            // And it sends nothing to make up for it while nothing new is proposed: tell
+            // it where this log ends, as a refused append would (see `forget_lost_log`).
+            let mut r = Message::default();
+            r.set_msg_type(MessageType::MsgAppendResponse);
+            r.from = self.config.id;
+            r.to = from;
+            r.term = self.raw.raft.term;
+            r.reject = true;
+            r.index = last;
+            r.reject_hint = last;
+            r.commit = self.raw.raft.raft_log.committed;
+            self.outbox.push_back((from, codec::encode_message(&r)));
+        }
+        self.check_joined();
         self.process();
+    }
+
+    /// On the leader: a follower that rejects an append with a log shorter than what it
+    /// had stored lost its disk (a node replaced with a fresh one). raft takes such a
+    /// rejection for a stale one and would never send it what it lacks: it is probed
+    /// again from where its log ends. Lowering what it matched only makes the leader
+    /// count it for less, never for more.
+    fn forget_lost_log(&mut self, from: u64, last: u64) -> bool {
+        let Some(pr) = self.raw.raft.mut_prs().get_mut(from) else {
+            return false;
+        };
+        if last >= pr.matched {
+            return false;
+        }
+        pr.matched = last;
+        pr.become_probe();
+        self.counters.logs_lost += 1;
+        true
+    }
+
+    /// A joining node asks each node it has not heard from for its term: a pre-vote
+    /// request for term 1, below every term past the first, which raft answers with a
+    /// refusal carrying its term and changes nothing by (followers do not speak to one
+    /// another, so it would not hear from them otherwise).
+    fn probe_terms(&mut self, now: Instant) {
+        let Some(j) = &self.joining else {
+            return;
+        };
+        if now < j.not_before {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let last_term = self.raw.raft.raft_log.last_term();
+        let silent: Vec<u64> = self
+            .config
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.config.id && !j.heard.contains_key(v))
+            .collect();
+        for to in silent {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgRequestPreVote);
+            m.from = self.config.id;
+            m.to = to;
+            m.term = 1;
+            m.index = last;
+            m.log_term = last_term;
+            self.outbox.push_back((to, codec::encode_message(&m)));
+        }
+    }
+
+    /// A joining node may vote once it has heard from every other node and has what
+    /// a leader it heard had committed; then only in terms above all those it heard.
+    fn check_joined(&mut self) {
+        let Some(j) = &self.joining else {
+            return;
+        };
+        let have = self.applied.min(self.raw.raft.raft_log.persisted);
+        let everyone = self
+            .config
+            .voters
+            .iter()
+            .all(|v| *v == self.config.id || j.heard.contains_key(v));
+        if !everyone || j.target.is_none_or(|t| have < t) {
+            return;
+        }
+        let floor = j.heard.values().copied().max().unwrap_or(0);
+        self.joining = None;
+        self.vote_floor = floor;
+        let change = Change::Joined { vote_floor: floor };
+        self.raw.mut_store().apply(&change);
+        // Written before any vote it casts, which a later Ready carries.
+        self.persist.push_back(Persist {
+            number: None,
+            changes: vec![change],
+        });
+        if floor > self.raw.raft.term {
+            // Its own candidacies must come after the floor too.
+            self.raw.raft.become_follower(floor, raft::INVALID_ID);
+        }
     }
 
     /// Proposes the ops the broker emitted, `upto` being the count of ops taken from it
@@ -559,8 +762,13 @@ impl Node {
     /// Time has passed: raft ticks.
     pub fn handle_timeout(&mut self, now: Instant) {
         let tick = Duration::from_millis(self.config.tick_ms.max(1));
+        self.now_hint = now;
+        self.check_joined();
         while self.next_tick <= now {
-            if self.restoring.is_some() {
+            if self.joining.is_some() {
+                // No election of its own while it may not vote.
+                self.probe_terms(now);
+            } else if self.restoring.is_some() {
                 self.missed_ticks = self.missed_ticks.saturating_add(1);
             } else {
                 self.raw.tick();
