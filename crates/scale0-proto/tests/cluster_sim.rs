@@ -589,12 +589,15 @@ fn a_leader_cut_off_stops_serving_and_the_majority_elects_another() {
 }
 
 /// The cluster with a broker on every node, driven as `scale0 broker --cluster` drives
-/// them, a native client that moves to another node on `not_leader` or silence, and a
-/// worker registered with every node.
+/// them, a native client that moves to another node on `not_leader` or silence, a plain
+/// MDP/0.1 client that knows one node and is relayed to the leader whenever that node
+/// does not lead, and a worker registered with every node.
 mod with_brokers {
     use super::*;
     use scale0_proto::broker::{Broker, Config as BrokerConfig};
-    use scale0_proto::mdp::{Message, NativeCommand, Status, WorkerCommand};
+    use scale0_proto::client::ERROR_REPLY_MARKER;
+    use scale0_proto::cluster::relay::{self, Relay};
+    use scale0_proto::mdp::{ClientMessage, Message, NativeCommand, Status, WorkerCommand};
     use scale0_proto::{Frames, PeerId, testkit};
     use sim::{native_request, peer, svc, text};
     use std::time::Duration;
@@ -602,6 +605,12 @@ mod with_brokers {
     const CLIENT: &str = "C";
     /// A request not answered this long after it was last sent goes to the next node.
     const RETRY_MS: u64 = 400;
+    /// A plain MDP/0.1 client that knows one node (the second), one request at a time,
+    /// sent again when unanswered this long (Lazy Pirate).
+    const PLAIN: &str = "P";
+    const PLAIN_NODE: usize = 1;
+    const PLAIN_RETRY_MS: u64 = 600;
+    const PLAIN_REQUESTS: u64 = 60;
 
     fn broker_config() -> BrokerConfig {
         BrokerConfig {
@@ -651,6 +660,25 @@ mod with_brokers {
         dispatches: u64,
         /// Per node and direction, when the last message on that connection arrives.
         links: Vec<Instant>,
+        /// Each node's relay of plain peers, and where it last told it the node stood.
+        relays: Vec<Relay>,
+        placed: Vec<Option<(bool, Option<u64>)>>,
+        /// Relayed messages between nodes: (arrival, seq, from, to, frames), in order per
+        /// pair of nodes.
+        node_wire: Vec<(Instant, u64, usize, usize, Frames)>,
+        node_links: BTreeMap<(usize, usize), Instant>,
+        /// The plain client: its current request (number, when last sent) and how many
+        /// were answered.
+        plain: Option<(u64, Instant)>,
+        plain_next: u64,
+        plain_answered: u64,
+        plain_refused: u64,
+        /// Plain messages relayed to a leader.
+        relayed: u64,
+    }
+
+    fn relay_config() -> relay::Config {
+        relay::Config::new(200, 100, 3)
     }
 
     impl Cluster {
@@ -673,6 +701,15 @@ mod with_brokers {
                 next_heartbeat: at(0),
                 dispatches: 0,
                 links: vec![at(0); 2 * NODES as usize],
+                relays: (0..NODES).map(|_| Relay::new(relay_config())).collect(),
+                placed: vec![None; NODES as usize],
+                node_wire: Vec::new(),
+                node_links: BTreeMap::new(),
+                plain: None,
+                plain_next: 0,
+                plain_answered: 0,
+                plain_refused: 0,
+                relayed: 0,
             };
             c.sync_presence();
             c
@@ -710,6 +747,8 @@ mod with_brokers {
                     }
                     (true, false) => {
                         self.brokers[i] = Some(Broker::standby(broker_config(), self.sim.now));
+                        self.relays[i] = Relay::new(relay_config());
+                        self.placed[i] = None;
                         self.taken[i] = 0;
                         self.ready(i);
                     }
@@ -772,14 +811,39 @@ mod with_brokers {
                         let _ = node.propose(ops, self.taken[i]);
                     }
                     let serving = node.serving().is_some();
+                    let place = (serving, node.leader().filter(|l| *l != i as u64 + 1));
+                    let relay = &mut self.relays[i];
+                    if self.placed[i] != Some(place) {
+                        relay.set_leader(place.0, place.1);
+                        self.placed[i] = Some(place);
+                    }
+                    if relay.poll_timeout().is_some_and(|t| t <= now) {
+                        relay.handle_timeout(now);
+                    }
+                    while let Some((frames, _)) = relay.poll_local() {
+                        moved = true;
+                        broker.handle_message(now, frames);
+                    }
+                    let mut forward = Vec::new();
+                    while let Some((to, frames)) = relay.poll_forward() {
+                        forward.push(((to - 1) as usize, frames));
+                    }
                     let mut out = Vec::new();
                     while let Some(t) = broker.poll_transmit() {
                         out.push(t.frames);
                     }
+                    for (to, frames) in forward {
+                        moved = true;
+                        self.relayed += 1;
+                        self.post_node(i, to, frames);
+                    }
                     for frames in out {
                         moved = true;
                         self.check_output(i, serving, &frames);
-                        self.post(i, false, frames);
+                        match relay::wrap(&frames) {
+                            Some((to, env)) => self.post_node(i, (to - 1) as usize, env),
+                            None => self.post(i, false, frames),
+                        }
                     }
                 }
                 self.sim.drain();
@@ -797,12 +861,15 @@ mod with_brokers {
             else {
                 return;
             };
+            let refusal = matches!(&m, Ok(Message::Client(c))
+                if c.body.first().is_some_and(|f| f.as_ref() == ERROR_REPLY_MARKER));
             let consequential = matches!(
                 m,
                 Ok(Message::Native(
                     NativeCommand::Accepted { .. } | NativeCommand::Final { .. }
                 )) | Ok(Message::Worker2(WorkerCommand::Request { .. }))
-            );
+                    | Ok(Message::Client(_))
+            ) && !refusal;
             if consequential {
                 assert!(
                     serving,
@@ -825,8 +892,10 @@ mod with_brokers {
             };
             for w in due {
                 if w.to_node {
-                    if let Some(b) = self.brokers[w.node].as_mut() {
-                        b.handle_message(now, w.frames);
+                    if let Some(b) = self.brokers[w.node].as_mut()
+                        && let Some(frames) = self.relays[w.node].from_peer(now, w.frames, None)
+                    {
+                        b.handle_message(now, frames);
                     }
                     continue;
                 }
@@ -838,6 +907,8 @@ mod with_brokers {
                 };
                 if text(to.as_bytes()) == CLIENT {
                     self.client_gets(w.node, m);
+                } else if text(to.as_bytes()) == PLAIN {
+                    self.plain_gets(m);
                 } else if text(to.as_bytes()) == worker_name(w.node) {
                     self.worker_gets(w.node, m);
                 }
@@ -879,6 +950,80 @@ mod with_brokers {
                     panic!("request {id} failed: {status}")
                 }
                 NativeCommand::Partial { .. } | NativeCommand::Request { .. } => {}
+            }
+        }
+
+        /// A relayed message from node `from` to node `to`, on their link: lost while it
+        /// is cut or `to` is down, in order otherwise.
+        fn post_node(&mut self, from: usize, to: usize, frames: Frames) {
+            let delay = 1 + self.sim.rng.below(5);
+            self.seq += 1;
+            let link = self.node_links.entry((from, to)).or_insert(at(0));
+            *link = (*link).max(self.sim.now + Duration::from_millis(delay));
+            self.node_wire.push((*link, self.seq, from, to, frames));
+        }
+
+        fn deliver_nodes(&mut self) {
+            let now = self.sim.now;
+            self.node_wire.sort_by_key(|w| (w.0, w.1));
+            let n = self.node_wire.iter().take_while(|w| w.0 <= now).count();
+            let due: Vec<_> = self.node_wire.drain(..n).collect();
+            for (_, _, from, to, frames) in due {
+                let cut = self.sim.cut.contains(&(from as u64 + 1, to as u64 + 1));
+                let Some(node) = self.sim.nodes[to].as_ref() else {
+                    continue;
+                };
+                if cut || self.brokers[to].is_none() {
+                    continue;
+                }
+                if let Some(back) = relay::back(&frames) {
+                    self.post(to, false, back);
+                } else if let Some((frames, _)) = relay::unwrap(from as u64 + 1, &frames)
+                    && node.serving().is_some()
+                    && let Some(b) = self.brokers[to].as_mut()
+                {
+                    b.handle_message(now, frames);
+                }
+            }
+        }
+
+        fn plain_body(n: u64) -> String {
+            format!("plain {n}")
+        }
+
+        fn send_plain(&mut self, n: u64) {
+            let m = Message::Client(ClientMessage {
+                service: svc("echo"),
+                body: vec![Bytes::from(Self::plain_body(n))],
+            });
+            self.send_to_node(PLAIN_NODE, PLAIN, &m);
+            self.plain = Some((n, self.sim.now));
+        }
+
+        fn plain_gets(&mut self, m: Message) {
+            let Message::Client(reply) = m else {
+                return;
+            };
+            let Some((n, _)) = self.plain else {
+                return;
+            };
+            let body = reply.body.first().cloned().unwrap_or_default();
+            if body.as_ref() == ERROR_REPLY_MARKER {
+                // Refused (no leader for too long): the client sends it again soon.
+                self.plain_refused += 1;
+                let soon = self.sim.now.saturating_since(at(0)).as_millis() as u64;
+                self.plain = Some((n, at(soon.saturating_sub(PLAIN_RETRY_MS - 50))));
+                return;
+            }
+            let got = text(&body);
+            let number: u64 = got
+                .strip_prefix("plain ")
+                .and_then(|k| k.parse().ok())
+                .unwrap_or_else(|| panic!("the plain client got {got:?}"));
+            assert!(number <= n, "an answer to a request never sent: {got}");
+            if number == n {
+                self.plain_answered += 1;
+                self.plain = None;
             }
         }
 
@@ -952,6 +1097,19 @@ mod with_brokers {
                     self.send_to_node(i, &worker_name(i), &m);
                 }
             }
+            match self.plain {
+                None if self.plain_next < PLAIN_REQUESTS => {
+                    let n = self.plain_next;
+                    self.plain_next += 1;
+                    self.send_plain(n);
+                }
+                Some((n, sent))
+                    if now.saturating_since(sent) >= Duration::from_millis(PLAIN_RETRY_MS) =>
+                {
+                    self.send_plain(n);
+                }
+                _ => {}
+            }
             if now >= self.next_heartbeat {
                 self.next_heartbeat = now + Duration::from_millis(100);
                 for i in 0..NODES as usize {
@@ -970,6 +1128,16 @@ mod with_brokers {
                 if let Some(w) = self.wire.iter().map(|w| w.at).min() {
                     next = next.min(w);
                 }
+                if let Some(w) = self.node_wire.iter().map(|w| w.0).min() {
+                    next = next.min(w);
+                }
+                for (i, r) in self.relays.iter().enumerate() {
+                    if self.brokers[i].is_some()
+                        && let Some(t) = r.poll_timeout()
+                    {
+                        next = next.min(t);
+                    }
+                }
                 for b in self.brokers.iter().flatten() {
                     if let Some(t) = b.poll_timeout() {
                         next = next.min(t);
@@ -979,6 +1147,7 @@ mod with_brokers {
                 self.sim.step();
                 self.drive();
                 self.deliver();
+                self.deliver_nodes();
                 self.peers();
                 self.drive();
             }
@@ -990,7 +1159,8 @@ mod with_brokers {
         }
     }
 
-    fn run_seed(seed: u64) -> (usize, u64) {
+    /// Requests answered, dispatches, and plain messages relayed.
+    fn run_seed(seed: u64) -> (usize, u64, u64) {
         let requests = 300;
         let mut c = Cluster::new(seed, requests);
         c.run(at(1000));
@@ -1010,10 +1180,14 @@ mod with_brokers {
         for _ in 0..600 {
             until = until + Duration::from_millis(100);
             c.run(until);
-            if c.to_send == 0 && c.pending.is_empty() {
+            if c.to_send == 0 && c.pending.is_empty() && c.plain_answered == PLAIN_REQUESTS {
                 break;
             }
         }
+        assert_eq!(
+            c.plain_answered, PLAIN_REQUESTS,
+            "seed {seed}: the plain client of a follower was served through the relay"
+        );
         assert!(
             c.to_send == 0 && c.pending.is_empty(),
             "seed {seed}: {} requests unanswered once healed: {:?}",
@@ -1034,7 +1208,7 @@ mod with_brokers {
         c.run(quiet);
         let serving = c.sim.serving().len();
         assert_eq!(serving, 1, "seed {seed}: one node serves once healed");
-        (c.answers.len(), c.dispatches)
+        (c.answers.len(), c.dispatches, c.relayed)
     }
 
     #[test]
@@ -1043,10 +1217,14 @@ mod with_brokers {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(10);
+        let mut relayed = 0;
         for seed in 0..seeds {
-            let (answered, dispatches) = run_seed(1000 + seed);
+            let (answered, dispatches, r) = run_seed(1000 + seed);
+            relayed += r;
             assert_eq!(answered, 300);
             assert!(dispatches >= 300, "seed {seed}: {dispatches} dispatches");
         }
+        // The plain client's node was a follower long enough to relay through it.
+        assert!(relayed > seeds * 10, "relayed {relayed}");
     }
 }
