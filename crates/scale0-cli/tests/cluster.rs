@@ -595,3 +595,57 @@ fn a_node_whose_disk_is_lost_is_replaced_with_join_and_the_cluster_survives_anot
         status(&ep(&nodes, next)).is_some_and(|s| s["totals"]["replies"] == 5)
     });
 }
+
+/// `tests/peers/titanic_client.py` (RFC 9 over plain MDP/0.1) at `endpoint`: its lines,
+/// or `None` if it failed (no answer in time).
+fn titanic(endpoint: &str, verb: &str, args: &[&str]) -> Option<Vec<String>> {
+    let mut cmd = peer("titanic_client.py");
+    cmd.args(["--endpoint", endpoint, "--timeout-ms", "1500", verb])
+        .args(args);
+    let out = run(cmd);
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+#[test]
+fn titanic_requests_survive_the_leaders_kill_through_a_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path());
+    let leader = serving(&nodes);
+    let ep = |nodes: &[Node], i: usize| nodes[i].broker.as_ref().unwrap().endpoint.clone();
+    // An RFC 9 client that knows one follower: relayed to the leader, which stores the
+    // request in the replicated journal.
+    let follower = (leader + 1) % 3;
+    let reply = titanic(&ep(&nodes, follower), "request", &["echo", "hello titanic"]).unwrap();
+    assert_eq!(reply[0], "200", "{reply:?}");
+    let uuid = reply[1].clone();
+    assert_eq!(
+        titanic(&ep(&nodes, follower), "reply", &[&uuid]).unwrap(),
+        vec!["300"]
+    );
+
+    nodes[leader].broker.as_mut().unwrap().proc.kill9();
+    nodes[leader].broker = None;
+    let next = serving(&nodes);
+    let other = (0..3).find(|i| *i != next && *i != leader).unwrap();
+    // Still pending on the new leader, asked through the other survivor.
+    eventually("the new leader knows the request", || {
+        titanic(&ep(&nodes, other), "reply", &[&uuid]).is_some_and(|r| r == ["300"])
+    });
+    let _w = echo_worker(&ep(&nodes, next), "echo", &[]);
+    eventually("the stored request is served", || {
+        titanic(&ep(&nodes, other), "reply", &[&uuid]).is_some_and(|r| r[0] == "200")
+    });
+    assert_eq!(
+        titanic(&ep(&nodes, other), "reply", &[&uuid]).unwrap(),
+        vec!["200", "hello titanic"]
+    );
+    assert_eq!(
+        titanic(&ep(&nodes, next), "close", &[&uuid]).unwrap(),
+        vec!["200"]
+    );
+}
