@@ -441,7 +441,12 @@ fn run_seed_with(seed: u64, disk_loss: bool) -> ((u64, usize), u64) {
     assert_eq!(
         serving.len(),
         1,
-        "seed {seed}: one node serves once healed: {serving:?}"
+        "seed {seed}: one node serves once healed: {serving:?} {:?}",
+        sim.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.status())
+            .collect::<Vec<_>>()
     );
     let leader = serving[0];
     let before = sim.acked_ops;

@@ -31,6 +31,10 @@ use tracing::{error, info, warn};
 /// stays within a few snapshots' size.
 const REWRITE_AFTER: u64 = 4096;
 
+/// Messages queued for another node on a relay link, at most: past it relayed messages
+/// are dropped (plain peers send again), and raft's own links are never affected.
+const RELAY_HWM: i32 = 1000;
+
 /// How often the node's place in the cluster is told to the broker (for `mmi.status`)
 /// and the HTTP snapshot rendered.
 const STATUS_EVERY: Duration = Duration::from_millis(100);
@@ -65,16 +69,21 @@ impl ClusterConfig {
     }
 
     /// The routing id this node's frames carry to the others.
-    fn routing_id(id: u64) -> Vec<u8> {
-        format!("scale0-node-{id}").into_bytes()
+    /// The routing id this node's frames carry to the others: on its raft link, or on
+    /// its relay link.
+    fn routing_id(id: u64, relay: bool) -> Vec<u8> {
+        let kind = if relay { "relay" } else { "node" };
+        format!("scale0-{kind}-{id}").into_bytes()
     }
 
-    fn node_of(routing_id: &[u8]) -> Option<u64> {
-        std::str::from_utf8(routing_id)
-            .ok()?
-            .strip_prefix("scale0-node-")?
-            .parse()
-            .ok()
+    /// The node a routing id names, and whether it is its relay link.
+    fn link_of(routing_id: &[u8]) -> Option<(u64, bool)> {
+        let text = std::str::from_utf8(routing_id).ok()?;
+        let (rest, relay) = match text.strip_prefix("scale0-node-") {
+            Some(rest) => (rest, false),
+            None => (text.strip_prefix("scale0-relay-")?, true),
+        };
+        Some((rest.parse().ok()?, relay))
     }
 
     /// Checks what can be checked before anything binds.
@@ -256,26 +265,37 @@ impl Broker {
         let zap = crate::security::secure(node_curve.as_ref(), &cctx, &[&inbound], &[&inbound])?;
         let bound = sockets::bind(&inbound, &own)?;
         let mut peers: BTreeMap<u64, zmq::Socket> = BTreeMap::new();
+        // Relayed peers' messages travel on links of their own (`scale0-relay-ID`), so
+        // that however much plain clients send, raft's frames never wait behind them.
+        let mut relay_links: BTreeMap<u64, zmq::Socket> = BTreeMap::new();
         for (id, endpoint) in cc.nodes.iter().filter(|(id, _)| *id != cc.id) {
-            let s = cctx
-                .socket(zmq::DEALER)
-                .context(|| "creating a cluster DEALER".into())?;
-            if let Some(c) = &node_curve {
-                CurveClient {
-                    server: c.pair.public,
-                    pair: c.pair.clone(),
+            for relay in [false, true] {
+                let s = cctx
+                    .socket(zmq::DEALER)
+                    .context(|| "creating a cluster DEALER".into())?;
+                if let Some(c) = &node_curve {
+                    CurveClient {
+                        server: c.pair.public,
+                        pair: c.pair.clone(),
+                    }
+                    .apply(&s)?;
                 }
-                .apply(&s)?;
+                s.set_identity(&ClusterConfig::routing_id(cc.id, relay))
+                    .context(|| "setting the routing id".into())?;
+                s.set_linger(0).context(|| "setting LINGER".into())?;
+                // raft sends again what is lost, and plain peers do: nothing queues for
+                // a node that is down.
+                s.set_immediate(true)
+                    .context(|| "setting IMMEDIATE".into())?;
+                s.set_sndhwm(if relay { RELAY_HWM } else { 10_000 })
+                    .context(|| "setting SNDHWM".into())?;
+                sockets::connect(&s, endpoint)?;
+                if relay {
+                    relay_links.insert(*id, s);
+                } else {
+                    peers.insert(*id, s);
+                }
             }
-            s.set_identity(&ClusterConfig::routing_id(cc.id))
-                .context(|| "setting the routing id".into())?;
-            s.set_linger(0).context(|| "setting LINGER".into())?;
-            // raft sends again what is lost: nothing queues for a node that is down.
-            s.set_immediate(true)
-                .context(|| "setting IMMEDIATE".into())?;
-            s.set_sndhwm(10_000).context(|| "setting SNDHWM".into())?;
-            sockets::connect(&s, endpoint)?;
-            peers.insert(*id, s);
         }
         info!(
             node = cc.id,
@@ -334,13 +354,18 @@ impl Broker {
             }
             if raft_ready {
                 while let Some(frames) = sockets::try_recv(&inbound)? {
-                    let Some(from) = frames.first().and_then(|r| ClusterConfig::node_of(r)) else {
+                    let Some((from, relayed)) =
+                        frames.first().and_then(|r| ClusterConfig::link_of(r))
+                    else {
                         warn!("a frame on the cluster socket from no known node");
                         continue;
                     };
                     let rest = &frames[1..];
-                    if let [frame] = rest {
-                        node.handle_frame(from, frame.clone());
+                    if !relayed {
+                        match rest {
+                            [frame] => node.handle_frame(from, frame.clone()),
+                            _ => warn!(node = from, "a raft message of more than one frame"),
+                        }
                     } else if let Some(back) = relay::back(rest) {
                         // A leader's answer to a peer this node relays.
                         relay.count_to_peer();
@@ -368,6 +393,12 @@ impl Broker {
                     let Some((frames, user)) = receiver.recv(&self.socket, 0)? else {
                         break;
                     };
+                    if frames.first().is_some_and(|id| relay::is_relayed(id)) {
+                        // Such ids are the leader's for peers relayed by other nodes: one
+                        // chosen here would pass itself off as another node's peer.
+                        warn!("refused a peer whose routing id is that of a relayed peer");
+                        continue;
+                    }
                     if let Some(frames) = relay.from_peer(clock.now(), frames, user.as_deref()) {
                         core.handle_message_from(clock.now(), frames, user.as_deref());
                     }
@@ -427,7 +458,7 @@ impl Broker {
                 core.handle_message_from(clock.now(), frames, user.as_deref());
             }
             while let Some((to, frames)) = relay.poll_forward() {
-                if let Some(s) = peers.get(&to) {
+                if let Some(s) = relay_links.get(&to) {
                     // Lost if the leader is unreachable: plain peers send again.
                     let _ = sockets::send(s, &frames);
                 }
@@ -440,15 +471,16 @@ impl Broker {
                     h.publish_event(crate::broker::event_json(&e));
                 }
             }
-            self.flush_relayed(&mut core, clock, &peers);
+            self.flush_relayed(&mut core, clock, &relay_links);
         }
-        self.flush_relayed(&mut core, clock, &peers);
+        self.flush_relayed(&mut core, clock, &relay_links);
         let counters = core.counters().clone();
         let RaftLog { syncer, dir, .. } = file;
         if let Err(error) = syncer.finish() {
             error!(%dir, %error, "the raft log failed while stopping");
         }
         drop(peers);
+        drop(relay_links);
         if let Some(zap) = zap {
             zap.stop(&[&inbound]);
         }

@@ -52,8 +52,9 @@ pub struct Config {
     pub max_bytes_per_message: u64,
     /// Journal ops in one replicated entry.
     pub max_ops_per_entry: usize,
-    /// Proposed entries of this leader's not yet committed, at most: ops proposed while
-    /// this many are in flight wait and leave together as one entry when one commits
+    /// Proposals of this leader's not yet committed, at most (each one entry, or a few
+    /// when it exceeds `max_ops_per_entry`): ops proposed while this many are in flight
+    /// wait and leave together as one proposal when one commits
     /// (group commit: under load each round of appends and syncs carries more, and an
     /// idle cluster still commits a lone request at once).
     pub max_uncommitted_entries: usize,
@@ -63,10 +64,10 @@ pub struct Config {
     /// cluster that has run, and cannot know whom its lost self voted for, nor what it
     /// had stored. So it neither votes nor stands for election until it has heard from
     /// every other node (after two election timeouts, so nothing sent to its lost self
-    /// is still on the way) and has caught up with the commit index of a leader it
-    /// heard from; from then on it votes only in terms above every term those nodes
-    /// were in, which bounds every term its lost self could have voted in. Ignored when
-    /// the log is not empty.
+    /// is still on the way) and holds everything up to the commit index a leader's
+    /// append carried after that; from then on it votes only in terms above every term
+    /// those nodes were in, which bounds every term its lost self could have voted in.
+    /// Ignored when the log is not empty.
     pub join: bool,
 }
 
@@ -171,8 +172,10 @@ struct Joining {
     not_before: Instant,
     /// The highest term heard from each other node since `not_before`.
     heard: BTreeMap<u64, u64>,
-    /// The commit index of the first leader heard from since `not_before`.
+    /// The commit index of the first leader's append since `not_before`.
     target: Option<u64>,
+    /// Ticks until it next asks the others (see `probe_terms`).
+    probe_in: usize,
 }
 
 /// A proposal of this node's, waiting to be committed.
@@ -390,6 +393,13 @@ impl Node {
             now_hint: now,
         };
         node.vote_floor = node.raw.store().vote_floor();
+        if node.vote_floor > node.raw.raft.term {
+            // Its floor was written and its raised term not (a crash between the two
+            // writes of one record cannot happen, but a log from before they were one).
+            node.raw
+                .raft
+                .become_follower(node.vote_floor, raft::INVALID_ID);
+        }
         if fresh && node.config.join {
             // Durable, so that a restart before it has joined is still joining.
             let change = Change::Joining;
@@ -403,6 +413,7 @@ impl Node {
                 not_before: now + Duration::from_millis(wait),
                 heard: BTreeMap::new(),
                 target: None,
+                probe_in: 0,
             });
         }
         if !first.is_empty() {
@@ -516,34 +527,44 @@ impl Node {
         }
         let mut m = m;
         let kind = m.get_msg_type();
-        let vote = matches!(
-            kind,
-            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-        );
         if let Some(j) = &mut self.joining {
-            if self.now_hint >= j.not_before {
+            if self.now_hint >= j.not_before && kind != MessageType::MsgRequestPreVote {
+                // A pre-vote names a term nobody is in yet; everything else, the
+                // sender's own.
                 let t = j.heard.entry(from).or_insert(0);
                 *t = (*t).max(m.term);
-                if j.target.is_none()
-                    && matches!(
-                        kind,
-                        MessageType::MsgAppend
-                            | MessageType::MsgHeartbeat
-                            | MessageType::MsgSnapshot
-                    )
-                {
-                    let snapshot = m.get_snapshot().get_metadata().index;
-                    j.target = Some(m.commit.max(snapshot));
+                // Only an append carries the leader's commit index as it is (a heartbeat
+                // carries at most what the leader counts this node as holding).
+                if j.target.is_none() && kind == MessageType::MsgAppend {
+                    j.target = Some(m.commit);
                 }
             }
-            if vote {
-                self.counters.votes_withheld += 1;
-                return;
-            }
-            if kind == MessageType::MsgRequestPreVoteResponse {
-                // The answer to its own probe (see `probe_terms`), not raft's business.
-                self.check_joined();
-                return;
+            match kind {
+                // Votes wait. Leadership handed over would make it stand for election.
+                MessageType::MsgRequestVote | MessageType::MsgTimeoutNow => {
+                    self.counters.votes_withheld += 1;
+                    return;
+                }
+                MessageType::MsgRequestPreVote => {
+                    // Refused, with its term: granting would let a candidate that
+                    // cannot win depose the others' terms over and over (its vote is
+                    // withheld), and answering lets another joining node hear its term.
+                    self.counters.votes_withheld += 1;
+                    let mut r = Message::default();
+                    r.set_msg_type(MessageType::MsgRequestPreVoteResponse);
+                    r.from = self.config.id;
+                    r.to = from;
+                    r.term = self.raw.raft.term;
+                    r.reject = true;
+                    self.outbox.push_back((from, codec::encode_message(&r)));
+                    return;
+                }
+                MessageType::MsgRequestPreVoteResponse => {
+                    // The answer to its own probe (see `probe_terms`), not raft's.
+                    self.check_joined();
+                    return;
+                }
+                _ => {}
             }
         } else if kind == MessageType::MsgRequestVote && m.term <= self.vote_floor {
             // Pre-votes are still answered: they grant nothing, and a joining node's
@@ -560,14 +581,20 @@ impl Node {
             // the leader's): the heartbeat commits nothing.
             m.commit = self.raw.raft.raft_log.committed;
         }
-        let lost_log = kind == MessageType::MsgAppendResponse
+        let refused = kind == MessageType::MsgAppendResponse
             && m.reject
-            && self.raw.raft.state == StateRole::Leader
-            && self.forget_lost_log(from, m.reject_hint);
+            && m.term == self.raw.raft.term
+            && self.raw.raft.state == StateRole::Leader;
+        if refused {
+            self.forget_lost_log(from, m.reject_hint.min(m.commit));
+        }
         if self.raw.step(m).is_err() {
             self.counters.refused += 1;
         }
-        if lost_log {
+        if refused {
+            // Also the answer to a joining node that asks for the commit index (see
+            // `probe_terms`): an append carries it. raft sends nothing while the
+            // follower's progress is paused.
             self.raw.raft.send_append(from);
         }
         if beyond && self.raw.raft.state == StateRole::Follower {
@@ -591,13 +618,15 @@ impl Node {
     /// On the leader: a follower that rejects an append with a log shorter than what it
     /// had stored lost its disk (a node replaced with a fresh one). raft takes such a
     /// rejection for a stale one and would never send it what it lacks: it is probed
-    /// again from where its log ends. Lowering what it matched only makes the leader
-    /// count it for less, never for more.
+    /// again from `last`, the lower of where its log ends and its commit index (what
+    /// it holds up to there is the leader's: committed entries are alike everywhere).
+    /// Lowering what it matched only makes the leader count it for less.
     fn forget_lost_log(&mut self, from: u64, last: u64) -> bool {
         let Some(pr) = self.raw.raft.mut_prs().get_mut(from) else {
             return false;
         };
-        if last >= pr.matched {
+        // A snapshot on its way is what it lacks already.
+        if last >= pr.matched || pr.state == raft::ProgressState::Snapshot {
             return false;
         }
         pr.matched = last;
@@ -611,12 +640,21 @@ impl Node {
     /// refusal carrying its term and changes nothing by (followers do not speak to one
     /// another, so it would not hear from them otherwise).
     fn probe_terms(&mut self, now: Instant) {
-        let Some(j) = &self.joining else {
+        let every = self.config.heartbeat_ticks.max(1);
+        let leader = self.leader();
+        let Some(j) = &mut self.joining else {
             return;
         };
         if now < j.not_before {
             return;
         }
+        // Once a heartbeat interval: answers come within a round trip.
+        if j.probe_in > 0 {
+            j.probe_in -= 1;
+            return;
+        }
+        j.probe_in = every;
+        let j = &*j;
         let last = self.raw.raft.raft_log.last_index();
         let last_term = self.raw.raft.raft_log.last_term();
         let silent: Vec<u64> = self
@@ -626,6 +664,21 @@ impl Node {
             .copied()
             .filter(|v| *v != self.config.id && !j.heard.contains_key(v))
             .collect();
+        let leader = leader.filter(|_| j.target.is_none());
+        if let Some(to) = leader {
+            // What the leader has committed: a refused append saying where this log
+            // ends makes it send an append, which carries it.
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgAppendResponse);
+            m.from = self.config.id;
+            m.to = to;
+            m.term = self.raw.raft.term;
+            m.reject = true;
+            m.index = last;
+            m.reject_hint = last;
+            m.commit = self.raw.raft.raft_log.committed;
+            self.outbox.push_back((to, codec::encode_message(&m)));
+        }
         for to in silent {
             let mut m = Message::default();
             m.set_msg_type(MessageType::MsgRequestPreVote);
@@ -656,17 +709,23 @@ impl Node {
         let floor = j.heard.values().copied().max().unwrap_or(0);
         self.joining = None;
         self.vote_floor = floor;
-        let change = Change::Joined { vote_floor: floor };
-        self.raw.mut_store().apply(&change);
-        // Written before any vote it casts, which a later Ready carries.
-        self.persist.push_back(Persist {
-            number: None,
-            changes: vec![change],
-        });
         if floor > self.raw.raft.term {
             // Its own candidacies must come after the floor too.
             self.raw.raft.become_follower(floor, raft::INVALID_ID);
         }
+        // The floor and the term raised to it, in one record, written before any vote
+        // it casts (which a later Ready carries).
+        let changes = vec![
+            Change::Joined { vote_floor: floor },
+            Change::HardState(self.raw.raft.hard_state()),
+        ];
+        for c in &changes {
+            self.raw.mut_store().apply(c);
+        }
+        self.persist.push_back(Persist {
+            number: None,
+            changes,
+        });
     }
 
     /// Proposes the ops the broker emitted, `upto` being the count of ops taken from it

@@ -45,6 +45,8 @@ pub struct Config {
     /// Messages kept while no leader is known, at most; past it they go to the local
     /// broker (which refuses requests with `not_leader`).
     pub max_held: usize,
+    /// Bytes of those messages, at most.
+    pub max_held_bytes: usize,
     /// How long a message waits for a leader.
     pub hold_ms: u64,
     /// Relayed workers remembered at most; a READY past it is handled locally.
@@ -59,6 +61,7 @@ impl Config {
     pub fn new(election_ms: u64, heartbeat_ms: u64, liveness: u32) -> Self {
         Self {
             max_held: 10_000,
+            max_held_bytes: 64 << 20,
             // Two election timeouts: an election usually ends within one.
             hold_ms: election_ms.saturating_mul(2),
             max_workers: 100_000,
@@ -95,6 +98,7 @@ pub struct Relay {
     /// Plain workers relayed, by routing id, with when they were last heard.
     workers: HashMap<Bytes, Instant>,
     held: VecDeque<Held>,
+    held_bytes: usize,
     out: VecDeque<(u64, Frames)>,
     local: VecDeque<(Frames, Option<String>)>,
     counters: Counters,
@@ -134,6 +138,7 @@ impl Relay {
             leader: None,
             workers: HashMap::new(),
             held: VecDeque::new(),
+            held_bytes: 0,
             out: VecDeque::new(),
             local: VecDeque::new(),
             counters: Counters::default(),
@@ -151,6 +156,7 @@ impl Relay {
             // Its own broker serves now: what waited is for it, and the workers
             // relayed elsewhere register with it when told to DISCONNECT.
             self.workers.clear();
+            self.held_bytes = 0;
             for h in self.held.drain(..) {
                 self.local.push_back((h.frames, h.user));
             }
@@ -159,6 +165,7 @@ impl Relay {
         self.relaying = true;
         self.leader = leader;
         if let Some(node) = leader {
+            self.held_bytes = 0;
             for h in self.held.drain(..) {
                 self.counters.to_leader += 1;
                 self.out
@@ -207,15 +214,21 @@ impl Relay {
                 self.counters.to_leader += 1;
                 self.out.push_back((node, envelope(&frames, user)));
             }
-            None if self.held.len() >= self.config.max_held => {
-                self.counters.overflow += 1;
-                return Some(frames);
+            None => {
+                let size: usize = frames.iter().map(Bytes::len).sum();
+                if self.held.len() >= self.config.max_held
+                    || self.held_bytes + size > self.config.max_held_bytes
+                {
+                    self.counters.overflow += 1;
+                    return Some(frames);
+                }
+                self.held_bytes += size;
+                self.held.push_back(Held {
+                    until: now + Duration::from_millis(self.config.hold_ms),
+                    frames,
+                    user: user.map(str::to_string),
+                });
             }
-            None => self.held.push_back(Held {
-                until: now + Duration::from_millis(self.config.hold_ms),
-                frames,
-                user: user.map(str::to_string),
-            }),
         }
         None
     }
@@ -277,6 +290,7 @@ impl Relay {
     pub fn handle_timeout(&mut self, now: Instant) {
         while self.held.front().is_some_and(|h| h.until <= now) {
             if let Some(h) = self.held.pop_front() {
+                self.held_bytes -= h.frames.iter().map(Bytes::len).sum::<usize>();
                 self.counters.expired += 1;
                 self.local.push_back((h.frames, h.user));
             }
@@ -324,6 +338,13 @@ fn envelope(frames: &[Bytes], user: Option<&str>) -> Frames {
     out.push(user.map_or_else(Bytes::new, |u| Bytes::copy_from_slice(u.as_bytes())));
     out.extend(rest.iter().cloned());
     out
+}
+
+/// Whether a peer's routing id is one the leader gives relayed peers: a peer of the
+/// node's own that sets such an id is refused by the driver, or it could pass itself off
+/// as a peer of another node.
+pub fn is_relayed(id: &[u8]) -> bool {
+    id.len() > PREFIX_LEN && id.starts_with(PREFIX)
 }
 
 /// The id a relayed peer has on the leader: it names the node it came through.
@@ -507,6 +528,33 @@ mod tests {
             r.from_peer(at(1), request_v1(b"c2", b"echo"), None)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn only_relayed_ids_look_relayed() {
+        assert!(is_relayed(&relayed_id(2, b"c1")));
+        assert!(!is_relayed(b"s0r"));
+        assert!(!is_relayed(&relayed_id(2, b"")));
+        assert!(!is_relayed(b"client-1"));
+    }
+
+    #[test]
+    fn what_waits_is_bounded_in_bytes_too() {
+        let mut r = Relay::new(Config {
+            max_held_bytes: 40,
+            ..Config::new(1000, 2500, 3)
+        });
+        r.set_leader(false, None);
+        // 2 + 6 + 4 + 4 = 16 bytes each: two fit, the third goes local.
+        assert_eq!(r.from_peer(at(0), request_v1(b"c1", b"echo"), None), None);
+        assert_eq!(r.from_peer(at(0), request_v1(b"c2", b"echo"), None), None);
+        assert!(
+            r.from_peer(at(0), request_v1(b"c3", b"echo"), None)
+                .is_some()
+        );
+        r.set_leader(false, Some(2));
+        assert_eq!(r.from_peer(at(1), request_v1(b"c4", b"echo"), None), None);
+        assert_eq!(std::iter::from_fn(|| r.poll_forward()).count(), 3);
     }
 
     #[test]
