@@ -649,3 +649,33 @@ fn titanic_requests_survive_the_leaders_kill_through_a_follower() {
         vec!["200"]
     );
 }
+
+#[test]
+fn a_peer_of_the_leader_cannot_pass_itself_off_as_a_relayed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path());
+    let leader = serving(&nodes);
+    let ep = nodes[leader].broker.as_ref().unwrap().endpoint.clone();
+    // A worker whose routing id is the one the leader gives node 2's relayed peer "w":
+    // refused, so it registers nothing (and could take no other node's peer's replies).
+    let spoof = r#"
+import sys, time, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.setsockopt(zmq.IDENTITY, b"s0r" + (2).to_bytes(8, "big") + b"w")
+s.connect(sys.argv[1])
+s.send_multipart([b"", b"MDPW01", b"\x01", b"spoofed"])
+print("ready", flush=True)
+time.sleep(60)
+"#;
+    let mut c = python();
+    c.args(["-c", spoof, &ep]);
+    let (_spoofer, out) = spawn_lines("spoofing worker", c);
+    out.wait_for("ready", 1);
+    // A real worker registered after it: by then the spoofed READY was handled.
+    let _w = echo_worker(&ep, "real", &[]);
+    eventually("a real worker registers", || {
+        mmi_service(&ep, "real") == "200"
+    });
+    assert_eq!(mmi_service(&ep, "spoofed"), "404");
+}
