@@ -145,6 +145,13 @@ fn the_leader_serves_followers_refuse_and_acknowledged_requests_survive_its_kill
         ],
     );
     assert!(out.status.success(), "{}", tail(&out.stderr));
+    // Their answers are kept in the replicated journal for retries, on every node.
+    let journal = |n: &Node| {
+        status(&n.broker.as_ref().unwrap().endpoint).and_then(|s| s["cluster"]["journal"].as_u64())
+    };
+    eventually("every node keeps the 300 answers", || {
+        nodes.iter().all(|n| journal(n) == Some(300))
+    });
 
     // Requests for a service with no worker yet: accepted, so replicated to every node.
     let waiting = {
@@ -166,10 +173,7 @@ fn the_leader_serves_followers_refuse_and_acknowledged_requests_survive_its_kill
         Proc::spawn("waiting client", c)
     };
     eventually("every node holds the five requests", || {
-        nodes.iter().all(|n| {
-            let b = n.broker.as_ref().unwrap();
-            status(&b.endpoint).is_some_and(|s| s["cluster"]["journal"] == 5)
-        })
+        nodes.iter().all(|n| journal(n) == Some(305))
     });
     drop(waiting);
 
@@ -184,12 +188,18 @@ fn the_leader_serves_followers_refuse_and_acknowledged_requests_survive_its_kill
     eventually("the new leader served the five", || {
         status(&endpoint(&nodes, next)).is_some_and(|s| s["totals"]["replies"] == 5)
     });
-    eventually("and the journal is empty on both live nodes", || {
-        nodes.iter().filter(|n| n.broker.is_some()).all(|n| {
-            status(&n.broker.as_ref().unwrap().endpoint)
-                .is_some_and(|s| s["cluster"]["journal"] == 0)
-        })
-    });
+    // Their answers take their places in the replicated journal on both live nodes,
+    // kept for the client's retries (a retry after another failover is answered from
+    // there, not run again).
+    eventually(
+        "the journal holds the five answers on both live nodes",
+        || {
+            nodes.iter().filter(|n| n.broker.is_some()).all(|n| {
+                status(&n.broker.as_ref().unwrap().endpoint)
+                    .is_some_and(|s| s["cluster"]["journal"] == 305 && s["outstanding"] == 0)
+            })
+        },
+    );
 }
 
 #[test]

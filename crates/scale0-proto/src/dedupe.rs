@@ -18,10 +18,12 @@ enum Entry {
         /// Its key in the durable journal, when the broker keeps one.
         journal: Option<u64>,
     },
-    /// Answered; the answer is kept to be re-sent to retries.
+    /// Answered; the answer is kept to be re-sent to retries (in the journal too, under
+    /// `journal`, when the broker keeps one).
     Done {
         answer: NativeCommand,
         generation: u64,
+        journal: Option<u64>,
     },
 }
 
@@ -35,6 +37,8 @@ pub(crate) struct Dedupe {
     next_generation: u64,
     max_entries: usize,
     max_bytes: usize,
+    /// Journal keys of answers forgotten, for the broker to delete.
+    forgotten: Vec<u64>,
 }
 
 /// What the table knows of a key.
@@ -66,6 +70,7 @@ impl Dedupe {
             next_generation: 1,
             max_entries,
             max_bytes,
+            forgotten: Vec::new(),
         }
     }
 
@@ -123,12 +128,57 @@ impl Dedupe {
                 (g, None)
             }
         };
+        self.keep(key, answer, forget_at, generation, journal);
+        journal
+    }
+
+    /// An answer read back from the journal (under `journal`) after a restart or by a
+    /// new cluster leader, kept until `forget_at`.
+    pub(crate) fn restore_answer(
+        &mut self,
+        key: Key,
+        answer: NativeCommand,
+        forget_at: Instant,
+        journal: u64,
+    ) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.keep(key, answer, forget_at, generation, Some(journal));
+    }
+
+    fn keep(
+        &mut self,
+        key: Key,
+        answer: NativeCommand,
+        forget_at: Instant,
+        generation: u64,
+        journal: Option<u64>,
+    ) {
         self.done_bytes += answer_bytes(&answer);
         self.done.push_back((forget_at, key.clone(), generation));
-        self.entries.insert(key, Entry::Done { answer, generation });
+        let old = self.entries.insert(
+            key,
+            Entry::Done {
+                answer,
+                generation,
+                journal,
+            },
+        );
+        // An answer it replaces (the same key answered again) is no longer kept.
+        if let Some(Entry::Done {
+            journal: Some(j), ..
+        }) = old
+            && Some(j) != journal
+        {
+            self.forgotten.push(j);
+        }
         // Over a bound, the oldest answers go now, not at the next timer.
         self.evict(Instant::ZERO);
-        journal
+    }
+
+    /// Journal keys of answers forgotten since the last call: the broker deletes them.
+    pub(crate) fn take_forgotten(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Forgets answers past their time, and the oldest ones while over either bound.
@@ -144,10 +194,14 @@ impl Dedupe {
             if let Some(Entry::Done {
                 answer,
                 generation: g,
+                journal,
             }) = self.entries.get(&key)
                 && *g == generation
             {
                 self.done_bytes = self.done_bytes.saturating_sub(answer_bytes(answer));
+                if let Some(j) = journal {
+                    self.forgotten.push(*j);
+                }
                 self.entries.remove(&key);
             }
         }

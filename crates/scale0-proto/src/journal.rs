@@ -156,6 +156,17 @@ pub enum Entry {
         /// The request body.
         body: Body,
     },
+    /// A native request's answer, kept for the client's retries until the broker's
+    /// dedupe window forgets it (so a retry after a restart or failover is answered
+    /// from here, not run again).
+    NativeAnswer {
+        /// The client's routing id.
+        client: PeerId,
+        /// The request id.
+        id: RequestId,
+        /// The final reply, or the error status and message.
+        answer: Result<Body, (crate::mdp::Status, Bytes)>,
+    },
     /// A finished Titanic request, kept until `titanic.close`.
     TitanicDone {
         /// The request's UUID.
@@ -184,6 +195,8 @@ const KIND_TITANIC: u8 = 4;
 const KIND_TITANIC_REPLY: u8 = 5;
 const KIND_TITANIC_FAILED: u8 = 6;
 const KIND_MDP2_DELIMITED: u8 = 7;
+const KIND_NATIVE_FINAL: u8 = 8;
+const KIND_NATIVE_ERROR: u8 = 9;
 
 fn put_field(out: &mut BytesMut, field: &[u8]) {
     // Every field is bounded by the message size limit, far below 4 GiB.
@@ -223,6 +236,21 @@ impl Entry {
                 put_field(&mut out, extra);
                 put_body(&mut out, body);
             }
+            Entry::NativeAnswer { client, id, answer } => match answer {
+                Ok(body) => {
+                    out.put_u8(KIND_NATIVE_FINAL);
+                    put_field(&mut out, client.as_bytes());
+                    put_field(&mut out, id.as_bytes());
+                    put_body(&mut out, body);
+                }
+                Err((status, message)) => {
+                    out.put_u8(KIND_NATIVE_ERROR);
+                    put_field(&mut out, client.as_bytes());
+                    put_field(&mut out, id.as_bytes());
+                    put_field(&mut out, status.as_str().as_bytes());
+                    put_field(&mut out, message);
+                }
+            },
             Entry::TitanicDone { uuid, outcome } => {
                 match outcome {
                     TitanicOutcome::Reply(body) => {
@@ -270,6 +298,18 @@ impl Entry {
                     service,
                     body,
                 }
+            }
+            KIND_NATIVE_FINAL | KIND_NATIVE_ERROR => {
+                let client = PeerId::new(r.field()?).map_err(|_| EntryError::Malformed)?;
+                let id = RequestId::new(r.field()?).map_err(|_| EntryError::Malformed)?;
+                let answer = if kind == KIND_NATIVE_FINAL {
+                    Ok(r.body()?)
+                } else {
+                    let status = crate::mdp::Status::parse(&r.field()?)
+                        .map_err(|_| EntryError::Malformed)?;
+                    Err((status, r.field()?))
+                };
+                Entry::NativeAnswer { client, id, answer }
             }
             KIND_TITANIC_REPLY => Entry::TitanicDone {
                 uuid: r.field()?,
@@ -378,6 +418,16 @@ mod tests {
             Entry::TitanicDone {
                 uuid: b("u"),
                 outcome: TitanicOutcome::Failed(b("attempts exhausted")),
+            },
+            Entry::NativeAnswer {
+                client: PeerId::new(b("c")).unwrap(),
+                id: RequestId::new(b("7")).unwrap(),
+                answer: Ok(vec![b("r1"), b("")]),
+            },
+            Entry::NativeAnswer {
+                client: PeerId::new(b("c")).unwrap(),
+                id: RequestId::new(b("8")).unwrap(),
+                answer: Err((crate::mdp::Status::DeadlineExceeded, b("too late"))),
             },
         ]
     }

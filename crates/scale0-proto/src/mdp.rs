@@ -383,7 +383,8 @@ impl Status {
         }
     }
 
-    fn parse(word: &[u8]) -> Result<Self, DecodeError> {
+    /// The status named `word` (as [`Status::as_str`] writes it).
+    pub fn parse(word: &[u8]) -> Result<Self, DecodeError> {
         Self::ALL
             .into_iter()
             .find(|s| s.as_str().as_bytes() == word)

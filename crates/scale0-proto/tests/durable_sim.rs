@@ -72,10 +72,13 @@ fn nothing_leaves_before_the_journal_is_committed() {
     );
 
     sim.reply("w1", "\x01c", "HELLO");
-    assert!(sim.sent().is_empty(), "the FINAL waits for the delete");
+    assert!(
+        sim.sent().is_empty(),
+        "the FINAL waits for its answer to replace the request on disk"
+    );
     sim.sync();
     assert_eq!(native_to(&sim.sent(), "\x01c"), vec![fin("1", "HELLO")]);
-    assert!(sim.store.is_empty(), "a finished request is removed");
+    assert_eq!(sim.store.len(), 1, "the request's place holds its answer");
 }
 
 #[test]
@@ -126,7 +129,37 @@ fn an_accepted_request_survives_a_crash_and_its_retry_attaches_to_it() {
     sim.reply("w1", "\x01c", "HELLO");
     sim.sync();
     assert_eq!(native_to(&sim.sent(), "\x01c"), vec![fin("1", "HELLO")]);
-    assert!(sim.store.is_empty());
+    // Its answer is kept in the journal for retries until the dedupe window forgets it.
+    assert_eq!(sim.store.len(), 1);
+}
+
+#[test]
+fn an_answer_survives_a_crash_and_a_retry_gets_it_without_running_it_again() {
+    let mut sim = Sim::new();
+    sim.ready("w1", "echo");
+    sim.native("\x01c", "1", "echo", "hello");
+    assert_eq!(sim.dispatched_to("w1"), vec!["hello"]);
+    sim.reply("w1", "\x01c", "HELLO");
+    sim.sync();
+    assert_eq!(native_to(&sim.sent(), "\x01c"), vec![fin("1", "HELLO")]);
+
+    // The answer was lost on its way; the broker dies; the client retries.
+    let recovery = sim.crash();
+    assert_eq!((recovery.requests, recovery.native_answers), (0, 1));
+    sim.ready("w1", "echo");
+    sim.native("\x01c", "1", "echo", "hello");
+    sim.sync();
+    assert_eq!(native_to(&sim.sent(), "\x01c"), vec![fin("1", "HELLO")]);
+    assert!(
+        sim.dispatched_to("w1").is_empty(),
+        "answered, not run again"
+    );
+
+    // Once the window passes, the answer leaves the journal too.
+    let window = Config::default().dedupe_window_ms;
+    sim.advance_to(window + 10_000);
+    sim.sync();
+    assert!(sim.store.is_empty(), "{} entries left", sim.store.len());
 }
 
 #[test]

@@ -290,8 +290,27 @@ impl Broker {
                     now + self.config.dedupe_window(),
                 );
                 if let Some(key) = stored {
-                    self.journal_op(JournalOp::Delete { key });
+                    // The answer takes the request's place in the journal, so a retry
+                    // after a restart or a failover is answered, not run again; it goes
+                    // when the dedupe window forgets it.
+                    let kept = match &answer {
+                        NativeCommand::Final { body, .. } => Ok(body.clone()),
+                        NativeCommand::Error {
+                            status, message, ..
+                        } => Err((*status, message.clone())),
+                        _ => Ok(Vec::new()),
+                    };
+                    let entry = crate::journal::Entry::NativeAnswer {
+                        client: request.client.clone(),
+                        id: id.clone(),
+                        answer: kept,
+                    };
+                    self.journal_op(JournalOp::Put {
+                        key,
+                        value: entry.encode(),
+                    });
                 }
+                self.forget_answers();
                 if stale {
                     self.drop_message(DropReason::StaleClient, 0);
                 } else {

@@ -32,6 +32,8 @@ pub struct Recovery {
     pub requests: usize,
     /// Finished Titanic requests whose replies wait for `titanic.reply`.
     pub titanic_answers: usize,
+    /// Answers of native requests kept for retries.
+    pub native_answers: usize,
     /// Entries that could not be decoded; they are left in the store untouched.
     pub unreadable: Vec<(u64, EntryError)>,
 }
@@ -82,6 +84,26 @@ impl Broker {
                 Ok(Entry::TitanicDone { uuid, outcome }) => {
                     journal.titanic.insert(uuid, Titanic::Done { key, outcome });
                     recovery.titanic_answers += 1;
+                    continue;
+                }
+                Ok(Entry::NativeAnswer { client, id, answer }) => {
+                    // Kept for the client's retries, from now for a whole window.
+                    let command = match answer {
+                        Ok(body) => crate::mdp::NativeCommand::Final {
+                            id: id.clone(),
+                            body,
+                        },
+                        Err((status, message)) => crate::mdp::NativeCommand::Error {
+                            id: id.clone(),
+                            status,
+                            message,
+                        },
+                    };
+                    let forget_at = now + broker.config.dedupe_window();
+                    broker
+                        .dedupe
+                        .restore_answer((client, id), command, forget_at, key);
+                    recovery.native_answers += 1;
                     continue;
                 }
                 Ok(Entry::Request {
@@ -163,6 +185,13 @@ impl Broker {
         let key = j.next_key;
         j.next_key += 1;
         Some(key)
+    }
+
+    /// Deletes from the journal the answers the dedupe table no longer keeps.
+    pub(super) fn forget_answers(&mut self) {
+        for key in self.dedupe.take_forgotten() {
+            self.journal_op(JournalOp::Delete { key });
+        }
     }
 
     pub(super) fn journal_op(&mut self, op: JournalOp) {

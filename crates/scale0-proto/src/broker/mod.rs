@@ -584,6 +584,7 @@ impl Broker {
         }
         self.expire_client_deadlines(now);
         self.dedupe.evict(now);
+        self.forget_answers();
         if self.next_heartbeat <= now {
             let beats: Vec<_> = self
                 .workers
