@@ -90,6 +90,23 @@ fn status_by(mut cmd: Command, endpoint: &str) -> Option<Value> {
     serde_json::from_slice(&run(cmd).stdout).ok()
 }
 
+/// A client with five requests for `SERVICE`, which no worker serves yet: the broker
+/// accepts and stores them, and the client waits for their answers.
+fn waiting_client(endpoint: &str) -> Proc {
+    let mut c = scale0();
+    c.args(["request", "--connect", endpoint, "--service", SERVICE])
+        .args([
+            "--count",
+            "5",
+            "--in-flight",
+            "5",
+            "--timeout-ms",
+            "120000",
+            "x",
+        ]);
+    Proc::spawn("waiting client", c)
+}
+
 /// The node that serves, once exactly one live node says it does.
 fn serving(nodes: &[Node]) -> usize {
     let mut found = None;
@@ -154,24 +171,7 @@ fn the_leader_serves_followers_refuse_and_acknowledged_requests_survive_its_kill
     });
 
     // Requests for a service with no worker yet: accepted, so replicated to every node.
-    let waiting = {
-        let mut c = scale0();
-        c.args([
-            "request",
-            "--connect",
-            &endpoint(&nodes, leader),
-            "--service",
-            SERVICE,
-            "--count",
-            "5",
-            "--in-flight",
-            "5",
-            "--timeout-ms",
-            "120000",
-            "x",
-        ]);
-        Proc::spawn("waiting client", c)
-    };
+    let waiting = waiting_client(&endpoint(&nodes, leader));
     eventually("every node holds the five requests", || {
         nodes.iter().all(|n| journal(n) == Some(305))
     });
@@ -545,26 +545,7 @@ fn a_node_whose_disk_is_lost_is_replaced_with_join_and_the_cluster_survives_anot
     let leader = serving(&nodes);
     let ep = |nodes: &[Node], i: usize| nodes[i].broker.as_ref().unwrap().endpoint.clone();
     // Five requests for a service with no worker: accepted, so on every node's disk.
-    let waiting = {
-        let mut c = scale0();
-        c.args([
-            "request",
-            "--connect",
-            &ep(&nodes, leader),
-            "--service",
-            SERVICE,
-        ])
-        .args([
-            "--count",
-            "5",
-            "--in-flight",
-            "5",
-            "--timeout-ms",
-            "120000",
-            "x",
-        ]);
-        Proc::spawn("waiting client", c)
-    };
+    let waiting = waiting_client(&ep(&nodes, leader));
     eventually("every node holds the five requests", || {
         nodes.iter().all(|n| {
             status(&n.broker.as_ref().unwrap().endpoint)

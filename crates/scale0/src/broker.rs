@@ -476,8 +476,17 @@ impl Broker {
     }
 
     pub(crate) fn flush(&self, core: &mut core::Broker, clock: Clock) {
+        Self::flush_via(core, clock, |frames| sockets::send(&self.socket, frames));
+    }
+
+    /// [`Broker::flush`] through `send`, which picks the socket for each message.
+    pub(crate) fn flush_via(
+        core: &mut core::Broker,
+        clock: Clock,
+        mut send: impl FnMut(&scale0_proto::Frames) -> std::result::Result<(), zmq::Error>,
+    ) {
         while let Some(t) = core.poll_transmit() {
-            match sockets::send(&self.socket, &t.frames) {
+            match send(&t.frames) {
                 Ok(()) => {}
                 Err(zmq::Error::EHOSTUNREACH | zmq::Error::EAGAIN) => {
                     if let Some(peer) = t.peer() {

@@ -498,24 +498,13 @@ impl Broker {
         clock: Clock,
         peers: &BTreeMap<u64, zmq::Socket>,
     ) {
-        while let Some(t) = core.poll_transmit() {
-            let sent = match relay::wrap(&t.frames) {
-                Some((to, frames)) => match peers.get(&to) {
-                    Some(s) => sockets::send(s, &frames),
-                    None => Err(zmq::Error::EHOSTUNREACH),
-                },
-                None => sockets::send(&self.socket, &t.frames),
-            };
-            match sent {
-                Ok(()) => {}
-                Err(zmq::Error::EHOSTUNREACH | zmq::Error::EAGAIN) => {
-                    if let Some(peer) = t.peer() {
-                        core.handle_unroutable(clock.now(), &peer);
-                    }
-                }
-                Err(e) => warn!(error = %e, "send failed"),
-            }
-        }
+        Self::flush_via(core, clock, |frames| match relay::wrap(frames) {
+            Some((to, frames)) => match peers.get(&to) {
+                Some(s) => sockets::send(s, &frames),
+                None => Err(zmq::Error::EHOSTUNREACH),
+            },
+            None => sockets::send(&self.socket, frames),
+        });
     }
 
     /// Moves what the node produced: frames to the other nodes, changes to the sync

@@ -550,11 +550,7 @@ impl Node {
                     // cannot win depose the others' terms over and over (its vote is
                     // withheld), and answering lets another joining node hear its term.
                     self.counters.votes_withheld += 1;
-                    let mut r = Message::default();
-                    r.set_msg_type(MessageType::MsgRequestPreVoteResponse);
-                    r.from = self.config.id;
-                    r.to = from;
-                    r.term = self.raw.raft.term;
+                    let mut r = self.message(MessageType::MsgRequestPreVoteResponse, from);
                     r.reject = true;
                     self.outbox.push_back((from, codec::encode_message(&r)));
                     return;
@@ -599,17 +595,8 @@ impl Node {
         }
         if beyond && self.raw.raft.state == StateRole::Follower {
             // And it sends nothing to make up for it while nothing new is proposed: tell
-            // it where this log ends, as a refused append would (see `forget_lost_log`).
-            let mut r = Message::default();
-            r.set_msg_type(MessageType::MsgAppendResponse);
-            r.from = self.config.id;
-            r.to = from;
-            r.term = self.raw.raft.term;
-            r.reject = true;
-            r.index = last;
-            r.reject_hint = last;
-            r.commit = self.raw.raft.raft_log.committed;
-            self.outbox.push_back((from, codec::encode_message(&r)));
+            // it where this log ends (see `forget_lost_log`).
+            self.send_log_end(from);
         }
         self.check_joined();
         self.process();
@@ -666,29 +653,38 @@ impl Node {
             .collect();
         let leader = leader.filter(|_| j.target.is_none());
         if let Some(to) = leader {
-            // What the leader has committed: a refused append saying where this log
-            // ends makes it send an append, which carries it.
-            let mut m = Message::default();
-            m.set_msg_type(MessageType::MsgAppendResponse);
-            m.from = self.config.id;
-            m.to = to;
-            m.term = self.raw.raft.term;
-            m.reject = true;
-            m.index = last;
-            m.reject_hint = last;
-            m.commit = self.raw.raft.raft_log.committed;
-            self.outbox.push_back((to, codec::encode_message(&m)));
+            // What the leader has committed: saying where this log ends makes it send
+            // an append, which carries it.
+            self.send_log_end(to);
         }
         for to in silent {
-            let mut m = Message::default();
-            m.set_msg_type(MessageType::MsgRequestPreVote);
-            m.from = self.config.id;
-            m.to = to;
+            let mut m = self.message(MessageType::MsgRequestPreVote, to);
             m.term = 1;
             m.index = last;
             m.log_term = last_term;
             self.outbox.push_back((to, codec::encode_message(&m)));
         }
+    }
+
+    /// A message of this node's own making to `to`, in its current term.
+    fn message(&self, kind: MessageType, to: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.from = self.config.id;
+        m.to = to;
+        m.term = self.raw.raft.term;
+        m
+    }
+
+    /// Tells `to` where this log ends, as a refused append does.
+    fn send_log_end(&mut self, to: u64) {
+        let last = self.raw.raft.raft_log.last_index();
+        let mut m = self.message(MessageType::MsgAppendResponse, to);
+        m.reject = true;
+        m.index = last;
+        m.reject_hint = last;
+        m.commit = self.raw.raft.raft_log.committed;
+        self.outbox.push_back((to, codec::encode_message(&m)));
     }
 
     /// A joining node may vote once it has heard from every other node and has what
