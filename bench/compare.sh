@@ -17,12 +17,15 @@
 # The broker runs twice in each shape: with plain MDP/0.1-style workers (capacity 1, one
 # request at a time) and with credit workers (capacity CAPACITY): NATS pushes requests to
 # queue-group members without waiting for replies, and so does a scale0 broker up to a
-# worker's capacity. Installs nats-server if it is missing (apt-get, as root or via sudo).
+# worker's capacity. In the processes shape it also runs the credit case with plain
+# MDP/0.2 clients (`--mdp-clients`) instead of native ones, and with clients and workers
+# that do not ask for bundles (`--no-bundle`, every message alone, as before bundles).
+# Installs nats-server if it is missing (apt-get, as root or via sudo).
 #
 #   bench/compare.sh [REPEAT] [WORKERS] [CAPACITY]   (defaults 5, 4 and 16; medians reported)
 #
 # Environment (defaults in brackets; the default run is 4 clients × 64 in flight × 4
-# workers at 128 B, about 4 minutes on a 2-core machine):
+# workers at 128 B, about 5 minutes on a 2-core machine):
 #   SIZES          body sizes, comma-separated [128]
 #   CLIENTS        pipelining clients [4]
 #   IN_FLIGHT      requests each client keeps outstanding [64]
@@ -86,6 +89,12 @@ for shape in ${SHAPES:-threads processes}; do
         "$bin"/compare-zmq "${common[@]}" | tee -a "$out" >&2
         for cap in "${capacities[@]}"; do
             RUST_LOG=warn $scale0 bench broker --processes --json --worker-capacity "$cap" "${common[@]}" | tag processes "$cap"
+        done
+        # Beside the fast path, at the highest capacity: plain MDP/0.2 clients instead of
+        # native ones, and clients and workers that do not ask for bundles.
+        cap=${capacities[-1]}
+        for extra in --mdp-clients --no-bundle; do
+            RUST_LOG=warn $scale0 bench broker --processes --json --worker-capacity "$cap" "$extra" "${common[@]}" | tag processes "$cap"
         done
         "$bin"/compare-nats --processes --url "nats://127.0.0.1:$port" "${common[@]}" | tee -a "$out" >&2
         ;;

@@ -4,7 +4,9 @@ bench/compare.sh collects them: each line with its "shape", threads or processes
 broker's lines with their "worker_capacity") and prints, per shape, mode, body size and
 worker count, each system's median rate with its range (slowest–fastest run) and p50, and
 the ratios the benchmarks are quoted by: against libzmq alone (direct) and against NATS in
-the same shape. Then what the deployed shape costs each system: processes over threads."""
+the same shape. Then what the deployed shape costs each system: processes over threads.
+A broker line's system names its worker capacity, "mdp" for plain MDP/0.2 clients instead
+of native ones, and "unbundled" for clients and workers that did not ask for bundles."""
 import json
 import sys
 
@@ -22,7 +24,12 @@ def system(r):
     if r["scenario"] == "nats":
         return "nats"
     cap = r.get("worker_capacity")
-    return f"scale0 cap {cap}" if cap is not None else "scale0"
+    name = f"scale0 cap {cap}" if cap is not None else "scale0"
+    if r.get("client") == "mdp":
+        name += " mdp"
+    if r.get("bundle") is False:
+        name += " unbundled"
+    return name
 
 
 def ratio(x, y):
@@ -39,7 +46,7 @@ for r in rows:
     groups.setdefault((shape, mode, size, workers), []).append(r)
 
 order = {"threads": 0, "processes": 1}
-print(f"{'shape':<9} {'mode':<9} {'bytes':>5} {'c×k':>6} {'w':>2} {'system':<15}"
+print(f"{'shape':<9} {'mode':<9} {'bytes':>5} {'c×k':>6} {'w':>2} {'system':<23}"
       f" {'req/s':>8} {'range':>15} {'p50 µs':>7} {'×libzmq':>8} {'×nats':>6}"
       f" {'p50×libzmq':>10} {'p50×nats':>8}")
 for (shape, mode, size, workers), members in sorted(
@@ -47,11 +54,11 @@ for (shape, mode, size, workers), members in sorted(
     d = baselines.get((shape, mode, size))
     n = next((m for m in members if m["scenario"] == "nats"), None)
     scale0 = sorted((m for m in members if m["scenario"] == "broker"),
-                    key=lambda m: m.get("worker_capacity") or 0)
+                    key=lambda m: (m.get("worker_capacity") or 0, system(m)))
     for r in ([d] if d else []) + ([n] if n else []) + scale0:
         rates = r.get("rates") or [r["rate_median"]]
         line = (f"{shape:<9} {mode:<9} {size:>5} {str(r.get('clients', 1)) + '×' + str(r.get('in_flight', 1)):>6}"
-                f" {workers if r is not d else '-':>2} {system(r):<15} {r['rate_median']:>8.0f}"
+                f" {workers if r is not d else '-':>2} {system(r):<23} {r['rate_median']:>8.0f}"
                 f" {f'{min(rates):.0f}–{max(rates):.0f}':>15} {r['p50_us']:>7.0f}")
         if r is not d and d:
             line += f" {ratio(r['rate_median'], d['rate_median']):>7.2f}×"

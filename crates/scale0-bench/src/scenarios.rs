@@ -13,6 +13,7 @@ use scale0::{
     Allowlist, Broker, BrokerConfig, Client, ClientConfig, CurveClient, CurveServer, KeyPair,
     Latencies, Map, MapConfig, Shutdown, Task, Worker, WorkerConfig, ZmqContext,
 };
+use scale0_proto::mdp;
 use scale0_proto::pipeline::{self, Outcome};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -376,6 +377,11 @@ pub struct BrokerCase {
     pub curve: bool,
     /// The started broker's [`BrokerConfig::spin_us`].
     pub spin_us: u64,
+    /// Plain MDP/0.2 clients (RFC 18, a DEALER each, see [`mdp_client`]) instead of
+    /// native ones.
+    pub mdp_clients: bool,
+    /// Clients and workers ask for bundles (docs/protocol.md, "Bundles").
+    pub bundle: bool,
 }
 
 /// Request/reply through an in-process broker (or the one at `connect`): echo workers
@@ -392,6 +398,8 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
         size,
         curve,
         spin_us,
+        mdp_clients,
+        bundle,
     } = *case;
     let connect = connect.as_deref();
     let stop = Shutdown::new();
@@ -443,6 +451,7 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
         let mut config = WorkerConfig::new(endpoint.clone(), service.clone());
         config.inline = inline;
         config.capacity = capacity;
+        config.bundle = bundle;
         config.curve.clone_from(&peer_curve);
         let worker = Worker::new(config)?;
         let stop = stop.clone();
@@ -455,7 +464,15 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
     let payload = Bytes::from(vec![b'x'; size]);
     let mut threads = Vec::new();
     for (i, n) in split(requests, clients).into_iter().enumerate() {
+        if mdp_clients {
+            let (endpoint, service) = (endpoint.clone(), service.clone());
+            threads.push(spawn(&format!("bench-mdp-client-{i}"), move || {
+                mdp_client(&endpoint, &service, n, in_flight, size)
+            })?);
+            continue;
+        }
         let mut config = ClientConfig::new(endpoint.clone());
+        config.bundle = bundle;
         config.curve.clone_from(&peer_curve);
         let mut client = Client::connect(config)?;
         let service = service.clone();
@@ -486,6 +503,53 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
         join(b, "broker")?;
     }
     result
+}
+
+/// A plain MDP/0.2 client (RFC 18) on a DEALER of its own, keeping `in_flight` requests
+/// of `size` bytes to `service` outstanding until `n` are answered: what a Majordomo
+/// client of another language does, for comparison with the native client. Each body
+/// starts with the request's number, which the echo brings back for the timing.
+pub fn mdp_client(
+    endpoint: &str,
+    service: &str,
+    n: u64,
+    in_flight: u32,
+    size: usize,
+) -> Result<Measurement> {
+    let dealer = socket(&sockets::context(), zmq::DEALER, 0)?;
+    dealer
+        .connect(endpoint)
+        .context(|| format!("connecting {endpoint}"))?;
+    let payload = vec![b'x'; size];
+    let request = |seq: u64| -> Result<()> {
+        let frames: [&[u8]; 5] = [
+            mdp::CLIENT_HEADER_V2,
+            &[0x01],
+            service.as_bytes(),
+            &seq.to_le_bytes(),
+            &payload,
+        ];
+        Ok(dealer
+            .send_multipart(frames, 0)
+            .context(|| "sending".into())?)
+    };
+    // Not measured: the first request waits for the workers to register.
+    request(u64::MAX)?;
+    let reply = || -> Result<u64> {
+        let frames = dealer.recv_multipart(0).context(|| "receiving".into())?;
+        match &frames[..] {
+            [header, kind, _service, seq, ..]
+                if header.as_slice() == mdp::CLIENT_HEADER_V2 && kind.as_slice() == [0x03] =>
+            {
+                <[u8; 8]>::try_from(&seq[..])
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| Error::Failed("a reply without its number".into()))
+            }
+            _ => Err(Error::Failed(format!("not an MDP/0.2 FINAL: {frames:?}"))),
+        }
+    };
+    reply()?;
+    client_loop(n, in_flight, request, reply)
 }
 
 /// The parallel map with `workers` in-process workers echoing `jobs` no-op jobs of `size`

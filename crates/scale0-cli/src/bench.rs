@@ -110,6 +110,14 @@ pub(crate) struct Args {
     /// its own (this binary) instead of threads of this one.
     #[arg(long)]
     processes: bool,
+    /// Broker scenario: plain MDP/0.2 clients (RFC 18, one DEALER each, pipelining)
+    /// instead of scale0's native client, to compare the two through the same broker.
+    #[arg(long)]
+    mdp_clients: bool,
+    /// Broker scenario: clients and workers do not ask for bundles (docs/protocol.md,
+    /// "Bundles"), so every message travels alone, as before bundles.
+    #[arg(long)]
+    no_bundle: bool,
     /// Use the broker at this endpoint instead of starting one (workers still start here).
     #[arg(long, value_name = "ENDPOINT")]
     connect: Option<String>,
@@ -150,6 +158,8 @@ impl Case {
                 size: self.size,
                 curve: args.curve,
                 spin_us: args.broker_spin_us,
+                mdp_clients: args.mdp_clients,
+                bundle: !args.no_bundle,
             }),
             Scenario::Pipeline => bench::raw_pipeline(self.workers, self.count, self.size),
             Scenario::Map => {
@@ -308,7 +318,12 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
             p999,
         };
         if args.json {
-            println!("{}", json(&result));
+            let mut v = json(&result);
+            if case.scenario == Scenario::Broker {
+                v["client"] = if args.mdp_clients { "mdp" } else { "native" }.into();
+                v["bundle"] = (!args.no_bundle).into();
+            }
+            println!("{v}");
         }
         results.push(result);
     }
@@ -448,29 +463,51 @@ mod processes {
         in_flight: u32,
         #[arg(long)]
         size: usize,
+        /// A plain MDP/0.2 client instead of a native one.
+        #[arg(long)]
+        mdp: bool,
+        #[arg(long)]
+        no_bundle: bool,
     }
 
     /// Runs one client and prints its measurement as JSON.
     pub(crate) fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
-        let mut client = Client::connect(ClientConfig::new(args.connect))?;
-        let payload = Bytes::from(vec![b'x'; args.size]);
-        // Not measured: the first request waits for the workers to register.
-        client.request(&args.service, vec![payload.clone()])?;
-        let summary = client.request_many(
-            &args.service,
-            (0..args.requests).map(|_| vec![payload.clone()]),
-            usize::try_from(args.in_flight.max(1)).unwrap_or(1),
-            |_, _| {},
-        )?;
+        let m = if args.mdp {
+            scale0_bench::scenarios::mdp_client(
+                &args.connect,
+                &args.service,
+                args.requests,
+                args.in_flight,
+                args.size,
+            )?
+        } else {
+            let mut config = ClientConfig::new(args.connect);
+            config.bundle = !args.no_bundle;
+            let mut client = Client::connect(config)?;
+            let payload = Bytes::from(vec![b'x'; args.size]);
+            // Not measured: the first request waits for the workers to register.
+            client.request(&args.service, vec![payload.clone()])?;
+            let summary = client.request_many(
+                &args.service,
+                (0..args.requests).map(|_| vec![payload.clone()]),
+                usize::try_from(args.in_flight.max(1)).unwrap_or(1),
+                |_, _| {},
+            )?;
+            Measurement {
+                messages: summary.ok,
+                lost: summary.sent.saturating_sub(summary.ok),
+                elapsed: summary.elapsed,
+                latencies: summary.latencies,
+            }
+        };
         // The distribution as (nanoseconds, count) pairs, merged by the parent.
-        let latencies = summary.latencies.values();
         println!(
             "{}",
             serde_json::json!({
-                "messages": summary.ok,
-                "lost": summary.sent.saturating_sub(summary.ok),
-                "elapsed_ns": u64::try_from(summary.elapsed.as_nanos()).unwrap_or(u64::MAX),
-                "latencies_ns": latencies,
+                "messages": m.messages,
+                "lost": m.lost,
+                "elapsed_ns": u64::try_from(m.elapsed.as_nanos()).unwrap_or(u64::MAX),
+                "latencies_ns": m.latencies.values(),
             })
         );
         Ok(ExitCode::SUCCESS)
@@ -544,6 +581,9 @@ mod processes {
             if !args.handler_thread {
                 cmd.arg("--inline");
             }
+            if args.no_bundle {
+                cmd.arg("--no-bundle");
+            }
             children.0.push(spawn(&mut cmd, "a worker")?);
         }
         let per_client = {
@@ -568,6 +608,12 @@ mod processes {
             ])
             .args(["--size", &case.size.to_string()])
             .stdout(Stdio::piped());
+            if args.mdp_clients {
+                cmd.arg("--mdp");
+            }
+            if args.no_bundle {
+                cmd.arg("--no-bundle");
+            }
             clients.push(spawn(&mut cmd, "a client")?);
         }
         let mut total = Measurement::default();

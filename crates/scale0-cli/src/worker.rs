@@ -62,6 +62,11 @@ pub(crate) struct Args {
     /// within the heartbeat interval times the broker's liveness.
     #[arg(long)]
     inline: bool,
+    /// Do not ask for bundles (READY's `bundle=1`): with a capacity above 1 a scale0
+    /// broker otherwise sends what it has for this worker as one message, and the worker
+    /// answers the same way (docs/protocol.md, "Bundles").
+    #[arg(long)]
+    no_bundle: bool,
     /// On SIGTERM or SIGINT, how long a worker busy with a request goes on to send its
     /// reply before it disconnects, in milliseconds (0: at once; the broker re-sends it).
     #[arg(long, value_name = "MS", default_value_t = scale0::DEFAULT_GRACE_MS)]
@@ -101,6 +106,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode> {
     config.heartbeat_liveness = args.heartbeat_liveness;
     config.inline = args.inline;
     config.capacity = args.capacity;
+    config.bundle = !args.no_bundle;
     config.cluster = args.cluster;
     config.grace_ms = args.grace_ms;
     config.max_message_bytes = args.limit.max_message_bytes;

@@ -79,6 +79,7 @@ fn dispatch(c: &mut Criterion) {
                 let ready = Message::Worker(WorkerCommand::Ready {
                     service: service(),
                     capacity: 1,
+                    bundle: false,
                 });
                 broker.handle_message(now, ready.encode_to(w));
             }

@@ -33,6 +33,8 @@ pub const ERROR_REPLY_MARKER: &[u8] = b"scale0.error";
 const PROBE_SERVICE: &[u8] = b"mmi.service";
 /// First byte of a probe's request id; the ids of requests are decimal digits.
 const PROBE_ID_PREFIX: u8 = b'p';
+/// First byte of the id of the question whether a broker reads bundles.
+const BUNDLE_PROBE_PREFIX: u8 = b'b';
 
 /// How patient a client is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +58,10 @@ pub struct Config {
     /// With several brokers: how often a broker judged dead is asked (an `mmi.service`
     /// request) whether it is back, in milliseconds.
     pub probe_interval_ms: u64,
+    /// Send requests that are ready together as one bundle ([`crate::bundle`]) to a
+    /// broker that reads them: the session asks each broker (`mmi.bundle`) with its first
+    /// request, and sends requests one by one until the answer says yes.
+    pub bundle: bool,
 }
 
 impl Config {
@@ -88,6 +94,7 @@ impl Default for Config {
             acknowledged: false,
             dead_after_silent_attempts: Self::DEFAULT_DEAD_AFTER_SILENT_ATTEMPTS,
             probe_interval_ms: Self::DEFAULT_PROBE_INTERVAL_MS,
+            bundle: false,
         }
     }
 }
@@ -190,6 +197,8 @@ pub struct Counters {
     pub duplicates: u64,
     /// Messages from the broker that are not valid native answers; dropped.
     pub malformed: u64,
+    /// Bundles sent: requests that were ready together, as one message.
+    pub bundles_sent: u64,
 }
 
 struct Outstanding<T> {
@@ -220,6 +229,19 @@ struct Link {
     /// It said `not_leader` (a cluster node that does not serve): no new requests until
     /// it accepts one again or every broker has said so (the cluster is electing).
     not_leader: bool,
+    bundles: Bundles,
+}
+
+/// Whether a broker reads bundles, as far as the session knows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Bundles {
+    /// Not asked yet (or asked of a broker since judged dead).
+    #[default]
+    Unknown,
+    /// Asked (`mmi.bundle`), no answer yet.
+    Asked,
+    Yes,
+    No,
 }
 
 /// One client's requests, from first send to their end.
@@ -337,6 +359,10 @@ impl<T> Session<T> {
         self.outstanding.clear();
         for l in &mut self.links {
             l.holds = 0;
+            // The question went with the queue: ask again.
+            if l.bundles == Bundles::Asked {
+                l.bundles = Bundles::Unknown;
+            }
         }
         self.transmits.clear();
     }
@@ -354,6 +380,30 @@ impl<T> Session<T> {
             return Ok(());
         }
         self.heard(now, broker);
+        if crate::bundle::is_bundle(&frames) {
+            let Ok(messages) = crate::bundle::decode(&frames) else {
+                self.counters.malformed += 1;
+                return Err(DecodeError::BadBundle);
+            };
+            // A bad message spoils only itself; the first such error is reported.
+            let mut result = Ok(());
+            for m in messages {
+                let r = self.handle_answer(now, broker, m);
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            return result;
+        }
+        self.handle_answer(now, broker, frames)
+    }
+
+    fn handle_answer(
+        &mut self,
+        now: Instant,
+        broker: usize,
+        frames: Frames,
+    ) -> Result<(), DecodeError> {
         let cmd = match Message::decode(frames) {
             Ok(Message::Native(cmd)) => cmd,
             Ok(_) => {
@@ -367,6 +417,15 @@ impl<T> Session<T> {
         };
         if cmd.id().as_bytes().first() == Some(&PROBE_ID_PREFIX) {
             // A probe's answer: it has done its work by arriving.
+            return Ok(());
+        }
+        if cmd.id().as_bytes().first() == Some(&BUNDLE_PROBE_PREFIX) {
+            let yes = matches!(&cmd, NativeCommand::Final { body, .. }
+                if matches!(&body[..], [code] if code.as_ref() == b"200"));
+            // An ACCEPTED is no answer yet.
+            if yes || !matches!(cmd, NativeCommand::Accepted { .. }) {
+                self.links[broker].bundles = if yes { Bundles::Yes } else { Bundles::No };
+            }
             return Ok(());
         }
         match cmd {
@@ -439,9 +498,33 @@ impl<T> Session<T> {
         }
     }
 
-    /// The next message to send, and the broker (its index) to send it to.
+    /// The next message to send, and the broker (its index) to send it to. Messages for
+    /// one broker that follow one another go as one bundle when that broker reads them.
     pub fn poll_transmit(&mut self) -> Option<Transmit<usize>> {
-        self.transmits.pop_front()
+        let first = self.transmits.pop_front()?;
+        let dest = first.dest;
+        let mut packer = crate::bundle::Packer::new(0);
+        if self.links.get(dest).map(|l| l.bundles) != Some(Bundles::Yes)
+            || !packer.fits(&first.frames)
+            || self.transmits.front().is_none_or(|t| t.dest != dest)
+        {
+            return Some(first);
+        }
+        packer.push(first.frames);
+        while let Some(t) = self.transmits.front()
+            && t.dest == dest
+            && packer.fits(&t.frames)
+            && packer.has_room(&t.frames)
+        {
+            if let Some(t) = self.transmits.pop_front() {
+                packer.push(t.frames);
+            }
+        }
+        self.counters.bundles_sent += 1;
+        Some(Transmit {
+            dest,
+            frames: packer.finish(),
+        })
     }
 
     /// The next thing that happened to a request or a broker.
@@ -511,6 +594,11 @@ impl<T> Session<T> {
         // The attempts left, this one included: what a broker that first sees the request
         // now (a moved one) may spend on it.
         let left = self.config.attempts().saturating_sub(o.sends - 1).max(1);
+        let broker = o.broker;
+        self.ask_bundles(broker);
+        let Some(o) = self.outstanding.get(id) else {
+            return;
+        };
         let frames = Message::Native(NativeCommand::Request {
             id: id.clone(),
             service: o.service.clone(),
@@ -527,6 +615,40 @@ impl<T> Session<T> {
         });
         let due = self.attempt_deadline(now);
         self.timers.set(id.clone(), due);
+    }
+
+    /// Asks `broker` whether it reads bundles, ahead of the first request it is sent.
+    fn ask_bundles(&mut self, broker: usize) {
+        if !self.config.bundle {
+            return;
+        }
+        let Some(link) = self.links.get_mut(broker) else {
+            return;
+        };
+        if link.bundles != Bundles::Unknown {
+            return;
+        }
+        link.bundles = Bundles::Asked;
+        self.probes_sent += 1;
+        let id = format!("{}{}", BUNDLE_PROBE_PREFIX as char, self.probes_sent);
+        let (Ok(id), Ok(service)) = (
+            RequestId::new(Bytes::from(id)),
+            ServiceName::new(Bytes::from_static(crate::bundle::SERVICE)),
+        ) else {
+            return;
+        };
+        let frames = Message::Native(NativeCommand::Request {
+            id,
+            service,
+            deadline_ms: Some(self.config.timeout_ms),
+            ack: false,
+            body: Vec::new(),
+        })
+        .encode();
+        self.transmits.push_back(Transmit {
+            dest: broker,
+            frames,
+        });
     }
 
     /// The next attempt of `id` after a timeout: on its broker, or on a live one when its
@@ -570,6 +692,12 @@ impl<T> Session<T> {
             }
         }
         self.counters.retries += 1;
+        // A question about bundles unanswered this long was lost: ask again.
+        if let Some(l) = self.links.get_mut(to)
+            && l.bundles == Bundles::Asked
+        {
+            l.bundles = Bundles::Unknown;
+        }
         self.send(now, id);
         let attempt = self.outstanding.get(id).map_or(0, |o| o.sends);
         self.events.push_back(Event::Retrying {
@@ -585,6 +713,8 @@ impl<T> Session<T> {
     fn judge_dead(&mut self, now: Instant, broker: usize) -> bool {
         let link = &mut self.links[broker];
         link.dead = true;
+        // What comes back may be another broker.
+        link.bundles = Bundles::Unknown;
         link.next_probe = Some(now + Duration::from_millis(self.config.probe_interval_ms));
         self.counters.brokers_dead += 1;
         self.events.push_back(Event::BrokerDead { broker });

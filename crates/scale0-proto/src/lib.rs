@@ -12,6 +12,7 @@
 )]
 
 pub mod broker;
+pub mod bundle;
 pub mod client;
 pub mod cluster;
 mod dedupe;

@@ -67,6 +67,9 @@ pub enum DecodeError {
     /// [`MAX_WORKER_CAPACITY`].
     #[error("bad capacity")]
     BadCapacity,
+    /// A bundle ([`crate::bundle`]) that does not decode.
+    #[error("bad bundle")]
+    BadBundle,
 }
 
 /// `bytes` if it is 1 to `max` bytes long, else `err`: the rule every name and id here follows.
@@ -194,6 +197,8 @@ pub const WORKER_HEADER_V2: &[u8] = b"MDPW02";
 pub const NATIVE_HEADER: &[u8] = b"S0C1";
 /// The most requests a worker may ask to hold at once (the READY `capacity=N` frame).
 pub const MAX_WORKER_CAPACITY: u32 = 1024;
+/// The READY frame after `capacity=N` of a worker that reads bundles.
+pub const BUNDLE_OPTION: &[u8] = b"bundle=1";
 /// The longest request id of the native protocol, in bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
@@ -208,6 +213,9 @@ pub enum WorkerCommand {
         /// service name, absent for 1). Above 1 the broker sends it up to this many before
         /// a reply, each with an address of the broker's making to echo.
         capacity: u32,
+        /// It reads bundles (a `bundle=1` frame after the capacity): the broker may send
+        /// it many messages as one ([`crate::bundle`]).
+        bundle: bool,
     },
     /// Broker → worker: a request from `client`.
     Request {
@@ -694,10 +702,17 @@ fn encode_worker(version: Version, cmd: &WorkerCommand, out: &mut Frames) {
     }
     out.push(Bytes::copy_from_slice(&[code]));
     match cmd {
-        WorkerCommand::Ready { service, capacity } => {
+        WorkerCommand::Ready {
+            service,
+            capacity,
+            bundle,
+        } => {
             out.push(service.0.clone());
-            if *capacity != 1 {
+            if *capacity != 1 || *bundle {
                 out.push(Bytes::from(format!("capacity={capacity}")));
+            }
+            if *bundle {
+                out.push(Bytes::from_static(BUNDLE_OPTION));
             }
         }
         WorkerCommand::Request { client, body }
@@ -722,6 +737,11 @@ fn decode_worker(
             capacity: match it.next() {
                 None => 1,
                 Some(frame) => parse_capacity(&frame)?,
+            },
+            bundle: match it.next() {
+                None => false,
+                Some(frame) if frame.as_ref() == BUNDLE_OPTION => true,
+                Some(_) => return Err(DecodeError::ExtraFrames),
             },
         },
         (_, 0x02) => {
@@ -943,6 +963,27 @@ mod tests {
     }
 
     #[test]
+    fn a_ready_asking_for_bundles_carries_the_capacity_then_bundle_1() {
+        let ready = Message::Worker2(WorkerCommand::Ready {
+            service: svc("echo"),
+            capacity: 1,
+            bundle: true,
+        });
+        let frames = ready.encode();
+        assert_eq!(
+            frames,
+            vec![
+                b(b"MDPW02"),
+                b(&[1]),
+                b(b"echo"),
+                b(b"capacity=1"),
+                b(b"bundle=1")
+            ]
+        );
+        assert_eq!(Message::decode(frames), Ok(ready));
+    }
+
+    #[test]
     fn rejects_every_malformed_shape() {
         let cases: Vec<(Frames, DecodeError)> = vec![
             (vec![], DecodeError::NoDelimiter),
@@ -981,6 +1022,22 @@ mod tests {
             (
                 vec![b(b"MDPW02"), b(&[1]), b(b"s"), b(b"capacity=3"), b(b"x")],
                 DecodeError::ExtraFrames,
+            ),
+            (
+                vec![
+                    b(b"MDPW02"),
+                    b(&[1]),
+                    b(b"s"),
+                    b(b"capacity=3"),
+                    b(b"bundle=1"),
+                    b(b"x"),
+                ],
+                DecodeError::ExtraFrames,
+            ),
+            // The bundle frame comes after the capacity, never alone.
+            (
+                vec![b(b"MDPW02"), b(&[1]), b(b"s"), b(b"bundle=1")],
+                DecodeError::BadCapacity,
             ),
             (
                 vec![b(b"MDPW02"), b(&[3]), b(b"c"), b(b"x")],
@@ -1145,12 +1202,15 @@ mod tests {
                     _ => WorkerCommand::Heartbeat,
                 })
             }),
-            (service_name(), 1..=MAX_WORKER_CAPACITY).prop_map(|(s, capacity)| {
-                Message::Worker2Delimited(WorkerCommand::Ready {
-                    service: ServiceName::new(s).unwrap(),
-                    capacity,
-                })
-            }),
+            (service_name(), 1..=MAX_WORKER_CAPACITY, any::<bool>()).prop_map(
+                |(s, capacity, bundle)| {
+                    Message::Worker2Delimited(WorkerCommand::Ready {
+                        service: ServiceName::new(s).unwrap(),
+                        capacity,
+                        bundle,
+                    })
+                }
+            ),
             Just(Message::Worker2Delimited(WorkerCommand::Disconnect)),
         ]
     }
@@ -1225,12 +1285,13 @@ mod tests {
                 })
             }),
             Just(Message::Worker2(WorkerCommand::Disconnect)),
-            (service_name(), 1..=MAX_WORKER_CAPACITY).prop_map(|(s, capacity)| Message::Worker2(
-                WorkerCommand::Ready {
+            (service_name(), 1..=MAX_WORKER_CAPACITY, any::<bool>()).prop_map(
+                |(s, capacity, bundle)| Message::Worker2(WorkerCommand::Ready {
                     service: ServiceName::new(s).unwrap(),
                     capacity,
-                }
-            )),
+                    bundle,
+                })
+            ),
         ]
     }
 
@@ -1277,6 +1338,7 @@ mod tests {
             service_name().prop_map(|s| Message::Worker(WorkerCommand::Ready {
                 service: ServiceName::new(s).unwrap(),
                 capacity: 1,
+                bundle: false,
             })),
             (name(), body.clone()).prop_map(|(c, body)| Message::Worker(WorkerCommand::Request {
                 client: PeerId::new(c).unwrap(),

@@ -68,6 +68,18 @@ pub fn decode(data: &[u8]) {
     if let Ok(m) = Message::decode(frames.clone()) {
         assert_eq!(Message::decode(m.encode()).as_ref(), Ok(&m));
     }
+    if let Ok(messages) = crate::bundle::decode(&frames) {
+        let mut packer = crate::bundle::Packer::new(0);
+        if messages.len() > 1 && messages.iter().all(|m| packer.fits(m)) {
+            for m in &messages {
+                if packer.has_room(m) {
+                    packer.push(m.clone());
+                }
+            }
+            let again = crate::bundle::decode(&packer.finish()).unwrap_or_default();
+            assert!(again.len() <= messages.len() && messages.starts_with(&again));
+        }
+    }
     if let Ok((_, rest)) = mdp::split_routing_id(frames) {
         let _ = Message::decode(rest);
     }
@@ -96,6 +108,8 @@ pub fn decode(data: &[u8]) {
 /// messages from a handful of peers, clock steps, timeouts and unroutable sends, the start
 /// of a drain, and for the durable broker journal commits, crashes and recoveries (the
 /// first crash turns the broker durable) — after which the broker's invariants must hold.
+/// A message whose op byte has its top bit set travels in a bundle with the same peer's
+/// next such messages.
 pub fn broker_events(data: &[u8]) {
     let config = Config {
         heartbeat_interval_ms: 100,
@@ -117,6 +131,13 @@ pub fn broker_events(data: &[u8]) {
     let peers: [&[u8]; 4] = [b"A", b"B", b"C", b"\x00k\x8bEg"];
     let services: [&[u8]; 3] = [b"echo", b"mmi.service", b"other"];
     let mut ops = data.chunks(3);
+    let mut bundle: Option<(Bytes, crate::bundle::Packer)> = None;
+    let deliver = |broker: &mut Broker, now, frames: Frames| {
+        if !frames.is_empty() {
+            broker.handle_message(now, frames);
+            check_invariants(broker);
+        }
+    };
     while let Some(op) = ops.next() {
         let [kind, a, b] = *op else { break };
         let peer = Bytes::from_static(peers[usize::from(a) % peers.len()]);
@@ -202,12 +223,19 @@ pub fn broker_events(data: &[u8]) {
                     Bytes::from_static(b"x"),
                 ]
             }
-            11 => vec![
-                peer,
-                Bytes::from_static(b"MDPW02"),
-                Bytes::from_static(&[1]),
-                service,
-            ],
+            11 => {
+                let mut ready = vec![
+                    peer,
+                    Bytes::from_static(b"MDPW02"),
+                    Bytes::from_static(&[1]),
+                    service,
+                ];
+                if a % 3 == 0 {
+                    ready.push(Bytes::from_static(b"capacity=2"));
+                    ready.push(Bytes::from_static(mdp::BUNDLE_OPTION));
+                }
+                ready
+            }
             12 | 13 => vec![
                 peer,
                 Bytes::from_static(b"MDPW02"),
@@ -302,8 +330,36 @@ pub fn broker_events(data: &[u8]) {
                 continue;
             }
         };
-        broker.handle_message(now, frames);
-        check_invariants(&broker);
+        if kind & 0x80 != 0 && frames.len() > 1 {
+            match &mut bundle {
+                Some((to, packer))
+                    if *to == frames[0] && packer.fits(&frames) && packer.has_room(&frames) =>
+                {
+                    packer.push(frames);
+                }
+                _ => {
+                    if let Some((_, packer)) = bundle.take() {
+                        deliver(&mut broker, now, packer.finish());
+                    }
+                    let mut packer = crate::bundle::Packer::new(1);
+                    if packer.fits(&frames) {
+                        let to = frames[0].clone();
+                        packer.push(frames);
+                        bundle = Some((to, packer));
+                    } else {
+                        deliver(&mut broker, now, frames);
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some((_, packer)) = bundle.take() {
+            deliver(&mut broker, now, packer.finish());
+        }
+        deliver(&mut broker, now, frames);
+    }
+    if let Some((_, packer)) = bundle.take() {
+        deliver(&mut broker, now, packer.finish());
     }
     broker.handle_timeout(now);
     check_invariants(&broker);

@@ -41,6 +41,11 @@ pub struct Config {
     /// every node themselves, from plain ones it relays to the leader by it. A [`Group`]
     /// of several brokers sets it.
     pub announce_capacity: bool,
+    /// Ask for bundles (READY's `bundle=1`, with a capacity above 1): the broker sends
+    /// what it has for this worker at once as one message, and once it has, the worker
+    /// sends its replies the same way ([`crate::bundle`]). Brokers that do not know the
+    /// frame ignore it (the Guide's, majortomo's) and send no bundles.
+    pub bundle: bool,
 }
 
 impl Config {
@@ -67,6 +72,7 @@ impl Config {
             version: Version::V2,
             capacity: Self::DEFAULT_CAPACITY,
             announce_capacity: false,
+            bundle: false,
         }
     }
 
@@ -139,6 +145,8 @@ pub struct Session {
     stopping: bool,
     /// When a draining worker stops waiting for the requests in hand.
     drain_until: Option<Instant>,
+    /// The broker of the current connection has sent a bundle: it reads them too.
+    broker_bundles: bool,
 }
 
 /// How a drain ended (see [`Session::begin_drain`]).
@@ -167,6 +175,7 @@ impl Session {
             counters: Counters::default(),
             stopping: false,
             drain_until: None,
+            broker_bundles: false,
         }
     }
 
@@ -190,9 +199,30 @@ impl Session {
         matches!(self.state, State::Connected { .. })
     }
 
-    /// The next thing for the driver to do.
+    /// The next thing for the driver to do. Sends that follow one another go as one
+    /// bundle when the broker reads them.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front()?;
+        let Action::Send(first) = action else {
+            return Some(action);
+        };
+        let mut packer = crate::bundle::Packer::new(0);
+        if !self.broker_bundles
+            || !packer.fits(&first)
+            || !matches!(self.actions.front(), Some(Action::Send(_)))
+        {
+            return Some(Action::Send(first));
+        }
+        packer.push(first);
+        while let Some(Action::Send(next)) = self.actions.front()
+            && packer.fits(next)
+            && packer.has_room(next)
+        {
+            if let Some(Action::Send(next)) = self.actions.pop_front() {
+                packer.push(next);
+            }
+        }
+        Some(Action::Send(packer.finish()))
     }
 
     /// When [`Session::handle_timeout`] must next be called; `None` while waiting only
@@ -246,8 +276,28 @@ impl Session {
         }
     }
 
-    /// A message arrived on the current connection.
+    /// A message arrived on the current connection: one command, or a bundle of them.
     pub fn handle_message(&mut self, now: Instant, frames: Frames) -> Result<(), DecodeError> {
+        if !matches!(self.state, State::Connected { .. }) {
+            return Ok(());
+        }
+        if crate::bundle::is_bundle(&frames) {
+            let messages = crate::bundle::decode(&frames).map_err(|_| DecodeError::BadBundle)?;
+            self.broker_bundles = true;
+            // A bad command spoils only itself; the first such error is reported.
+            let mut result = Ok(());
+            for m in messages {
+                let r = self.handle_command(now, m);
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            return result;
+        }
+        self.handle_command(now, frames)
+    }
+
+    fn handle_command(&mut self, now: Instant, frames: Frames) -> Result<(), DecodeError> {
         let State::Connected { next_heartbeat, .. } = self.state else {
             return Ok(());
         };
@@ -380,9 +430,12 @@ impl Session {
             .config
             .capacity
             .clamp(1, crate::mdp::MAX_WORKER_CAPACITY);
+        // A new connection may reach another broker: it shows again what it reads.
+        self.broker_bundles = false;
         self.send(WorkerCommand::Ready {
             service: self.config.service.clone(),
             capacity,
+            bundle: self.config.bundle && capacity > 1,
         });
         if capacity == 1
             && self.config.announce_capacity

@@ -1296,6 +1296,7 @@ mod native {
         let v2_ready = Message::Worker2(WorkerCommand::Ready {
             service: svc("svc"),
             capacity: 1,
+            bundle: false,
         });
         sim.send("w", v2_ready);
         let partial = |sim: &mut Sim| {
@@ -1377,6 +1378,7 @@ mod native {
         let v2_ready = Message::Worker2(WorkerCommand::Ready {
             service: svc("svc"),
             capacity: 1,
+            bundle: false,
         });
         sim.send("new", v2_ready);
         let req2 = Message::Client2(
@@ -1529,6 +1531,7 @@ mod access {
         Message::Worker(WorkerCommand::Ready {
             service: svc(service),
             capacity: 1,
+            bundle: false,
         })
     }
 

@@ -6,11 +6,14 @@
 //! ERROR, every answer to one request id is the same answer, a FINAL carries the reply to
 //! that very request, a client's retry never causes a second execution (only a worker's
 //! death, a lost reply or a broker restart may), and no worker is ever handed a second
-//! request while it works on one. `SCALE0_SIM_SEEDS=N` runs more seeds.
+//! request while it works on one. Some clients and workers ask for bundles, so the same
+//! invariants hold with many messages carried as one. `SCALE0_SIM_SEEDS=N` runs more
+//! seeds.
 
 mod sim;
 
 use scale0_proto::broker::{self, Broker};
+use scale0_proto::bundle;
 use scale0_proto::client::{self, Event, Outcome};
 use scale0_proto::mdp::{self, Message, NativeCommand, RequestId, WorkerCommand};
 use scale0_proto::worker::{Action, Session};
@@ -102,6 +105,24 @@ struct World {
     /// Executions a request may legitimately have beyond its first.
     reruns_allowed: HashMap<String, u32>,
     chaos_until: u64,
+    /// Bundles that crossed the network to the broker and from it, to know they were
+    /// exercised both ways.
+    bundles: [u64; 2],
+}
+
+/// The messages `frames` carries: itself, or those of a bundle.
+fn messages(frames: &Frames) -> Vec<Frames> {
+    if bundle::is_bundle(frames) {
+        bundle::decode(frames).expect("a peer sent a bundle that does not decode")
+    } else {
+        vec![frames.clone()]
+    }
+}
+
+/// Whether a native message is about a question a session asked of the broker (its
+/// `mmi.bundle`), not a request of its user.
+fn is_question(id: &RequestId) -> bool {
+    id.as_bytes().first() == Some(&b'b')
 }
 
 const SERVICE: &str = "svc";
@@ -133,6 +154,7 @@ impl World {
             most_held: 0,
             reruns_allowed: HashMap::new(),
             chaos_until: 5_000,
+            bundles: [0; 2],
         };
         for _ in 0..(1 + w.rng.below(4)) {
             w.spawn_worker();
@@ -148,6 +170,7 @@ impl World {
                 timeout_ms: 300,
                 retries: 100_000,
                 acknowledged: true,
+                bundle: w.rng.chance(50),
                 ..client::Config::default()
             };
             w.clients.push(SimClient {
@@ -171,6 +194,7 @@ impl World {
             1
         };
         config.capacity = capacity;
+        config.bundle = self.rng.chance(60);
         let slow = self.rng.chance(20);
         let work_ms = 1 + self.rng.below(if slow { 1_500 } else { 50 });
         self.workers.push(SimWorker {
@@ -195,16 +219,22 @@ impl World {
                 eprintln!("{}: lost {kind:?}", self.now);
             }
             // A lost worker reply means the broker will, in time, run the request again.
-            if let To::Broker(_) = &to
-                && let Ok(
-                    Message::Worker(WorkerCommand::Reply { body, .. })
-                    | Message::Worker2(WorkerCommand::Reply { body, .. }),
-                ) = Message::decode(frames)
-            {
-                let token = String::from_utf8_lossy(&body[0]).into_owned();
-                *self.reruns_allowed.entry(token).or_default() += 1;
+            if let To::Broker(_) = &to {
+                for m in messages(&frames) {
+                    if let Ok(
+                        Message::Worker(WorkerCommand::Reply { body, .. })
+                        | Message::Worker2(WorkerCommand::Reply { body, .. }),
+                    ) = Message::decode(m)
+                    {
+                        let token = String::from_utf8_lossy(&body[0]).into_owned();
+                        *self.reruns_allowed.entry(token).or_default() += 1;
+                    }
+                }
             }
             return;
+        }
+        if bundle::is_bundle(&frames) {
+            self.bundles[usize::from(matches!(to, To::Peer(_)))] += 1;
         }
         let latency = self.rng.below(5);
         self.net.push((self.now + latency, to, frames));
@@ -234,16 +264,26 @@ impl World {
                     Action::Disconnect => {}
                     Action::Send(frames) => {
                         let w = &self.workers[i];
-                        let heartbeat = matches!(
-                            Message::decode(frames.clone()),
-                            Ok(Message::Worker(WorkerCommand::Heartbeat)
-                                | Message::Worker2(WorkerCommand::Heartbeat))
-                        );
-                        if heartbeat && w.silent_when_busy && !w.working.is_empty() {
+                        let heartbeat = |m: &Frames| {
+                            matches!(
+                                Message::decode(m.clone()),
+                                Ok(Message::Worker(WorkerCommand::Heartbeat)
+                                    | Message::Worker2(WorkerCommand::Heartbeat))
+                            )
+                        };
+                        let mut out = messages(&frames);
+                        if w.silent_when_busy && !w.working.is_empty() {
+                            out.retain(|m| !heartbeat(m));
+                        }
+                        let mut packer = bundle::Packer::new(0);
+                        for m in out {
+                            packer.push(m);
+                        }
+                        if packer.is_empty() {
                             continue;
                         }
                         let id = w.id();
-                        self.send(To::Broker(id), frames);
+                        self.send(To::Broker(id), packer.finish());
                     }
                     Action::Deliver { body, .. } => {
                         let token = String::from_utf8_lossy(&body[0]).into_owned();
@@ -299,12 +339,15 @@ impl World {
             Self::client_events(client);
             let mut out = Vec::new();
             while let Some(scale0_proto::Transmit { frames, .. }) = client.session.poll_transmit() {
-                let Ok(Message::Native(NativeCommand::Request { id, .. })) =
-                    Message::decode(frames.clone())
-                else {
-                    panic!("a client sent something other than a native REQUEST");
-                };
-                client.requests.get_mut(&id).expect("a known id").sends += 1;
+                for m in messages(&frames) {
+                    let Ok(Message::Native(NativeCommand::Request { id, .. })) = Message::decode(m)
+                    else {
+                        panic!("a client sent something other than a native REQUEST");
+                    };
+                    if !is_question(&id) {
+                        client.requests.get_mut(&id).expect("a known id").sends += 1;
+                    }
+                }
                 out.push(frames);
             }
             let from = client.id.clone();
@@ -345,11 +388,13 @@ impl World {
             // The broker gave up on a worker (silent, or past the request deadline): what
             // it holds runs again elsewhere, even if the worker, never hearing of it,
             // finishes too.
-            let disconnect = matches!(
-                Message::decode(rest.clone()),
-                Ok(Message::Worker(WorkerCommand::Disconnect)
-                    | Message::Worker2(WorkerCommand::Disconnect))
-            );
+            let disconnect = messages(&rest).into_iter().any(|m| {
+                matches!(
+                    Message::decode(m),
+                    Ok(Message::Worker(WorkerCommand::Disconnect)
+                        | Message::Worker2(WorkerCommand::Disconnect))
+                )
+            });
             if disconnect && std::env::var("SCALE0_SIM_TRACE").is_ok() {
                 eprintln!("{}: broker sends DISCONNECT to {to:?}", self.now);
             }
@@ -399,31 +444,42 @@ impl World {
                     if let Some(w) = self.workers.iter_mut().find(|w| w.alive && w.id() == id) {
                         let _ = w.session.handle_message(at(now), frames);
                     } else if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
-                        let Ok(Message::Native(cmd)) = Message::decode(frames.clone()) else {
-                            panic!("a client got a message that is not native");
-                        };
+                        let inner = messages(&frames);
                         c.session.handle_message(at(now), 0, frames).unwrap();
                         Self::client_events(c);
-                        let p = c
-                            .requests
-                            .get_mut(cmd.id())
-                            .expect("an answer for a request the client sent");
-                        match &cmd {
-                            NativeCommand::Final { body, .. } => {
-                                assert_eq!(
-                                    body,
-                                    &vec![bytes(&p.token)],
-                                    "a FINAL carries the reply to its own request"
-                                );
-                                p.answers.push(cmd);
-                            }
-                            NativeCommand::Error { .. } => p.answers.push(cmd),
-                            NativeCommand::Accepted { .. } | NativeCommand::Partial { .. } => {}
-                            NativeCommand::Request { .. } => panic!("a client got a REQUEST"),
+                        for m in inner {
+                            Self::record_answer(c, m);
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// An answer that reached a client, for the invariants.
+    fn record_answer(c: &mut SimClient, frames: Frames) {
+        let Ok(Message::Native(cmd)) = Message::decode(frames) else {
+            panic!("a client got a message that is not native");
+        };
+        if is_question(cmd.id()) {
+            return;
+        }
+        let p = c
+            .requests
+            .get_mut(cmd.id())
+            .expect("an answer for a request the client sent");
+        match &cmd {
+            NativeCommand::Final { body, .. } => {
+                assert_eq!(
+                    body,
+                    &vec![bytes(&p.token)],
+                    "a FINAL carries the reply to its own request"
+                );
+                p.answers.push(cmd);
+            }
+            NativeCommand::Error { .. } => p.answers.push(cmd),
+            NativeCommand::Accepted { .. } | NativeCommand::Partial { .. } => {}
+            NativeCommand::Request { .. } => panic!("a client got a REQUEST"),
         }
     }
 
@@ -615,6 +671,7 @@ fn every_request_ends_once_through_chaos_over_many_seeds() {
         .unwrap_or(2000);
     let mut finals = 0;
     let mut most_held = 0;
+    let mut bundles = [0; 2];
     for seed in 0..seeds {
         let mut world = World::new(seed);
         world.run(seed);
@@ -626,7 +683,13 @@ fn every_request_ends_once_through_chaos_over_many_seeds() {
             .filter(|o| matches!(o, Outcome::Reply(_)))
             .count();
         most_held = most_held.max(world.most_held);
+        bundles[0] += world.bundles[0];
+        bundles[1] += world.bundles[1];
     }
+    assert!(
+        bundles[0] > 0 && bundles[1] > 0,
+        "no bundle crossed the network: bundles went untested"
+    );
     assert!(finals > 0);
     assert!(
         most_held > 1,

@@ -766,6 +766,7 @@ mod with_brokers {
             let m = Message::Worker2(WorkerCommand::Ready {
                 service: svc("echo"),
                 capacity: 2,
+                bundle: false,
             });
             self.send_to_node(i, &worker_name(i), &m);
         }

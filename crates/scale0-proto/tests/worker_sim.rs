@@ -20,6 +20,7 @@ fn config() -> Config {
         version: Version::V1,
         capacity: 1,
         announce_capacity: false,
+        bundle: false,
     }
 }
 
@@ -35,6 +36,7 @@ fn ready() -> Action {
     send(WorkerCommand::Ready {
         service: svc("echo"),
         capacity: 1,
+        bundle: false,
     })
 }
 
@@ -280,6 +282,7 @@ fn a_worker_with_capacity_takes_that_many_and_answers_each_with_its_own_address(
             send(WorkerCommand::Ready {
                 service: svc("echo"),
                 capacity: 2,
+                bundle: false,
             })
         ]
     );

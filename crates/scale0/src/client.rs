@@ -48,6 +48,12 @@ pub struct ClientConfig {
     /// rather than from the send. Off, the broker sends only the answer: one message
     /// fewer each way, which is a third of the client's wake-ups.
     pub acknowledged: bool,
+    /// Send requests that are ready together as one message (a bundle), and take the
+    /// answers the same way, with brokers that read bundles (asked once per broker, with
+    /// `mmi.bundle`; others are sent requests one by one). Frames up to
+    /// [`scale0_proto::bundle::MAX_BYTES`] are then read whatever `max_message_bytes`
+    /// says. Default on.
+    pub bundle: bool,
 }
 
 impl ClientConfig {
@@ -65,6 +71,7 @@ impl ClientConfig {
             max_message_bytes: scale0_proto::DEFAULT_MAX_MESSAGE_BYTES,
             curve: None,
             acknowledged: session.acknowledged,
+            bundle: true,
         }
     }
 
@@ -76,6 +83,7 @@ impl ClientConfig {
             acknowledged: self.acknowledged,
             dead_after_silent_attempts: self.dead_after_silent_attempts,
             probe_interval_ms: self.probe_interval_ms,
+            bundle: self.bundle,
         }
     }
 }
@@ -163,7 +171,10 @@ impl Link {
             .socket(zmq::DEALER)
             .context(|| "creating the client socket".into())?;
         socket.set_linger(0).context(|| "setting LINGER".into())?;
-        sockets::cap_frames(&socket, config.max_message_bytes)?;
+        sockets::cap_frames(
+            &socket,
+            sockets::frame_bound(config.max_message_bytes, config.bundle),
+        )?;
         // The client's own bound is the number of requests in flight; a socket HWM below
         // it would turn a large `in_flight` into EAGAIN on send.
         socket.set_sndhwm(0).context(|| "setting SNDHWM".into())?;

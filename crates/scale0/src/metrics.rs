@@ -186,6 +186,16 @@ pub(crate) fn render(core: &core::Broker, uptime: Duration) -> String {
             c.duplicates,
         ),
         (
+            "bundles_received",
+            "Bundles (many messages as one) read from peers.",
+            c.bundles_received,
+        ),
+        (
+            "bundles_sent",
+            "Bundles (many messages as one) sent to peers.",
+            c.bundles_sent,
+        ),
+        (
             "mmi_requests",
             "Requests answered by the broker itself (mmi.*).",
             c.mmi_requests,

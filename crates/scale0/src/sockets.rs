@@ -27,6 +27,16 @@ pub(crate) fn cap_frames(socket: &zmq::Socket, max_bytes: usize) -> Result<()> {
         .context(|| "setting MAXMSGSIZE".into())
 }
 
+/// The frame bound of a client or worker reading up to `max_message_bytes` per
+/// message: a bundle's packed frame may be longer, when it asks for bundles.
+pub(crate) fn frame_bound(max_message_bytes: usize, bundle: bool) -> usize {
+    if bundle {
+        max_message_bytes.max(scale0_proto::bundle::MAX_BYTES)
+    } else {
+        max_message_bytes
+    }
+}
+
 /// Starts a monitor on `socket` for `events` and returns the PAIR that reads it; `ctx`
 /// must be the socket's own (the monitor is an `inproc` endpoint). Its events must be read
 /// regularly, and the monitor stopped ([`stop_monitor`]) before the reader closes: libzmq's

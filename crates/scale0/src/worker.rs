@@ -68,6 +68,12 @@ pub struct WorkerConfig {
     /// --cluster`), not independent brokers: each node is given the whole capacity,
     /// since only the leader hands out requests ([`scale0_proto::worker::Group::cluster`]).
     pub cluster: bool,
+    /// With a capacity above 1, ask brokers for bundles (READY's `bundle=1`): a scale0
+    /// broker then sends what it has for this worker at once as one message, and the
+    /// worker answers the same way. Other brokers ignore the frame. Frames up to
+    /// [`scale0_proto::bundle::MAX_BYTES`] are then read whatever `max_message_bytes`
+    /// says. Default on.
+    pub bundle: bool,
 }
 
 impl WorkerConfig {
@@ -88,6 +94,7 @@ impl WorkerConfig {
             curve: None,
             capacity: scale0_proto::worker::Config::DEFAULT_CAPACITY,
             cluster: false,
+            bundle: true,
         }
     }
 }
@@ -286,6 +293,7 @@ impl Worker {
                 version: self.config.version,
                 capacity: self.config.capacity,
                 announce_capacity: false,
+                bundle: self.config.bundle,
             },
             self.config.connect.len(),
             clock.now(),
@@ -418,7 +426,10 @@ impl Worker {
                         .socket(zmq::DEALER)
                         .context(|| "creating the worker socket".into())?;
                     s.set_linger(0).context(|| "setting LINGER".into())?;
-                    sockets::cap_frames(&s, self.config.max_message_bytes)?;
+                    sockets::cap_frames(
+                        &s,
+                        sockets::frame_bound(self.config.max_message_bytes, self.config.bundle),
+                    )?;
                     security::apply_client(&s, self.config.curve.as_ref())?;
                     sockets::connect(&s, endpoint)?;
                     debug!(endpoint = %endpoint, service = %self.service, "connecting");

@@ -160,16 +160,11 @@ impl Broker {
                     self.dispatch(now, &service);
                     return;
                 }
-                // Queue the acknowledgement ahead of anything the dispatch produced for
-                // this client, so ACCEPTED always precedes FINAL.
-                let ack = Transmit {
-                    dest: (),
-                    frames: Message::Native(NativeCommand::Accepted { id }).encode_to(&client),
-                };
-                let first_new = self.transmits.len();
+                // Queued ahead of anything the dispatch produces for this client, so
+                // ACCEPTED always precedes FINAL; like it, only once the request is
+                // durable.
+                self.send_native(&client, NativeCommand::Accepted { id });
                 self.dispatch(now, &service);
-                let needs = self.journal.as_ref().map_or(0, |j| j.emitted);
-                self.transmits.insert(first_new, (needs, ack));
             }
             Err(refused) => {
                 let (reason, request) = *refused;

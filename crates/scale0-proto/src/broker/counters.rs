@@ -108,7 +108,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in the order counters are reported.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         Self::TooLarge,
         Self::Malformed(DecodeError::BadRoutingId),
         Self::Malformed(DecodeError::NoDelimiter),
@@ -122,6 +122,7 @@ impl DropReason {
         Self::Malformed(DecodeError::BadDeadline),
         Self::Malformed(DecodeError::UnknownStatus),
         Self::Malformed(DecodeError::BadCapacity),
+        Self::Malformed(DecodeError::BadBundle),
         Self::WrongDirection,
         Self::Unroutable,
         Self::PartialForV1Client,
@@ -146,6 +147,7 @@ impl DropReason {
             Self::Malformed(DecodeError::BadDeadline) => "bad_deadline",
             Self::Malformed(DecodeError::UnknownStatus) => "unknown_status",
             Self::Malformed(DecodeError::BadCapacity) => "bad_capacity",
+            Self::Malformed(DecodeError::BadBundle) => "bad_bundle",
             Self::WrongDirection => "wrong_direction",
             Self::Unroutable => "unroutable",
             Self::PartialForV1Client => "partial_for_v1_client",
@@ -194,6 +196,10 @@ pub struct Counters {
     /// MDP requests never sent to a worker because their client had disconnected (a
     /// Lazy Pirate client that timed out and retried on a new socket).
     pub abandoned: u64,
+    /// Bundles read from peers ([`crate::bundle`]).
+    pub bundles_received: u64,
+    /// Bundles sent to peers; each carried at least two messages.
+    pub bundles_sent: u64,
     pub(super) dropped: [u64; DropReason::ALL.len()],
     pub(super) failed: [u64; FailReason::ALL.len()],
     /// Replies by time from acceptance, in [`LATENCY_BOUNDS_MS`] buckets (the last for

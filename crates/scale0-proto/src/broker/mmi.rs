@@ -15,6 +15,10 @@ impl Broker {
         if m.service.as_bytes().as_ref() == b"mmi.status" {
             return Bytes::from(self.status_document(now));
         }
+        if m.service.as_bytes().as_ref() == crate::bundle::SERVICE {
+            // This broker reads bundles: a client asks before it sends any.
+            return Bytes::from_static(b"200");
+        }
         if m.service.as_bytes().as_ref() != b"mmi.service" {
             return Bytes::from_static(b"501");
         }

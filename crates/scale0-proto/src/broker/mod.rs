@@ -25,11 +25,12 @@ use durable::Journal;
 use timers::Timer;
 use workers::{Service, Worker};
 
+use crate::bundle;
 use crate::dedupe::Dedupe;
 use crate::departed::Departed;
 use crate::mdp::{
-    self, Body, ClientKind, ClientMessage, Frames, Message, NativeCommand, PeerId, RequestId,
-    ServiceName, Status, Version, WorkerCommand,
+    self, Body, ClientKind, ClientMessage, DecodeError, Frames, Message, NativeCommand, PeerId,
+    RequestId, ServiceName, Status, Version, WorkerCommand,
 };
 use crate::time::Instant;
 use crate::timers::Timers;
@@ -82,6 +83,10 @@ pub struct Config {
     /// A key with no entry, and a message with no user id, may use every service;
     /// `mmi.*` is open to all.
     pub access: BTreeMap<String, BTreeSet<ServiceName>>,
+    /// Peers remembered as reading bundles (a client that sent one, a worker whose READY
+    /// says `bundle=1`) at most; past it, new ones are sent messages one by one. A peer
+    /// is forgotten when its connection ends.
+    pub max_bundle_peers: usize,
 }
 
 impl Default for Config {
@@ -102,6 +107,7 @@ impl Default for Config {
             max_titanic_requests: 100_000,
             events: false,
             access: BTreeMap::new(),
+            max_bundle_peers: 100_000,
         }
     }
 }
@@ -135,6 +141,13 @@ impl Config {
 
 /// A message for the broker's ROUTER, routing id first.
 pub use crate::Transmit;
+
+/// A place in the broker's send queue: one message, or a bundle for one peer.
+#[derive(Debug)]
+enum Slot {
+    One(Transmit),
+    Bundle(bundle::Packer),
+}
 
 /// Who asked, and in which protocol the answer must go back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,7 +242,11 @@ pub struct Broker {
     /// Native requests' own deadlines, earliest first; stale entries are skipped.
     client_deadlines: BinaryHeap<Reverse<(Instant, u64, PeerId, RequestId)>>,
     /// Messages to send, each with the number of journal ops that must be durable first.
-    transmits: VecDeque<(u64, Transmit)>,
+    transmits: VecDeque<(u64, Slot)>,
+    /// Slots taken off `transmits` so far: slot `n` is at index `n - popped`.
+    popped: u64,
+    /// Peers that read bundles, each with the slot of its bundle still being filled.
+    bundled: HashMap<Bytes, Option<u64>>,
     /// Present when the broker is durable.
     journal: Option<Journal>,
     /// Events for an observer, when [`Config::events`] is on.
@@ -273,6 +290,8 @@ impl Broker {
             dedupe,
             client_deadlines: BinaryHeap::new(),
             transmits: VecDeque::new(),
+            popped: 0,
+            bundled: HashMap::new(),
             journal: None,
             events: VecDeque::new(),
             next_heartbeat,
@@ -473,7 +492,22 @@ impl Broker {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let durable = self.journal.as_ref().map_or(u64::MAX, |j| j.durable);
         match self.transmits.front() {
-            Some((needs, _)) if *needs <= durable => self.transmits.pop_front().map(|(_, t)| t),
+            Some((needs, _)) if *needs <= durable => {
+                let (_, slot) = self.transmits.pop_front()?;
+                self.popped += 1;
+                Some(match slot {
+                    Slot::One(t) => t,
+                    Slot::Bundle(p) => {
+                        if p.len() > 1 {
+                            self.counters.bundles_sent += 1;
+                        }
+                        Transmit {
+                            dest: (),
+                            frames: p.finish(),
+                        }
+                    }
+                })
+            }
             _ => {
                 self.urgent = false;
                 None
@@ -491,9 +525,43 @@ impl Broker {
 
     /// Queues a message; in a durable broker it leaves only once every journal op
     /// emitted so far is durable, so no acknowledgement or reply runs ahead of the disk.
+    ///
+    /// A message for a peer that reads bundles joins that peer's bundle still in the
+    /// queue, if there is one with room: the peer's messages keep their order, and only
+    /// other peers' messages are overtaken.
     fn push(&mut self, t: Transmit) {
         let needs = self.journal.as_ref().map_or(0, |j| j.emitted);
-        self.transmits.push_back((needs, t));
+        if !self.bundled.is_empty()
+            && let Some(open) = t.frames.first().and_then(|id| self.bundled.get_mut(id))
+        {
+            let mut packer = bundle::Packer::new(1);
+            if packer.fits(&t.frames) {
+                if let Some(slot) = open.and_then(|n| n.checked_sub(self.popped))
+                    && let Some((n, Slot::Bundle(p))) = usize::try_from(slot)
+                        .ok()
+                        .and_then(|i| self.transmits.get_mut(i))
+                    && p.has_room(&t.frames)
+                {
+                    p.push(t.frames);
+                    *n = needs;
+                    return;
+                }
+                *open = Some(self.popped + self.transmits.len() as u64);
+                packer.push(t.frames);
+                self.transmits.push_back((needs, Slot::Bundle(packer)));
+                return;
+            }
+            // Later messages must not overtake this one.
+            *open = None;
+        }
+        self.transmits.push_back((needs, Slot::One(t)));
+    }
+
+    /// `peer` reads bundles from now on (within [`Config::max_bundle_peers`]).
+    fn reads_bundles(&mut self, peer: &PeerId) {
+        if self.bundled.len() < self.config.max_bundle_peers {
+            self.bundled.entry(peer.as_bytes().clone()).or_insert(None);
+        }
     }
 
     /// When [`Broker::handle_timeout`] must next be called: always some time, since the
@@ -525,6 +593,33 @@ impl Broker {
         }
         // A peer that speaks again is still there (it sent an empty frame itself).
         self.departed.heard_from(&peer);
+        if bundle::is_bundle(&rest) {
+            match bundle::decode(&rest) {
+                Ok(messages) => {
+                    self.counters.bundles_received += 1;
+                    // It has shown it speaks bundles: its answers may come in them too.
+                    self.reads_bundles(&peer);
+                    for m in messages {
+                        let size = m.iter().map(Bytes::len).sum();
+                        self.handle_one(now, peer.clone(), m, size, user);
+                    }
+                }
+                Err(_) => self.drop_message(DropReason::Malformed(DecodeError::BadBundle), size),
+            }
+            return;
+        }
+        self.handle_one(now, peer, rest, size, user);
+    }
+
+    /// One message of `peer` (alone, or out of a bundle), after its routing id.
+    fn handle_one(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        rest: Frames,
+        size: usize,
+        user: Option<&str>,
+    ) {
         if size > self.config.max_message_bytes {
             // A native client can be told; anyone else's message is just dropped.
             if let Some(id) = mdp::native_request_id(&rest) {
@@ -619,6 +714,8 @@ impl Broker {
     /// queued MDP requests are not worth a worker's time. A client with an id of its own
     /// may come back with it (a native client retrying), so it keeps its requests.
     fn on_disconnected(&mut self, now: Instant, peer: &PeerId) {
+        // Whoever connects next under this id says again what it reads.
+        self.bundled.remove(peer.as_bytes());
         if self.workers.contains_key(peer) {
             info!(worker = %peer, "worker's connection ended, removing it");
             self.counters.workers_disconnected += 1;

@@ -305,10 +305,15 @@ impl Broker {
             w.expiry = now + self.config.worker_expiry();
         }
         match cmd {
-            WorkerCommand::Ready { service, capacity }
-                if !known && !service.is_mmi() && self.ensure_service(now, &service) =>
-            {
-                debug!(worker = %peer, %service, ?version, capacity, "worker ready");
+            WorkerCommand::Ready {
+                service,
+                capacity,
+                bundle,
+            } if !known && !service.is_mmi() && self.ensure_service(now, &service) => {
+                debug!(worker = %peer, %service, ?version, capacity, bundle, "worker ready");
+                if bundle {
+                    self.reads_bundles(peer);
+                }
                 self.counters.workers_registered += 1;
                 self.workers.insert(
                     peer.clone(),
@@ -633,6 +638,8 @@ impl Broker {
         if send_disconnect {
             self.push(to_worker(peer, w.version, WorkerCommand::Disconnect));
         }
+        // Its next READY says again whether it reads bundles.
+        self.bundled.remove(peer.as_bytes());
         let mut last = false;
         if let Some(s) = self.services.get_mut(&w.service) {
             s.workers = s.workers.saturating_sub(1);

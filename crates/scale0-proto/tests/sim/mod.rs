@@ -274,6 +274,7 @@ impl BrokerSim {
             WorkerCommand::Ready {
                 service: svc(service),
                 capacity,
+                bundle: false,
             },
         );
     }
