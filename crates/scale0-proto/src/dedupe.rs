@@ -4,7 +4,9 @@
 use crate::mdp::{NativeCommand, PeerId, RequestId};
 use crate::time::Instant;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::Entry as Slot;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// A native request, as (client routing id, request id).
 pub(crate) type Key = (PeerId, RequestId);
@@ -27,10 +29,35 @@ enum Entry {
     },
 }
 
+/// Hashes the broker's own sequential generation numbers (Fibonacci hashing): nothing a
+/// peer chooses goes in, so it needs none of SipHash's resistance to chosen keys, and
+/// the check whether a request is still pending (two or three per request) costs a
+/// multiplication instead of hashing two ids.
+#[derive(Default)]
+struct GenerationHasher(u64);
+
+impl Hasher for GenerationHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Bounded table of pending and recently answered native requests.
 #[derive(Debug)]
 pub(crate) struct Dedupe {
     entries: HashMap<Key, Entry>,
+    /// The generations of the `Pending` entries.
+    pending: HashSet<u64, BuildHasherDefault<GenerationHasher>>,
     /// Answered keys, oldest first, with when they may be forgotten.
     done: VecDeque<(Instant, Key, u64)>,
     done_bytes: usize,
@@ -65,6 +92,7 @@ impl Dedupe {
     pub(crate) fn new(max_entries: usize, max_bytes: usize) -> Self {
         Self {
             entries: HashMap::new(),
+            pending: HashSet::default(),
             done: VecDeque::new(),
             done_bytes: 0,
             next_generation: 1,
@@ -87,13 +115,17 @@ impl Dedupe {
     pub(crate) fn accept(&mut self, key: Key, journal: Option<u64>) -> u64 {
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.entries.insert(
+        let old = self.entries.insert(
             key,
             Entry::Pending {
                 generation,
                 journal,
             },
         );
+        if let Some(Entry::Pending { generation: g, .. }) = old {
+            self.pending.remove(&g);
+        }
+        self.pending.insert(generation);
         generation
     }
 
@@ -104,9 +136,10 @@ impl Dedupe {
         }
     }
 
-    /// True while the acceptance `generation` of `key` still waits for its answer.
-    pub(crate) fn is_pending(&self, key: &Key, generation: u64) -> bool {
-        matches!(self.entries.get(key), Some(Entry::Pending { generation: g, .. }) if *g == generation)
+    /// True while the acceptance `generation` (of one key: generations are never
+    /// reused) still waits for its answer.
+    pub(crate) fn is_pending(&self, generation: u64) -> bool {
+        self.pending.contains(&generation)
     }
 
     /// Stores the answer of a request (pending or refused at once) until `forget_at`;
@@ -164,13 +197,15 @@ impl Dedupe {
                 journal,
             },
         );
-        // An answer it replaces (the same key answered again) is no longer kept.
-        if let Some(Entry::Done {
-            journal: Some(j), ..
-        }) = old
-            && Some(j) != journal
-        {
-            self.forgotten.push(j);
+        match old {
+            Some(Entry::Pending { generation: g, .. }) => {
+                self.pending.remove(&g);
+            }
+            // An answer it replaces (the same key answered again) is no longer kept.
+            Some(Entry::Done {
+                journal: Some(j), ..
+            }) if Some(j) != journal => self.forgotten.push(j),
+            _ => {}
         }
         // Over a bound, the oldest answers go now, not at the next timer.
         self.evict(Instant::ZERO);
@@ -191,18 +226,20 @@ impl Dedupe {
             let Some((_, key, generation)) = self.done.pop_front() else {
                 break;
             };
-            if let Some(Entry::Done {
-                answer,
-                generation: g,
-                journal,
-            }) = self.entries.get(&key)
+            // One lookup: the entry is taken out only if it is this answer.
+            if let Slot::Occupied(slot) = self.entries.entry(key)
+                && let Entry::Done {
+                    answer,
+                    generation: g,
+                    journal,
+                } = slot.get()
                 && *g == generation
             {
                 self.done_bytes = self.done_bytes.saturating_sub(answer_bytes(answer));
                 if let Some(j) = journal {
                     self.forgotten.push(*j);
                 }
-                self.entries.remove(&key);
+                slot.remove();
             }
         }
     }
@@ -214,9 +251,6 @@ impl Dedupe {
 
     /// Requests pending now.
     pub(crate) fn pending(&self) -> usize {
-        self.entries
-            .values()
-            .filter(|e| matches!(e, Entry::Pending { .. }))
-            .count()
+        self.pending.len()
     }
 }

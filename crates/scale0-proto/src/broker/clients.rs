@@ -206,9 +206,9 @@ impl Broker {
     pub(super) fn is_live(&self, request: &Request) -> bool {
         match &request.origin {
             Origin::Mdp(_) => true,
-            Origin::Native { id, generation } => self
+            Origin::Native { generation, .. } => self
                 .dedupe
-                .is_pending(&(request.client.clone(), id.clone()), *generation),
+                .is_pending(*generation),
             Origin::Titanic { uuid } => self.journal.as_ref().is_some_and(|j| {
                 matches!(j.titanic.get(uuid), Some(Titanic::Pending { key }) if Some(*key) == request.journal)
             }),
@@ -324,10 +324,7 @@ impl Broker {
             let Some(Reverse((_, generation, client, id))) = self.client_deadlines.pop() else {
                 break;
             };
-            if !self
-                .dedupe
-                .is_pending(&(client.clone(), id.clone()), generation)
-            {
+            if !self.dedupe.is_pending(generation) {
                 continue;
             }
             // The request may still sit in a queue or with a worker; it is dead from now
