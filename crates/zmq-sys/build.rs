@@ -24,6 +24,12 @@ struct Patch {
 /// set when the peer hangs up while the engine's input is stopped: a ROUTER_HANDOVER
 /// took its pipe mid-message), and `out_event` asserts that this never happens. A dead
 /// engine is torn down instead, and `out_event` refuses to write on one.
+///
+/// And zeromq-src leaves out `ZMQ_HAVE_EVENTFD` on Linux, where libzmq's own builds set
+/// it: every wake-up of a thread (a message for a sleeping socket or I/O thread) then
+/// went through a Unix socket pair, each signal a `send` that allocates a socket buffer,
+/// instead of an 8-byte `write` to an eventfd. The two files that use it are compiled
+/// with it (no class layout depends on it).
 const PATCHES: &[Patch] = &[
     Patch {
         file: "stream_engine_base.cpp",
@@ -46,7 +52,26 @@ const PATCHES: &[Patch] = &[
                   \x20   if (unlikely (_io_error))\n\
                   \x20       return;\n",
     },
+    Patch {
+        file: "ip.cpp",
+        why: "signal with an eventfd: the pair of descriptors",
+        find: EVENTFD_ANCHOR,
+        replace: EVENTFD_DEFINES,
+    },
+    Patch {
+        file: "signaler.cpp",
+        why: "signal with an eventfd: sending and receiving a signal",
+        find: EVENTFD_ANCHOR,
+        replace: EVENTFD_DEFINES,
+    },
 ];
+
+/// Where the eventfd defines go: first thing, before any header tests them.
+const EVENTFD_ANCHOR: &str = "#include \"precompiled.hpp\"\n";
+const EVENTFD_DEFINES: &str = "//  scale0: as libzmq's own Linux builds have it\n\
+                               #define ZMQ_HAVE_EVENTFD 1\n\
+                               #define ZMQ_HAVE_EVENTFD_CLOEXEC 1\n\
+                               #include \"precompiled.hpp\"\n";
 
 fn main() {
     let include = env::var("DEP_SODIUM_INCLUDE")
