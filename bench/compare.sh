@@ -22,7 +22,8 @@
 # that do not ask for bundles (`--no-bundle`, every message alone, as before bundles).
 # Installs nats-server if it is missing (apt-get, as root or via sudo).
 #
-#   bench/compare.sh [REPEAT] [WORKERS] [CAPACITY]   (defaults 5, 4 and 16; medians reported)
+#   bench/compare.sh [REPEAT] [WORKERS] [CAPACITY]   (defaults 5, 4 and 32, the worker's default
+#                                                      capacity; medians reported)
 #
 # Environment (defaults in brackets; the default run is 4 clients × 64 in flight × 4
 # workers at 128 B, about 5 minutes on a 2-core machine):
@@ -39,7 +40,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repeat=${1:-5}
 workers=${2:-4}
-capacity=${3:-16}
+capacity=${3:-32}
 common=(--size "${SIZES:-128}" --clients "${CLIENTS:-4}" --workers "$workers"
         --in-flight "${IN_FLIGHT:-64}" --requests "${REQUESTS:-100000}"
         --sync-requests "${SYNC_REQUESTS:-10000}" --repeat "$repeat")

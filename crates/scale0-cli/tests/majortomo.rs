@@ -160,7 +160,7 @@ fn a_majortomo_client_is_served_by_scale0_worker_and_asks_mmi() {
 
 #[test]
 fn scale0_workers_on_their_defaults_serve_through_majortomo_s_own_broker() {
-    // Our workers' READY carries a credit frame by default (capacity 8); a Majordomo
+    // Our workers' READY carries a credit frame by default (capacity 32); a Majordomo
     // broker that does not know it must still register them and hand them requests one
     // at a time.
     let (_broker, out) = spawn_lines("majortomo broker", majortomo("majortomo_broker.py"));

@@ -55,10 +55,11 @@ impl Config {
     pub const DEFAULT_RECONNECT_MAX_MS: u64 = 5000;
     /// Requests a worker may hold, unless configured. A scale0 broker sends a worker
     /// more than one only when every worker of its service holds something (least-loaded
-    /// dispatch), so a slow request has others queued behind it only under full load;
-    /// eight keep a fast handler from ever waiting on the broker (4 workers: 7.6k req/s
-    /// at 1, 25k to 33k at 8, `scale0 demo --capacity N`, BENCHMARKS.md).
-    pub const DEFAULT_CAPACITY: u32 = 8;
+    /// dispatch), so a slow request has others queued behind it only under full load.
+    /// With bundles a deeper line is also fewer, larger messages: 4 inline echo workers
+    /// under 256 requests in flight, each a process, did 83k req/s at 8, 134k at 16 and
+    /// 160k to 173k at 32, no more at 64 (BENCHMARKS.md, "Bundles and eventfd").
+    pub const DEFAULT_CAPACITY: u32 = 32;
 
     /// Defaults matching the broker's ([`crate::DEFAULT_HEARTBEAT_INTERVAL_MS`] ×
     /// [`crate::DEFAULT_HEARTBEAT_LIVENESS`]), reconnecting after 100 ms to 5 s.
