@@ -230,6 +230,8 @@ struct Link {
     /// it accepts one again or every broker has said so (the cluster is electing).
     not_leader: bool,
     bundles: Bundles,
+    /// When it was last asked whether it reads bundles.
+    asked_at: Option<Instant>,
 }
 
 /// Whether a broker reads bundles, as far as the session knows.
@@ -595,7 +597,7 @@ impl<T> Session<T> {
         // now (a moved one) may spend on it.
         let left = self.config.attempts().saturating_sub(o.sends - 1).max(1);
         let broker = o.broker;
-        self.ask_bundles(broker);
+        self.ask_bundles(now, broker);
         let Some(o) = self.outstanding.get(id) else {
             return;
         };
@@ -618,7 +620,7 @@ impl<T> Session<T> {
     }
 
     /// Asks `broker` whether it reads bundles, ahead of the first request it is sent.
-    fn ask_bundles(&mut self, broker: usize) {
+    fn ask_bundles(&mut self, now: Instant, broker: usize) {
         if !self.config.bundle {
             return;
         }
@@ -629,6 +631,7 @@ impl<T> Session<T> {
             return;
         }
         link.bundles = Bundles::Asked;
+        link.asked_at = Some(now);
         self.probes_sent += 1;
         let id = format!("{}{}", BUNDLE_PROBE_PREFIX as char, self.probes_sent);
         let (Ok(id), Ok(service)) = (
@@ -692,9 +695,13 @@ impl<T> Session<T> {
             }
         }
         self.counters.retries += 1;
-        // A question about bundles unanswered this long was lost: ask again.
+        // A timeout may mean the broker no longer reads bundles (an older one took its
+        // place): ask again, and send one by one until it says. A question unanswered for
+        // a timeout was lost: ask again. Once per timeout, however many requests retry.
+        let timeout = Duration::from_millis(self.config.timeout_ms);
         if let Some(l) = self.links.get_mut(to)
-            && l.bundles == Bundles::Asked
+            && (l.bundles == Bundles::Yes
+                || (l.bundles == Bundles::Asked && l.asked_at.is_none_or(|t| t + timeout <= now)))
         {
             l.bundles = Bundles::Unknown;
         }
@@ -838,6 +845,86 @@ mod tests {
 
     fn events(s: &mut Session<u32>) -> Vec<Event<u32>> {
         std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    /// What was sent, each message with the ids of the requests in it (a bundle: several).
+    fn sent_messages(s: &mut Session<u32>) -> Vec<Vec<RequestId>> {
+        std::iter::from_fn(|| s.poll_transmit())
+            .map(|t| {
+                let messages = if crate::bundle::is_bundle(&t.frames) {
+                    crate::bundle::decode(&t.frames).unwrap()
+                } else {
+                    vec![t.frames]
+                };
+                messages
+                    .into_iter()
+                    .map(|m| match Message::decode(m).unwrap() {
+                        Message::Native(cmd) => cmd.id().clone(),
+                        other => panic!("sent {other:?}"),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn is_question(id: &RequestId) -> bool {
+        id.as_bytes().first() == Some(&BUNDLE_PROBE_PREFIX)
+    }
+
+    #[test]
+    fn requests_are_bundled_once_the_broker_says_it_reads_bundles_and_a_timeout_asks_again() {
+        let mut s = Session::new(Config {
+            bundle: true,
+            ..Config::default()
+        });
+        let first = s.request(at(0), svc(), vec![], 0);
+        let out = sent_messages(&mut s);
+        // The question goes first, alone, and the request alone after it.
+        assert_eq!(out.len(), 2);
+        assert!(is_question(&out[0][0]));
+        assert_eq!(out[1], vec![first]);
+        let question = out[0][0].clone();
+        let yes = answer(NativeCommand::Final {
+            id: question,
+            body: vec![Bytes::from_static(b"200")],
+        });
+        s.handle_message(at(1), 0, yes).unwrap();
+        assert!(
+            events(&mut s).is_empty(),
+            "the answer is no event of the user's"
+        );
+        let ids: Vec<_> = (1..=3)
+            .map(|t| s.request(at(2), svc(), vec![], t))
+            .collect();
+        assert_eq!(sent_messages(&mut s), vec![ids.clone()], "one bundle");
+        // Every request times out at once: one question, and the retries one by one
+        // until the broker answers it again.
+        s.handle_timeout(at(2502));
+        let out = sent_messages(&mut s);
+        assert_eq!(out.iter().flatten().filter(|id| is_question(id)).count(), 1);
+        assert!(out.iter().all(|m| m.len() == 1), "{out:?}");
+        assert_eq!(out.len(), 1 + 1 + ids.len());
+    }
+
+    #[test]
+    fn a_broker_that_does_not_know_bundles_is_sent_requests_one_by_one() {
+        let mut s = Session::new(Config {
+            bundle: true,
+            ..Config::default()
+        });
+        s.request(at(0), svc(), vec![], 0);
+        let question = sent_messages(&mut s)[0][0].clone();
+        let no = answer(NativeCommand::Final {
+            id: question,
+            body: vec![Bytes::from_static(b"501")],
+        });
+        s.handle_message(at(1), 0, no).unwrap();
+        for t in 1..=3 {
+            s.request(at(2), svc(), vec![], t);
+        }
+        let out = sent_messages(&mut s);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|m| m.len() == 1 && !is_question(&m[0])));
     }
 
     #[test]

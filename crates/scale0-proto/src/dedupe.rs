@@ -102,6 +102,16 @@ impl Dedupe {
         }
     }
 
+    /// Forgets everything but the generations already given: one is never given twice
+    /// in a broker's life, which [`Dedupe::is_pending`] relies on.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.pending.clear();
+        self.done.clear();
+        self.done_bytes = 0;
+        self.forgotten.clear();
+    }
+
     pub(crate) fn seen(&self, key: &Key) -> Seen<'_> {
         match self.entries.get(key) {
             None => Seen::New,

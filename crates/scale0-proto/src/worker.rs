@@ -148,6 +148,13 @@ pub struct Session {
     drain_until: Option<Instant>,
     /// The broker of the current connection has sent a bundle: it reads them too.
     broker_bundles: bool,
+    /// The current connection's READY asked for bundles.
+    offered_bundles: bool,
+    /// Something came on the current connection.
+    heard: bool,
+    /// The next READY leaves out `bundle=1`: the last one that had it was answered by
+    /// DISCONNECT first of all, as a scale0 broker older than bundles answers it.
+    skip_bundle_offer: bool,
 }
 
 /// How a drain ended (see [`Session::begin_drain`]).
@@ -177,6 +184,9 @@ impl Session {
             stopping: false,
             drain_until: None,
             broker_bundles: false,
+            offered_bundles: false,
+            heard: false,
+            skip_bundle_offer: false,
         }
     }
 
@@ -302,6 +312,8 @@ impl Session {
         let State::Connected { next_heartbeat, .. } = self.state else {
             return Ok(());
         };
+        let first = !self.heard;
+        self.heard = true;
         let ((Message::Worker(cmd), Version::V1)
         | (Message::Worker2(cmd), Version::V2)
         | (Message::Worker2Delimited(cmd), Version::V2Delimited)) =
@@ -336,6 +348,13 @@ impl Session {
             WorkerCommand::Heartbeat => {}
             WorkerCommand::Disconnect => {
                 info!(service = %self.config.service, "broker said DISCONNECT, re-registering");
+                // A broker that took the READY heartbeats before anything else; one that
+                // dropped it (an older scale0 broker refuses the bundle frame) only says
+                // DISCONNECT, to the first heartbeat. Register once without the frame.
+                if first && self.offered_bundles {
+                    info!(service = %self.config.service, "registering without asking for bundles this time");
+                    self.skip_bundle_offer = true;
+                }
                 self.actions.push_back(Action::Disconnect);
                 self.mark_abandoned();
                 self.state = State::Disconnected {
@@ -433,10 +452,13 @@ impl Session {
             .clamp(1, crate::mdp::MAX_WORKER_CAPACITY);
         // A new connection may reach another broker: it shows again what it reads.
         self.broker_bundles = false;
+        self.heard = false;
+        self.offered_bundles = self.config.bundle && capacity > 1 && !self.skip_bundle_offer;
+        self.skip_bundle_offer = false;
         self.send(WorkerCommand::Ready {
             service: self.config.service.clone(),
             capacity,
-            bundle: self.config.bundle && capacity > 1,
+            bundle: self.offered_bundles,
         });
         if capacity == 1
             && self.config.announce_capacity

@@ -338,3 +338,58 @@ fn a_stopping_worker_finishes_what_it_holds_and_starts_nothing_new() {
     s.shutdown();
     assert_eq!(actions(&mut s), [send(WorkerCommand::Disconnect)]);
 }
+
+/// The READY the session sends, and whether it asks for bundles.
+fn ready_asks_bundles(actions: &[Action]) -> Option<bool> {
+    actions.iter().find_map(|a| match a {
+        Action::Send(f) => match Message::decode(f.clone()) {
+            Ok(Message::Worker(WorkerCommand::Ready { bundle, .. })) => Some(bundle),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+#[test]
+fn a_ready_answered_only_by_disconnect_is_sent_once_without_asking_for_bundles() {
+    let mut s = Session::new(
+        Config {
+            capacity: 4,
+            bundle: true,
+            ..config()
+        },
+        at(0),
+    );
+    s.handle_timeout(at(0));
+    assert_eq!(ready_asks_bundles(&actions(&mut s)), Some(true));
+    // A broker that dropped the READY (an older scale0 broker refuses its bundle frame)
+    // answers the first heartbeat with DISCONNECT, nothing before it.
+    s.handle_timeout(at(1000));
+    let _ = actions(&mut s);
+    s.handle_message(at(1001), from_broker(WorkerCommand::Disconnect))
+        .unwrap();
+    let _ = actions(&mut s);
+    s.handle_timeout(at(1101));
+    assert_eq!(
+        ready_asks_bundles(&actions(&mut s)),
+        Some(false),
+        "registers without the frame"
+    );
+    // That broker took it: a heartbeat came first. A later DISCONNECT (say, a restart)
+    // does not stop the next READY from asking again.
+    s.handle_message(at(1200), from_broker(WorkerCommand::Heartbeat))
+        .unwrap();
+    s.handle_message(at(1300), from_broker(WorkerCommand::Disconnect))
+        .unwrap();
+    let _ = actions(&mut s);
+    s.handle_timeout(at(1400));
+    assert_eq!(ready_asks_bundles(&actions(&mut s)), Some(true));
+    // A broker that heard the READY and heartbeats first keeps the frame on reconnects.
+    s.handle_message(at(1500), from_broker(WorkerCommand::Heartbeat))
+        .unwrap();
+    s.handle_message(at(1600), from_broker(WorkerCommand::Disconnect))
+        .unwrap();
+    let _ = actions(&mut s);
+    s.handle_timeout(at(1700));
+    assert_eq!(ready_asks_bundles(&actions(&mut s)), Some(true));
+}

@@ -213,8 +213,16 @@ impl Broker {
             .context(|| "setting RCVHWM".into())?;
         socket.set_linger(0).context(|| "setting LINGER".into())?;
         // Up to twice the bound a frame is read, so that the sender can be told
-        // `too_large`; a larger one ends its connection unread.
-        sockets::cap_frames(&socket, config.core.max_message_bytes.saturating_mul(2))?;
+        // `too_large`; a larger one ends its connection unread. A bundle's packed frame
+        // may be longer than a small bound: each message in it is held to the bound.
+        sockets::cap_frames(
+            &socket,
+            config
+                .core
+                .max_message_bytes
+                .saturating_mul(2)
+                .max(scale0_proto::bundle::MAX_BYTES),
+        )?;
         // ZMTP heartbeats drop a connection whose peer froze or whose host vanished
         // without closing TCP; libzmq then reports sends to it as unroutable.
         let ivl = i32::try_from(config.core.heartbeat_interval_ms).unwrap_or(i32::MAX);

@@ -3,7 +3,6 @@
 use super::titanic::Titanic;
 use super::workers::Service;
 use super::{Broker, Config, Origin, Request};
-use crate::dedupe::Dedupe;
 use crate::journal::{Entry, EntryError, JournalOp, StoredOrigin};
 use crate::mdp::ServiceName;
 use crate::time::Instant;
@@ -64,7 +63,7 @@ impl Broker {
         if self.standby {
             // A standby's answers kept for retries are all `not_leader` refusals: a retry
             // of the same id must now be served, not refused again from memory.
-            self.dedupe = Dedupe::new(self.config.max_dedupe_entries, self.config.max_dedupe_bytes);
+            self.dedupe.clear();
         }
         self.standby = false;
         let broker = self;
