@@ -461,7 +461,6 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
                 .map(|_| ())?)
         })?);
     }
-    let payload = Bytes::from(vec![b'x'; size]);
     let mut threads = Vec::new();
     for (i, n) in split(requests, clients).into_iter().enumerate() {
         if mdp_clients {
@@ -476,22 +475,8 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
         config.curve.clone_from(&peer_curve);
         let mut client = Client::connect(config)?;
         let service = service.clone();
-        let payload = payload.clone();
         threads.push(spawn(&format!("bench-client-{i}"), move || {
-            // The first request waits for a worker to register; it is not measured.
-            client.request(&service, vec![payload.clone()])?;
-            let summary = client.request_many(
-                &service,
-                (0..n).map(|_| vec![payload.clone()]),
-                usize::try_from(in_flight.max(1)).unwrap_or(1),
-                |_, _| {},
-            )?;
-            Ok(Measurement {
-                messages: summary.ok,
-                lost: summary.sent.saturating_sub(summary.ok),
-                elapsed: summary.elapsed,
-                latencies: summary.latencies,
-            })
+            native_client(&mut client, &service, n, in_flight, size)
         })?);
     }
     let result = gather(threads);
@@ -503,6 +488,31 @@ pub fn broker(case: &BrokerCase) -> Result<Measurement> {
         join(b, "broker")?;
     }
     result
+}
+
+/// `client` keeping `in_flight` requests of `size` bytes to `service` outstanding until
+/// `n` are answered, after one unmeasured request that waits for the workers.
+pub fn native_client(
+    client: &mut Client,
+    service: &str,
+    n: u64,
+    in_flight: u32,
+    size: usize,
+) -> Result<Measurement> {
+    let payload = Bytes::from(vec![b'x'; size]);
+    client.request(service, vec![payload.clone()])?;
+    let summary = client.request_many(
+        service,
+        (0..n).map(|_| vec![payload.clone()]),
+        usize::try_from(in_flight.max(1)).unwrap_or(1),
+        |_, _| {},
+    )?;
+    Ok(Measurement {
+        messages: summary.ok,
+        lost: summary.sent.saturating_sub(summary.ok),
+        elapsed: summary.elapsed,
+        latencies: summary.latencies,
+    })
 }
 
 /// A plain MDP/0.2 client (RFC 18) on a DEALER of its own, keeping `in_flight` requests

@@ -443,7 +443,6 @@ fn print_table(results: &[Result_]) {
 /// The broker scenario with a process per part, and the hidden client those processes run.
 mod processes {
     use super::{Args, Case};
-    use bytes::Bytes;
     use scale0::{Client, ClientConfig};
     use scale0_bench::Measurement;
     use std::io::{BufRead, BufReader, Read};
@@ -483,22 +482,13 @@ mod processes {
         } else {
             let mut config = ClientConfig::new(args.connect);
             config.bundle = !args.no_bundle;
-            let mut client = Client::connect(config)?;
-            let payload = Bytes::from(vec![b'x'; args.size]);
-            // Not measured: the first request waits for the workers to register.
-            client.request(&args.service, vec![payload.clone()])?;
-            let summary = client.request_many(
+            scale0_bench::scenarios::native_client(
+                &mut Client::connect(config)?,
                 &args.service,
-                (0..args.requests).map(|_| vec![payload.clone()]),
-                usize::try_from(args.in_flight.max(1)).unwrap_or(1),
-                |_, _| {},
-            )?;
-            Measurement {
-                messages: summary.ok,
-                lost: summary.sent.saturating_sub(summary.ok),
-                elapsed: summary.elapsed,
-                latencies: summary.latencies,
-            }
+                args.requests,
+                args.in_flight,
+                args.size,
+            )?
         };
         // The distribution as (nanoseconds, count) pairs, merged by the parent.
         println!(

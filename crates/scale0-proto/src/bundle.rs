@@ -14,7 +14,8 @@
 //! protocol rule, only how many messages carry them. Inner messages keep their order.
 
 use crate::mdp::Frames;
-use bytes::Bytes;
+use crate::wire::{Reader, WireError, Writer, varint_len};
+use bytes::{Bytes, BytesMut};
 
 /// The MMI service a native client asks (`200`) before it sends a broker bundles; a
 /// broker that does not know it answers `501`, and is sent none.
@@ -41,12 +42,47 @@ pub enum BundleError {
     /// Not `[HEADER, packed]`.
     #[error("a bundle is the header and one packed frame")]
     Shape,
-    /// A varint or a frame runs past the end of the packed frame.
+    /// A varint or a frame runs past the end of the packed frame, or a varint is too long.
     #[error("a bundle's packed frame ends inside a message")]
     Truncated,
     /// A message of no frames, or more messages than [`MAX_DECODED`].
     #[error("a bundle holds an empty message or too many messages")]
     Count,
+}
+
+/// Runs `f` on each message `frames` carries: itself, or those of a bundle, in order. A
+/// bad message spoils only itself: every one is run, and the first error returned.
+pub fn each<E: From<BundleError>>(
+    frames: Frames,
+    mut f: impl FnMut(Frames) -> Result<(), E>,
+) -> Result<(), E> {
+    if !is_bundle(&frames) {
+        return f(frames);
+    }
+    let mut result = Ok(());
+    for m in decode(&frames)? {
+        let r = f(m);
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
+/// `first` and the messages `next` hands over after it (each while [`Packer::accepts`]
+/// it), as one bundle; `first` alone when it is too large or nothing follows. Also how
+/// many messages that is.
+pub fn gather(first: Frames, mut next: impl FnMut(&Packer) -> Option<Frames>) -> (Frames, usize) {
+    let mut packer = Packer::new(0);
+    if !packer.fits(&first) {
+        return (first, 1);
+    }
+    packer.push(first);
+    while let Some(m) = next(&packer) {
+        packer.push(m);
+    }
+    let n = packer.len();
+    (packer.finish(), n)
 }
 
 /// Whether a message (after any routing id) is a bundle.
@@ -63,32 +99,24 @@ pub fn decode(frames: &[Bytes]) -> Result<Vec<Frames>, BundleError> {
     if header.as_ref() != HEADER {
         return Err(BundleError::Shape);
     }
-    let mut at = 0usize;
+    let mut r = Reader(packed.clone());
     let mut out = Vec::new();
-    while at < packed.len() {
+    while !r.0.is_empty() {
         if out.len() == MAX_DECODED {
             return Err(BundleError::Count);
         }
-        let count = varint(packed, &mut at)?;
+        let count = r.varint()?;
         if count == 0 {
             return Err(BundleError::Count);
         }
         // Each frame takes at least its length byte: a count beyond what is left is a
         // lie, and must not size an allocation.
-        let left = packed.len() - at;
-        if count > left as u64 {
+        if count > r.0.len() as u64 {
             return Err(BundleError::Truncated);
         }
         let mut message = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let len = varint(packed, &mut at)?;
-            let end = usize::try_from(len)
-                .ok()
-                .and_then(|len| at.checked_add(len))
-                .filter(|&end| end <= packed.len())
-                .ok_or(BundleError::Truncated)?;
-            message.push(packed.slice(at..end));
-            at = end;
+            message.push(r.bytes()?);
         }
         out.push(message);
     }
@@ -98,33 +126,10 @@ pub fn decode(frames: &[Bytes]) -> Result<Vec<Frames>, BundleError> {
     Ok(out)
 }
 
-fn varint(buf: &[u8], at: &mut usize) -> Result<u64, BundleError> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*at).ok_or(BundleError::Truncated)?;
-        *at += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
+impl From<WireError> for BundleError {
+    fn from(_: WireError) -> Self {
+        Self::Truncated
     }
-    Err(BundleError::Truncated)
-}
-
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            buf.push(b);
-            return;
-        }
-        buf.push(b | 0x80);
-    }
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Bytes `frames` take in a packed frame.
@@ -145,7 +150,7 @@ pub struct Packer {
     /// the first message's go in front of the bundle, the others' are dropped.
     skip: usize,
     first: Option<Frames>,
-    packed: Vec<u8>,
+    packed: Writer,
     messages: usize,
 }
 
@@ -155,7 +160,7 @@ impl Packer {
         Self {
             skip,
             first: None,
-            packed: Vec::new(),
+            packed: Writer(BytesMut::new()),
             messages: 0,
         }
     }
@@ -175,8 +180,13 @@ impl Packer {
             _ => 0,
         };
         self.messages < MAX_MESSAGES
-            && self.packed.len() + first + encoded_len(&frames[self.skip.min(frames.len())..])
+            && self.packed.0.len() + first + encoded_len(&frames[self.skip.min(frames.len())..])
                 <= MAX_BYTES
+    }
+
+    /// Whether a message may join this bundle: it [`Packer::fits`] and has room.
+    pub fn accepts(&self, frames: &[Bytes]) -> bool {
+        self.fits(frames) && self.has_room(frames)
     }
 
     /// Messages in it.
@@ -208,13 +218,12 @@ impl Packer {
     }
 
     fn pack(&mut self, frames: &[Bytes]) {
-        if self.packed.is_empty() {
-            self.packed.reserve(MAX_BYTES.min(4 * 1024));
+        if self.packed.0.is_empty() {
+            self.packed.0.reserve(MAX_BYTES.min(4 * 1024));
         }
-        put_varint(&mut self.packed, frames.len() as u64);
+        self.packed.varint(frames.len() as u64);
         for f in frames {
-            put_varint(&mut self.packed, f.len() as u64);
-            self.packed.extend_from_slice(f);
+            self.packed.bytes(f);
         }
     }
 
@@ -229,7 +238,7 @@ impl Packer {
         }
         // `push` left only the addressing frames of the first message.
         first.push(Bytes::from_static(HEADER));
-        first.push(Bytes::from(self.packed));
+        first.push(self.packed.0.freeze());
         first
     }
 }

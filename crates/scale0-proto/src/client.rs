@@ -382,22 +382,11 @@ impl<T> Session<T> {
             return Ok(());
         }
         self.heard(now, broker);
-        if crate::bundle::is_bundle(&frames) {
-            let Ok(messages) = crate::bundle::decode(&frames) else {
-                self.counters.malformed += 1;
-                return Err(DecodeError::BadBundle);
-            };
-            // A bad message spoils only itself; the first such error is reported.
-            let mut result = Ok(());
-            for m in messages {
-                let r = self.handle_answer(now, broker, m);
-                if result.is_ok() {
-                    result = r;
-                }
-            }
-            return result;
+        let result = crate::bundle::each(frames, |m| self.handle_answer(now, broker, m));
+        if result == Err(DecodeError::BadBundle) {
+            self.counters.malformed += 1;
         }
-        self.handle_answer(now, broker, frames)
+        result
     }
 
     fn handle_answer(
@@ -505,28 +494,20 @@ impl<T> Session<T> {
     pub fn poll_transmit(&mut self) -> Option<Transmit<usize>> {
         let first = self.transmits.pop_front()?;
         let dest = first.dest;
-        let mut packer = crate::bundle::Packer::new(0);
-        if self.links.get(dest).map(|l| l.bundles) != Some(Bundles::Yes)
-            || !packer.fits(&first.frames)
-            || self.transmits.front().is_none_or(|t| t.dest != dest)
-        {
+        if self.links.get(dest).map(|l| l.bundles) != Some(Bundles::Yes) {
             return Some(first);
         }
-        packer.push(first.frames);
-        while let Some(t) = self.transmits.front()
-            && t.dest == dest
-            && packer.fits(&t.frames)
-            && packer.has_room(&t.frames)
-        {
-            if let Some(t) = self.transmits.pop_front() {
-                packer.push(t.frames);
-            }
+        let transmits = &mut self.transmits;
+        let (frames, n) = crate::bundle::gather(first.frames, |p| {
+            transmits
+                .front()
+                .filter(|t| t.dest == dest && p.accepts(&t.frames))?;
+            transmits.pop_front().map(|t| t.frames)
+        });
+        if n > 1 {
+            self.counters.bundles_sent += 1;
         }
-        self.counters.bundles_sent += 1;
-        Some(Transmit {
-            dest,
-            frames: packer.finish(),
-        })
+        Some(Transmit { dest, frames })
     }
 
     /// The next thing that happened to a request or a broker.
@@ -632,20 +613,33 @@ impl<T> Session<T> {
         }
         link.bundles = Bundles::Asked;
         link.asked_at = Some(now);
+        let timeout = self.config.timeout_ms;
+        self.ask(
+            broker,
+            BUNDLE_PROBE_PREFIX,
+            crate::bundle::SERVICE,
+            timeout,
+            Vec::new(),
+        );
+    }
+
+    /// Sends `broker` a question of the session's own (not a user's request): an MMI
+    /// request whose id starts with `prefix`, answered without ACCEPTED.
+    fn ask(&mut self, broker: usize, prefix: u8, service: &'static [u8], wait_ms: u64, body: Body) {
         self.probes_sent += 1;
-        let id = format!("{}{}", BUNDLE_PROBE_PREFIX as char, self.probes_sent);
+        let id = format!("{}{}", prefix as char, self.probes_sent);
         let (Ok(id), Ok(service)) = (
             RequestId::new(Bytes::from(id)),
-            ServiceName::new(Bytes::from_static(crate::bundle::SERVICE)),
+            ServiceName::new(Bytes::from_static(service)),
         ) else {
             return;
         };
         let frames = Message::Native(NativeCommand::Request {
             id,
             service,
-            deadline_ms: Some(self.config.timeout_ms),
+            deadline_ms: Some(wait_ms),
             ack: false,
-            body: Vec::new(),
+            body,
         })
         .encode();
         self.transmits.push_back(Transmit {
@@ -744,27 +738,10 @@ impl<T> Session<T> {
 
     /// Asks a dead broker whether it is back.
     fn probe(&mut self, now: Instant, broker: usize) {
-        self.probes_sent += 1;
         self.counters.probes += 1;
-        let id = format!("{}{}", PROBE_ID_PREFIX as char, self.probes_sent);
-        let (Ok(id), Ok(service)) = (
-            RequestId::new(Bytes::from(id)),
-            ServiceName::new(Bytes::from_static(PROBE_SERVICE)),
-        ) else {
-            return;
-        };
-        let frames = Message::Native(NativeCommand::Request {
-            id,
-            service,
-            deadline_ms: Some(self.config.probe_interval_ms),
-            ack: false,
-            body: vec![Bytes::from_static(PROBE_SERVICE)],
-        })
-        .encode();
-        self.transmits.push_back(Transmit {
-            dest: broker,
-            frames,
-        });
+        let wait = self.config.probe_interval_ms;
+        let body = vec![Bytes::from_static(PROBE_SERVICE)];
+        self.ask(broker, PROBE_ID_PREFIX, PROBE_SERVICE, wait, body);
         self.links[broker].next_probe =
             Some(now + Duration::from_millis(self.config.probe_interval_ms));
     }

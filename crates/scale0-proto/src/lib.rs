@@ -27,6 +27,7 @@ pub mod task_worker;
 pub mod testkit;
 mod time;
 mod timers;
+mod wire;
 pub mod worker;
 pub mod zap;
 

@@ -72,6 +72,12 @@ pub enum DecodeError {
     BadBundle,
 }
 
+impl From<crate::bundle::BundleError> for DecodeError {
+    fn from(_: crate::bundle::BundleError) -> Self {
+        Self::BadBundle
+    }
+}
+
 /// `bytes` if it is 1 to `max` bytes long, else `err`: the rule every name and id here follows.
 fn bounded(bytes: Bytes, max: usize, err: DecodeError) -> Result<Bytes, DecodeError> {
     if bytes.is_empty() || bytes.len() > max {

@@ -217,23 +217,20 @@ impl Session {
         let Action::Send(first) = action else {
             return Some(action);
         };
-        let mut packer = crate::bundle::Packer::new(0);
-        if !self.broker_bundles
-            || !packer.fits(&first)
-            || !matches!(self.actions.front(), Some(Action::Send(_)))
-        {
+        if !self.broker_bundles {
             return Some(Action::Send(first));
         }
-        packer.push(first);
-        while let Some(Action::Send(next)) = self.actions.front()
-            && packer.fits(next)
-            && packer.has_room(next)
-        {
-            if let Some(Action::Send(next)) = self.actions.pop_front() {
-                packer.push(next);
+        let actions = &mut self.actions;
+        let (frames, _) = crate::bundle::gather(first, |p| {
+            if !matches!(actions.front(), Some(Action::Send(next)) if p.accepts(next)) {
+                return None;
             }
-        }
-        Some(Action::Send(packer.finish()))
+            match actions.pop_front() {
+                Some(Action::Send(next)) => Some(next),
+                _ => None,
+            }
+        });
+        Some(Action::Send(frames))
     }
 
     /// When [`Session::handle_timeout`] must next be called; `None` while waiting only
@@ -292,20 +289,9 @@ impl Session {
         if !matches!(self.state, State::Connected { .. }) {
             return Ok(());
         }
-        if crate::bundle::is_bundle(&frames) {
-            let messages = crate::bundle::decode(&frames).map_err(|_| DecodeError::BadBundle)?;
-            self.broker_bundles = true;
-            // A bad command spoils only itself; the first such error is reported.
-            let mut result = Ok(());
-            for m in messages {
-                let r = self.handle_command(now, m);
-                if result.is_ok() {
-                    result = r;
-                }
-            }
-            return result;
-        }
-        self.handle_command(now, frames)
+        // A broker that sends bundles reads them.
+        self.broker_bundles |= crate::bundle::is_bundle(&frames);
+        crate::bundle::each(frames, |m| self.handle_command(now, m))
     }
 
     fn handle_command(&mut self, now: Instant, frames: Frames) -> Result<(), DecodeError> {

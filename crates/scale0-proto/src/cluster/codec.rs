@@ -6,7 +6,8 @@
 
 use super::log::Change;
 use crate::journal::JournalOp;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use crate::wire::{Reader, WireError, Writer};
+use bytes::{BufMut, Bytes, BytesMut};
 use raft::eraftpb::{
     ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
 };
@@ -59,22 +60,7 @@ pub struct Limits {
     pub max_ops: usize,
 }
 
-struct Writer(BytesMut);
-
 impl Writer {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.put_u8((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.put_u8(v as u8);
-    }
-
-    fn bytes(&mut self, b: &[u8]) {
-        self.varint(b.len() as u64);
-        self.0.put_slice(b);
-    }
-
     fn ids(&mut self, ids: &[u64]) {
         self.varint(ids.len() as u64);
         for id in ids {
@@ -83,31 +69,16 @@ impl Writer {
     }
 }
 
-struct Reader(Bytes);
+impl From<WireError> for CodecError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated => Self::Truncated,
+            WireError::BadVarint => Self::BadVarint,
+        }
+    }
+}
 
 impl Reader {
-    fn u8(&mut self) -> Result<u8, CodecError> {
-        if self.0.is_empty() {
-            return Err(CodecError::Truncated);
-        }
-        Ok(self.0.get_u8())
-    }
-
-    fn varint(&mut self) -> Result<u64, CodecError> {
-        let mut v = 0u64;
-        for shift in (0..70).step_by(7) {
-            let b = self.u8()?;
-            if shift == 63 && b > 1 {
-                return Err(CodecError::BadVarint);
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(CodecError::BadVarint)
-    }
-
     fn len(&mut self, max: usize) -> Result<usize, CodecError> {
         let n = usize::try_from(self.varint()?).map_err(|_| CodecError::TooMany)?;
         if n > max {
@@ -116,17 +87,11 @@ impl Reader {
         Ok(n)
     }
 
-    fn bytes(&mut self) -> Result<Bytes, CodecError> {
-        let n = usize::try_from(self.varint()?).map_err(|_| CodecError::Truncated)?;
-        if n > self.0.len() {
-            return Err(CodecError::Truncated);
-        }
-        Ok(self.0.split_to(n))
-    }
-
     fn ids(&mut self) -> Result<Vec<u64>, CodecError> {
         let n = self.len(MAX_IDS)?;
-        (0..n).map(|_| self.varint()).collect()
+        (0..n)
+            .map(|_| self.varint().map_err(CodecError::from))
+            .collect()
     }
 
     fn flag(&mut self) -> Result<bool, CodecError> {
